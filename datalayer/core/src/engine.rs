@@ -1,0 +1,241 @@
+//! The engine contract: what every storage engine implements.
+//!
+//! `Engine` and `EngineTx` are object-safe (`async_trait`), so a [`crate::Db`] holds an
+//! `Arc<dyn Engine>` picked by URL at run time. Work reaches an engine as [`Op`] values:
+//! a registered query, or one of the repository operations. The two engine families
+//! implement these traits once each: `core::kv::KvEngine` over any ordered transactional
+//! key-value store, and the SQL engines over `core::sql`.
+
+use crate::capability::Capability;
+use crate::error::Result;
+use crate::query::QueryDef;
+use crate::schema::TableSchema;
+use crate::value::{Row, Value};
+use async_trait::async_trait;
+use std::ops::Bound;
+
+/// Transaction isolation levels (ANSI SQL-92 names, plus snapshot isolation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// Each statement sees data committed before it started.
+    ReadCommitted,
+    /// Rows read once read the same again (PostgreSQL: snapshot per transaction).
+    RepeatableRead,
+    /// One snapshot for the whole transaction; write-write conflicts abort.
+    Snapshot,
+    /// Equivalent to some serial order of the committed transactions.
+    Serializable,
+}
+
+/// Options for one transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxOptions {
+    /// Requested isolation level; `None` = the engine's default. Requesting a level the
+    /// engine does not declare is `Unsupported`.
+    pub isolation: Option<Isolation>,
+    /// The transaction only reads; writes in it fail with `InvalidInput` where the
+    /// engine declares `read_only_tx`.
+    pub read_only: bool,
+}
+
+/// Insert or upsert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Fail with `AlreadyExists` when the primary key exists.
+    Insert,
+    /// Replace the row when the primary key exists.
+    Upsert,
+}
+
+/// A keyset scan over the primary key or one secondary index.
+///
+/// Rows come in index order (index columns, then primary-key columns), reversed if
+/// `reverse`. `prefix` fixes the leading index columns by equality; `lower`/`upper`
+/// bound the next column; `after` continues strictly after a position (the index column
+/// values followed by the primary-key values of the last row seen, in scan direction).
+#[derive(Clone, Debug)]
+pub struct ScanRequest<'a> {
+    /// The table.
+    pub table: &'a TableSchema,
+    /// Position of the index in `table.indexes`; `None` = primary-key order.
+    pub index: Option<usize>,
+    /// Equality values for the leading columns of the index.
+    pub prefix: Row,
+    /// Lower bound on the column after the prefix.
+    pub lower: Bound<Value>,
+    /// Upper bound on the column after the prefix.
+    pub upper: Bound<Value>,
+    /// Keyset cursor: continue after this position (see above).
+    pub after: Option<Row>,
+    /// Scan in descending order.
+    pub reverse: bool,
+    /// At most this many rows.
+    pub limit: Option<usize>,
+}
+
+/// One unit of work sent to an engine.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Op<'a> {
+    /// A registered query with its parameters.
+    Query {
+        /// The query.
+        query: &'a QueryDef,
+        /// Parameter values, in declaration order.
+        params: &'a [Value],
+    },
+    /// Insert or upsert rows (column order). Output: `Count` of rows written.
+    Insert {
+        /// The table.
+        table: &'a TableSchema,
+        /// The rows.
+        rows: Vec<Row>,
+        /// Insert or upsert.
+        mode: WriteMode,
+    },
+    /// Replace rows by primary key. Output: `Count` of rows that existed and were replaced.
+    Update {
+        /// The table.
+        table: &'a TableSchema,
+        /// The new rows.
+        rows: Vec<Row>,
+    },
+    /// Delete rows by primary key. Output: `Count` of rows deleted.
+    Delete {
+        /// The table.
+        table: &'a TableSchema,
+        /// Primary keys.
+        keys: Vec<Row>,
+    },
+    /// Read rows by primary key. Output: `Optional`, one entry per key, in order.
+    Get {
+        /// The table.
+        table: &'a TableSchema,
+        /// Primary keys.
+        keys: Vec<Row>,
+    },
+    /// A keyset scan. Output: `Rows`.
+    Scan(ScanRequest<'a>),
+    /// Count all rows of a table. Output: `Count`.
+    Count {
+        /// The table.
+        table: &'a TableSchema,
+    },
+}
+
+impl Op<'_> {
+    /// A short name for tracing (`query`, `insert`, ...).
+    pub fn name(&self) -> &str {
+        match self {
+            Op::Query { query, .. } => &query.name,
+            Op::Insert { .. } => "insert",
+            Op::Update { .. } => "update",
+            Op::Delete { .. } => "delete",
+            Op::Get { .. } => "get",
+            Op::Scan(_) => "scan",
+            Op::Count { .. } => "count",
+        }
+    }
+
+    /// Whether the op only reads.
+    pub fn is_read(&self) -> bool {
+        match self {
+            Op::Query { query, .. } => matches!(
+                query.kind,
+                crate::query::QueryKind::Select { .. } | crate::query::QueryKind::Count
+            ),
+            Op::Get { .. } | Op::Scan(_) | Op::Count { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// The result of one [`Op`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Rows (a select or a scan). A select with a projection returns one-value rows.
+    Rows(Vec<Row>),
+    /// One entry per requested key (`Op::Get`).
+    Optional(Vec<Option<Row>>),
+    /// A count: rows matched (`Count`) or affected (writes).
+    Count(u64),
+}
+
+impl Output {
+    /// The number of rows returned or affected, for tracing.
+    pub fn rows(&self) -> u64 {
+        match self {
+            Output::Rows(r) => r.len() as u64,
+            Output::Optional(r) => r.iter().filter(|r| r.is_some()).count() as u64,
+            Output::Count(n) => *n,
+        }
+    }
+}
+
+/// A storage engine. Object-safe; held as `Arc<dyn Engine>`.
+///
+/// # Behavior
+/// - `run` executes one op atomically outside any explicit transaction (autocommit).
+/// - `run_batch` executes the ops in order as ONE atomic unit and returns their outputs
+///   in order; on error nothing of the batch is kept.
+/// - Every op and method either works or returns `Unsupported`; none is a silent no-op.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Short engine name (`etch`, `sqlite`, `postgres`, `redis`, `tikv`).
+    fn name(&self) -> &'static str;
+    /// What the engine supports.
+    fn capability(&self) -> Capability;
+    /// Creates (if missing) the tables and indexes, and prepares the queries. Called
+    /// once at start-up with everything the application registered; engines must also
+    /// accept queries first seen later (prepared on first use).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a schema that fails validation or differs from the stored one.
+    async fn register(&self, tables: &[&TableSchema], queries: &[&QueryDef]) -> Result<()>;
+    /// Runs one op atomically.
+    async fn run(&self, op: Op<'_>) -> Result<Output>;
+    /// Runs ops in order, atomically.
+    async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>>;
+    /// Begins a transaction.
+    ///
+    /// # Errors
+    /// `Unsupported` for an isolation level the engine does not declare.
+    async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>>;
+    /// The table schemas stored by the engine (its catalog), for migration.
+    async fn catalog(&self) -> Result<Vec<TableSchema>>;
+    /// Flushes and closes; later calls fail.
+    async fn close(&self) -> Result<()>;
+}
+
+/// An open transaction.
+///
+/// # Behavior
+/// - Dropping it without `commit` MUST roll it back (synchronously or by handing the
+///   rollback to a background task); nothing of it becomes visible.
+/// - After an error inside the transaction, the transaction stays usable where the
+///   engine allows (SQL engines wrap each op in an internal savepoint when needed).
+/// - Savepoint names are validated identifiers; `rollback_to` an unknown name is
+///   `NotFound`. Engines without `Capability::savepoints` return `Unsupported`.
+#[async_trait]
+pub trait EngineTx: Send {
+    /// Runs one op inside the transaction.
+    async fn run(&mut self, op: Op<'_>) -> Result<Output>;
+    /// Runs ops in order inside the transaction (pipelined where the engine can).
+    async fn run_batch(&mut self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(self.run(op).await?);
+        }
+        Ok(out)
+    }
+    /// Creates a savepoint.
+    async fn savepoint(&mut self, name: &str) -> Result<()>;
+    /// Undoes everything since the savepoint (which stays, as in SQL).
+    async fn rollback_to(&mut self, name: &str) -> Result<()>;
+    /// Forgets the savepoint (and any after it), keeping the changes.
+    async fn release(&mut self, name: &str) -> Result<()>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<()>;
+    /// Rolls back.
+    async fn rollback(self: Box<Self>) -> Result<()>;
+}

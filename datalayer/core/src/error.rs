@@ -1,0 +1,205 @@
+//! The portable error type.
+//!
+//! Every engine maps its native errors into one [`ErrorKind`] in a single place
+//! (`engines/<name>/src/error.rs`), so application code handles errors the same way on
+//! every engine.
+//!
+//! # Classification contract
+//! - `AlreadyExists`: a primary-key or unique-index violation (SQLSTATE 23505, SQLite
+//!   `SQLITE_CONSTRAINT_UNIQUE`/`PRIMARYKEY`, a unique entry present in a KV store).
+//! - `Conflict`: the transaction lost a race and may succeed if re-run (SQLSTATE 40001
+//!   serialization failure, 40P01 deadlock, SQLite `BUSY`, Redis WATCH abort, TiKV write
+//!   conflict). MUST be retryable.
+//! - `ConnectionLost`: the connection broke; whether the transaction committed is
+//!   unknown only for an interrupted `commit`. Retryable.
+//! - `Corrupted`: stored bytes failed a checksum or could not be decoded. Never retried.
+//!
+//! [`Error::is_retryable`] is true exactly for `Conflict`, `ConnectionLost` and `Timeout`.
+
+use std::fmt;
+
+/// Convenience alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, portably across engines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The row (or savepoint, or query result) does not exist.
+    NotFound,
+    /// A primary-key or unique-index violation.
+    AlreadyExists,
+    /// A serialization failure, write conflict or deadlock; re-running may succeed.
+    Conflict,
+    /// The connection to the engine broke.
+    ConnectionLost,
+    /// An operation ran out of time.
+    Timeout,
+    /// The engine lacks this capability (see [`crate::Capability`]).
+    Unsupported,
+    /// Bad input: an invalid identifier, an oversize value, a wrong type.
+    InvalidInput,
+    /// Stored data failed a checksum or could not be decoded.
+    Corrupted,
+    /// An operating-system I/O error.
+    Io,
+    /// Any other engine error; the native code is kept in [`Error::code`].
+    Engine,
+}
+
+/// The error type of every datalayer operation.
+#[non_exhaustive]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    code: Option<String>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error of `kind` with a human-readable message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            code: None,
+            source: None,
+        }
+    }
+    /// Attaches the engine's native error code (SQLSTATE, SQLite extended code, ...).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+    /// `NotFound`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    /// `AlreadyExists`.
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::AlreadyExists, message)
+    }
+    /// `Conflict` (retryable).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+    /// `ConnectionLost` (retryable).
+    pub fn connection_lost(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ConnectionLost, message)
+    }
+    /// `Unsupported`: `what` names the missing capability.
+    pub fn unsupported(engine: &str, what: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorKind::Unsupported,
+            format!("the {engine} engine does not support {what}"),
+        )
+    }
+    /// `InvalidInput`.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+    /// `Corrupted`.
+    pub fn corrupted(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Corrupted, message)
+    }
+    /// `Engine`: anything else, with the native code.
+    pub fn engine(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Engine, message).with_code(code)
+    }
+
+    /// The portable kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// The engine's native code, when there is one.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+    /// Whether re-running the whole transaction may succeed: `Conflict`,
+    /// `ConnectionLost` and `Timeout`.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Conflict | ErrorKind::ConnectionLost | ErrorKind::Timeout
+        )
+    }
+    /// `kind() == NotFound`.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+    /// `kind() == AlreadyExists`.
+    pub fn is_already_exists(&self) -> bool {
+        self.kind == ErrorKind::AlreadyExists
+    }
+    /// `kind() == Conflict`.
+    pub fn is_conflict(&self) -> bool {
+        self.kind == ErrorKind::Conflict
+    }
+    /// `kind() == Unsupported`.
+    pub fn is_unsupported(&self) -> bool {
+        self.kind == ErrorKind::Unsupported
+    }
+    /// `kind() == InvalidInput`.
+    pub fn is_invalid_input(&self) -> bool {
+        self.kind == ErrorKind::InvalidInput
+    }
+    /// `kind() == Corrupted`.
+    pub fn is_corrupted(&self) -> bool {
+        self.kind == ErrorKind::Corrupted
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(c) = &self.code {
+            d.field("code", c);
+        }
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)?;
+        if let Some(c) = &self.code {
+            write!(f, " (code {c})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        let kind = match e.kind() {
+            std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
+            std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof => ErrorKind::ConnectionLost,
+            _ => ErrorKind::Io,
+        };
+        Error::new(kind, e.to_string()).with_source(e)
+    }
+}

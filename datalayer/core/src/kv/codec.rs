@@ -1,0 +1,204 @@
+//! The KV key layout and its order-preserving codec.
+//!
+//! Every key part is encoded with the `memcomparable` crate (MySQL/MyRocks memcomparable
+//! format), so byte order equals value order and encodings are self-delimiting. A column
+//! value is one tag byte (`0x00` NULL, `0x01` present: NULL sorts first) followed by the
+//! memcomparable bytes of the value in the column's type.
+//!
+//! ```text
+//! 'c' <table>                          → catalog: the TableSchema (postcard)
+//! 'r' <table> <pk...>                  → the row (postcard of Vec<Value>)
+//! 'i' <table> <index> <cols...> <pk...> → <pk...>   non-unique index entry
+//! 'u' <table> <index> <cols...>        → <pk...>   unique index entry (if any indexed
+//!                                                  column is NULL, <pk...> is appended
+//!                                                  to the key: NULLs never collide)
+//! ```
+//! `<table>` and `<index>` are memcomparable strings; `<pk...>` is the encoded primary-key
+//! values ("key suffix"), also stored as the index entry's value so a row is found
+//! without decoding keys.
+
+use crate::error::{Error, Result};
+use crate::schema::{IndexDef, TableSchema};
+use crate::value::{Row, Value};
+use serde::Serialize;
+
+/// Catalog namespace.
+pub const CATALOG: u8 = b'c';
+/// Row namespace.
+pub const ROW: u8 = b'r';
+/// Non-unique index namespace.
+pub const INDEX: u8 = b'i';
+/// Unique index namespace.
+pub const UNIQUE: u8 = b'u';
+
+fn mc<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
+    let mut s = memcomparable::Serializer::new(buf);
+    v.serialize(&mut s).expect("memcomparable encodes primitives");
+}
+
+/// Appends one column value.
+pub fn encode_value(buf: &mut Vec<u8>, v: &Value) {
+    if v.is_null() {
+        buf.push(0);
+        return;
+    }
+    buf.push(1);
+    match v {
+        Value::Null => unreachable!(),
+        Value::Bool(x) => mc(buf, x),
+        Value::I16(x) => mc(buf, x),
+        Value::I32(x) => mc(buf, x),
+        Value::I64(x) => mc(buf, x),
+        Value::F32(x) => mc(buf, x),
+        Value::F64(x) => mc(buf, x),
+        Value::String(x) => mc(buf, x.as_str()),
+        Value::Bytes(x) => mc(buf, &serde_bytes(x)),
+    }
+}
+
+struct SerdeBytes<'a>(&'a [u8]);
+impl Serialize for SerdeBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+fn serde_bytes(b: &[u8]) -> SerdeBytes<'_> {
+    SerdeBytes(b)
+}
+
+/// Appends several column values.
+pub fn encode_values<'a>(buf: &mut Vec<u8>, vs: impl IntoIterator<Item = &'a Value>) {
+    for v in vs {
+        encode_value(buf, v);
+    }
+}
+
+/// `ns <table>`.
+pub fn table_prefix(ns: u8, table: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(2 + table.len() * 9 / 8 + 9);
+    b.push(ns);
+    mc(&mut b, table);
+    b
+}
+
+/// The catalog key of a table.
+pub fn catalog_key(table: &str) -> Vec<u8> {
+    table_prefix(CATALOG, table)
+}
+
+/// `'r' <table>`: the prefix of every row key of the table.
+pub fn row_prefix(table: &TableSchema) -> Vec<u8> {
+    table_prefix(ROW, &table.name)
+}
+
+/// The encoded primary key of `row` (the key suffix).
+pub fn pk_suffix(table: &TableSchema, row: &Row) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16);
+    encode_values(&mut b, table.primary_key.iter().map(|&i| &row[i]));
+    b
+}
+
+/// `'i'|'u' <table> <index>`: the prefix of every entry of the index.
+pub fn index_prefix(table: &TableSchema, ix: &IndexDef) -> Vec<u8> {
+    let mut b = table_prefix(if ix.unique { UNIQUE } else { INDEX }, &table.name);
+    mc(&mut b, ix.name.as_str());
+    b
+}
+
+/// The full key of `row`'s entry in index `ix` (see the module docs).
+pub fn index_key(prefix: &[u8], table: &TableSchema, ix: &IndexDef, row: &Row, pk: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(prefix.len() + 16 + pk.len());
+    b.extend_from_slice(prefix);
+    let mut any_null = false;
+    for &c in &ix.columns {
+        any_null |= row[c].is_null();
+        encode_value(&mut b, &row[c]);
+    }
+    let _ = table;
+    if !ix.unique || any_null {
+        b.extend_from_slice(pk);
+    }
+    b
+}
+
+/// The smallest key greater than every key that starts with `prefix`; `None` when there
+/// is none (the prefix is all `0xFF`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xFF {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Encodes a row for storage (postcard of the values).
+pub fn encode_row(row: &Row) -> Vec<u8> {
+    postcard::to_allocvec(row).expect("postcard encodes values")
+}
+
+/// Decodes a stored row.
+///
+/// # Errors
+/// `Corrupted` when the bytes are not a postcard row of the table's arity.
+pub fn decode_row(table: &TableSchema, bytes: &[u8]) -> Result<Row> {
+    let row: Row = postcard::from_bytes(bytes)
+        .map_err(|e| Error::corrupted(format!("table {}: undecodable row: {e}", table.name)))?;
+    if row.len() != table.columns.len() {
+        return Err(Error::corrupted(format!(
+            "table {}: stored row has {} values, schema has {} columns",
+            table.name,
+            row.len(),
+            table.columns.len()
+        )));
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn enc(v: &Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode_value(&mut b, v);
+        b
+    }
+
+    proptest! {
+        #[test]
+        fn i64_order_preserved(a: i64, b: i64) {
+            prop_assert_eq!(a.cmp(&b), enc(&Value::I64(a)).cmp(&enc(&Value::I64(b))));
+        }
+        #[test]
+        fn string_order_preserved(a: String, b: String) {
+            prop_assert_eq!(a.cmp(&b), enc(&Value::String(a.clone())).cmp(&enc(&Value::String(b.clone()))));
+        }
+        #[test]
+        fn f64_order_preserved(a in -1e12f64..1e12, b in -1e12f64..1e12) {
+            prop_assert_eq!(a.partial_cmp(&b).unwrap(), enc(&Value::F64(a)).cmp(&enc(&Value::F64(b))));
+        }
+        #[test]
+        fn tuples_order_preserved(a: (String, i32), b: (String, i32)) {
+            let ka = [enc(&Value::String(a.0.clone())), enc(&Value::I32(a.1))].concat();
+            let kb = [enc(&Value::String(b.0.clone())), enc(&Value::I32(b.1))].concat();
+            prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
+        }
+    }
+
+    #[test]
+    fn null_sorts_first() {
+        assert!(enc(&Value::Null) < enc(&Value::I64(i64::MIN)));
+        assert!(enc(&Value::Null) < enc(&Value::String(String::new())));
+    }
+
+    #[test]
+    fn prefix_end_carries() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF]), None);
+    }
+}

@@ -1,0 +1,730 @@
+//! A KV-family transaction: the store's snapshot plus a write overlay, and every data
+//! operation (queries, repository ops, index maintenance) on top of it.
+
+use super::codec::{self, decode_row, encode_row, encode_values, index_key, index_prefix, pk_suffix, prefix_end, row_prefix};
+use super::plan::{Access, Plan, PlanBound};
+use super::{Bytes, KvTxn};
+use crate::capability::Capability;
+use crate::engine::{Op, Output, ScanRequest, WriteMode};
+use crate::error::{Error, Result};
+use crate::eval::{compare, eval, matches};
+use crate::query::{Expr, Limit, QueryDef, QueryKind};
+use crate::schema::TableSchema;
+use crate::value::{Row, Value};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+type Overlay = BTreeMap<Bytes, Option<Bytes>>;
+type KeyRange = (Bound<Bytes>, Bound<Bytes>);
+
+/// Largest number of entries read per scan round trip.
+const MAX_CHUNK: usize = 4096;
+
+pub(crate) struct KvTx {
+    txn: Box<dyn KvTxn>,
+    writes: Overlay,
+    undo: Option<Vec<(Bytes, Option<Option<Bytes>>)>>,
+    savepoints: Vec<(String, Overlay)>,
+    read_only: bool,
+    cap: Capability,
+}
+
+fn as_slice(b: &Bound<Bytes>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl KvTx {
+    pub(crate) fn new(txn: Box<dyn KvTxn>, read_only: bool, cap: Capability) -> Self {
+        KvTx {
+            txn,
+            writes: Overlay::new(),
+            undo: None,
+            savepoints: Vec::new(),
+            read_only,
+            cap,
+        }
+    }
+
+    pub(crate) fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        if self.writes.is_empty() {
+            return self.txn.rollback().await;
+        }
+        self.txn.commit(self.writes.into_iter().collect()).await
+    }
+
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.txn.rollback().await
+    }
+
+    // ---- savepoints -------------------------------------------------------------
+
+    pub(crate) fn savepoint(&mut self, name: &str) {
+        self.savepoints.push((name.to_owned(), self.writes.clone()));
+    }
+
+    fn savepoint_pos(&self, name: &str) -> Result<usize> {
+        self.savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| Error::not_found(format!("no savepoint named {name}")))
+    }
+
+    pub(crate) fn rollback_to(&mut self, name: &str) -> Result<()> {
+        let i = self.savepoint_pos(name)?;
+        self.writes = self.savepoints[i].1.clone();
+        self.savepoints.truncate(i + 1);
+        Ok(())
+    }
+
+    pub(crate) fn release(&mut self, name: &str) -> Result<()> {
+        let i = self.savepoint_pos(name)?;
+        self.savepoints.truncate(i);
+        Ok(())
+    }
+
+    // ---- key-value access through the overlay -------------------------------------
+
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        self.txn.get(key).await
+    }
+
+    async fn batch_get(&mut self, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>> {
+        let mut out: Vec<Option<Option<Bytes>>> = keys.iter().map(|k| self.writes.get(k).cloned()).collect();
+        let missing: Vec<Bytes> = keys
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !missing.is_empty() {
+            let mut fetched = self.txn.batch_get(&missing).await?.into_iter();
+            for slot in out.iter_mut().filter(|o| o.is_none()) {
+                *slot = Some(fetched.next().flatten());
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
+    }
+
+    async fn scan(&mut self, range: &KeyRange, limit: usize, reverse: bool) -> Result<Vec<(Bytes, Bytes)>> {
+        let (start, end) = (as_slice(&range.0), as_slice(&range.1));
+        let valid = match (&start, &end) {
+            (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => s <= e,
+            _ => true,
+        };
+        if !valid || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let over: Vec<(Bytes, Option<Bytes>)> = self
+            .writes
+            .range::<[u8], _>((start, end))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if over.is_empty() {
+            return self.txn.scan(start, end, limit, reverse).await;
+        }
+        let dels = over.iter().filter(|(_, v)| v.is_none()).count();
+        let base = self.txn.scan(start, end, limit.saturating_add(dels), reverse).await?;
+        let mut over = over;
+        if reverse {
+            over.reverse();
+        }
+        // Merge two sorted lists; the overlay wins on equal keys.
+        let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
+        let mut out = Vec::with_capacity(limit.min(base.len() + over.len()));
+        let (mut bi, mut oi) = (base.into_iter().peekable(), over.into_iter().peekable());
+        while out.len() < limit {
+            let take_overlay = match (bi.peek(), oi.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((bk, _)), Some((ok, _))) => {
+                    if bk == ok {
+                        bi.next();
+                        true
+                    } else {
+                        !before(bk, ok)
+                    }
+                }
+            };
+            if take_overlay {
+                let (k, v) = oi.next().expect("peeked");
+                if let Some(v) = v {
+                    out.push((k, v));
+                }
+            } else {
+                out.push(bi.next().expect("peeked"));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set(&mut self, key: Bytes, value: Option<Bytes>) {
+        match &mut self.undo {
+            Some(u) => {
+                let prev = self.writes.insert(key.clone(), value);
+                u.push((key, prev));
+            }
+            None => {
+                self.writes.insert(key, value);
+            }
+        }
+    }
+
+    // ---- op dispatch ------------------------------------------------------------------
+
+    /// Runs one op. A failing write op leaves no trace in the transaction (undo log), so
+    /// the transaction stays usable.
+    pub(crate) async fn exec(&mut self, op: Op<'_>, plan: Option<&Plan>) -> Result<Output> {
+        if !op.is_read() {
+            if self.read_only {
+                return Err(Error::invalid_input("write in a read-only transaction"));
+            }
+            self.undo = Some(Vec::new());
+            let r = self.exec_inner(op, plan).await;
+            let undo = self.undo.take().unwrap_or_default();
+            if r.is_err() {
+                for (k, prev) in undo.into_iter().rev() {
+                    match prev {
+                        Some(v) => self.writes.insert(k, v),
+                        None => self.writes.remove(&k),
+                    };
+                }
+            }
+            return r;
+        }
+        self.exec_inner(op, plan).await
+    }
+
+    async fn exec_inner(&mut self, op: Op<'_>, plan: Option<&Plan>) -> Result<Output> {
+        match op {
+            Op::Query { query, params } => {
+                let plan = plan.ok_or_else(|| Error::engine("plan", "query without a plan"))?;
+                self.query(query, params, plan).await
+            }
+            Op::Insert { table, rows, mode } => {
+                let n = rows.len() as u64;
+                for row in rows {
+                    self.insert_row(table, row, mode).await?;
+                }
+                Ok(Output::Count(n))
+            }
+            Op::Update { table, rows } => {
+                let mut n = 0;
+                for row in rows {
+                    let row = table.check_row(row)?;
+                    let pk = pk_suffix(table, &row);
+                    let key = [row_prefix(table), pk.clone()].concat();
+                    if let Some(old) = self.get(&key).await? {
+                        let old = decode_row(table, &old)?;
+                        self.write_row(table, &key, &pk, Some(&old), Some(&row)).await?;
+                        n += 1;
+                    }
+                }
+                Ok(Output::Count(n))
+            }
+            Op::Delete { table, keys } => {
+                let mut n = 0;
+                for k in keys {
+                    let pk = encode_key(table, k)?;
+                    let key = [row_prefix(table), pk.clone()].concat();
+                    if let Some(old) = self.get(&key).await? {
+                        let old = decode_row(table, &old)?;
+                        self.write_row(table, &key, &pk, Some(&old), None).await?;
+                        n += 1;
+                    }
+                }
+                Ok(Output::Count(n))
+            }
+            Op::Get { table, keys } => {
+                let prefix = row_prefix(table);
+                let keys = keys
+                    .into_iter()
+                    .map(|k| Ok([prefix.clone(), encode_key(table, k)?].concat()))
+                    .collect::<Result<Vec<_>>>()?;
+                let vals = self.batch_get(keys).await?;
+                let rows = vals
+                    .into_iter()
+                    .map(|v| v.map(|b| decode_row(table, &b)).transpose())
+                    .collect::<Result<_>>()?;
+                Ok(Output::Optional(rows))
+            }
+            Op::Scan(req) => self.scan_request(req).await.map(Output::Rows),
+            Op::Count { table } => {
+                let p = row_prefix(table);
+                let range = (Bound::Included(p.clone()), end_of(&p));
+                let mut n = 0u64;
+                self.walk(table, None, range, false, |_| {
+                    n += 1;
+                    Ok(true)
+                })
+                .await?;
+                Ok(Output::Count(n))
+            }
+        }
+    }
+
+    // ---- writes -------------------------------------------------------------------------
+
+    async fn insert_row(&mut self, table: &TableSchema, row: Row, mode: WriteMode) -> Result<()> {
+        let row = table.check_row(row)?;
+        let pk = pk_suffix(table, &row);
+        let key = [row_prefix(table), pk.clone()].concat();
+        let old = match self.get(&key).await? {
+            Some(_) if mode == WriteMode::Insert => {
+                return Err(Error::already_exists(format!(
+                    "{}: a row with primary key {:?} exists",
+                    table.name,
+                    table.key_of(&row)
+                )));
+            }
+            Some(b) => Some(decode_row(table, &b)?),
+            None => None,
+        };
+        self.write_row(table, &key, &pk, old.as_ref(), Some(&row)).await
+    }
+
+    /// Replaces `old` by `new` (either may be absent) and maintains every index.
+    async fn write_row(&mut self, table: &TableSchema, key: &[u8], pk: &[u8], old: Option<&Row>, new: Option<&Row>) -> Result<()> {
+        if let Some(max) = self.cap.max_key_bytes
+            && key.len() > max
+        {
+            return Err(Error::invalid_input(format!(
+                "{}: key of {} bytes exceeds the engine's limit of {max} bytes",
+                table.name,
+                key.len()
+            )));
+        }
+        for ix in &table.indexes {
+            let prefix = index_prefix(table, ix);
+            let entry = |r: Option<&Row>| -> Result<Option<Bytes>> {
+                match r {
+                    Some(r) if matches(ix.when.as_ref(), r, &[])? => Ok(Some(index_key(&prefix, table, ix, r, pk))),
+                    _ => Ok(None),
+                }
+            };
+            let (before, after) = (entry(old)?, entry(new)?);
+            if before == after {
+                continue;
+            }
+            if let Some(k) = before {
+                self.set(k, None);
+            }
+            if let Some(k) = after {
+                if ix.unique
+                    && let Some(owner) = self.get(&k).await?
+                    && owner != pk
+                {
+                    let vals: Row = ix.columns.iter().map(|&c| new.expect("new row")[c].clone()).collect();
+                    return Err(Error::already_exists(format!(
+                        "{}: unique index {} already has {:?}",
+                        table.name, ix.name, vals
+                    )));
+                }
+                self.set(k, Some(pk.to_vec()));
+            }
+        }
+        match new {
+            Some(r) => {
+                let bytes = encode_row(r);
+                if let Some(max) = self.cap.max_value_bytes
+                    && bytes.len() > max
+                {
+                    return Err(Error::invalid_input(format!(
+                        "{}: row of {} bytes exceeds the engine's limit of {max} bytes",
+                        table.name,
+                        bytes.len()
+                    )));
+                }
+                self.set(key.to_vec(), Some(bytes));
+            }
+            None => self.set(key.to_vec(), None),
+        }
+        Ok(())
+    }
+
+    // ---- reads ----------------------------------------------------------------------------
+
+    /// Visits rows of `table` in `range` (over the primary key when `index` is `None`,
+    /// else over the index's entries) in key order; `visit` returns false to stop.
+    async fn walk(
+        &mut self,
+        table: &TableSchema,
+        index: Option<usize>,
+        mut range: KeyRange,
+        reverse: bool,
+        mut visit: impl FnMut(Row) -> Result<bool>,
+    ) -> Result<()> {
+        let mut chunk = 64;
+        let rp = row_prefix(table);
+        loop {
+            let entries = self.scan(&range, chunk, reverse).await?;
+            let done = entries.len() < chunk;
+            let Some(last) = entries.last().map(|(k, _)| k.clone()) else {
+                return Ok(());
+            };
+            let rows: Vec<Row> = match index {
+                None => entries.iter().map(|(_, v)| decode_row(table, v)).collect::<Result<_>>()?,
+                Some(_) => {
+                    let keys = entries.iter().map(|(_, pk)| [rp.as_slice(), pk].concat()).collect();
+                    self.batch_get(keys)
+                        .await?
+                        .into_iter()
+                        .map(|v| {
+                            v.ok_or_else(|| Error::corrupted(format!("{}: index entry without a row", table.name)))
+                                .and_then(|b| decode_row(table, &b))
+                        })
+                        .collect::<Result<_>>()?
+                }
+            };
+            for r in rows {
+                if !visit(r)? {
+                    return Ok(());
+                }
+            }
+            if done {
+                return Ok(());
+            }
+            if reverse {
+                range.1 = Bound::Excluded(last);
+            } else {
+                range.0 = Bound::Excluded(last);
+            }
+            chunk = (chunk * 4).min(MAX_CHUNK);
+        }
+    }
+
+    async fn scan_request(&mut self, req: ScanRequest<'_>) -> Result<Vec<Row>> {
+        let t = req.table;
+        let cols = match req.index {
+            Some(i) => &t.indexes.get(i).ok_or_else(|| Error::invalid_input("index out of range"))?.columns,
+            None => &t.primary_key,
+        };
+        let prefix = coerce_all(t, cols, req.prefix)?;
+        let next_ty = cols.get(prefix.len()).map(|&c| t.columns[c].ty);
+        let co = |b: Bound<Value>| -> Result<Bound<Value>> {
+            Ok(match (b, next_ty) {
+                (Bound::Included(v), Some(ty)) => Bound::Included(v.coerce(ty)?),
+                (Bound::Excluded(v), Some(ty)) => Bound::Excluded(v.coerce(ty)?),
+                _ => Bound::Unbounded,
+            })
+        };
+        let (lower, upper) = (co(req.lower)?, co(req.upper)?);
+        let mut range = key_range(t, req.index, &prefix, lower.as_ref(), upper.as_ref());
+        if let Some(after) = req.after {
+            let k = position_key(t, req.index, after)?;
+            if req.reverse {
+                range.1 = Bound::Excluded(k);
+            } else {
+                range.0 = Bound::Excluded(k);
+            }
+        }
+        let limit = req.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.walk(t, req.index, range, req.reverse, |r| {
+            out.push(r);
+            Ok(out.len() < limit)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn candidates(&mut self, q: &QueryDef, params: &[Value], plan: &Plan, stop_at: Option<usize>) -> Result<Vec<Row>> {
+        let t = q.table;
+        let filter = q.filter.as_ref();
+        let mut out = Vec::new();
+        if stop_at == Some(0) {
+            return Ok(out);
+        }
+        match &plan.access {
+            Access::PkPoint(exprs) => {
+                let Some(vals) = eval_key(t, &t.primary_key, exprs, params)? else {
+                    return Ok(out);
+                };
+                let mut key = row_prefix(t);
+                encode_values(&mut key, &vals);
+                if let Some(b) = self.get(&key).await? {
+                    let row = decode_row(t, &b)?;
+                    if matches(filter, &row, params)? {
+                        out.push(row);
+                    }
+                }
+            }
+            Access::Range { index, prefix, lower, upper } => {
+                let cols = match index {
+                    Some(i) => &t.indexes[*i].columns,
+                    None => &t.primary_key,
+                };
+                let Some(vals) = eval_key(t, cols, prefix, params)? else {
+                    return Ok(out);
+                };
+                let ty = cols.get(vals.len()).map(|&c| t.columns[c].ty);
+                let bound = |b: &Option<PlanBound>| -> Result<Option<Bound<Value>>> {
+                    Ok(Some(match (b, ty) {
+                        (Some(b), Some(ty)) => {
+                            let v = eval(&b.value, &[], params)?;
+                            if v.is_null() {
+                                return Ok(None);
+                            }
+                            let Ok(v) = v.coerce(ty) else {
+                                // Out of the column's range: fall back to an open bound; the
+                                // filter still decides.
+                                return Ok(Some(Bound::Unbounded));
+                            };
+                            if b.inclusive { Bound::Included(v) } else { Bound::Excluded(v) }
+                        }
+                        _ => Bound::Unbounded,
+                    }))
+                };
+                let (Some(lo), Some(hi)) = (bound(lower)?, bound(upper)?) else {
+                    return Ok(out);
+                };
+                let range = key_range(t, *index, &vals, lo.as_ref(), hi.as_ref());
+                let limit = stop_at.unwrap_or(usize::MAX);
+                self.walk(t, *index, range, plan.reverse, |r| {
+                    if matches(filter, &r, params)? {
+                        out.push(r);
+                    }
+                    Ok(out.len() < limit)
+                })
+                .await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn query(&mut self, q: &QueryDef, params: &[Value], plan: &Plan) -> Result<Output> {
+        if params.len() != q.params.len() {
+            return Err(Error::invalid_input(format!(
+                "query {} takes {} parameters, got {}",
+                q.name,
+                q.params.len(),
+                params.len()
+            )));
+        }
+        let limit = match q.limit {
+            None => None,
+            Some(Limit::Const(n)) => Some(n as usize),
+            Some(Limit::Param(i)) => {
+                let n = params.get(i).and_then(Value::as_i64).unwrap_or(-1);
+                if n < 0 {
+                    return Err(Error::invalid_input(format!("query {}: limit must be a non-negative integer", q.name)));
+                }
+                Some(n as usize)
+            }
+        };
+        let stop_at = if plan.ordered { limit } else { None };
+        match &q.kind {
+            QueryKind::Select { projection, .. } => {
+                let mut rows = self.candidates(q, params, plan, stop_at).await?;
+                if !plan.ordered {
+                    sort_rows(&mut rows, &q.order_by);
+                }
+                if let Some(l) = limit {
+                    rows.truncate(l);
+                }
+                if let Some(c) = projection {
+                    rows = rows.into_iter().map(|mut r| vec![std::mem::take(&mut r[*c])]).collect();
+                }
+                Ok(Output::Rows(rows))
+            }
+            QueryKind::Count => {
+                let rows = self.candidates(q, params, plan, None).await?;
+                Ok(Output::Count(rows.len() as u64))
+            }
+            QueryKind::Update { assignments } => {
+                let mut rows = self.candidates(q, params, plan, stop_at).await?;
+                if let Some(l) = limit {
+                    if !plan.ordered {
+                        sort_rows(&mut rows, &q.order_by);
+                    }
+                    rows.truncate(l);
+                }
+                let t = q.table;
+                let rp = row_prefix(t);
+                let n = rows.len() as u64;
+                for old in rows {
+                    let mut new = old.clone();
+                    for (c, e) in assignments {
+                        let v = eval(e, &old, params)?;
+                        new[*c] = v.coerce(t.columns[*c].ty).map_err(|e| {
+                            Error::invalid_input(format!("query {}: column {}: {}", q.name, t.columns[*c].name, e.message()))
+                        })?;
+                    }
+                    let new = t.check_row(new)?;
+                    let pk = pk_suffix(t, &old);
+                    let key = [rp.as_slice(), &pk].concat();
+                    self.write_row(t, &key, &pk, Some(&old), Some(&new)).await?;
+                }
+                Ok(Output::Count(n))
+            }
+            QueryKind::Delete => {
+                let mut rows = self.candidates(q, params, plan, stop_at).await?;
+                if let Some(l) = limit {
+                    rows.truncate(l);
+                }
+                let t = q.table;
+                let rp = row_prefix(t);
+                let n = rows.len() as u64;
+                for old in rows {
+                    let pk = pk_suffix(t, &old);
+                    let key = [rp.as_slice(), &pk].concat();
+                    self.write_row(t, &key, &pk, Some(&old), None).await?;
+                }
+                Ok(Output::Count(n))
+            }
+        }
+    }
+
+    /// Reads the catalog entry of `name`.
+    pub(crate) async fn catalog_get(&mut self, name: &str) -> Result<Option<Bytes>> {
+        self.get(&codec::catalog_key(name)).await
+    }
+
+    /// Writes the catalog entry of `name`.
+    pub(crate) fn catalog_put(&mut self, name: &str, bytes: Bytes) {
+        self.set(codec::catalog_key(name), Some(bytes));
+    }
+
+    /// Every catalog entry.
+    pub(crate) async fn catalog_all(&mut self) -> Result<Vec<Bytes>> {
+        let p = vec![codec::CATALOG];
+        let range = (Bound::Included(p.clone()), end_of(&p));
+        Ok(self.scan(&range, usize::MAX, false).await?.into_iter().map(|(_, v)| v).collect())
+    }
+}
+
+fn end_of(prefix: &[u8]) -> Bound<Bytes> {
+    match prefix_end(prefix) {
+        Some(e) => Bound::Excluded(e),
+        None => Bound::Unbounded,
+    }
+}
+
+fn coerce_all(t: &TableSchema, cols: &[usize], vals: Row) -> Result<Row> {
+    if vals.len() > cols.len() {
+        return Err(Error::invalid_input(format!("{}: too many key values", t.name)));
+    }
+    vals.into_iter().zip(cols).map(|(v, &c)| v.coerce(t.columns[c].ty)).collect()
+}
+
+/// Encodes a primary key given by value.
+fn encode_key(t: &TableSchema, key: Row) -> Result<Bytes> {
+    if key.len() != t.primary_key.len() {
+        return Err(Error::invalid_input(format!(
+            "{}: the primary key has {} column(s), got {:?}",
+            t.name,
+            t.primary_key.len(),
+            key
+        )));
+    }
+    let vals = coerce_all(t, &t.primary_key, key)?;
+    let mut b = Vec::new();
+    encode_values(&mut b, &vals);
+    Ok(b)
+}
+
+/// Evaluates equality values for key columns; `None` when one is NULL or does not fit
+/// the column (then nothing can match).
+fn eval_key(t: &TableSchema, cols: &[usize], exprs: &[Expr], params: &[Value]) -> Result<Option<Row>> {
+    let mut out = Vec::with_capacity(exprs.len());
+    for (e, &c) in exprs.iter().zip(cols) {
+        let v = eval(e, &[], params)?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        match v.coerce(t.columns[c].ty) {
+            Ok(v) => out.push(v),
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The key range of a scan with an equality prefix and bounds on the next column.
+fn key_range(t: &TableSchema, index: Option<usize>, prefix: &[Value], lower: Bound<&Value>, upper: Bound<&Value>) -> KeyRange {
+    let mut p = match index {
+        None => row_prefix(t),
+        Some(i) => index_prefix(t, &t.indexes[i]),
+    };
+    encode_values(&mut p, prefix);
+    let with = |v: &Value| {
+        let mut k = p.clone();
+        codec::encode_value(&mut k, v);
+        k
+    };
+    let start = match lower {
+        Bound::Included(v) => Bound::Included(with(v)),
+        Bound::Excluded(v) => match prefix_end(&with(v)) {
+            Some(e) => Bound::Included(e),
+            None => Bound::Excluded(with(v)),
+        },
+        Bound::Unbounded => Bound::Included(p.clone()),
+    };
+    let end = match upper {
+        Bound::Included(v) => end_of(&with(v)),
+        Bound::Excluded(v) => Bound::Excluded(with(v)),
+        Bound::Unbounded => end_of(&p),
+    };
+    (start, end)
+}
+
+/// The key of a scan position (index columns then primary key, as in a cursor).
+fn position_key(t: &TableSchema, index: Option<usize>, pos: Row) -> Result<Bytes> {
+    match index {
+        None => Ok([row_prefix(t), encode_key(t, pos)?].concat()),
+        Some(i) => {
+            let ix = &t.indexes[i];
+            let n = ix.columns.len();
+            if pos.len() != n + t.primary_key.len() {
+                return Err(Error::invalid_input("cursor does not belong to this index"));
+            }
+            let mut pos = pos;
+            let pk = pos.split_off(n);
+            let cols = coerce_all(t, &ix.columns, pos)?;
+            let mut k = index_prefix(t, ix);
+            encode_values(&mut k, &cols);
+            if !ix.unique || cols.iter().any(Value::is_null) {
+                k.extend(encode_key(t, pk)?);
+            }
+            Ok(k)
+        }
+    }
+}
+
+/// Sorts rows by `ORDER BY` terms; NULL sorts first ascending (as in the key order).
+pub(crate) fn sort_rows(rows: &mut [Row], order: &[crate::query::OrderBy]) {
+    if order.is_empty() {
+        return;
+    }
+    rows.sort_by(|a, b| {
+        for o in order {
+            let (x, y) = (&a[o.column], &b[o.column]);
+            let ord = match (x.is_null(), y.is_null()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Less,
+                (false, true) => Ordering::Greater,
+                _ => compare(x, y).unwrap_or(Ordering::Equal),
+            };
+            let ord = if o.desc { ord.reverse() } else { ord };
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        }
+        Ordering::Equal
+    });
+}

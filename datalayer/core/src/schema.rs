@@ -1,0 +1,240 @@
+//! Table declarations: columns, primary key and secondary indexes.
+//!
+//! `#[derive(Table)]` builds a [`TableSchema`] once per type; engines create tables and
+//! indexes from it (SQL DDL, or key ranges in the KV family), and the KV engines store it
+//! in their catalog so that a migration can read it back.
+
+use crate::error::{Error, Result};
+use crate::query::Expr;
+use crate::value::{ColumnType, Row};
+use serde::{Deserialize, Serialize};
+
+/// Longest identifier accepted, in bytes (PostgreSQL's limit).
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Checks an identifier (table, column, index, savepoint, topic name): ASCII letter or
+/// `_` first, then letters, digits or `_`, at most [`MAX_IDENTIFIER_BYTES`], and not
+/// starting with `_dl_` (reserved for datalayer's own tables).
+///
+/// # Errors
+/// `InvalidInput` naming the identifier and the rule it breaks.
+pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok_first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let ok_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok_first || !ok_rest || name.len() > MAX_IDENTIFIER_BYTES {
+        return Err(Error::invalid_input(format!(
+            "invalid {what} name {name:?}: use 1 to {MAX_IDENTIFIER_BYTES} ASCII letters, digits or '_', not starting with a digit"
+        )));
+    }
+    if name.starts_with("_dl_") {
+        return Err(Error::invalid_input(format!(
+            "invalid {what} name {name:?}: the prefix _dl_ is reserved for datalayer"
+        )));
+    }
+    Ok(())
+}
+
+/// One column.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    /// Column name in the engine (`#[column(name = ..)]`, else the field name).
+    pub name: String,
+    /// The Rust field name, used by queries to refer to the column.
+    pub field: String,
+    /// The column type.
+    pub ty: ColumnType,
+    /// Whether NULL is allowed (`Option<T>` fields).
+    pub nullable: bool,
+}
+
+/// A secondary index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexDef {
+    /// Index name, unique within the table.
+    pub name: String,
+    /// Indexed columns, as positions in [`TableSchema::columns`], in index order.
+    pub columns: Vec<usize>,
+    /// At most one row per combination of non-NULL values (rows with a NULL in an
+    /// indexed column never collide, as in SQL).
+    pub unique: bool,
+    /// Conditional (partial) index: only rows for which this filter is true are indexed.
+    /// The expression uses columns and literals only.
+    pub when: Option<Expr>,
+}
+
+/// A table: its columns, primary key and secondary indexes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableSchema {
+    /// Table name.
+    pub name: String,
+    /// Columns in storage order (the order of [`Row`] values).
+    pub columns: Vec<ColumnDef>,
+    /// Primary-key columns, as positions in `columns`, in key order (single or composite).
+    pub primary_key: Vec<usize>,
+    /// Secondary indexes.
+    pub indexes: Vec<IndexDef>,
+}
+
+impl TableSchema {
+    /// Position of the column whose field or column name is `name`.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.field == name)
+            .or_else(|| self.columns.iter().position(|c| c.name == name))
+    }
+
+    /// Position of the index named `name`.
+    pub fn index_position(&self, name: &str) -> Option<usize> {
+        self.indexes.iter().position(|i| i.name == name)
+    }
+
+    /// The primary-key values of `row`.
+    pub fn key_of(&self, row: &Row) -> Row {
+        self.primary_key.iter().map(|&i| row[i].clone()).collect()
+    }
+
+    /// Checks names, key and index definitions.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad identifier, an empty or nullable primary key, a column
+    /// position out of range, or duplicate names.
+    pub fn validate(&self) -> Result<()> {
+        validate_identifier("table", &self.name)?;
+        if self.columns.is_empty() {
+            return Err(Error::invalid_input(format!("table {} has no columns", self.name)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.columns {
+            validate_identifier("column", &c.name)?;
+            if !seen.insert(c.name.as_str()) {
+                return Err(Error::invalid_input(format!(
+                    "table {} declares column {} twice",
+                    self.name, c.name
+                )));
+            }
+        }
+        if self.primary_key.is_empty() {
+            return Err(Error::invalid_input(format!("table {} has no primary key", self.name)));
+        }
+        for &k in &self.primary_key {
+            let c = self.columns.get(k).ok_or_else(|| {
+                Error::invalid_input(format!("table {}: primary-key column {k} out of range", self.name))
+            })?;
+            if c.nullable {
+                return Err(Error::invalid_input(format!(
+                    "table {}: primary-key column {} cannot be nullable",
+                    self.name, c.name
+                )));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for ix in &self.indexes {
+            validate_identifier("index", &ix.name)?;
+            if !names.insert(ix.name.as_str()) {
+                return Err(Error::invalid_input(format!(
+                    "table {} declares index {} twice",
+                    self.name, ix.name
+                )));
+            }
+            if ix.columns.is_empty() || ix.columns.iter().any(|&c| c >= self.columns.len()) {
+                return Err(Error::invalid_input(format!(
+                    "table {}: index {} has no or unknown columns",
+                    self.name, ix.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `row` fits the table: arity, types (integers and floats are coerced
+    /// to the column's width), and NULL only in nullable columns.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the table, column and the offending value.
+    pub fn check_row(&self, row: Row) -> Result<Row> {
+        if row.len() != self.columns.len() {
+            return Err(Error::invalid_input(format!(
+                "table {} has {} columns, the row has {}",
+                self.name,
+                self.columns.len(),
+                row.len()
+            )));
+        }
+        row.into_iter()
+            .zip(&self.columns)
+            .map(|(v, c)| {
+                if v.is_null() {
+                    if c.nullable {
+                        return Ok(v);
+                    }
+                    return Err(Error::invalid_input(format!(
+                        "column {}.{} is not nullable",
+                        self.name, c.name
+                    )));
+                }
+                if v.column_type() == Some(c.ty) {
+                    return Ok(v);
+                }
+                let numeric = v.column_type().is_some_and(|t| t.is_numeric()) && c.ty.is_numeric();
+                if numeric {
+                    v.coerce(c.ty).map_err(|e| {
+                        Error::invalid_input(format!("column {}.{}: {}", self.name, c.name, e.message()))
+                    })
+                } else {
+                    Err(Error::invalid_input(format!(
+                        "column {}.{} expects {:?}, got {v:?}",
+                        self.name, c.name, c.ty
+                    )))
+                }
+            })
+            .collect()
+    }
+}
+
+/// A Rust type stored as the rows of one table. Implemented by `#[derive(Table)]`.
+///
+/// The derive generates the row codec and column metadata, never query methods: queries
+/// come from `#[query_group]` and [`crate::Repo`].
+pub trait Table: Sized + Send + Sync + Unpin + 'static {
+    /// The table's schema, built once.
+    fn schema() -> &'static TableSchema;
+    /// The column values, in column order.
+    fn to_row(&self) -> Row;
+    /// Builds the value from column values in column order.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the arity or a value's type does not match.
+    fn from_row(row: Row) -> Result<Self>;
+    /// The primary-key values.
+    fn key(&self) -> Row {
+        let row = self.to_row();
+        Self::schema().key_of(&row)
+    }
+}
+
+/// Declares a belongs-to relationship: `Self` (the child) holds a foreign key to `P`
+/// (the parent) in the columns named by `FOREIGN_KEY`, in `P`'s primary-key order.
+/// `#[derive(Table)]` implements it for fields marked `#[belongs_to(P)]`.
+///
+/// The has-many direction (`Repo::<P>::has_many::<Self>`) needs a secondary index on
+/// `Self` whose leading columns are the foreign-key columns.
+pub trait BelongsTo<P: Table>: Table {
+    /// Field names of the foreign-key columns on `Self`.
+    const FOREIGN_KEY: &'static [&'static str];
+    /// The parent's primary key, or `None` when the foreign key is NULL.
+    fn parent_key(&self) -> Option<Row>;
+}
+
+/// An id-list relationship: `Self` stores a list of `R`'s primary keys in one column, and
+/// a `#[relation(ids = field)]` field of type `Vec<R>` that is filled on request
+/// (`Repo::load_ids`) with one batched read. `#[derive(Table)]` implements it.
+pub trait IdList<R: Table>: Table {
+    /// The primary keys of the related rows, in list order.
+    fn related_keys(&self) -> Vec<Row>;
+    /// Stores the loaded rows (in list order; ids with no row are left out).
+    fn fill_related(&mut self, rows: Vec<R>);
+}
