@@ -1,0 +1,37 @@
+//! # datalayer
+//!
+//! Declare tables and queries once, in Rust, and run them unchanged on five storage
+//! engines: the embedded write-ahead-log store **etch** (the default), **SQLite**,
+//! **PostgreSQL**, **Redis** and **TiKV**.
+//!
+//! This facade re-exports [`datalayer_core`] (values, schemas, the query AST, `Db`,
+//! `Tx`, `Repo`, `Batch`, errors), the derive macros, and one module per engine enabled
+//! by cargo features. Open a database with [`connect`] or [`builder`].
+
+pub use datalayer_core::*;
+pub use datalayer_macros::{Table, query_group};
+
+/// Registers every engine compiled into this build with the URL registry (idempotent).
+pub fn install_engines() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {});
+}
+
+/// A [`DbBuilder`] for `url`, with every compiled-in engine registered. Add tables and
+/// query groups, then `.connect().await`.
+///
+/// URLs: `etch://<dir>` or `etch::memory:`; `sqlite://<file>` or `sqlite::memory:`;
+/// `postgres://user@host:port/db`; `redis://host:port`; `tikv://pd1:2379,pd2:2379`.
+pub fn builder(url: impl Into<String>) -> DbBuilder {
+    install_engines();
+    Db::builder(url)
+}
+
+/// Opens `url` with no tables registered (they can be registered later by building
+/// again, or used through an engine's catalog).
+///
+/// # Errors
+/// As [`DbBuilder::connect`].
+pub async fn connect(url: impl Into<String>) -> Result<Db> {
+    builder(url).connect().await
+}
