@@ -9,6 +9,7 @@
 //! with the derive macros and the engines picked by cargo features.
 
 pub mod capability;
+pub mod change;
 pub mod db;
 pub mod engine;
 pub mod error;
@@ -17,10 +18,12 @@ pub mod kv;
 pub mod query;
 pub mod repo;
 pub mod schema;
+pub mod sql;
 pub mod stmt;
 pub mod value;
 
 pub use capability::Capability;
+pub use change::{Change, ChangeKind, ChangeOptions};
 pub use db::{Db, DbBuilder, EngineOpener, Executor, QueryGroup, Tx, TxBuilder, redact, register_engine};
 pub use engine::{Engine, EngineTx, Isolation, Op, Output, ScanRequest, TxOptions, WriteMode};
 pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,1 @@
+//! The SQL engine family (being written).

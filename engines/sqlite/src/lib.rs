@@ -1,0 +1,1 @@
+//! SQLite engine (being written).
