@@ -11,10 +11,17 @@
 pub use datalayer_core::*;
 pub use datalayer_macros::{Table, query_group};
 
+/// The embedded write-ahead-log engine (feature `etch`, on by default).
+#[cfg(feature = "etch")]
+pub use datalayer_etch as etch;
+
 /// Registers every engine compiled into this build with the URL registry (idempotent).
 pub fn install_engines() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {});
+    ONCE.call_once(|| {
+        #[cfg(feature = "etch")]
+        datalayer_etch::kv::register();
+    });
 }
 
 /// A [`DbBuilder`] for `url`, with every compiled-in engine registered. Add tables and

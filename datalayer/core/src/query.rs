@@ -372,6 +372,24 @@ pub mod check {
         )*};
     }
     same!(bool, i16, i32, i64, f32, f64, String, Vec<u8>, std::time::SystemTime);
+    /// A non-null column compares with a nullable value (NULL never matches), as a
+    /// nullable column compares with a non-null one.
+    macro_rules! nullable_rhs {
+        ($($t:ty),*) => {$(
+            impl Comparable<Option<$t>> for $t {}
+        )*};
+    }
+    nullable_rhs!(
+        bool,
+        i16,
+        i32,
+        i64,
+        f32,
+        f64,
+        String,
+        Vec<u8>,
+        std::time::SystemTime
+    );
     impl Comparable<&str> for String {}
     impl Comparable<&str> for Option<String> {}
     impl Comparable<&&str> for String {}
@@ -434,4 +452,64 @@ pub mod check {
     pub fn nullable<T>(_c: &Option<T>) {}
     /// Type-checks a `limit(n)` argument.
     pub fn limit<T: Into<i64> + Copy>(_n: &T) {}
+
+    /// A column of type `Self` can be returned as `R` by a `select(|x| x.col)` query:
+    /// `T` as `T` (and in `Vec<T>`), `T` or `Option<T>` as `Option<T>`.
+    #[diagnostic::on_unimplemented(
+        message = "a column of type `{Self}` cannot be returned as `{R}`",
+        label = "the selected column does not match the fn's return type"
+    )]
+    pub trait Selectable<R> {}
+    impl<T: crate::value::ColumnValue> Selectable<T> for T {}
+    impl<T: crate::value::ColumnValue> Selectable<Option<T>> for T {}
+
+    /// Type-checks `select(|x| x.col)` against the return type's item type `R`.
+    pub fn select<R, C: Selectable<R>>(_c: &C) {}
+
+    /// The field names of a table's primary-key columns, known at compile time.
+    /// Implemented by `#[derive(Table)]`; `#[query_group]` uses it to reject an update
+    /// that assigns to a key column (see [`not_primary_key`]).
+    pub trait PrimaryKeyFields {
+        /// Field names of the primary-key columns, in key order.
+        const FIELDS: &'static [&'static str];
+    }
+
+    /// Panics — a compile error when evaluated in a constant — when `field` is one of
+    /// `pk`. `#[query_group]` evaluates it for every update assignment.
+    pub const fn not_primary_key(pk: &[&str], field: &str) {
+        let mut i = 0;
+        while i < pk.len() {
+            if const_str_eq(pk[i], field) {
+                panic!("datalayer: an update cannot assign to a primary-key column");
+            }
+            i += 1;
+        }
+    }
+
+    const fn const_str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// A literal written in a query or a conditional index, converted to the type `ty`
+    /// of the column it is compared with or assigned to when it fits (`18` becomes
+    /// `I32(18)` next to an `i32` column), else kept as written. Keeping literals in the
+    /// column's type lets engines bind them and match conditional indexes exactly.
+    pub fn literal(v: crate::value::Value, ty: Option<crate::value::ColumnType>) -> super::Expr {
+        let v = match ty {
+            Some(t) => v.clone().coerce(t).unwrap_or(v),
+            None => v,
+        };
+        super::Expr::Literal(v)
+    }
 }

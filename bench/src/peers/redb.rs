@@ -1,0 +1,115 @@
+//! Peer: raw `redb` 4 — a copy-on-write B-tree in one file.
+//!
+//! Durability: every write transaction calls
+//! `WriteTransaction::set_durability(Durability::Immediate)` (also redb's
+//! default; set explicitly so the intent is visible), which makes `commit`
+//! fsync before it returns (redb `src/transactions.rs`, `Durability` and
+//! `set_durability`). Two-phase commit and quick-repair stay at their
+//! defaults (off). redb allows one write transaction at a time:
+//! `begin_write` blocks until the previous one commits, so there is no group
+//! commit.
+//!
+//! Rows are stored the redb-native way, as a tuple value `(name, email, age)`
+//! keyed by `id`; the age index is a second table `(age, id) -> ()` written in
+//! the same transaction.
+
+use std::path::Path;
+
+use ::redb::{Database, Durability, ReadableDatabase, TableDefinition, WriteTransaction};
+
+use crate::workloads::{Target, User};
+
+const USERS: TableDefinition<i64, (&str, &str, i32)> = TableDefinition::new("users");
+const BY_AGE: TableDefinition<(i32, i64), ()> = TableDefinition::new("users_by_age");
+
+/// redb in `<dir>/bench.redb`, `Durability::Immediate` on every commit.
+pub struct Redb {
+    db: Database,
+}
+
+impl Redb {
+    fn begin_durable(&self) -> WriteTransaction {
+        let mut tx = self.db.begin_write().expect("redb begin_write");
+        tx.set_durability(Durability::Immediate)
+            .expect("redb set_durability");
+        tx
+    }
+
+    fn insert_all(&self, rows: &[User]) {
+        let tx = self.begin_durable();
+        {
+            let mut users = tx.open_table(USERS).expect("redb open users");
+            let mut by_age = tx.open_table(BY_AGE).expect("redb open by_age");
+            for u in rows {
+                users
+                    .insert(u.id, (u.name.as_str(), u.email.as_str(), u.age))
+                    .expect("redb insert user");
+                by_age.insert((u.age, u.id), ()).expect("redb insert index");
+            }
+        }
+        tx.commit().expect("redb commit");
+    }
+}
+
+fn decode(id: i64, (name, email, age): (&str, &str, i32)) -> User {
+    User {
+        id,
+        name: name.to_owned(),
+        email: email.to_owned(),
+        age,
+    }
+}
+
+impl Target for Redb {
+    fn name(&self) -> String {
+        "redb".into()
+    }
+
+    fn setup(dir: &Path, rows: &[User]) -> Self {
+        let db = Database::create(dir.join("bench.redb")).expect("redb create");
+        let this = Self { db };
+        // Create both tables even when `rows` is empty.
+        this.insert_all(&[]);
+        for chunk in rows.chunks(10_000) {
+            this.insert_all(chunk);
+        }
+        this
+    }
+
+    fn point_read(&self, id: i64) -> Option<User> {
+        let tx = self.db.begin_read().expect("redb begin_read");
+        let users = tx.open_table(USERS).expect("redb open users");
+        users
+            .get(id)
+            .expect("redb get")
+            .map(|v| decode(id, v.value()))
+    }
+
+    fn commit_one(&self, u: &User) {
+        self.insert_all(std::slice::from_ref(u));
+    }
+
+    fn batch(&self, rows: &[User]) {
+        self.insert_all(rows);
+    }
+
+    fn range_by_age(&self, lo: i32, hi: i32) -> usize {
+        let tx = self.db.begin_read().expect("redb begin_read");
+        let users = tx.open_table(USERS).expect("redb open users");
+        let by_age = tx.open_table(BY_AGE).expect("redb open by_age");
+        let rows: Vec<User> = by_age
+            .range((lo, i64::MIN)..=(hi, i64::MAX))
+            .expect("redb range")
+            .map(|entry| {
+                let (key, _) = entry.expect("redb range entry");
+                let (_, id) = key.value();
+                let row = users
+                    .get(id)
+                    .expect("redb get")
+                    .expect("index points at a row");
+                decode(id, row.value())
+            })
+            .collect();
+        rows.len()
+    }
+}

@@ -1,0 +1,50 @@
+//! Change data capture through the layer.
+
+use crate::Ctx;
+use crate::model::User;
+use datalayer::{ChangeKind, ChangeOptions, Value};
+use futures::StreamExt;
+
+pub async fn captures_in_commit_order(cx: &mut Ctx) -> anyhow::Result<()> {
+    cx.db.enable_changes("users").await?;
+    cx.db.enable_changes("users").await?; // idempotent
+    let repo = cx.db.repo::<User>();
+    repo.insert(&User::sample(1)).await?;
+    User::birthday(&cx.db, 1, 5).await?;
+    repo.delete(1i64).await?;
+    let changes = cx.db.read_changes("users", 0, 100).await?;
+    let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
+    assert_eq!(kinds, vec![ChangeKind::Insert, ChangeKind::Update, ChangeKind::Delete]);
+    assert!(changes.windows(2).all(|w| w[0].position < w[1].position));
+    let age = User::sample(1).age;
+    assert_eq!(changes[0].get("age"), Some(&Value::I32(age)));
+    assert_eq!(changes[1].get("age"), Some(&Value::I32(age + 5)));
+    assert_eq!(changes[2].get("id"), Some(&Value::I64(1)));
+    assert!(changes.iter().all(|c| c.table == "users"));
+    // A rolled-back transaction leaves no change.
+    {
+        let tx = cx.db.begin().await?;
+        tx.repo::<User>().insert(&User::sample(2)).await?;
+    }
+    assert_eq!(cx.db.read_changes("users", changes[2].position, 100).await?, vec![]);
+    Ok(())
+}
+
+pub async fn resume_and_trim(cx: &mut Ctx) -> anyhow::Result<()> {
+    cx.db.enable_changes("users").await?;
+    let repo = cx.db.repo::<User>();
+    for id in 1..=5 {
+        repo.insert(&User::sample(id)).await?;
+    }
+    let first = cx.db.read_changes("users", 0, 2).await?;
+    assert_eq!(first.len(), 2);
+    let rest = cx.db.read_changes("users", first[1].position, 100).await?;
+    assert_eq!(rest.len(), 3);
+    assert_eq!(rest[0].get("id"), Some(&Value::I64(3)));
+    assert_eq!(cx.db.trim_changes("users", first[1].position).await?, 2);
+    assert_eq!(cx.db.read_changes("users", 0, 100).await?.len(), 3);
+    let mut stream = Box::pin(cx.db.changes("users", ChangeOptions { after: first[1].position, ..Default::default() }));
+    let next = stream.next().await.expect("a change")?;
+    assert_eq!(next.position, rest[0].position);
+    Ok(())
+}

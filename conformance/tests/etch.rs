@@ -1,0 +1,81 @@
+//! The conformance suite on etch: in memory and on disk (fsync every commit).
+
+use async_trait::async_trait;
+use datalayer::{Capability, Engine};
+use datalayer_conformance::{Namespace, Target, main, trials};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+struct Memory;
+struct MemoryNs;
+
+#[async_trait]
+impl Namespace for MemoryNs {
+    async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
+        Ok(Arc::new(datalayer_etch::kv::memory()))
+    }
+    fn reopenable(&self) -> bool {
+        false
+    }
+    async fn destroy(&self) -> datalayer::Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Target for Memory {
+    async fn namespace(&self) -> anyhow::Result<Box<dyn Namespace>> {
+        Ok(Box::new(MemoryNs))
+    }
+    fn capability(&self) -> Capability {
+        datalayer::Engine::capability(&datalayer_etch::kv::memory())
+    }
+    fn reopenable(&self) -> bool {
+        false
+    }
+}
+
+struct Disk {
+    root: PathBuf,
+}
+struct DiskNs {
+    dir: PathBuf,
+}
+
+#[async_trait]
+impl Namespace for DiskNs {
+    async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
+        Ok(Arc::new(datalayer_etch::kv::open(&self.dir, Default::default()).await?))
+    }
+    fn reopenable(&self) -> bool {
+        true
+    }
+    async fn destroy(&self) -> datalayer::Result<()> {
+        Ok(std::fs::remove_dir_all(&self.dir)?)
+    }
+}
+
+#[async_trait]
+impl Target for Disk {
+    async fn namespace(&self) -> anyhow::Result<Box<dyn Namespace>> {
+        let dir = self.root.join(format!("ns-{}", datalayer_conformance::random_suffix()));
+        Ok(Box::new(DiskNs { dir }))
+    }
+    fn capability(&self) -> Capability {
+        let mut c = datalayer::Engine::capability(&datalayer_etch::kv::memory());
+        c.durable = true;
+        c
+    }
+    fn reopenable(&self) -> bool {
+        true
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let root = tempfile::Builder::new().prefix("dl-etch-conformance-").tempdir().expect("temp dir");
+    let mut all = trials("memory", Arc::new(Memory));
+    all.extend(trials("disk", Arc::new(Disk { root: root.path().to_owned() })));
+    let code = main(all);
+    drop(root);
+    code
+}
