@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use datalayer::{Capability, Engine};
-use datalayer_conformance::{Namespace, Target, main, trials};
+use datalayer_conformance::{Namespace, Target, trials};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -75,7 +75,7 @@ fn main() -> std::process::ExitCode {
     let root = tempfile::Builder::new().prefix("dl-etch-conformance-").tempdir().expect("temp dir");
     let mut all = trials("memory", Arc::new(Memory));
     all.extend(trials("disk", Arc::new(Disk { root: root.path().to_owned() })));
-    let code = main(all);
+    let code = datalayer_conformance::main(all);
     drop(root);
     code
 }

@@ -7,6 +7,7 @@
 
 use crate::workloads::{FlightsLoader, SetupFn, boxed_setup};
 
+pub mod datalayer_etch;
 pub mod etchdb;
 pub mod redb;
 pub mod rusqlite;
@@ -22,6 +23,10 @@ pub struct Entry {
 /// Every target, baseline first.
 pub fn targets() -> Vec<Entry> {
     vec![
+        Entry {
+            key: "datalayer-etch",
+            setup: boxed_setup::<datalayer_etch::DatalayerEtch>,
+        },
         Entry {
             key: "etchdb",
             setup: boxed_setup::<etchdb::Etch>,
@@ -39,5 +44,5 @@ pub fn targets() -> Vec<Entry> {
 
 /// Every store that implements workload 6 (flights bulk load), baseline first.
 pub fn flights_loaders() -> Vec<Box<dyn FlightsLoader>> {
-    vec![Box::new(rusqlite::RusqliteFlights)]
+    vec![Box::new(datalayer_etch::DatalayerEtchFlights), Box::new(rusqlite::RusqliteFlights)]
 }

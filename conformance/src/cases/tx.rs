@@ -6,6 +6,7 @@ use crate::model::User;
 use anyhow::ensure;
 use datalayer::{Error, ErrorKind, Isolation};
 use futures::FutureExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub async fn commit_makes_visible(cx: &mut Ctx) -> anyhow::Result<()> {
@@ -112,13 +113,14 @@ pub async fn failed_op_keeps_tx_usable(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 pub async fn retry_reruns_on_retryable_error(cx: &mut Ctx) -> anyhow::Result<()> {
-    let attempts = AtomicU32::new(0);
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
     let out = cx
         .db
         .tx_with()
         .retry(3)
-        .run(async |tx| {
-            let n = attempts.fetch_add(1, Ordering::SeqCst);
+        .run(async move |tx| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
             tx.repo::<User>().insert(&User::sample(1)).await?;
             if n < 2 {
                 return Err(Error::conflict("simulated serialization failure"));
@@ -136,13 +138,14 @@ pub async fn retry_reruns_on_retryable_error(cx: &mut Ctx) -> anyhow::Result<()>
         .await
         .expect_err("gives up");
     ensure!(err.is_retryable());
-    let non = AtomicU32::new(0);
+    let non = Arc::new(AtomicU32::new(0));
+    let counter = non.clone();
     let _ = cx
         .db
         .tx_with()
         .retry(5)
-        .run(async |_tx| -> datalayer::Result<()> {
-            non.fetch_add(1, Ordering::SeqCst);
+        .run(async move |_tx| -> datalayer::Result<()> {
+            counter.fetch_add(1, Ordering::SeqCst);
             Err(Error::invalid_input("not retryable"))
         })
         .await;
@@ -216,7 +219,7 @@ pub async fn concurrent_increments_are_serializable(cx: &mut Ctx) -> anyhow::Res
         .into_iter()
         .find(|l| cx.cap().supports_isolation(*l));
     let Some(level) = level else { return Ok(()) };
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<datalayer::Result<()>>> = Vec::new();
     for _ in 0..4 {
         let db = cx.db.clone();
         tasks.push(tokio::spawn(async move {

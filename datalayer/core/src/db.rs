@@ -362,12 +362,6 @@ impl Tx {
         Repo::new(self)
     }
 
-    async fn with<R>(&self, f: impl AsyncFnOnce(&mut dyn EngineTx) -> Result<R>) -> Result<R> {
-        let mut g = self.inner.lock().await;
-        let tx = g.as_mut().ok_or_else(finished)?;
-        f(tx.as_mut()).await
-    }
-
     fn check_savepoint(&self, name: &str) -> Result<()> {
         if !self.capability.savepoints {
             return Err(Error::unsupported(self.engine, "savepoints"));
@@ -381,7 +375,8 @@ impl Tx {
     /// `InvalidInput` for a bad name; `Unsupported` without `Capability::savepoints`.
     pub async fn savepoint(&self, name: &str) -> Result<()> {
         self.check_savepoint(name)?;
-        self.with(async |t| t.savepoint(name).await).await
+        let mut g = self.inner.lock().await;
+        g.as_mut().ok_or_else(finished)?.savepoint(name).await
     }
     /// Undoes everything since savepoint `name` (the savepoint stays).
     ///
@@ -389,12 +384,14 @@ impl Tx {
     /// `NotFound` for an unknown savepoint.
     pub async fn rollback_to(&self, name: &str) -> Result<()> {
         self.check_savepoint(name)?;
-        self.with(async |t| t.rollback_to(name).await).await
+        let mut g = self.inner.lock().await;
+        g.as_mut().ok_or_else(finished)?.rollback_to(name).await
     }
     /// Releases savepoint `name`, keeping its changes.
     pub async fn release(&self, name: &str) -> Result<()> {
         self.check_savepoint(name)?;
-        self.with(async |t| t.release(name).await).await
+        let mut g = self.inner.lock().await;
+        g.as_mut().ok_or_else(finished)?.release(name).await
     }
     /// Runs `f` inside a savepoint: released on `Ok`, rolled back to on `Err` (the
     /// outer transaction goes on either way).

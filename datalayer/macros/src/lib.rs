@@ -1,14 +1,73 @@
-//! Procedural macros of datalayer (placeholder; being written).
+//! Procedural macros of datalayer: `#[derive(Table)]` and `#[query_group]`.
+//!
+//! The crate is thin: it parses with syn, generates code against the `datalayer` facade
+//! (`::datalayer::*`), and reports misuse as a compile error at the user's tokens. The
+//! generated code leaves type checking to the compiler: every comparison, assignment and
+//! selected column in a query becomes a call into `datalayer::check`, placed at the
+//! user's expression.
+//!
+//! - [`table`](mod@table): the derive (schema, row codec, relationships).
+//! - [`query`](mod@query): `#[query_group]` (one `QueryDef`, `Stmt` builder and async
+//!   method per query fn).
+//! - [`expr`](mod@expr): the closure-expression parser shared by both.
+
 use proc_macro::TokenStream;
 
-/// Derives `datalayer::Table`.
+mod attrs;
+mod expr;
+mod query;
+mod table;
+
+/// Derives `datalayer::Table`: the table's schema, the row codec and the primary key, plus
+/// `BelongsTo<P>` for `#[belongs_to(P)]` fields and `IdList<R>` for `#[relation]` fields.
+///
+/// ```ignore
+/// #[derive(Table)]
+/// #[table(name = "users")]                                   // default: snake_case type name
+/// #[index(name = "by_email", fields(email), unique)]
+/// #[index(name = "adults", fields(age), when = |u| u.age >= 18)] // conditional index
+/// struct User {
+///     #[pk] id: i64,                                         // one or more #[pk] fields
+///     #[column(name = "user_name")] name: String,
+///     email: Option<String>,                                 // nullable
+///     age: i32,
+///     #[belongs_to(Team)] team_id: Option<i64>,
+///     song_ids: Vec<i64>,
+///     #[relation(ids = song_ids)] songs: Vec<Song>,          // not a column
+/// }
+/// ```
 #[proc_macro_derive(Table, attributes(table, pk, index, column, belongs_to, relation))]
-pub fn derive_table(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn derive_table(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    table::expand(input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }
 
-/// Turns plain query functions into prepared queries.
+/// Turns the plain query fns of an `impl` block into prepared queries.
+///
+/// For each `fn name(params..) -> Ret { Self::filter(..)... }` it generates
+/// `name_query()` (the static `QueryDef`), `name_stmt(params..)` (a `Stmt<Ret>`) and
+/// `async fn name(ex, params..)`, and implements `QueryGroup` for the type.
+///
+/// ```ignore
+/// #[query_group]
+/// impl User {
+///     fn by_id(id: i64) -> User { Self::filter(|u| u.id == id) }
+///     fn adults(n: i64) -> Vec<User> { Self::filter(|u| u.age >= 18).order_by(|u| u.age.desc()).limit(n) }
+///     fn bump(id: i64) -> u64 { Self::filter(|u| u.id == id).update(|u| u.age = u.age + 1) }
+/// }
+/// ```
 #[proc_macro_attribute]
-pub fn query_group(_attr: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn query_group(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = proc_macro2::TokenStream::from(attr);
+        return syn::Error::new_spanned(attr, "datalayer: #[query_group] takes no arguments")
+            .into_compile_error()
+            .into();
+    }
+    let item = syn::parse_macro_input!(item as syn::ItemImpl);
+    query::expand(item)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

@@ -59,13 +59,18 @@ pub trait Dir: Send + Sync {
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Make the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self) -> io::Result<()>;
+
+    /// Releases the directory's lock so another store may open it. Called by
+    /// [`Store::close`](crate::Store::close) once nothing more will be written.
+    /// Default: nothing to release.
+    fn unlock(&self) {}
 }
 
 /// The real file system: a directory on disk, locked against a second [`Store`](crate::Store)
 /// (in this or another process) for as long as this value lives.
 pub struct OsDir {
     path: PathBuf,
-    _lock: File,
+    lock: parking_lot::Mutex<Option<File>>,
 }
 
 /// Name of the lock file inside an [`OsDir`].
@@ -98,7 +103,7 @@ impl OsDir {
         }
         Ok(OsDir {
             path: path.to_path_buf(),
-            _lock: lock,
+            lock: parking_lot::Mutex::new(Some(lock)),
         })
     }
 }
@@ -123,6 +128,10 @@ impl WalFile for OsFile {
 impl Dir for OsDir {
     fn path(&self) -> &Path {
         &self.path
+    }
+    fn unlock(&self) {
+        // Dropping the file releases its advisory lock.
+        self.lock.lock().take();
     }
     fn list(&self) -> io::Result<Vec<String>> {
         let mut out = Vec::new();

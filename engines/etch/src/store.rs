@@ -436,7 +436,7 @@ impl Store {
     /// Open (creating it if missing) the store in directory `dir`, and recover its
     /// state: load the newest snapshot file, then replay the WAL records after it.
     ///
-    /// The directory is locked (`dir/LOCK`) until the last clone of the store is
+    /// The directory is locked (`dir/LOCK`) until [`Store::close`] or until the last clone of the store is
     /// dropped. Recovery rules (`FORMAT.md`, "Recovery"):
     /// - a torn or corrupt record at the tail of the newest WAL segment, with no valid
     ///   record after it, is an append that was never acknowledged: the file is
@@ -585,6 +585,11 @@ impl Store {
         }
         sh.mark_synced(&mut w, &latest);
         sh.flush_cv.notify_all();
+        // Nothing more is written (checkpoints check `closed` under `ckpt_lock`), so the
+        // directory may be opened again, by this process or another.
+        if let Some(dir) = &sh.dir {
+            dir.unlock();
+        }
         Ok(())
     }
 }

@@ -272,7 +272,13 @@ async fn a_directory_is_open_in_one_store_at_a_time() {
     drop(store);
     assert!(Store::open(tmp.path(), StoreOptions::default()).is_err());
     drop(clone);
-    Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    let again = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    // `close` releases the lock even while clones of the closed store are alive.
+    let kept = again.clone();
+    again.close().unwrap();
+    let reopened = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    assert!(kept.begin_write().await.commit(vec![(b"x".to_vec(), Some(b"1".to_vec()))]).await.unwrap_err().is_closed());
+    drop(reopened);
 }
 
 #[tokio::test]

@@ -345,6 +345,8 @@ pub fn render_query(q: &QueryDef, d: &dyn Dialect) -> Result<RenderedQuery> {
         None => String::new(),
     };
     let limit = match q.limit {
+        // A limit does not apply to a count (as in the KV family): bind nothing for it.
+        _ if q.kind == QueryKind::Count => None,
         None => None,
         Some(Limit::Const(n)) => Some(n.min(i64::MAX as u64).to_string()),
         Some(Limit::Param(i)) => Some(c.bind(Bind::Param(i))),

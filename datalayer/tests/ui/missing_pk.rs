@@ -1,0 +1,9 @@
+use datalayer::Table;
+
+#[derive(Table)]
+struct User {
+    id: i64,
+    email: String,
+}
+
+fn main() {}
