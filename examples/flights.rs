@@ -57,6 +57,7 @@ struct Plane {
     model: String,
     engines: i32,
     seats: i32,
+    /// Knots.
     speed: Option<i32>,
     engine: String,
 }
@@ -224,7 +225,8 @@ fn parse_plane(r: &csv::StringRecord) -> anyhow::Result<Plane> {
         model: r[4].into(),
         engines: req(&r[5])?,
         seats: req(&r[6])?,
-        speed: opt(&r[7])?,
+        // Written as a decimal ("90.0") in the source; knots.
+        speed: opt::<f64>(&r[7])?.map(|v| v.round() as i32),
         engine: r[8].into(),
     })
 }

@@ -15,12 +15,18 @@ pub use datalayer_macros::{Table, query_group};
 #[cfg(feature = "etch")]
 pub use datalayer_etch as etch;
 
+/// The SQLite engine (feature `sqlite`, on by default).
+#[cfg(feature = "sqlite")]
+pub use datalayer_sqlite as sqlite;
+
 /// Registers every engine compiled into this build with the URL registry (idempotent).
 pub fn install_engines() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(feature = "etch")]
         datalayer_etch::kv::register();
+        #[cfg(feature = "sqlite")]
+        datalayer_sqlite::register();
     });
 }
 

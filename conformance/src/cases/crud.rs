@@ -100,7 +100,7 @@ fn kinds(id: i64) -> Kinds {
         text: format!("héllo {id} ✓ \"quoted\" 'single' \\ %_"),
         bytes: vec![0, 255, id as u8, 0],
         maybe_int: (id % 2 == 0).then_some(i64::MIN + id),
-        maybe_text: (id % 3 == 0).then(|| String::new()),
+        maybe_text: (id % 3 == 0).then(String::new),
         maybe_bytes: (id % 2 == 1).then(Vec::new),
     }
 }

@@ -42,7 +42,7 @@ pub async fn panic_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
         db.tx(async |tx| {
             tx.repo::<User>().insert(&User::sample(1)).await?;
             if tx.repo::<User>().count().await? == 1 {
-                panic!("handler bug");
+                panic!("intentional panic: this case checks that a panicking transaction rolls back");
             }
             Ok(())
         })

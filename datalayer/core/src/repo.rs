@@ -228,11 +228,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
         let mut unique: Vec<Row> = Vec::new();
         let mut pos: HashMap<String, usize> = HashMap::new();
         for k in keys.iter().flatten() {
-            let id = format!("{k:?}");
-            if !pos.contains_key(&id) {
-                pos.insert(id, unique.len());
+            pos.entry(format!("{k:?}")).or_insert_with(|| {
                 unique.push(k.clone());
-            }
+                unique.len() - 1
+            });
         }
         let parents: Vec<Option<P>> = Repo::<P, E>::new(self.ex).get_many(unique).await?;
         Ok(keys
@@ -296,11 +295,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
         let mut pos: HashMap<String, usize> = HashMap::new();
         let lists: Vec<Vec<Row>> = rows.iter().map(IdList::related_keys).collect();
         for k in lists.iter().flatten() {
-            let id = format!("{k:?}");
-            if !pos.contains_key(&id) {
-                pos.insert(id, unique.len());
+            pos.entry(format!("{k:?}")).or_insert_with(|| {
                 unique.push(k.clone());
-            }
+                unique.len() - 1
+            });
         }
         let related: Vec<Option<R>> = Repo::<R, E>::new(self.ex).get_many(unique).await?;
         for (row, list) in rows.iter_mut().zip(lists) {

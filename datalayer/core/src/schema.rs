@@ -155,7 +155,7 @@ impl TableSchema {
     ///
     /// # Errors
     /// `InvalidInput` naming the table, column and the offending value.
-    pub fn check_row(&self, row: Row) -> Result<Row> {
+    pub fn check_row(&self, mut row: Row) -> Result<Row> {
         if row.len() != self.columns.len() {
             return Err(Error::invalid_input(format!(
                 "table {} has {} columns, the row has {}",
@@ -164,34 +164,31 @@ impl TableSchema {
                 row.len()
             )));
         }
-        row.into_iter()
-            .zip(&self.columns)
-            .map(|(v, c)| {
-                if v.is_null() {
-                    if c.nullable {
-                        return Ok(v);
-                    }
-                    return Err(Error::invalid_input(format!(
-                        "column {}.{} is not nullable",
-                        self.name, c.name
-                    )));
+        for (v, c) in row.iter_mut().zip(&self.columns) {
+            if v.is_null() {
+                if c.nullable {
+                    continue;
                 }
-                if v.column_type() == Some(c.ty) {
-                    return Ok(v);
-                }
-                let numeric = v.column_type().is_some_and(|t| t.is_numeric()) && c.ty.is_numeric();
-                if numeric {
-                    v.coerce(c.ty).map_err(|e| {
-                        Error::invalid_input(format!("column {}.{}: {}", self.name, c.name, e.message()))
-                    })
-                } else {
-                    Err(Error::invalid_input(format!(
-                        "column {}.{} expects {:?}, got {v:?}",
-                        self.name, c.name, c.ty
-                    )))
-                }
-            })
-            .collect()
+                return Err(Error::invalid_input(format!(
+                    "column {}.{} is not nullable",
+                    self.name, c.name
+                )));
+            }
+            if v.column_type() == Some(c.ty) {
+                continue;
+            }
+            let numeric = v.column_type().is_some_and(|t| t.is_numeric()) && c.ty.is_numeric();
+            if !numeric {
+                return Err(Error::invalid_input(format!(
+                    "column {}.{} expects {:?}, got {v:?}",
+                    self.name, c.name, c.ty
+                )));
+            }
+            *v = std::mem::take(v).coerce(c.ty).map_err(|e| {
+                Error::invalid_input(format!("column {}.{}: {}", self.name, c.name, e.message()))
+            })?;
+        }
+        Ok(row)
     }
 }
 

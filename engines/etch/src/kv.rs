@@ -221,6 +221,10 @@ impl KvTxn for EtchTxn {
             .collect())
     }
 
+    async fn count(&mut self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<u64> {
+        Ok(self.snapshot().range(start, end, false).count() as u64)
+    }
+
     async fn commit(self: Box<Self>, writes: WriteSet) -> Result<()> {
         match *self {
             EtchTxn::Write(w) => w.commit(writes).await.map(|_| ()).map_err(map_error),

@@ -105,6 +105,32 @@ pub fn index_prefix(table: &TableSchema, ix: &IndexDef) -> Vec<u8> {
     b
 }
 
+/// The key prefixes of one table, computed once per operation rather than per row.
+#[derive(Clone, Debug)]
+pub struct TableKeys {
+    /// `'r' <table>`.
+    pub row: Vec<u8>,
+    /// `'i'|'u' <table> <index>`, one per index in schema order.
+    pub indexes: Vec<Vec<u8>>,
+}
+
+impl TableKeys {
+    /// The prefixes of `table`.
+    pub fn new(table: &TableSchema) -> Self {
+        TableKeys {
+            row: row_prefix(table),
+            indexes: table.indexes.iter().map(|ix| index_prefix(table, ix)).collect(),
+        }
+    }
+    /// The row key of `row` (`'r' <table> <pk...>`); the key suffix starts at `self.row.len()`.
+    pub fn row_key(&self, table: &TableSchema, row: &Row) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.row.len() + 16);
+        k.extend_from_slice(&self.row);
+        encode_values(&mut k, table.primary_key.iter().map(|&i| &row[i]));
+        k
+    }
+}
+
 /// The full key of `row`'s entry in index `ix` (see the module docs).
 pub fn index_key(prefix: &[u8], table: &TableSchema, ix: &IndexDef, row: &Row, pk: &[u8]) -> Vec<u8> {
     let mut b = Vec::with_capacity(prefix.len() + 16 + pk.len());

@@ -59,7 +59,7 @@ impl KvEngine {
                 read_only,
             })
             .await?;
-        let mut tx = KvTx::new(txn, read_only, self.store.capability());
+        let mut tx = KvTx::new(txn, read_only, self.store.capability(), false);
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             let plan = match op {
@@ -105,7 +105,7 @@ impl Engine for KvEngine {
 
     async fn register(&self, tables: &[&TableSchema], queries: &[&QueryDef]) -> Result<()> {
         let txn = self.store.begin(TxOptions::default()).await?;
-        let mut tx = KvTx::new(txn, false, self.store.capability());
+        let mut tx = KvTx::new(txn, false, self.store.capability(), false);
         for t in tables {
             t.validate()?;
             let bytes = postcard::to_allocvec(*t).map_err(|e| Error::engine("postcard", e.to_string()))?;
@@ -155,14 +155,14 @@ impl Engine for KvEngine {
         }
         let txn = self.store.begin(opts).await?;
         Ok(Box::new(KvEngineTx {
-            tx: Some(KvTx::new(txn, opts.read_only, cap)),
+            tx: Some(KvTx::new(txn, opts.read_only, cap, true)),
             plans: self.plans.clone(),
         }))
     }
 
     async fn catalog(&self) -> Result<Vec<TableSchema>> {
         let txn = self.store.begin(TxOptions { isolation: None, read_only: true }).await?;
-        let mut tx = KvTx::new(txn, true, self.store.capability());
+        let mut tx = KvTx::new(txn, true, self.store.capability(), false);
         let raw = tx.catalog_all().await;
         let _ = tx.rollback().await;
         raw?.iter()

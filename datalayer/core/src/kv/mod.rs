@@ -78,6 +78,24 @@ pub trait KvTxn: Send {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<(Bytes, Bytes)>>;
+    /// The number of entries in `[start, end)` per the bounds. The default scans in
+    /// chunks; stores that can count without copying values should override it.
+    async fn count(&mut self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<u64> {
+        let mut n = 0u64;
+        let mut from: Option<Bytes> = None;
+        loop {
+            let lo = match &from {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => start,
+            };
+            let chunk = self.scan(lo, end, 4096, false).await?;
+            n += chunk.len() as u64;
+            if chunk.len() < 4096 {
+                return Ok(n);
+            }
+            from = chunk.last().map(|(k, _)| k.clone());
+        }
+    }
     /// Commits the write set atomically.
     async fn commit(self: Box<Self>, writes: WriteSet) -> Result<()>;
     /// Discards the transaction.

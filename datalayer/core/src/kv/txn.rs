@@ -1,7 +1,7 @@
 //! A KV-family transaction: the store's snapshot plus a write overlay, and every data
 //! operation (queries, repository ops, index maintenance) on top of it.
 
-use super::codec::{self, decode_row, encode_row, encode_values, index_key, index_prefix, pk_suffix, prefix_end, row_prefix};
+use super::codec::{self, TableKeys, decode_row, encode_row, encode_values, index_key, index_prefix, prefix_end, row_prefix};
 use super::plan::{Access, Plan, PlanBound};
 use super::{Bytes, KvTxn};
 use crate::capability::Capability;
@@ -25,6 +25,9 @@ pub(crate) struct KvTx {
     txn: Box<dyn KvTxn>,
     writes: Overlay,
     undo: Option<Vec<(Bytes, Option<Option<Bytes>>)>>,
+    /// Keep an undo log per write op (explicit transactions only: an autocommit op that
+    /// fails discards its whole store transaction anyway).
+    undo_enabled: bool,
     savepoints: Vec<(String, Overlay)>,
     read_only: bool,
     cap: Capability,
@@ -39,11 +42,12 @@ fn as_slice(b: &Bound<Bytes>) -> Bound<&[u8]> {
 }
 
 impl KvTx {
-    pub(crate) fn new(txn: Box<dyn KvTxn>, read_only: bool, cap: Capability) -> Self {
+    pub(crate) fn new(txn: Box<dyn KvTxn>, read_only: bool, cap: Capability, undo_enabled: bool) -> Self {
         KvTx {
             txn,
             writes: Overlay::new(),
             undo: None,
+            undo_enabled,
             savepoints: Vec::new(),
             read_only,
             cap,
@@ -191,6 +195,9 @@ impl KvTx {
             if self.read_only {
                 return Err(Error::invalid_input("write in a read-only transaction"));
             }
+            if !self.undo_enabled {
+                return self.exec_inner(op, plan).await;
+            }
             self.undo = Some(Vec::new());
             let r = self.exec_inner(op, plan).await;
             let undo = self.undo.take().unwrap_or_default();
@@ -215,20 +222,21 @@ impl KvTx {
             }
             Op::Insert { table, rows, mode } => {
                 let n = rows.len() as u64;
+                let keys = TableKeys::new(table);
                 for row in rows {
-                    self.insert_row(table, row, mode).await?;
+                    self.insert_row(table, &keys, row, mode).await?;
                 }
                 Ok(Output::Count(n))
             }
             Op::Update { table, rows } => {
                 let mut n = 0;
+                let keys = TableKeys::new(table);
                 for row in rows {
                     let row = table.check_row(row)?;
-                    let pk = pk_suffix(table, &row);
-                    let key = [row_prefix(table), pk.clone()].concat();
+                    let key = keys.row_key(table, &row);
                     if let Some(old) = self.get(&key).await? {
                         let old = decode_row(table, &old)?;
-                        self.write_row(table, &key, &pk, Some(&old), Some(&row)).await?;
+                        self.write_row(table, &keys, &key, Some(&old), Some(&row)).await?;
                         n += 1;
                     }
                 }
@@ -236,12 +244,12 @@ impl KvTx {
             }
             Op::Delete { table, keys } => {
                 let mut n = 0;
+                let tk = TableKeys::new(table);
                 for k in keys {
-                    let pk = encode_key(table, k)?;
-                    let key = [row_prefix(table), pk.clone()].concat();
+                    let key = [tk.row.as_slice(), &encode_key(table, k)?].concat();
                     if let Some(old) = self.get(&key).await? {
                         let old = decode_row(table, &old)?;
-                        self.write_row(table, &key, &pk, Some(&old), None).await?;
+                        self.write_row(table, &tk, &key, Some(&old), None).await?;
                         n += 1;
                     }
                 }
@@ -264,23 +272,34 @@ impl KvTx {
             Op::Count { table } => {
                 let p = row_prefix(table);
                 let range = (Bound::Included(p.clone()), end_of(&p));
-                let mut n = 0u64;
-                self.walk(table, None, range, false, |_| {
-                    n += 1;
-                    Ok(true)
-                })
-                .await?;
-                Ok(Output::Count(n))
+                self.count_range(&range).await.map(Output::Count)
+            }
+        }
+    }
+
+    /// Counts the entries in `range` without decoding them.
+    async fn count_range(&mut self, range: &KeyRange) -> Result<u64> {
+        let (start, end) = (as_slice(&range.0), as_slice(&range.1));
+        if self.writes.range::<[u8], _>((start, end)).next().is_none() {
+            return self.txn.count(start, end).await;
+        }
+        let mut range = range.clone();
+        let mut n = 0u64;
+        loop {
+            let entries = self.scan(&range, MAX_CHUNK, false).await?;
+            n += entries.len() as u64;
+            match entries.last() {
+                Some((k, _)) if entries.len() == MAX_CHUNK => range.0 = Bound::Excluded(k.clone()),
+                _ => return Ok(n),
             }
         }
     }
 
     // ---- writes -------------------------------------------------------------------------
 
-    async fn insert_row(&mut self, table: &TableSchema, row: Row, mode: WriteMode) -> Result<()> {
+    async fn insert_row(&mut self, table: &TableSchema, keys: &TableKeys, row: Row, mode: WriteMode) -> Result<()> {
         let row = table.check_row(row)?;
-        let pk = pk_suffix(table, &row);
-        let key = [row_prefix(table), pk.clone()].concat();
+        let key = keys.row_key(table, &row);
         let old = match self.get(&key).await? {
             Some(_) if mode == WriteMode::Insert => {
                 return Err(Error::already_exists(format!(
@@ -292,11 +311,13 @@ impl KvTx {
             Some(b) => Some(decode_row(table, &b)?),
             None => None,
         };
-        self.write_row(table, &key, &pk, old.as_ref(), Some(&row)).await
+        self.write_row(table, keys, &key, old.as_ref(), Some(&row)).await
     }
 
-    /// Replaces `old` by `new` (either may be absent) and maintains every index.
-    async fn write_row(&mut self, table: &TableSchema, key: &[u8], pk: &[u8], old: Option<&Row>, new: Option<&Row>) -> Result<()> {
+    /// Replaces `old` by `new` (either may be absent) at row key `key` and maintains
+    /// every index.
+    async fn write_row(&mut self, table: &TableSchema, keys: &TableKeys, key: &[u8], old: Option<&Row>, new: Option<&Row>) -> Result<()> {
+        let pk = &key[keys.row.len()..];
         if let Some(max) = self.cap.max_key_bytes
             && key.len() > max
         {
@@ -306,11 +327,10 @@ impl KvTx {
                 key.len()
             )));
         }
-        for ix in &table.indexes {
-            let prefix = index_prefix(table, ix);
+        for (ix, prefix) in table.indexes.iter().zip(&keys.indexes) {
             let entry = |r: Option<&Row>| -> Result<Option<Bytes>> {
                 match r {
-                    Some(r) if matches(ix.when.as_ref(), r, &[])? => Ok(Some(index_key(&prefix, table, ix, r, pk))),
+                    Some(r) if matches(ix.when.as_ref(), r, &[])? => Ok(Some(index_key(prefix, table, ix, r, pk))),
                     _ => Ok(None),
                 }
             };
@@ -423,11 +443,26 @@ impl KvTx {
         let (lower, upper) = (co(req.lower)?, co(req.upper)?);
         let mut range = key_range(t, req.index, &prefix, lower.as_ref(), upper.as_ref());
         if let Some(after) = req.after {
+            // The cursor only ever narrows the range: a cursor outside the bounds (made by
+            // hand, or from another scan) cannot widen it.
             let k = position_key(t, req.index, after)?;
             if req.reverse {
-                range.1 = Bound::Excluded(k);
+                let tighter = match &range.1 {
+                    Bound::Included(e) | Bound::Excluded(e) => k <= *e,
+                    Bound::Unbounded => true,
+                };
+                if tighter {
+                    range.1 = Bound::Excluded(k);
+                }
             } else {
-                range.0 = Bound::Excluded(k);
+                let tighter = match &range.0 {
+                    Bound::Included(s) => k >= *s,
+                    Bound::Excluded(s) => k > *s,
+                    Bound::Unbounded => true,
+                };
+                if tighter {
+                    range.0 = Bound::Excluded(k);
+                }
             }
         }
         let limit = req.limit.unwrap_or(usize::MAX);
@@ -555,7 +590,7 @@ impl KvTx {
                     rows.truncate(l);
                 }
                 let t = q.table;
-                let rp = row_prefix(t);
+                let keys = TableKeys::new(t);
                 let n = rows.len() as u64;
                 for old in rows {
                     let mut new = old.clone();
@@ -566,24 +601,25 @@ impl KvTx {
                         })?;
                     }
                     let new = t.check_row(new)?;
-                    let pk = pk_suffix(t, &old);
-                    let key = [rp.as_slice(), &pk].concat();
-                    self.write_row(t, &key, &pk, Some(&old), Some(&new)).await?;
+                    let key = keys.row_key(t, &old);
+                    self.write_row(t, &keys, &key, Some(&old), Some(&new)).await?;
                 }
                 Ok(Output::Count(n))
             }
             QueryKind::Delete => {
                 let mut rows = self.candidates(q, params, plan, stop_at).await?;
                 if let Some(l) = limit {
+                    if !plan.ordered {
+                        sort_rows(&mut rows, &q.order_by);
+                    }
                     rows.truncate(l);
                 }
                 let t = q.table;
-                let rp = row_prefix(t);
+                let keys = TableKeys::new(t);
                 let n = rows.len() as u64;
                 for old in rows {
-                    let pk = pk_suffix(t, &old);
-                    let key = [rp.as_slice(), &pk].concat();
-                    self.write_row(t, &key, &pk, Some(&old), None).await?;
+                    let key = keys.row_key(t, &old);
+                    self.write_row(t, &keys, &key, Some(&old), None).await?;
                 }
                 Ok(Output::Count(n))
             }

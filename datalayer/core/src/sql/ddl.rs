@@ -41,7 +41,11 @@ pub fn render_ddl(t: &TableSchema, d: &dyn Dialect) -> Result<Vec<String>> {
         }
         defs.push(def);
     }
-    let key: Vec<String> = t.primary_key.iter().map(|&c| d.quote_ident(&t.columns[c].name)).collect();
+    let key: Vec<String> = t
+        .primary_key
+        .iter()
+        .map(|&c| d.quote_ident(&t.columns[c].name))
+        .collect();
     defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
     let mut out = vec![format!(
         "CREATE TABLE IF NOT EXISTS {table} ({}){}",
@@ -49,7 +53,11 @@ pub fn render_ddl(t: &TableSchema, d: &dyn Dialect) -> Result<Vec<String>> {
         d.table_options()
     )];
     for ix in &t.indexes {
-        let cols: Vec<String> = ix.columns.iter().map(|&c| d.quote_ident(&t.columns[c].name)).collect();
+        let cols: Vec<String> = ix
+            .columns
+            .iter()
+            .map(|&c| d.quote_ident(&t.columns[c].name))
+            .collect();
         let mut s = format!(
             "CREATE {}INDEX IF NOT EXISTS {} ON {table} ({})",
             if ix.unique { "UNIQUE " } else { "" },
@@ -106,7 +114,11 @@ mod tests {
             "CREATE UNIQUE INDEX IF NOT EXISTS \"flights__by_tail\" ON \"flights\" (\"tail\", \"flight\") WHERE (NOT (\"tail\" IS NULL))"
         );
         let mut bad = t.clone();
-        bad.indexes[0].when = Some(Expr::cmp(CmpOp::Eq, Expr::Column(2), Expr::Literal(Value::String("a\0".into()))));
+        bad.indexes[0].when = Some(Expr::cmp(
+            CmpOp::Eq,
+            Expr::Column(2),
+            Expr::Literal(Value::String("a\0".into())),
+        ));
         assert!(render_ddl(&bad, &Pg).is_err());
     }
 }

@@ -36,8 +36,8 @@ mod render;
 
 pub use ddl::{index_name, render_ddl};
 pub use render::{
-    Bind, BoundShape, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, TableSql, render_expr_inline,
-    render_query, render_scan, render_table,
+    Bind, BoundShape, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, TableSql,
+    render_expr_inline, render_query, render_scan, render_table,
 };
 
 use crate::error::{Error, Result};
@@ -124,8 +124,15 @@ pub trait Dialect: Send + Sync + 'static {
         if update_cols.is_empty() {
             return format!("ON CONFLICT ({}) DO NOTHING", key_cols.join(", "));
         }
-        let sets: Vec<String> = update_cols.iter().map(|c| format!("{c} = excluded.{c}")).collect();
-        format!("ON CONFLICT ({}) DO UPDATE SET {}", key_cols.join(", "), sets.join(", "))
+        let sets: Vec<String> = update_cols
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {}",
+            key_cols.join(", "),
+            sets.join(", ")
+        )
     }
 
     /// Whether `INSERT/UPDATE/DELETE ... RETURNING` is available.
@@ -166,12 +173,18 @@ pub trait Dialect: Send + Sync + 'static {
 }
 
 fn int_literal(x: i64) -> String {
-    if x < 0 { format!("({x})") } else { x.to_string() }
+    if x < 0 {
+        format!("({x})")
+    } else {
+        x.to_string()
+    }
 }
 
 fn float_literal(x: f64) -> Result<String> {
     if !x.is_finite() {
-        return Err(Error::invalid_input(format!("the float {x} has no SQL literal")));
+        return Err(Error::invalid_input(format!(
+            "the float {x} has no SQL literal"
+        )));
     }
     // `{:?}` always prints a decimal point or an exponent, and round-trips exactly.
     let s = format!("{x:?}");

@@ -115,9 +115,14 @@ pub struct ScanShape {
 
 fn null_mask(vals: &[Value]) -> Result<u64> {
     if vals.len() > 64 {
-        return Err(Error::invalid_input("a scan position has more than 64 values"));
+        return Err(Error::invalid_input(
+            "a scan position has more than 64 values",
+        ));
     }
-    Ok(vals.iter().enumerate().fold(0, |m, (i, v)| if v.is_null() { m | (1 << i) } else { m }))
+    Ok(vals
+        .iter()
+        .enumerate()
+        .fold(0, |m, (i, v)| if v.is_null() { m | (1 << i) } else { m }))
 }
 
 impl ScanShape {
@@ -128,7 +133,8 @@ impl ScanShape {
     pub fn of(req: &ScanRequest<'_>) -> Result<ScanShape> {
         Ok(ScanShape {
             index: req.index,
-            prefix_len: u8::try_from(req.prefix.len()).map_err(|_| Error::invalid_input("scan prefix too long"))?,
+            prefix_len: u8::try_from(req.prefix.len())
+                .map_err(|_| Error::invalid_input("scan prefix too long"))?,
             prefix_nulls: null_mask(&req.prefix)?,
             lower: BoundShape::of(&req.lower),
             upper: BoundShape::of(&req.upper),
@@ -204,7 +210,10 @@ impl<'a, B: PartialEq + Copy> Ctx<'a, B> {
 
     fn col(&self, i: usize) -> Result<String> {
         let c = self.t.columns.get(i).ok_or_else(|| {
-            Error::invalid_input(format!("table {}: column position {i} out of range", self.t.name))
+            Error::invalid_input(format!(
+                "table {}: column position {i} out of range",
+                self.t.name
+            ))
         })?;
         Ok(self.d.quote_ident(&c.name))
     }
@@ -216,7 +225,9 @@ impl Ctx<'_, Bind> {
             Expr::Column(i) => self.col(*i)?,
             Expr::Param(i) => {
                 if !self.params {
-                    return Err(Error::invalid_input("an index predicate cannot use query parameters"));
+                    return Err(Error::invalid_input(
+                        "an index predicate cannot use query parameters",
+                    ));
                 }
                 self.bind(Bind::Param(*i))
             }
@@ -308,7 +319,12 @@ fn order_terms(q: &QueryDef, d: &dyn Dialect) -> Result<Vec<String>> {
         t.columns
             .get(i)
             .map(|c| d.quote_ident(&c.name))
-            .ok_or_else(|| Error::invalid_input(format!("query {}: column position {i} out of range", q.name)))
+            .ok_or_else(|| {
+                Error::invalid_input(format!(
+                    "query {}: column position {i} out of range",
+                    q.name
+                ))
+            })
     };
     for o in &q.order_by {
         if !seen.contains(&o.column) {
@@ -368,7 +384,10 @@ pub fn render_query(q: &QueryDef, d: &dyn Dialect) -> Result<RenderedQuery> {
                 } else {
                     format!("({key_cols})")
                 };
-                format!(" WHERE {key} IN (SELECT {key_cols} FROM {table}{filter}{})", ordered_limit()?)
+                format!(
+                    " WHERE {key} IN (SELECT {key_cols} FROM {table}{filter}{})",
+                    ordered_limit()?
+                )
             }
         })
     };
@@ -383,11 +402,17 @@ pub fn render_query(q: &QueryDef, d: &dyn Dialect) -> Result<RenderedQuery> {
             };
             let tail = ordered_limit()?;
             (
-                format!("SELECT {} FROM {table}{filter}{tail}", quoted_list(t, d, &cols)),
+                format!(
+                    "SELECT {} FROM {table}{filter}{tail}",
+                    quoted_list(t, d, &cols)
+                ),
                 OutputShape::Rows(cols),
             )
         }
-        QueryKind::Count => (format!("SELECT COUNT(*) FROM {table}{filter}"), OutputShape::Count),
+        QueryKind::Count => (
+            format!("SELECT COUNT(*) FROM {table}{filter}"),
+            OutputShape::Count,
+        ),
         QueryKind::Update { assignments } => {
             let mut sets = Vec::new();
             for (col, e) in assignments {
@@ -400,7 +425,10 @@ pub fn render_query(q: &QueryDef, d: &dyn Dialect) -> Result<RenderedQuery> {
                 sets.push(format!("{first} = {first}"));
             }
             let w = limited_where()?;
-            (format!("UPDATE {table} SET {}{w}", sets.join(", ")), OutputShape::Changes)
+            (
+                format!("UPDATE {table} SET {}{w}", sets.join(", ")),
+                OutputShape::Changes,
+            )
         }
         QueryKind::Delete => {
             let w = limited_where()?;
@@ -424,9 +452,20 @@ pub fn render_table(t: &TableSchema, d: &dyn Dialect) -> TableSql {
     let columns = quoted_list(t, d, &all);
     let ph: Vec<String> = (1..=t.columns.len()).map(|n| d.placeholder(n)).collect();
     let insert = format!("INSERT INTO {table} ({columns}) VALUES ({})", ph.join(", "));
-    let key: Vec<String> = t.primary_key.iter().map(|&c| d.quote_ident(&t.columns[c].name)).collect();
-    let non_key: Vec<usize> = all.iter().copied().filter(|c| !t.primary_key.contains(c)).collect();
-    let non_key_q: Vec<String> = non_key.iter().map(|&c| d.quote_ident(&t.columns[c].name)).collect();
+    let key: Vec<String> = t
+        .primary_key
+        .iter()
+        .map(|&c| d.quote_ident(&t.columns[c].name))
+        .collect();
+    let non_key: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|c| !t.primary_key.contains(c))
+        .collect();
+    let non_key_q: Vec<String> = non_key
+        .iter()
+        .map(|&c| d.quote_ident(&t.columns[c].name))
+        .collect();
     let upsert = format!("{insert} {}", d.upsert_clause(&key, &non_key_q));
     let key_by_col: Vec<String> = t
         .primary_key
@@ -441,7 +480,11 @@ pub fn render_table(t: &TableSchema, d: &dyn Dialect) -> TableSql {
             .map(|&c| format!("{} = {}", d.quote_ident(&t.columns[c].name), ph[c]))
             .collect()
     };
-    let update = format!("UPDATE {table} SET {} WHERE {}", sets.join(", "), key_by_col.join(" AND "));
+    let update = format!(
+        "UPDATE {table} SET {} WHERE {}",
+        sets.join(", "),
+        key_by_col.join(" AND ")
+    );
     let key_by_pos: Vec<String> = key
         .iter()
         .enumerate()
@@ -483,12 +526,18 @@ pub fn render_scan(t: &TableSchema, shape: &ScanShape, d: &dyn Dialect) -> Resul
         Some(i) => t
             .indexes
             .get(i)
-            .ok_or_else(|| Error::invalid_input(format!("table {}: index {i} out of range", t.name)))?
+            .ok_or_else(|| {
+                Error::invalid_input(format!("table {}: index {i} out of range", t.name))
+            })?
             .columns
             .clone(),
         None => Vec::new(),
     };
-    let index_len = if shape.index.is_some() { cols.len() } else { t.primary_key.len() };
+    let index_len = if shape.index.is_some() {
+        cols.len()
+    } else {
+        t.primary_key.len()
+    };
     cols.extend(t.primary_key.iter().copied());
     let prefix_len = usize::from(shape.prefix_len);
     if prefix_len > index_len {
@@ -551,7 +600,9 @@ pub fn render_scan(t: &TableSchema, shape: &ScanShape, d: &dyn Dialect) -> Resul
             && (!shape.reverse || cols.iter().all(|&i| !nullable(i)));
         let op = if shape.reverse { "<" } else { ">" };
         if row_value {
-            let ps: Vec<String> = (0..cols.len()).map(|i| c.bind_new(ScanBind::After(i))).collect();
+            let ps: Vec<String> = (0..cols.len())
+                .map(|i| c.bind_new(ScanBind::After(i)))
+                .collect();
             if cols.len() == 1 {
                 conds.push(format!("{} {op} {}", name(cols[0]), ps[0]));
             } else {
@@ -566,7 +617,11 @@ pub fn render_scan(t: &TableSchema, shape: &ScanShape, d: &dyn Dialect) -> Resul
                     if mask & (1 << i) != 0 {
                         ands.push(format!("{} IS NULL", name(col)));
                     } else {
-                        ands.push(format!("{} = {}", name(col), c.bind_new(ScanBind::After(i))));
+                        ands.push(format!(
+                            "{} = {}",
+                            name(col),
+                            c.bind_new(ScanBind::After(i))
+                        ));
                     }
                 }
                 let col = cols[j];
@@ -595,19 +650,29 @@ pub fn render_scan(t: &TableSchema, shape: &ScanShape, d: &dyn Dialect) -> Resul
         }
     }
     let all: Vec<usize> = (0..t.columns.len()).collect();
-    let mut sql = format!("SELECT {} FROM {}", quoted_list(t, d, &all), d.quote_ident(&t.name));
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        quoted_list(t, d, &all),
+        d.quote_ident(&t.name)
+    );
     if !conds.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conds.join(" AND "));
     }
-    let order: Vec<String> = cols.iter().map(|&i| d.order_term(&name(i), shape.reverse)).collect();
+    let order: Vec<String> = cols
+        .iter()
+        .map(|&i| d.order_term(&name(i), shape.reverse))
+        .collect();
     sql.push_str(" ORDER BY ");
     sql.push_str(&order.join(", "));
     if shape.limit {
         let p = c.bind_new(ScanBind::Limit);
         sql.push_str(&format!(" LIMIT {p}"));
     }
-    Ok(RenderedScan { sql, binds: c.binds })
+    Ok(RenderedScan {
+        sql,
+        binds: c.binds,
+    })
 }
 
 #[cfg(test)]
@@ -648,7 +713,11 @@ mod tests {
                         name: "active_email".into(),
                         columns: vec![1],
                         unique: true,
-                        when: Some(Expr::cmp(CmpOp::Eq, Expr::Column(3), Expr::Literal(Value::Bool(true)))),
+                        when: Some(Expr::cmp(
+                            CmpOp::Eq,
+                            Expr::Column(3),
+                            Expr::Literal(Value::Bool(true)),
+                        )),
                     },
                 ],
             }
@@ -698,11 +767,22 @@ mod tests {
 
     #[test]
     fn literals_are_escaped() {
-        let e = Expr::cmp(CmpOp::Eq, Expr::Column(1), Expr::Literal(Value::String("o'neil".into())));
-        assert_eq!(render_expr_inline(table(), &e, &Pg).unwrap(), "(\"email\" = 'o''neil')");
+        let e = Expr::cmp(
+            CmpOp::Eq,
+            Expr::Column(1),
+            Expr::Literal(Value::String("o'neil".into())),
+        );
+        assert_eq!(
+            render_expr_inline(table(), &e, &Pg).unwrap(),
+            "(\"email\" = 'o''neil')"
+        );
         let p = Expr::cmp(CmpOp::Eq, Expr::Column(1), Expr::Param(0));
         assert!(render_expr_inline(table(), &p, &Pg).is_err());
-        let bad = Expr::cmp(CmpOp::Eq, Expr::Column(1), Expr::Literal(Value::F64(f64::NAN)));
+        let bad = Expr::cmp(
+            CmpOp::Eq,
+            Expr::Column(1),
+            Expr::Literal(Value::F64(f64::NAN)),
+        );
         assert!(render_expr_inline(table(), &bad, &Pg).is_err());
     }
 
@@ -719,14 +799,25 @@ mod tests {
             limit: true,
         };
         let r = render_scan(table(), &shape, &Pg).unwrap();
-        assert!(r.sql.contains("(\"age\" IS NULL OR \"age\" < $1)"), "{}", r.sql);
         assert!(
-            r.sql.contains("((\"age\" IS NOT NULL) OR (\"age\" IS NULL AND \"id\" > $2))"),
+            r.sql.contains("(\"age\" IS NULL OR \"age\" < $1)"),
             "{}",
             r.sql
         );
-        assert_eq!(r.binds, vec![ScanBind::Upper, ScanBind::After(1), ScanBind::Limit]);
-        let fwd = ScanShape { after: Some(0), ..shape };
+        assert!(
+            r.sql
+                .contains("((\"age\" IS NOT NULL) OR (\"age\" IS NULL AND \"id\" > $2))"),
+            "{}",
+            r.sql
+        );
+        assert_eq!(
+            r.binds,
+            vec![ScanBind::Upper, ScanBind::After(1), ScanBind::Limit]
+        );
+        let fwd = ScanShape {
+            after: Some(0),
+            ..shape
+        };
         let r = render_scan(table(), &fwd, &Pg).unwrap();
         assert!(r.sql.contains("(\"age\", \"id\") > ($2, $3)"), "{}", r.sql);
         let partial = ScanShape {
@@ -747,6 +838,9 @@ mod tests {
             "UPDATE \"users\" SET \"email\" = $2, \"age\" = $3, \"active\" = $4 WHERE \"id\" = $1"
         );
         assert!(s.upsert.ends_with("ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\", \"age\" = excluded.\"age\", \"active\" = excluded.\"active\""));
-        let _ = OrderBy { column: 0, desc: false };
+        let _ = OrderBy {
+            column: 0,
+            desc: false,
+        };
     }
 }

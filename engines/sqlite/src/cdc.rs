@@ -1,0 +1,314 @@
+//! Change data capture with triggers.
+//!
+//! # Log format
+//! ```sql
+//! CREATE TABLE _dl_cdc_log (
+//!     position INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, even after a trim
+//!     tbl      TEXT NOT NULL,                     -- table name
+//!     op       TEXT NOT NULL,                     -- 'insert' | 'update' | 'delete'
+//!     row      TEXT NOT NULL                      -- json_array(<values in column order>)
+//! );
+//! ```
+//! [`enable`] installs three triggers per table (`_dl_cdc_<table>_insert` / `_update` /
+//! `_delete`, `AFTER INSERT/UPDATE/DELETE ... FOR EACH ROW`) that append the new image
+//! (the old image for a delete). Because they are triggers, writes made outside
+//! datalayer — raw SQL, another process with a plain SQLite connection — are captured
+//! in the same transaction as the write.
+//!
+//! Values in the JSON array: NULL → `null`, integers (and bools as 0/1) → numbers,
+//! REAL → numbers (SQLite renders them with enough digits to round-trip), TEXT →
+//! strings, BLOB → **upper-case hex strings** (JSON cannot hold bytes; SQLite has no
+//! built-in base64).
+//!
+//! Column names are not stored: they are resolved when the log is read, from the
+//! table's current columns (`PRAGMA table_info`), so a column added later does not break
+//! old entries (their image is simply shorter: trailing columns are absent). Values are
+//! typed by the table's catalog schema when it has one, else by the declared column
+//! type. Re-running [`enable`] after `ALTER TABLE ADD COLUMN` re-creates the triggers so
+//! that the new column is captured too.
+//!
+//! # Ordering
+//! SQLite has one writer at a time (across processes too), and a position is assigned
+//! when the change is written inside its transaction, so positions increase in commit
+//! order: a reader that has seen position `p` never later sees a new change below `p`.
+
+use crate::core::{Conn, atomically};
+use crate::error::map_err;
+use datalayer_core::sql::Dialect;
+use datalayer_core::{Change, ChangeKind, ColumnType, Error, Result, TableSchema, Value};
+use std::collections::HashMap;
+
+const LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS _dl_cdc_log (position INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, row TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS _dl_cdc_log_by_tbl ON _dl_cdc_log (tbl, position);";
+
+fn q(ident: &str) -> String {
+    crate::render::SqliteDialect.quote_ident(ident)
+}
+
+/// The current columns of `table`: (name, declared type). `NotFound` if it does not exist.
+fn columns(c: &Conn<'_>, table: &str) -> Result<Vec<(String, String)>> {
+    let mut stmt =
+        c.db.prepare("SELECT name, type FROM pragma_table_info(?1) ORDER BY cid")
+            .map_err(map_err)?;
+    let cols = stmt
+        .query_map([table], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(map_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_err)?;
+    if cols.is_empty() {
+        return Err(Error::not_found(format!("no table named {table}")));
+    }
+    Ok(cols)
+}
+
+fn log_exists(c: &Conn<'_>) -> Result<bool> {
+    let n: i64 =
+        c.db.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '_dl_cdc_log'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    Ok(n > 0)
+}
+
+/// Installs (or re-installs, with the current columns) the capture triggers of `table`.
+pub(crate) fn enable(c: &mut Conn<'_>, table: &str) -> Result<()> {
+    atomically(c, "BEGIN IMMEDIATE", |c| {
+        let cols = columns(c, table)?;
+        c.db.execute_batch(LOG_DDL).map_err(map_err)?;
+        for (op, event, image) in [
+            ("insert", "INSERT", "NEW"),
+            ("update", "UPDATE", "NEW"),
+            ("delete", "DELETE", "OLD"),
+        ] {
+            let values: Vec<String> = cols
+                .iter()
+                .map(|(name, _)| {
+                    let v = format!("{image}.{}", q(name));
+                    format!("CASE typeof({v}) WHEN 'blob' THEN hex({v}) ELSE {v} END")
+                })
+                .collect();
+            let trigger = q(&format!("_dl_cdc_{table}_{op}"));
+            // `table` is a validated identifier: safe inside a string literal.
+            c.db.execute_batch(&format!(
+                "DROP TRIGGER IF EXISTS {trigger};
+                 CREATE TRIGGER {trigger} AFTER {event} ON {} FOR EACH ROW BEGIN
+                   INSERT INTO _dl_cdc_log (tbl, op, row) VALUES ('{table}', '{op}', json_array({}));
+                 END;",
+                q(table),
+                values.join(", ")
+            ))
+            .map_err(map_err)?;
+        }
+        Ok(())
+    })
+}
+
+fn declared_type(decl: &str) -> Option<ColumnType> {
+    match decl.to_ascii_uppercase().as_str() {
+        "INTEGER" | "INT" => Some(ColumnType::I64),
+        "REAL" => Some(ColumnType::F64),
+        "TEXT" => Some(ColumnType::String),
+        "BLOB" => Some(ColumnType::Bytes),
+        _ => None,
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Decodes one JSON value of a row image as `ty` (`None`: by its JSON type).
+fn json_value(j: &serde_json::Value, ty: Option<ColumnType>) -> Result<Value> {
+    use serde_json::Value as J;
+    let bad = || Error::corrupted(format!("change log value {j} does not fit {ty:?}"));
+    Ok(match (j, ty) {
+        (J::Null, _) => Value::Null,
+        (J::Number(n), Some(ColumnType::Bool)) => match n.as_i64() {
+            Some(0) => Value::Bool(false),
+            Some(1) => Value::Bool(true),
+            _ => return Err(bad()),
+        },
+        (J::Bool(b), Some(ColumnType::Bool)) => Value::Bool(*b),
+        (J::Number(n), Some(ColumnType::I16)) => Value::I16(
+            n.as_i64()
+                .and_then(|i| i16::try_from(i).ok())
+                .ok_or_else(bad)?,
+        ),
+        (J::Number(n), Some(ColumnType::I32)) => Value::I32(
+            n.as_i64()
+                .and_then(|i| i32::try_from(i).ok())
+                .ok_or_else(bad)?,
+        ),
+        (J::Number(n), Some(ColumnType::I64)) => Value::I64(n.as_i64().ok_or_else(bad)?),
+        (J::Number(n), Some(ColumnType::F32)) => Value::F32(n.as_f64().ok_or_else(bad)? as f32),
+        (J::Number(n), Some(ColumnType::F64)) => Value::F64(n.as_f64().ok_or_else(bad)?),
+        (J::String(s), Some(ColumnType::String)) => Value::String(s.clone()),
+        (J::String(s), Some(ColumnType::Bytes)) => Value::Bytes(unhex(s).ok_or_else(bad)?),
+        (J::Number(n), None) => match n.as_i64() {
+            Some(i) => Value::I64(i),
+            None => Value::F64(n.as_f64().ok_or_else(bad)?),
+        },
+        (J::String(s), None) => Value::String(s.clone()),
+        (J::Bool(b), None) => Value::Bool(*b),
+        _ => return Err(bad()),
+    })
+}
+
+/// Up to `limit` changes of `table` after `after`, in position order.
+pub(crate) fn read(c: &mut Conn<'_>, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
+    let in_tx = c.in_tx();
+    let body = |c: &mut Conn<'_>| -> Result<Vec<Change>> {
+        let cols = columns(c, table)?;
+        if !log_exists(c)? || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let schema: Option<TableSchema> =
+            c.db.query_row(
+                "SELECT schema FROM _dl_catalog WHERE name = ?1",
+                [table],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .ok()
+            .and_then(|b| postcard::from_bytes(&b).ok());
+        let by_name: HashMap<&str, ColumnType> = schema
+            .as_ref()
+            .map(|s| s.columns.iter().map(|c| (c.name.as_str(), c.ty)).collect())
+            .unwrap_or_default();
+        let types: Vec<Option<ColumnType>> = cols
+            .iter()
+            .map(|(n, decl)| {
+                by_name
+                    .get(n.as_str())
+                    .copied()
+                    .or_else(|| declared_type(decl))
+            })
+            .collect();
+        let mut stmt = c
+            .db
+            .prepare_cached(
+                "SELECT position, op, row FROM _dl_cdc_log WHERE tbl = ?1 AND position > ?2 ORDER BY position LIMIT ?3",
+            )
+            .map_err(map_err)?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt
+            .query(rusqlite::params![table, after, limit])
+            .map_err(map_err)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(map_err)? {
+            let position: i64 = r.get(0).map_err(map_err)?;
+            let op: String = r.get(1).map_err(map_err)?;
+            let image: String = r.get(2).map_err(map_err)?;
+            let kind = match op.as_str() {
+                "insert" => ChangeKind::Insert,
+                "update" => ChangeKind::Update,
+                "delete" => ChangeKind::Delete,
+                other => {
+                    return Err(Error::corrupted(format!(
+                        "change log: unknown op {other:?}"
+                    )));
+                }
+            };
+            let vals: Vec<serde_json::Value> = serde_json::from_str(&image)
+                .map_err(|e| Error::corrupted(format!("change log row {position}: {e}")))?;
+            let n = vals.len().min(cols.len());
+            let values = vals
+                .iter()
+                .take(n)
+                .zip(&types)
+                .map(|(j, ty)| json_value(j, *ty))
+                .collect::<Result<Vec<_>>>()?;
+            out.push(Change {
+                position: position as u64,
+                table: table.to_owned(),
+                kind,
+                columns: cols[..n].iter().map(|(name, _)| name.clone()).collect(),
+                values,
+            });
+        }
+        Ok(out)
+    };
+    if in_tx {
+        body(c)
+    } else {
+        atomically(c, "BEGIN DEFERRED", body)
+    }
+}
+
+/// Deletes the changes of `table` up to and including `upto`; returns how many.
+pub(crate) fn trim(c: &mut Conn<'_>, table: &str, upto: u64) -> Result<u64> {
+    if !log_exists(c)? {
+        return Ok(0);
+    }
+    let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+    let n =
+        c.db.execute(
+            "DELETE FROM _dl_cdc_log WHERE tbl = ?1 AND position <= ?2",
+            rusqlite::params![table, upto],
+        )
+        .map_err(map_err)?;
+    Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_json_round_trips_reals() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        for x in [
+            0.1f64,
+            1.0 / 3.0,
+            1e300,
+            0.30000000000000004,
+            -2.5e-308,
+            123_456_789.123_456_78,
+            f64::from(0.1f32),
+        ] {
+            let s: String = c
+                .query_row("SELECT json_array(?1)", [x], |r| r.get(0))
+                .unwrap();
+            let back: Vec<f64> = serde_json::from_str(&s).unwrap();
+            assert_eq!(back[0], x, "{s}");
+        }
+    }
+
+    #[test]
+    fn json_values_by_type() {
+        let j: Vec<serde_json::Value> =
+            serde_json::from_str(r#"[1, 0.1, "00FF", null, 70000]"#).unwrap();
+        assert_eq!(
+            json_value(&j[0], Some(ColumnType::Bool)).unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            json_value(&j[1], Some(ColumnType::F64)).unwrap(),
+            Value::F64(0.1)
+        );
+        assert_eq!(
+            json_value(&j[2], Some(ColumnType::Bytes)).unwrap(),
+            Value::Bytes(vec![0, 255])
+        );
+        assert_eq!(
+            json_value(&j[3], Some(ColumnType::I32)).unwrap(),
+            Value::Null
+        );
+        assert!(
+            json_value(&j[4], Some(ColumnType::I16))
+                .unwrap_err()
+                .is_corrupted()
+        );
+        assert_eq!(json_value(&j[4], None).unwrap(), Value::I64(70000));
+    }
+}
