@@ -11,6 +11,12 @@
 //! an interrupted load simply resumes).
 
 use anyhow::Context;
+
+// The application's choice of allocator (a well-kept one); datalayer itself does not
+// set a global allocator. The load allocates many small keys and values.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use datalayer::{Db, Table, query_group};
 use indicatif::{ProgressBar, ProgressStyle};

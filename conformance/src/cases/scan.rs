@@ -111,6 +111,14 @@ pub async fn cursor_with_null_index_values(cx: &mut Ctx) -> anyhow::Result<()> {
     let mut want = all.clone();
     want.sort_by_key(|u| (u.team_id, u.age, u.id)); // None sorts first
     assert_eq!(seen, want.iter().map(|u| u.id).collect::<Vec<_>>());
+    // A non-NULL upper bound excludes NULLs (as `team_id <= 1` does in SQL); an
+    // unbounded scan and an equality on NULL include them.
+    let upto1 = repo.find("by_team_age").range(..=1i64).all().await?;
+    let mut want1: Vec<&User> = all.iter().filter(|u| u.team_id.is_some_and(|t| t <= 1)).collect();
+    want1.sort_by_key(|u| (u.team_id, u.age, u.id));
+    assert_eq!(upto1.iter().collect::<Vec<_>>(), want1);
+    let nulls = repo.find("by_team_age").eq(None::<i64>).count().await?;
+    assert_eq!(nulls, all.iter().filter(|u| u.team_id.is_none()).count() as u64);
     Ok(())
 }
 

@@ -50,7 +50,7 @@ impl KvEngine {
         p
     }
 
-    async fn run_once(&self, ops: &[Op<'_>]) -> Result<Vec<Output>> {
+    async fn run_once(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
         let read_only = ops.iter().all(Op::is_read);
         let txn = self
             .store
@@ -62,11 +62,11 @@ impl KvEngine {
         let mut tx = KvTx::new(txn, read_only, self.store.capability(), false);
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
-            let plan = match op {
+            let plan = match &op {
                 Op::Query { query, .. } => Some(Self::plan_for(&self.plans, query)),
                 _ => None,
             };
-            match tx.exec(op.clone(), plan.as_deref()).await {
+            match tx.exec(op, plan.as_deref()).await {
                 Ok(o) => out.push(o),
                 Err(e) => {
                     let _ = tx.rollback().await;
@@ -82,10 +82,16 @@ impl KvEngine {
         Ok(out)
     }
 
-    async fn run_retrying(&self, ops: &[Op<'_>]) -> Result<Vec<Output>> {
+    /// Runs `ops` atomically; re-runs them on a `Conflict` where the store has
+    /// concurrent writers (a single-writer store never conflicts, so its ops are not
+    /// copied for a retry).
+    async fn run_retrying(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+        if !self.store.capability().concurrent_writers {
+            return self.run_once(ops).await;
+        }
         let mut attempt = 0;
         loop {
-            match self.run_once(ops).await {
+            match self.run_once(ops.clone()).await {
                 Err(e) if e.is_conflict() && attempt < AUTOCOMMIT_RETRIES => attempt += 1,
                 r => return r,
             }
@@ -138,12 +144,12 @@ impl Engine for KvEngine {
     }
 
     async fn run(&self, op: Op<'_>) -> Result<Output> {
-        let mut v = self.run_retrying(std::slice::from_ref(&op)).await?;
+        let mut v = self.run_retrying(vec![op]).await?;
         Ok(v.pop().expect("one output per op"))
     }
 
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
-        self.run_retrying(&ops).await
+        self.run_retrying(ops).await
     }
 
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>> {

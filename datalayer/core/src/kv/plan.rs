@@ -52,6 +52,10 @@ pub struct Plan {
     pub ordered: bool,
     /// Scan in descending key order (to satisfy a descending `ORDER BY`).
     pub reverse: bool,
+    /// Every conjunct of the filter is decided by the access path itself (equality
+    /// prefix, range bounds, a conditional index's condition), so rows found need no
+    /// re-evaluation and a count can count index entries without reading rows.
+    pub covered: bool,
 }
 
 #[derive(Default, Clone)]
@@ -59,12 +63,16 @@ struct ColumnFacts {
     eq: Option<Expr>,
     lower: Option<PlanBound>,
     upper: Option<PlanBound>,
+    /// Positions (in the filter's conjuncts) of the conjuncts behind eq, lower, upper.
+    eq_src: Option<usize>,
+    lower_src: Option<usize>,
+    upper_src: Option<usize>,
 }
 
 fn facts(table: &TableSchema, filter: Option<&Expr>) -> Vec<ColumnFacts> {
     let mut f = vec![ColumnFacts::default(); table.columns.len()];
     let Some(filter) = filter else { return f };
-    for c in filter.conjuncts() {
+    for (pos, c) in filter.conjuncts().into_iter().enumerate() {
         let Expr::Cmp(op, a, b) = c else { continue };
         let (col, op, v) = match (&**a, &**b) {
             (Expr::Column(i), v) if v.is_row_independent() => (*i, *op, v.clone()),
@@ -73,20 +81,25 @@ fn facts(table: &TableSchema, filter: Option<&Expr>) -> Vec<ColumnFacts> {
         };
         let slot = &mut f[col];
         match op {
-            CmpOp::Eq => slot.eq = slot.eq.take().or(Some(v)),
-            CmpOp::Gt | CmpOp::Ge => {
-                slot.lower.get_or_insert(PlanBound {
+            CmpOp::Eq if slot.eq.is_none() => {
+                slot.eq = Some(v);
+                slot.eq_src = Some(pos);
+            }
+            CmpOp::Gt | CmpOp::Ge if slot.lower.is_none() => {
+                slot.lower = Some(PlanBound {
                     value: v,
                     inclusive: op == CmpOp::Ge,
                 });
+                slot.lower_src = Some(pos);
             }
-            CmpOp::Lt | CmpOp::Le => {
-                slot.upper.get_or_insert(PlanBound {
+            CmpOp::Lt | CmpOp::Le if slot.upper.is_none() => {
+                slot.upper = Some(PlanBound {
                     value: v,
                     inclusive: op == CmpOp::Le,
                 });
+                slot.upper_src = Some(pos);
             }
-            CmpOp::Ne => {}
+            _ => {}
         }
     }
     f
@@ -128,16 +141,42 @@ pub fn plan(q: &QueryDef) -> Plan {
 /// Plans a filter and ordering over `table`.
 pub fn plan_filter(table: &TableSchema, filter: Option<&Expr>, order: &[OrderBy]) -> Plan {
     let f = facts(table, filter);
+    let conjuncts: Vec<&Expr> = filter.map(|e| e.conjuncts()).unwrap_or_default();
+    // Whether the conjuncts consumed by a path (plus a conditional index's condition)
+    // are all of them.
+    let covers = |cols: &[usize], k: usize, when: Option<&Expr>| {
+        let mut used = vec![false; conjuncts.len()];
+        for &c in &cols[..k] {
+            if let Some(p) = f[c].eq_src {
+                used[p] = true;
+            }
+        }
+        if let Some(&c) = cols.get(k) {
+            for p in [f[c].lower_src, f[c].upper_src].into_iter().flatten() {
+                used[p] = true;
+            }
+        }
+        if let Some(w) = when {
+            for wc in w.conjuncts() {
+                if let Some(p) = conjuncts.iter().position(|c| *c == wc) {
+                    used[p] = true;
+                }
+            }
+        }
+        used.iter().all(|u| *u)
+    };
     // Candidate column lists: the primary key, then each usable index.
     let mut best: Option<(i64, Plan)> = None;
-    let mut consider = |index: Option<usize>, cols: &[usize], unique: bool| {
+    let mut consider = |index: Option<usize>, cols: &[usize], unique: bool, when: Option<&Expr>| {
         let k = cols.iter().take_while(|&&c| f[c].eq.is_some()).count();
         let prefix: Vec<Expr> = cols[..k].iter().map(|&c| f[c].eq.clone().expect("eq")).collect();
+        let covered = covers(cols, k, when);
         if k == cols.len() && unique && index.is_none() {
             let p = Plan {
                 access: Access::PkPoint(prefix),
                 ordered: true,
                 reverse: false,
+                covered,
             };
             best = Some((10_000, p));
             return;
@@ -173,15 +212,16 @@ pub fn plan_filter(table: &TableSchema, filter: Option<&Expr>, order: &[OrderBy]
             },
             ordered: dir.is_some(),
             reverse: dir.unwrap_or(false),
+            covered,
         };
         if best.as_ref().is_none_or(|(s, _)| score > *s) {
             best = Some((score, p));
         }
     };
-    consider(None, &table.primary_key, true);
+    consider(None, &table.primary_key, true, None);
     for (i, ix) in table.indexes.iter().enumerate() {
         if usable(ix.when.as_ref(), filter) {
-            consider(Some(i), &ix.columns, ix.unique);
+            consider(Some(i), &ix.columns, ix.unique, ix.when.as_ref());
         }
     }
     best.expect("the primary key is always a candidate").1
@@ -236,6 +276,20 @@ mod tests {
         let t = table();
         let p = plan_filter(&t, Some(&Expr::And(vec![eq(1, 1), eq(0, 0)])), &[]);
         assert_eq!(p.access, Access::PkPoint(vec![Expr::Param(0)]));
+        assert!(!p.covered, "origin == ? is left to the filter");
+        assert!(plan_filter(&t, Some(&eq(0, 0)), &[]).covered);
+    }
+
+    #[test]
+    fn coverage_counts_every_conjunct() {
+        let t = table();
+        let f = Expr::And(vec![eq(1, 0), eq(2, 1), Expr::cmp(CmpOp::Lt, Expr::Column(3), Expr::Param(2))]);
+        assert!(plan_filter(&t, Some(&f), &[]).covered);
+        let g = Expr::And(vec![eq(1, 0), Expr::cmp(CmpOp::Ne, Expr::Column(2), Expr::Param(1))]);
+        assert!(!plan_filter(&t, Some(&g), &[]).covered);
+        let h = Expr::And(vec![eq(1, 0), eq(1, 1)]);
+        assert!(!plan_filter(&t, Some(&h), &[]).covered, "a second equality on a column is re-checked");
+        assert!(plan_filter(&t, None, &[]).covered);
     }
 
     #[test]

@@ -480,7 +480,7 @@ impl KvTx {
 
     async fn candidates(&mut self, q: &QueryDef, params: &[Value], plan: &Plan, stop_at: Option<usize>) -> Result<Vec<Row>> {
         let t = q.table;
-        let filter = q.filter.as_ref();
+        let filter = if plan.covered { None } else { q.filter.as_ref() };
         let mut out = Vec::new();
         if stop_at == Some(0) {
             return Ok(out);
@@ -499,36 +499,13 @@ impl KvTx {
                     }
                 }
             }
-            Access::Range { index, prefix, lower, upper } => {
-                let cols = match index {
-                    Some(i) => &t.indexes[*i].columns,
-                    None => &t.primary_key,
-                };
-                let Some(vals) = eval_key(t, cols, prefix, params)? else {
+            Access::Range { index, .. } => {
+                let Some((range, exact)) = access_range(t, &plan.access, params)? else {
                     return Ok(out);
                 };
-                let ty = cols.get(vals.len()).map(|&c| t.columns[c].ty);
-                let bound = |b: &Option<PlanBound>| -> Result<Option<Bound<Value>>> {
-                    Ok(Some(match (b, ty) {
-                        (Some(b), Some(ty)) => {
-                            let v = eval(&b.value, &[], params)?;
-                            if v.is_null() {
-                                return Ok(None);
-                            }
-                            let Ok(v) = v.coerce(ty) else {
-                                // Out of the column's range: fall back to an open bound; the
-                                // filter still decides.
-                                return Ok(Some(Bound::Unbounded));
-                            };
-                            if b.inclusive { Bound::Included(v) } else { Bound::Excluded(v) }
-                        }
-                        _ => Bound::Unbounded,
-                    }))
-                };
-                let (Some(lo), Some(hi)) = (bound(lower)?, bound(upper)?) else {
-                    return Ok(out);
-                };
-                let range = key_range(t, *index, &vals, lo.as_ref(), hi.as_ref());
+                // An inexact range (a bound that did not fit its column) is wider than
+                // the filter: re-check every row even when the plan is covered.
+                let filter = if exact { filter } else { q.filter.as_ref() };
                 let limit = stop_at.unwrap_or(usize::MAX);
                 self.walk(t, *index, range, plan.reverse, |r| {
                     if matches(filter, &r, params)? {
@@ -578,6 +555,20 @@ impl KvTx {
                 Ok(Output::Rows(rows))
             }
             QueryKind::Count => {
+                // A covered range is counted from its keys alone (index entries or row
+                // keys), without reading or decoding rows.
+                if plan.covered
+                    && matches!(plan.access, Access::Range { .. })
+                {
+                    return match access_range(q.table, &plan.access, params)? {
+                        None => Ok(Output::Count(0)),
+                        Some((range, true)) => self.count_range(&range).await.map(Output::Count),
+                        Some((_, false)) => {
+                            let rows = self.candidates(q, params, &Plan { covered: false, ..plan.clone() }, None).await?;
+                            Ok(Output::Count(rows.len() as u64))
+                        }
+                    };
+                }
                 let rows = self.candidates(q, params, plan, None).await?;
                 Ok(Output::Count(rows.len() as u64))
             }
@@ -642,6 +633,45 @@ impl KvTx {
         let range = (Bound::Included(p.clone()), end_of(&p));
         Ok(self.scan(&range, usize::MAX, false).await?.into_iter().map(|(_, v)| v).collect())
     }
+}
+
+/// The key range of a range access path with its parameters bound, and whether the
+/// range is exact (every bound fit its column; otherwise an open bound stands in and the
+/// filter must decide). `None` when nothing can match (a NULL equality or bound).
+fn access_range(t: &TableSchema, access: &Access, params: &[Value]) -> Result<Option<(KeyRange, bool)>> {
+    let Access::Range { index, prefix, lower, upper } = access else {
+        return Err(Error::engine("plan", "not a range access path"));
+    };
+    let cols = match index {
+        Some(i) => &t.indexes[*i].columns,
+        None => &t.primary_key,
+    };
+    let Some(vals) = eval_key(t, cols, prefix, params)? else {
+        return Ok(None);
+    };
+    let ty = cols.get(vals.len()).map(|&c| t.columns[c].ty);
+    let mut exact = true;
+    let mut bound = |b: &Option<PlanBound>| -> Result<Option<Bound<Value>>> {
+        Ok(Some(match (b, ty) {
+            (Some(b), Some(ty)) => {
+                let v = eval(&b.value, &[], params)?;
+                if v.is_null() {
+                    return Ok(None);
+                }
+                let Ok(v) = v.coerce(ty) else {
+                    // Out of the column's range: an open bound; the filter decides.
+                    exact = false;
+                    return Ok(Some(Bound::Unbounded));
+                };
+                if b.inclusive { Bound::Included(v) } else { Bound::Excluded(v) }
+            }
+            _ => Bound::Unbounded,
+        }))
+    };
+    let (Some(lo), Some(hi)) = (bound(lower)?, bound(upper)?) else {
+        return Ok(None);
+    };
+    Ok(Some((key_range(t, *index, &vals, lo.as_ref(), hi.as_ref()), exact)))
 }
 
 fn end_of(prefix: &[u8]) -> Bound<Bytes> {
@@ -709,6 +739,11 @@ fn key_range(t: &TableSchema, index: Option<usize>, prefix: &[Value], lower: Bou
             Some(e) => Bound::Included(e),
             None => Bound::Excluded(with(v)),
         },
+        // `col < x` never matches NULL (which sorts first): with an upper bound only,
+        // start after the NULL entries (tag 0x00) at the first non-NULL tag (0x01).
+        Bound::Unbounded if matches!(upper, Bound::Included(v) | Bound::Excluded(v) if !v.is_null()) => {
+            Bound::Included([p.as_slice(), &[1u8]].concat())
+        }
         Bound::Unbounded => Bound::Included(p.clone()),
     };
     let end = match upper {
