@@ -95,7 +95,10 @@ struct Weather {
 /// One flight.
 #[derive(Table, Clone, Debug)]
 #[table(name = "flights")]
-#[index(name = "by_origin_day", fields(origin, year, month, day, sched_dep_time))]
+#[index(
+    name = "by_origin_day",
+    fields(origin, year, month, day, sched_dep_time)
+)]
 #[index(name = "by_route", fields(origin, dest, year, month))]
 #[index(name = "by_carrier_day", fields(carrier, year, month, day))]
 #[index(name = "by_tailnum", fields(tailnum, year, month, day))]
@@ -139,7 +142,8 @@ impl Flight {
     }
     /// Flights on a route in a month.
     fn count_route(origin: &str, dest: &str, year: i32, month: i32) -> u64 {
-        Self::filter(|f| f.origin == origin && f.dest == dest && f.year == year && f.month == month).count()
+        Self::filter(|f| f.origin == origin && f.dest == dest && f.year == year && f.month == month)
+            .count()
     }
     /// Every flight of one plane, in date order.
     fn by_plane(tailnum: &str) -> Vec<Flight> {
@@ -208,7 +212,10 @@ where
 }
 
 fn parse_airline(r: &csv::StringRecord) -> anyhow::Result<Airline> {
-    Ok(Airline { carrier: r[0].into(), name: r[1].into() })
+    Ok(Airline {
+        carrier: r[0].into(),
+        name: r[1].into(),
+    })
 }
 fn parse_airport(r: &csv::StringRecord) -> anyhow::Result<Airport> {
     Ok(Airport {
@@ -296,7 +303,10 @@ async fn load<T: Table>(
         return Ok(0);
     }
     let bar = ProgressBar::new(expected).with_message(name.to_owned());
-    bar.set_style(ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} rows {per_sec} eta {eta}")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} rows {per_sec} eta {eta}")?
+            .progress_chars("=> "),
+    );
     let mut rdr = open_csv(dir, name)?;
     let mut rows = Vec::with_capacity(batch);
     let mut n = 0u64;
@@ -353,14 +363,49 @@ async fn main() -> anyhow::Result<()> {
 
     let t = Instant::now();
     let mut loaded = 0;
-    loaded += load(&db, &args.csv_dir, "airlines", 16, args.batch, parse_airline).await?;
-    loaded += load(&db, &args.csv_dir, "airports", 1_458, args.batch, parse_airport).await?;
+    loaded += load(
+        &db,
+        &args.csv_dir,
+        "airlines",
+        16,
+        args.batch,
+        parse_airline,
+    )
+    .await?;
+    loaded += load(
+        &db,
+        &args.csv_dir,
+        "airports",
+        1_458,
+        args.batch,
+        parse_airport,
+    )
+    .await?;
     loaded += load(&db, &args.csv_dir, "planes", 3_322, args.batch, parse_plane).await?;
-    loaded += load(&db, &args.csv_dir, "weather", 26_115, args.batch, parse_weather).await?;
-    loaded += load(&db, &args.csv_dir, "flights", FLIGHTS, args.batch, parse_flight).await?;
+    loaded += load(
+        &db,
+        &args.csv_dir,
+        "weather",
+        26_115,
+        args.batch,
+        parse_weather,
+    )
+    .await?;
+    loaded += load(
+        &db,
+        &args.csv_dir,
+        "flights",
+        FLIGHTS,
+        args.batch,
+        parse_flight,
+    )
+    .await?;
     if loaded > 0 {
         let secs = t.elapsed().as_secs_f64();
-        println!("loaded {loaded} rows in {secs:.2} s ({:.0} rows/s)", loaded as f64 / secs);
+        println!(
+            "loaded {loaded} rows in {secs:.2} s ({:.0} rows/s)",
+            loaded as f64 / secs
+        );
     } else {
         println!("reusing stored data (checked in {:.2?})", t.elapsed());
     }
@@ -383,7 +428,10 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let first = Flight::first_out_of(&db, "EWR", 2013, 2, 14, 5).await?;
     for f in &first {
-        println!("{} {:>4}  -> {}  sched_dep_time {:04}", f.carrier, f.flight, f.dest, f.sched_dep_time);
+        println!(
+            "{} {:>4}  -> {}  sched_dep_time {:04}",
+            f.carrier, f.flight, f.dest, f.sched_dep_time
+        );
     }
     println!("({:.2?})", t.elapsed());
 
@@ -397,15 +445,29 @@ async fn main() -> anyhow::Result<()> {
     let flights = Flight::by_plane(&db, "N14228").await?;
     let planes = db.repo::<Flight>().belongs_to::<Plane>(&flights).await?;
     if let Some(Some(p)) = planes.first() {
-        println!("plane N14228: {} {} ({} seats, built {})", p.manufacturer, p.model, p.seats, p.year.map_or("?".into(), |y| y.to_string()));
+        println!(
+            "plane N14228: {} {} ({} seats, built {})",
+            p.manufacturer,
+            p.model,
+            p.seats,
+            p.year.map_or("?".into(), |y| y.to_string())
+        );
     }
     println!("{} flights; first and last:", flights.len());
     for f in flights.first().into_iter().chain(flights.last()) {
-        println!("  {}-{:02}-{:02}  {}", f.year, f.month, f.day, show_flight(f));
+        println!(
+            "  {}-{:02}-{:02}  {}",
+            f.year,
+            f.month,
+            f.day,
+            show_flight(f)
+        );
     }
     println!("({:.2?})", t.elapsed());
 
-    println!("\n== in one transaction: delay every UA departure of 2013-03-01 by 10 minutes, read one back");
+    println!(
+        "\n== in one transaction: delay every UA departure of 2013-03-01 by 10 minutes, read one back"
+    );
     let t = Instant::now();
     let before = Flight::of_carrier_day(&db, "UA", 2013, 3, 1, 1).await?;
     let (changed, after) = db

@@ -22,7 +22,10 @@ struct User {
 }
 
 /// Signs a user up; a taken email is reported, not overwritten.
-async fn sign_up<E: Executor + ?Sized>(users: Repo<'_, User, E>, u: &User) -> datalayer::Result<bool> {
+async fn sign_up<E: Executor + ?Sized>(
+    users: Repo<'_, User, E>,
+    u: &User,
+) -> datalayer::Result<bool> {
     match users.insert(u).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_already_exists() => Ok(false),
@@ -31,28 +34,59 @@ async fn sign_up<E: Executor + ?Sized>(users: Repo<'_, User, E>, u: &User) -> da
 }
 
 /// Everyone in `city` aged `lo..=hi`, youngest first, `page` rows at a time.
-async fn residents<E: Executor + ?Sized>(users: Repo<'_, User, E>, city: &str, lo: i32, hi: i32, page: usize) -> datalayer::Result<Vec<User>> {
+async fn residents<E: Executor + ?Sized>(
+    users: Repo<'_, User, E>,
+    city: &str,
+    lo: i32,
+    hi: i32,
+    page: usize,
+) -> datalayer::Result<Vec<User>> {
     let mut out = Vec::new();
-    let mut p = users.find("by_city_age").eq(city).range(lo..=hi).limit(page).page().await?;
+    let mut p = users
+        .find("by_city_age")
+        .eq(city)
+        .range(lo..=hi)
+        .limit(page)
+        .page()
+        .await?;
     loop {
         out.extend(p.rows);
         let Some(next) = p.next else { break };
-        p = users.find("by_city_age").eq(city).range(lo..=hi).limit(page).after(&next).page().await?;
+        p = users
+            .find("by_city_age")
+            .eq(city)
+            .range(lo..=hi)
+            .limit(page)
+            .after(&next)
+            .page()
+            .await?;
     }
     Ok(out)
 }
 
 /// Moves a user to another city.
-async fn relocate<E: Executor + ?Sized>(users: Repo<'_, User, E>, id: i64, city: &str) -> datalayer::Result<()> {
-    let mut u = users.get(id).await?.ok_or_else(|| datalayer::Error::not_found(format!("user {id}")))?;
+async fn relocate<E: Executor + ?Sized>(
+    users: Repo<'_, User, E>,
+    id: i64,
+    city: &str,
+) -> datalayer::Result<()> {
+    let mut u = users
+        .get(id)
+        .await?
+        .ok_or_else(|| datalayer::Error::not_found(format!("user {id}")))?;
     u.city = city.to_owned();
     users.update(&u).await
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "etch::memory:".into());
-    let db = datalayer::builder(url.clone()).table::<User>().connect().await?;
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "etch::memory:".into());
+    let db = datalayer::builder(url.clone())
+        .table::<User>()
+        .connect()
+        .await?;
     println!("engine: {}", db.engine().name());
     let cities = ["Lisbon", "Oslo", "Quito"];
     for id in 1..=30 {
@@ -64,11 +98,22 @@ async fn main() -> anyhow::Result<()> {
         };
         sign_up(db.repo(), &u).await?;
     }
-    let dup = User { id: 99, email: "user1@example.com".into(), city: "Oslo".into(), age: 40 };
-    println!("second sign-up with a taken email accepted: {}", sign_up(db.repo(), &dup).await?);
+    let dup = User {
+        id: 99,
+        email: "user1@example.com".into(),
+        city: "Oslo".into(),
+        age: 40,
+    };
+    println!(
+        "second sign-up with a taken email accepted: {}",
+        sign_up(db.repo(), &dup).await?
+    );
 
     let oslo = residents(db.repo(), "Oslo", 20, 45, 4).await?;
-    println!("Oslo residents aged 20..=45: {:?}", oslo.iter().map(|u| (u.id, u.age)).collect::<Vec<_>>());
+    println!(
+        "Oslo residents aged 20..=45: {:?}",
+        oslo.iter().map(|u| (u.id, u.age)).collect::<Vec<_>>()
+    );
 
     // The same functions inside a transaction: both moves or neither.
     db.tx(async |tx| {
@@ -82,8 +127,19 @@ async fn main() -> anyhow::Result<()> {
             relocate(tx.repo(), 404, "Oslo").await
         })
         .await;
-    println!("moving a missing user rolled back the whole transaction: {}", failed.is_err());
+    println!(
+        "moving a missing user rolled back the whole transaction: {}",
+        failed.is_err()
+    );
     let oslo = residents(db.repo(), "Oslo", 0, 200, 100).await?;
-    println!("Oslo now has {} residents (user 3 still in {})", oslo.len(), db.repo::<User>().get(3i64).await?.map(|u| u.city).unwrap_or_default());
+    println!(
+        "Oslo now has {} residents (user 3 still in {})",
+        oslo.len(),
+        db.repo::<User>()
+            .get(3i64)
+            .await?
+            .map(|u| u.city)
+            .unwrap_or_default()
+    );
     Ok(())
 }

@@ -95,18 +95,28 @@ impl Engine for Counting {
     fn capability(&self) -> Capability {
         self.inner.capability()
     }
-    async fn register(&self, t: &[&datalayer::TableSchema], q: &[&datalayer::QueryDef]) -> datalayer::Result<()> {
+    async fn register(
+        &self,
+        t: &[&datalayer::TableSchema],
+        q: &[&datalayer::QueryDef],
+    ) -> datalayer::Result<()> {
         self.inner.register(t, q).await
     }
     async fn run(&self, op: datalayer::Op<'_>) -> datalayer::Result<datalayer::Output> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.run(op).await
     }
-    async fn run_batch(&self, ops: Vec<datalayer::Op<'_>>) -> datalayer::Result<Vec<datalayer::Output>> {
+    async fn run_batch(
+        &self,
+        ops: Vec<datalayer::Op<'_>>,
+    ) -> datalayer::Result<Vec<datalayer::Output>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.run_batch(ops).await
     }
-    async fn begin(&self, o: datalayer::TxOptions) -> datalayer::Result<Box<dyn datalayer::EngineTx>> {
+    async fn begin(
+        &self,
+        o: datalayer::TxOptions,
+    ) -> datalayer::Result<Box<dyn datalayer::EngineTx>> {
         self.inner.begin(o).await
     }
     async fn catalog(&self) -> datalayer::Result<Vec<datalayer::TableSchema>> {
@@ -118,7 +128,12 @@ impl Engine for Counting {
     async fn enable_changes(&self, table: &str) -> datalayer::Result<()> {
         self.inner.enable_changes(table).await
     }
-    async fn read_changes(&self, table: &str, after: u64, limit: usize) -> datalayer::Result<Vec<datalayer::Change>> {
+    async fn read_changes(
+        &self,
+        table: &str,
+        after: u64,
+        limit: usize,
+    ) -> datalayer::Result<Vec<datalayer::Change>> {
         self.inner.read_changes(table, after, limit).await
     }
     async fn trim_changes(&self, table: &str, upto: u64) -> datalayer::Result<u64> {
@@ -199,7 +214,8 @@ pub fn trials(prefix: &str, target: Arc<dyn Target>) -> Vec<libtest_mimic::Trial
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                rt.block_on(run_case(target.as_ref(), &case)).map_err(|e| format!("{e:#}").into())
+                rt.block_on(run_case(target.as_ref(), &case))
+                    .map_err(|e| format!("{e:#}").into())
             })
             .with_ignored_flag(ignored)
         })
@@ -216,5 +232,7 @@ pub fn main(trials: Vec<libtest_mimic::Trial>) -> std::process::ExitCode {
 pub fn random_suffix() -> String {
     use rand::Rng;
     let mut r = rand::rng();
-    (0..10).map(|_| (b'a' + r.random_range(0..26)) as char).collect()
+    (0..10)
+        .map(|_| (b'a' + r.random_range(0..26)) as char)
+        .collect()
 }

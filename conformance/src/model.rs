@@ -66,13 +66,20 @@ impl User {
         Self::filter(|u| u.email == Some(email))
     }
     fn in_team(team: i64) -> Vec<User> {
-        Self::filter(|u| u.team_id == Some(team)).order_by(|u| u.age).order_by(|u| u.id)
+        Self::filter(|u| u.team_id == Some(team))
+            .order_by(|u| u.age)
+            .order_by(|u| u.id)
     }
     fn older_than(age: i32, n: i64) -> Vec<User> {
-        Self::filter(|u| u.age > age).order_by(|u| u.age.desc()).order_by(|u| u.id.desc()).limit(n)
+        Self::filter(|u| u.age > age)
+            .order_by(|u| u.age.desc())
+            .order_by(|u| u.id.desc())
+            .limit(n)
     }
     fn active_between(lo: i32, hi: i32) -> Vec<User> {
-        Self::filter(|u| u.active == true && u.age >= lo && u.age <= hi).order_by(|u| u.age).order_by(|u| u.id)
+        Self::filter(|u| u.active == true && u.age >= lo && u.age <= hi)
+            .order_by(|u| u.age)
+            .order_by(|u| u.id)
     }
     fn name_prefix(p: &str) -> Vec<User> {
         Self::filter(|u| u.name.starts_with(p)).order_by(|u| u.id)
@@ -84,7 +91,9 @@ impl User {
         Self::filter(|u| u.email.is_some()).count()
     }
     fn names_in_team(team: i64) -> Vec<String> {
-        Self::filter(|u| u.team_id == Some(team)).order_by(|u| u.name).select(|u| u.name)
+        Self::filter(|u| u.team_id == Some(team))
+            .order_by(|u| u.name)
+            .select(|u| u.name)
     }
     fn count_active() -> u64 {
         Self::filter(|u| u.active == true).count()

@@ -45,7 +45,9 @@ struct DiskNs {
 #[async_trait]
 impl Namespace for DiskNs {
     async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
-        Ok(Arc::new(datalayer_etch::kv::open(&self.dir, Default::default()).await?))
+        Ok(Arc::new(
+            datalayer_etch::kv::open(&self.dir, Default::default()).await?,
+        ))
     }
     fn reopenable(&self) -> bool {
         true
@@ -58,7 +60,9 @@ impl Namespace for DiskNs {
 #[async_trait]
 impl Target for Disk {
     async fn namespace(&self) -> anyhow::Result<Box<dyn Namespace>> {
-        let dir = self.root.join(format!("ns-{}", datalayer_conformance::random_suffix()));
+        let dir = self
+            .root
+            .join(format!("ns-{}", datalayer_conformance::random_suffix()));
         Ok(Box::new(DiskNs { dir }))
     }
     fn capability(&self) -> Capability {
@@ -72,9 +76,17 @@ impl Target for Disk {
 }
 
 fn main() -> std::process::ExitCode {
-    let root = tempfile::Builder::new().prefix("dl-etch-conformance-").tempdir().expect("temp dir");
+    let root = tempfile::Builder::new()
+        .prefix("dl-etch-conformance-")
+        .tempdir()
+        .expect("temp dir");
     let mut all = trials("memory", Arc::new(Memory));
-    all.extend(trials("disk", Arc::new(Disk { root: root.path().to_owned() })));
+    all.extend(trials(
+        "disk",
+        Arc::new(Disk {
+            root: root.path().to_owned(),
+        }),
+    ));
     let code = datalayer_conformance::main(all);
     drop(root);
     code

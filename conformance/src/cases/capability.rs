@@ -13,10 +13,22 @@ fn unsupported<T>(r: datalayer::Result<T>, what: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Case: Declared matches behaviour.
 pub async fn declared_matches_behaviour(cx: &mut Ctx) -> anyhow::Result<()> {
     let cap = cx.cap();
-    for level in [Isolation::ReadCommitted, Isolation::RepeatableRead, Isolation::Snapshot, Isolation::Serializable] {
-        let r = cx.db.begin_with(TxOptions { isolation: Some(level), read_only: false }).await;
+    for level in [
+        Isolation::ReadCommitted,
+        Isolation::RepeatableRead,
+        Isolation::Snapshot,
+        Isolation::Serializable,
+    ] {
+        let r = cx
+            .db
+            .begin_with(TxOptions {
+                isolation: Some(level),
+                read_only: false,
+            })
+            .await;
         if cap.supports_isolation(level) {
             let tx = r.map_err(|e| anyhow::anyhow!("{level:?} declared but failed: {e}"))?;
             tx.repo::<User>().count().await?;
@@ -33,7 +45,13 @@ pub async fn declared_matches_behaviour(cx: &mut Ctx) -> anyhow::Result<()> {
         unsupported(tx.savepoint("s1").await, "savepoints")?;
     }
     tx.rollback().await?;
-    let r = cx.db.begin_with(TxOptions { isolation: None, read_only: true }).await;
+    let r = cx
+        .db
+        .begin_with(TxOptions {
+            isolation: None,
+            read_only: true,
+        })
+        .await;
     if cap.read_only_tx {
         r?.rollback().await?;
     } else {

@@ -5,6 +5,7 @@ use crate::model::User;
 use datalayer::{ChangeKind, ChangeOptions, Value};
 use futures::StreamExt;
 
+/// Case: Captures in commit order.
 pub async fn captures_in_commit_order(cx: &mut Ctx) -> anyhow::Result<()> {
     cx.db.enable_changes("users").await?;
     cx.db.enable_changes("users").await?; // idempotent
@@ -14,7 +15,10 @@ pub async fn captures_in_commit_order(cx: &mut Ctx) -> anyhow::Result<()> {
     repo.delete(1i64).await?;
     let changes = cx.db.read_changes("users", 0, 100).await?;
     let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
-    assert_eq!(kinds, vec![ChangeKind::Insert, ChangeKind::Update, ChangeKind::Delete]);
+    assert_eq!(
+        kinds,
+        vec![ChangeKind::Insert, ChangeKind::Update, ChangeKind::Delete]
+    );
     assert!(changes.windows(2).all(|w| w[0].position < w[1].position));
     let age = User::sample(1).age;
     assert_eq!(changes[0].get("age"), Some(&Value::I32(age)));
@@ -26,10 +30,16 @@ pub async fn captures_in_commit_order(cx: &mut Ctx) -> anyhow::Result<()> {
         let tx = cx.db.begin().await?;
         tx.repo::<User>().insert(&User::sample(2)).await?;
     }
-    assert_eq!(cx.db.read_changes("users", changes[2].position, 100).await?, vec![]);
+    assert_eq!(
+        cx.db
+            .read_changes("users", changes[2].position, 100)
+            .await?,
+        vec![]
+    );
     Ok(())
 }
 
+/// Case: Resume and trim.
 pub async fn resume_and_trim(cx: &mut Ctx) -> anyhow::Result<()> {
     cx.db.enable_changes("users").await?;
     let repo = cx.db.repo::<User>();
@@ -43,7 +53,13 @@ pub async fn resume_and_trim(cx: &mut Ctx) -> anyhow::Result<()> {
     assert_eq!(rest[0].get("id"), Some(&Value::I64(3)));
     assert_eq!(cx.db.trim_changes("users", first[1].position).await?, 2);
     assert_eq!(cx.db.read_changes("users", 0, 100).await?.len(), 3);
-    let mut stream = Box::pin(cx.db.changes("users", ChangeOptions { after: first[1].position, ..Default::default() }));
+    let mut stream = Box::pin(cx.db.changes(
+        "users",
+        ChangeOptions {
+            after: first[1].position,
+            ..Default::default()
+        },
+    ));
     let next = stream.next().await.expect("a change")?;
     assert_eq!(next.position, rest[0].position);
     Ok(())

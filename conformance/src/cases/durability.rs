@@ -4,6 +4,7 @@ use super::seed_users;
 use crate::Ctx;
 use crate::model::User;
 
+/// Case: Reopen keeps committed.
 pub async fn reopen_keeps_committed(cx: &mut Ctx) -> anyhow::Result<()> {
     let users = seed_users(&cx.db, 30).await?;
     cx.db
@@ -19,7 +20,12 @@ pub async fn reopen_keeps_committed(cx: &mut Ctx) -> anyhow::Result<()> {
     assert_eq!(User::age_of(&cx.db, 5).await?, users[4].age + 1);
     assert_eq!(repo.get(6i64).await?, None);
     // Indexes came back too.
-    assert_eq!(User::by_email(&cx.db, "u7@example.com").await?.map(|u| u.id), Some(7));
+    assert_eq!(
+        User::by_email(&cx.db, "u7@example.com")
+            .await?
+            .map(|u| u.id),
+        Some(7)
+    );
     assert_eq!(User::by_email(&cx.db, "u6@example.com").await?, None);
     // And the reopened engine accepts writes.
     repo.insert(&User::sample(100)).await?;
@@ -28,6 +34,7 @@ pub async fn reopen_keeps_committed(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Reopen drops uncommitted.
 pub async fn reopen_drops_uncommitted(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 2).await?;
     {

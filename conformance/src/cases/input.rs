@@ -5,23 +5,40 @@ use crate::Ctx;
 use crate::model::{Kinds, User};
 use datalayer::{Cursor, ErrorKind, Executor, Op, Table, Value, WriteMode};
 
+/// Case: Bad identifiers and keys.
 pub async fn bad_identifiers_and_keys(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 3).await?;
     let repo = cx.db.repo::<User>();
-    let err = repo.find("no_such_index").all().await.expect_err("unknown index");
+    let err = repo
+        .find("no_such_index")
+        .all()
+        .await
+        .expect_err("unknown index");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    let err = repo.scan().after(&Cursor::from_text("%%%not-base64")).all().await.expect_err("bad cursor");
+    let err = repo
+        .scan()
+        .after(&Cursor::from_text("%%%not-base64"))
+        .all()
+        .await
+        .expect_err("bad cursor");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     let err = repo.get((1i64, 2i64)).await.expect_err("key arity");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     let tx = cx.db.begin().await?;
-    let err = tx.savepoint("x; DROP TABLE users").await.expect_err("bad savepoint name");
-    assert!(matches!(err.kind(), ErrorKind::InvalidInput | ErrorKind::Unsupported), "{err}");
+    let err = tx
+        .savepoint("x; DROP TABLE users")
+        .await
+        .expect_err("bad savepoint name");
+    assert!(
+        matches!(err.kind(), ErrorKind::InvalidInput | ErrorKind::Unsupported),
+        "{err}"
+    );
     tx.rollback().await?;
     assert_eq!(repo.count().await?, 3);
     Ok(())
 }
 
+/// Case: Oversize value.
 pub async fn oversize_value(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     repo.insert(&User::sample(1)).await?;
@@ -43,19 +60,38 @@ pub async fn oversize_value(cx: &mut Ctx) -> anyhow::Result<()> {
             assert_eq!(repo.get(2i64).await?.map(|u| u.name.len()), Some(1 << 20));
         }
     }
-    assert_eq!(repo.get(1i64).await?, Some(User::sample(1)), "committed data intact");
+    assert_eq!(
+        repo.get(1i64).await?,
+        Some(User::sample(1)),
+        "committed data intact"
+    );
     Ok(())
 }
 
+/// Case: Wrong types rejected.
 pub async fn wrong_types_rejected(cx: &mut Ctx) -> anyhow::Result<()> {
     let mut row = User::sample(1).to_row();
     row[3] = Value::String("not an age".into());
-    let op = Op::Insert { table: User::schema(), rows: vec![row], mode: WriteMode::Insert };
-    assert_eq!(cx.db.run(op).await.expect_err("type").kind(), ErrorKind::InvalidInput);
+    let op = Op::Insert {
+        table: User::schema(),
+        rows: vec![row],
+        mode: WriteMode::Insert,
+    };
+    assert_eq!(
+        cx.db.run(op).await.expect_err("type").kind(),
+        ErrorKind::InvalidInput
+    );
     let mut row = User::sample(1).to_row();
     row[1] = Value::Null;
-    let op = Op::Insert { table: User::schema(), rows: vec![row], mode: WriteMode::Insert };
-    assert_eq!(cx.db.run(op).await.expect_err("null").kind(), ErrorKind::InvalidInput);
+    let op = Op::Insert {
+        table: User::schema(),
+        rows: vec![row],
+        mode: WriteMode::Insert,
+    };
+    assert_eq!(
+        cx.db.run(op).await.expect_err("null").kind(),
+        ErrorKind::InvalidInput
+    );
     let mut row = Kinds {
         id: 1,
         b: true,
@@ -71,10 +107,24 @@ pub async fn wrong_types_rejected(cx: &mut Ctx) -> anyhow::Result<()> {
     }
     .to_row();
     row[2] = Value::I64(70_000);
-    let op = Op::Insert { table: Kinds::schema(), rows: vec![row], mode: WriteMode::Insert };
-    assert_eq!(cx.db.run(op).await.expect_err("i16 range").kind(), ErrorKind::InvalidInput);
-    let op = Op::Insert { table: User::schema(), rows: vec![vec![Value::I64(1)]], mode: WriteMode::Insert };
-    assert_eq!(cx.db.run(op).await.expect_err("arity").kind(), ErrorKind::InvalidInput);
+    let op = Op::Insert {
+        table: Kinds::schema(),
+        rows: vec![row],
+        mode: WriteMode::Insert,
+    };
+    assert_eq!(
+        cx.db.run(op).await.expect_err("i16 range").kind(),
+        ErrorKind::InvalidInput
+    );
+    let op = Op::Insert {
+        table: User::schema(),
+        rows: vec![vec![Value::I64(1)]],
+        mode: WriteMode::Insert,
+    };
+    assert_eq!(
+        cx.db.run(op).await.expect_err("arity").kind(),
+        ErrorKind::InvalidInput
+    );
     assert_eq!(cx.db.repo::<User>().count().await?, 0);
     Ok(())
 }

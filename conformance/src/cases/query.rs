@@ -15,6 +15,7 @@ fn expect(n: i64, filter: impl Fn(&User) -> bool) -> Vec<User> {
     (1..=n).map(User::sample).filter(|u| filter(u)).collect()
 }
 
+/// Case: One or not found.
 pub async fn one_or_not_found(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 3).await?;
     assert_eq!(User::by_id(&cx.db, 2).await?, User::sample(2));
@@ -23,15 +24,20 @@ pub async fn one_or_not_found(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Optional and unique lookup.
 pub async fn optional_and_unique_lookup(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 3).await?;
     assert_eq!(User::find_id(&cx.db, 3).await?, Some(User::sample(3)));
     assert_eq!(User::find_id(&cx.db, 4).await?, None);
-    assert_eq!(User::by_email(&cx.db, "u1@example.com").await?, Some(User::sample(1)));
+    assert_eq!(
+        User::by_email(&cx.db, "u1@example.com").await?,
+        Some(User::sample(1))
+    );
     assert_eq!(User::by_email(&cx.db, "nobody@example.com").await?, None);
     Ok(())
 }
 
+/// Case: Filter order limit.
 pub async fn filter_order_limit(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 40).await?;
     let mut want = expect(40, |u| u.team_id == Some(1));
@@ -48,6 +54,7 @@ pub async fn filter_order_limit(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Range and condition.
 pub async fn range_and_condition(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 60).await?;
     let mut want = expect(60, |u| u.active && (25..=30).contains(&u.age));
@@ -55,10 +62,15 @@ pub async fn range_and_condition(cx: &mut Ctx) -> anyhow::Result<()> {
     let got = User::active_between(&cx.db, 25, 30).await?;
     ensure!(!got.is_empty());
     assert_eq!(got, want);
-    assert_eq!(User::active_between(&cx.db, 30, 25).await?, vec![], "empty range");
+    assert_eq!(
+        User::active_between(&cx.db, 30, 25).await?,
+        vec![],
+        "empty range"
+    );
     Ok(())
 }
 
+/// Case: Starts with and null checks.
 pub async fn starts_with_and_null_checks(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 12).await?;
     let repo = cx.db.repo::<User>();
@@ -70,7 +82,10 @@ pub async fn starts_with_and_null_checks(cx: &mut Ctx) -> anyhow::Result<()> {
     odd2.name = "usXr".into();
     odd2.email = None;
     repo.insert(&odd2).await?;
-    assert_eq!(ids(&User::name_prefix(&cx.db, "user01").await?), vec![10, 11, 12]);
+    assert_eq!(
+        ids(&User::name_prefix(&cx.db, "user01").await?),
+        vec![10, 11, 12]
+    );
     // LIKE wildcards in the parameter are literal characters.
     assert_eq!(ids(&User::name_prefix(&cx.db, "us%").await?), vec![100]);
     assert_eq!(ids(&User::name_prefix(&cx.db, "us%r_").await?), vec![100]);
@@ -80,28 +95,44 @@ pub async fn starts_with_and_null_checks(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Projection and scalar.
 pub async fn projection_and_scalar(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 9).await?;
-    let mut names: Vec<String> = expect(9, |u| u.team_id == Some(2)).into_iter().map(|u| u.name).collect();
+    let mut names: Vec<String> = expect(9, |u| u.team_id == Some(2))
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
     names.sort();
     assert_eq!(User::names_in_team(&cx.db, 2).await?, names);
     assert_eq!(User::age_of(&cx.db, 4).await?, User::sample(4).age);
-    assert_eq!(User::age_of(&cx.db, 40).await.expect_err("no row").kind(), ErrorKind::NotFound);
+    assert_eq!(
+        User::age_of(&cx.db, 40).await.expect_err("no row").kind(),
+        ErrorKind::NotFound
+    );
     Ok(())
 }
 
+/// Case: Count queries.
 pub async fn count_queries(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 25).await?;
-    assert_eq!(User::count_active(&cx.db).await?, expect(25, |u| u.active).len() as u64);
+    assert_eq!(
+        User::count_active(&cx.db).await?,
+        expect(25, |u| u.active).len() as u64
+    );
     assert_eq!(User::count_all(&cx.db).await?, 25);
     Ok(())
 }
 
+/// Case: Update with arithmetic.
 pub async fn update_with_arithmetic(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 9).await?;
     assert_eq!(User::birthday(&cx.db, 4, 3).await?, 1);
     assert_eq!(User::age_of(&cx.db, 4).await?, User::sample(4).age + 3);
-    assert_eq!(User::birthday(&cx.db, 400, 3).await?, 0, "no row, nothing affected");
+    assert_eq!(
+        User::birthday(&cx.db, 400, 3).await?,
+        0,
+        "no row, nothing affected"
+    );
     let team1 = expect(9, |u| u.team_id == Some(1));
     assert_eq!(User::penalize(&cx.db, 1, 0.5).await?, team1.len() as u64);
     for u in team1 {
@@ -115,21 +146,33 @@ pub async fn update_with_arithmetic(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Update literals and nulls.
 pub async fn update_literals_and_nulls(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 10).await?;
     let n = User::deactivate_younger(&cx.db, 26).await?;
     assert_eq!(n, expect(10, |u| u.age < 26).len() as u64);
-    assert_eq!(User::count_active(&cx.db).await?, expect(10, |u| u.active && u.age >= 26).len() as u64);
+    assert_eq!(
+        User::count_active(&cx.db).await?,
+        expect(10, |u| u.active && u.age >= 26).len() as u64
+    );
     assert_eq!(User::clear_email(&cx.db, 3).await?, 1);
     assert_eq!(User::by_email(&cx.db, "u3@example.com").await?, None);
     assert_eq!(ids(&User::without_email(&cx.db).await?), vec![3]);
     assert_eq!(User::set_email(&cx.db, 3, "three@example.com").await?, 1);
-    assert_eq!(User::by_email(&cx.db, "three@example.com").await?.map(|u| u.id), Some(3));
-    let err = User::set_email(&cx.db, 4, "three@example.com").await.expect_err("unique");
+    assert_eq!(
+        User::by_email(&cx.db, "three@example.com")
+            .await?
+            .map(|u| u.id),
+        Some(3)
+    );
+    let err = User::set_email(&cx.db, 4, "three@example.com")
+        .await
+        .expect_err("unique");
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
     Ok(())
 }
 
+/// Case: Delete query.
 pub async fn delete_query(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 10).await?;
     let gone = expect(10, |u| u.team_id == Some(0));
@@ -140,14 +183,19 @@ pub async fn delete_query(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Or not and ne.
 pub async fn or_not_and_ne(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 30).await?;
     let want = expect(30, |u| (u.age < 25 || u.age > 45) && u.active);
     assert_eq!(User::outside_active(&cx.db, 25, 45).await?, want);
-    assert_eq!(User::not_age(&cx.db, 21).await?, expect(30, |u| u.age != 21).len() as u64);
+    assert_eq!(
+        User::not_age(&cx.db, 21).await?,
+        expect(30, |u| u.age != 21).len() as u64
+    );
     Ok(())
 }
 
+/// Case: Nulls never match comparisons.
 pub async fn nulls_never_match_comparisons(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     let mut u = User::sample(1);
@@ -158,11 +206,17 @@ pub async fn nulls_never_match_comparisons(cx: &mut Ctx) -> anyhow::Result<()> {
     for t in 0..3 {
         ensure!(User::in_team(&cx.db, t).await?.iter().all(|x| x.id != 1));
     }
-    assert_eq!(User::delete_team(&cx.db, 0).await? + User::delete_team(&cx.db, 1).await? + User::delete_team(&cx.db, 2).await?, 1);
+    assert_eq!(
+        User::delete_team(&cx.db, 0).await?
+            + User::delete_team(&cx.db, 1).await?
+            + User::delete_team(&cx.db, 2).await?,
+        1
+    );
     assert_eq!(repo.get(1i64).await?, Some(u), "the NULL row survives");
     Ok(())
 }
 
+/// Case: Order without index.
 pub async fn order_without_index(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 20).await?;
     let mut want = expect(20, |_| true);
@@ -172,6 +226,7 @@ pub async fn order_without_index(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Small int params.
 pub async fn small_int_params(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 5).await?;
     // i32 parameters against i32 columns, values at the type's edges.

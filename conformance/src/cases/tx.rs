@@ -9,6 +9,7 @@ use futures::FutureExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Case: Commit makes visible.
 pub async fn commit_makes_visible(cx: &mut Ctx) -> anyhow::Result<()> {
     let n = cx
         .db
@@ -23,6 +24,7 @@ pub async fn commit_makes_visible(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Err rolls back.
 pub async fn err_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
     let r: datalayer::Result<()> = cx
         .db
@@ -31,18 +33,24 @@ pub async fn err_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
             Err(Error::invalid_input("business rule failed"))
         })
         .await;
-    assert_eq!(r.expect_err("closure error").kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        r.expect_err("closure error").kind(),
+        ErrorKind::InvalidInput
+    );
     assert_eq!(cx.db.repo::<User>().count().await?, 0);
     Ok(())
 }
 
+/// Case: Panic rolls back.
 pub async fn panic_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
     let db = cx.db.clone();
     let r = std::panic::AssertUnwindSafe(async move {
         db.tx(async |tx| {
             tx.repo::<User>().insert(&User::sample(1)).await?;
             if tx.repo::<User>().count().await? == 1 {
-                panic!("intentional panic: this case checks that a panicking transaction rolls back");
+                panic!(
+                    "intentional panic: this case checks that a panicking transaction rolls back"
+                );
             }
             Ok(())
         })
@@ -57,6 +65,7 @@ pub async fn panic_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Dropped guard rolls back.
 pub async fn dropped_guard_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
     {
         let tx = cx.db.begin().await?;
@@ -69,6 +78,7 @@ pub async fn dropped_guard_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Guard commit and rollback.
 pub async fn guard_commit_and_rollback(cx: &mut Ctx) -> anyhow::Result<()> {
     let tx = cx.db.begin().await?;
     tx.repo::<User>().insert(&User::sample(1)).await?;
@@ -76,11 +86,20 @@ pub async fn guard_commit_and_rollback(cx: &mut Ctx) -> anyhow::Result<()> {
     let tx = cx.db.begin().await?;
     tx.repo::<User>().insert(&User::sample(2)).await?;
     tx.rollback().await?;
-    let ids: Vec<i64> = cx.db.repo::<User>().scan().all().await?.iter().map(|u| u.id).collect();
+    let ids: Vec<i64> = cx
+        .db
+        .repo::<User>()
+        .scan()
+        .all()
+        .await?
+        .iter()
+        .map(|u| u.id)
+        .collect();
     assert_eq!(ids, vec![1]);
     Ok(())
 }
 
+/// Case: Read your writes.
 pub async fn read_your_writes(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 5).await?;
     let tx = cx.db.begin().await?;
@@ -89,29 +108,48 @@ pub async fn read_your_writes(cx: &mut Ctx) -> anyhow::Result<()> {
     tx.repo::<User>().insert(&u).await?;
     tx.repo::<User>().delete(1i64).await?;
     let in_team: Vec<i64> = User::in_team(&tx, 1).await?.iter().map(|u| u.id).collect();
-    ensure!(in_team.contains(&6) && !in_team.contains(&1), "index scan sees own writes: {in_team:?}");
+    ensure!(
+        in_team.contains(&6) && !in_team.contains(&1),
+        "index scan sees own writes: {in_team:?}"
+    );
     assert_eq!(tx.repo::<User>().count().await?, 5);
-    assert_eq!(User::by_email(&tx, "u6@example.com").await?.map(|u| u.id), Some(6));
+    assert_eq!(
+        User::by_email(&tx, "u6@example.com").await?.map(|u| u.id),
+        Some(6)
+    );
     tx.commit().await?;
     assert_eq!(cx.db.repo::<User>().get(6i64).await?, Some(u));
     Ok(())
 }
 
+/// Case: Failed op keeps tx usable.
 pub async fn failed_op_keeps_tx_usable(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 2).await?;
     let tx = cx.db.begin().await?;
     let repo = tx.repo::<User>();
     repo.insert(&User::sample(3)).await?;
     // A multi-row insert that fails half-way leaves nothing of itself behind.
-    let err = repo.insert_many(&[User::sample(4), User::sample(1)]).await.expect_err("dup");
+    let err = repo
+        .insert_many(&[User::sample(4), User::sample(1)])
+        .await
+        .expect_err("dup");
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
     repo.insert(&User::sample(5)).await?;
     tx.commit().await?;
-    let ids: Vec<i64> = cx.db.repo::<User>().scan().all().await?.iter().map(|u| u.id).collect();
+    let ids: Vec<i64> = cx
+        .db
+        .repo::<User>()
+        .scan()
+        .all()
+        .await?
+        .iter()
+        .map(|u| u.id)
+        .collect();
     assert_eq!(ids, vec![1, 2, 3, 5]);
     Ok(())
 }
 
+/// Case: Retry reruns on retryable error.
 pub async fn retry_reruns_on_retryable_error(cx: &mut Ctx) -> anyhow::Result<()> {
     let attempts = Arc::new(AtomicU32::new(0));
     let counter = attempts.clone();
@@ -129,7 +167,11 @@ pub async fn retry_reruns_on_retryable_error(cx: &mut Ctx) -> anyhow::Result<()>
         })
         .await?;
     assert_eq!(out, 2);
-    assert_eq!(cx.db.repo::<User>().count().await?, 1, "failed attempts rolled back");
+    assert_eq!(
+        cx.db.repo::<User>().count().await?,
+        1,
+        "failed attempts rolled back"
+    );
     let err = cx
         .db
         .tx_with()
@@ -149,10 +191,15 @@ pub async fn retry_reruns_on_retryable_error(cx: &mut Ctx) -> anyhow::Result<()>
             Err(Error::invalid_input("not retryable"))
         })
         .await;
-    assert_eq!(non.load(Ordering::SeqCst), 1, "non-retryable errors are not retried");
+    assert_eq!(
+        non.load(Ordering::SeqCst),
+        1,
+        "non-retryable errors are not retried"
+    );
     Ok(())
 }
 
+/// Case: Savepoints.
 pub async fn savepoints(cx: &mut Ctx) -> anyhow::Result<()> {
     let tx = cx.db.begin().await?;
     let repo = tx.repo::<User>();
@@ -166,15 +213,27 @@ pub async fn savepoints(cx: &mut Ctx) -> anyhow::Result<()> {
     repo.insert(&User::sample(4)).await?;
     tx.rollback_to("a").await?;
     assert_eq!(repo.count().await?, 1);
-    assert_eq!(tx.rollback_to("b").await.expect_err("b went with a").kind(), ErrorKind::NotFound);
+    assert_eq!(
+        tx.rollback_to("b").await.expect_err("b went with a").kind(),
+        ErrorKind::NotFound
+    );
     repo.insert(&User::sample(5)).await?;
     tx.release("a").await?;
     tx.commit().await?;
-    let ids: Vec<i64> = cx.db.repo::<User>().scan().all().await?.iter().map(|u| u.id).collect();
+    let ids: Vec<i64> = cx
+        .db
+        .repo::<User>()
+        .scan()
+        .all()
+        .await?
+        .iter()
+        .map(|u| u.id)
+        .collect();
     assert_eq!(ids, vec![1, 5]);
     Ok(())
 }
 
+/// Case: Nested savepoint closure.
 pub async fn nested_savepoint_closure(cx: &mut Ctx) -> anyhow::Result<()> {
     cx.db
         .tx(async |tx| {
@@ -186,18 +245,35 @@ pub async fn nested_savepoint_closure(cx: &mut Ctx) -> anyhow::Result<()> {
                 })
                 .await;
             assert!(inner.is_err());
-            tx.nested("ok", async |tx| tx.repo::<User>().insert(&User::sample(3)).await).await?;
+            tx.nested("ok", async |tx| {
+                tx.repo::<User>().insert(&User::sample(3)).await
+            })
+            .await?;
             Ok(())
         })
         .await?;
-    let ids: Vec<i64> = cx.db.repo::<User>().scan().all().await?.iter().map(|u| u.id).collect();
+    let ids: Vec<i64> = cx
+        .db
+        .repo::<User>()
+        .scan()
+        .all()
+        .await?
+        .iter()
+        .map(|u| u.id)
+        .collect();
     assert_eq!(ids, vec![1, 3]);
     Ok(())
 }
 
+/// Case: Read only rejects writes.
 pub async fn read_only_rejects_writes(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 2).await?;
-    let n = cx.db.tx_with().read_only().run(async |tx| tx.repo::<User>().count().await).await?;
+    let n = cx
+        .db
+        .tx_with()
+        .read_only()
+        .run(async |tx| tx.repo::<User>().count().await)
+        .await?;
     assert_eq!(n, 2);
     let err = cx
         .db
@@ -211,13 +287,18 @@ pub async fn read_only_rejects_writes(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Case: Concurrent increments are serializable.
 pub async fn concurrent_increments_are_serializable(cx: &mut Ctx) -> anyhow::Result<()> {
     let mut u = User::sample(1);
     u.age = 0;
     cx.db.repo::<User>().insert(&u).await?;
-    let level = [Isolation::Serializable, Isolation::RepeatableRead, Isolation::Snapshot]
-        .into_iter()
-        .find(|l| cx.cap().supports_isolation(*l));
+    let level = [
+        Isolation::Serializable,
+        Isolation::RepeatableRead,
+        Isolation::Snapshot,
+    ]
+    .into_iter()
+    .find(|l| cx.cap().supports_isolation(*l));
     let Some(level) = level else { return Ok(()) };
     let mut tasks: Vec<tokio::task::JoinHandle<datalayer::Result<()>>> = Vec::new();
     for _ in 0..4 {
@@ -240,6 +321,10 @@ pub async fn concurrent_increments_are_serializable(cx: &mut Ctx) -> anyhow::Res
     for t in tasks {
         t.await??;
     }
-    assert_eq!(User::age_of(&cx.db, 1).await?, 40, "no lost update under {level:?}");
+    assert_eq!(
+        User::age_of(&cx.db, 1).await?,
+        40,
+        "no lost update under {level:?}"
+    );
     Ok(())
 }

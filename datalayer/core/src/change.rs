@@ -41,7 +41,10 @@ pub struct Change {
 impl Change {
     /// The value of column `name` in the image.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.columns.iter().position(|c| c == name).map(|i| &self.values[i])
+        self.columns
+            .iter()
+            .position(|c| c == name)
+            .map(|i| &self.values[i])
     }
 }
 
@@ -92,7 +95,11 @@ impl Db {
 
     /// An endless stream of the changes of `table` after `opts.after`, in commit order,
     /// polling every `opts.poll_interval` when idle. Stop by dropping the stream.
-    pub fn changes(&self, table: &str, opts: ChangeOptions) -> impl Stream<Item = Result<Change>> + Send + 'static {
+    pub fn changes(
+        &self,
+        table: &str,
+        opts: ChangeOptions,
+    ) -> impl Stream<Item = Result<Change>> + Send + 'static {
         let db = self.clone();
         let table = table.to_owned();
         futures::stream::try_unfold(

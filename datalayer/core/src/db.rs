@@ -140,7 +140,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("engine", &self.inner.engine.name()).finish()
+        f.debug_struct("Db")
+            .field("engine", &self.inner.engine.name())
+            .finish()
     }
 }
 
@@ -207,10 +209,16 @@ impl Db {
         if let Some(level) = opts.isolation
             && !cap.supports_isolation(level)
         {
-            return Err(Error::unsupported(self.engine_name(), format!("isolation level {level:?}")));
+            return Err(Error::unsupported(
+                self.engine_name(),
+                format!("isolation level {level:?}"),
+            ));
         }
         if opts.read_only && !cap.read_only_tx {
-            return Err(Error::unsupported(self.engine_name(), "read-only transactions"));
+            return Err(Error::unsupported(
+                self.engine_name(),
+                "read-only transactions",
+            ));
         }
         let span = tracing::debug_span!(
             "datalayer.tx",
@@ -218,7 +226,12 @@ impl Db {
             outcome = field::Empty,
             duration_us = field::Empty
         );
-        let inner = self.inner.engine.begin(opts).instrument(span.clone()).await?;
+        let inner = self
+            .inner
+            .engine
+            .begin(opts)
+            .instrument(span.clone())
+            .await?;
         Ok(Tx {
             inner: tokio::sync::Mutex::new(Some(inner)),
             engine: self.engine_name(),
@@ -264,7 +277,11 @@ impl Executor for Db {
         traced(span, self.inner.engine.run(op)).await
     }
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
-        let span = tracing::debug_span!("datalayer.batch", engine = self.engine_name(), ops = ops.len());
+        let span = tracing::debug_span!(
+            "datalayer.batch",
+            engine = self.engine_name(),
+            ops = ops.len()
+        );
         self.inner.engine.run_batch(ops).instrument(span).await
     }
     fn capability(&self) -> Capability {

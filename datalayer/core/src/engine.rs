@@ -209,17 +209,31 @@ pub trait Engine: Send + Sync + 'static {
     /// Installs change capture on `table` (idempotent). Needs `Capability::change_feed`.
     async fn enable_changes(&self, table: &str) -> Result<()> {
         let _ = table;
-        Err(crate::Error::unsupported(self.name(), "change data capture"))
+        Err(crate::Error::unsupported(
+            self.name(),
+            "change data capture",
+        ))
     }
     /// Up to `limit` changes of `table` after position `after`, in commit order.
-    async fn read_changes(&self, table: &str, after: u64, limit: usize) -> Result<Vec<crate::change::Change>> {
+    async fn read_changes(
+        &self,
+        table: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::change::Change>> {
         let _ = (table, after, limit);
-        Err(crate::Error::unsupported(self.name(), "change data capture"))
+        Err(crate::Error::unsupported(
+            self.name(),
+            "change data capture",
+        ))
     }
     /// Deletes changes of `table` up to and including `upto`; returns how many.
     async fn trim_changes(&self, table: &str, upto: u64) -> Result<u64> {
         let _ = (table, upto);
-        Err(crate::Error::unsupported(self.name(), "change data capture"))
+        Err(crate::Error::unsupported(
+            self.name(),
+            "change data capture",
+        ))
     }
 }
 

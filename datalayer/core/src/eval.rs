@@ -65,7 +65,11 @@ pub fn eval(e: &Expr, row: &[Value], params: &[Value]) -> Result<Value> {
                     _ => unknown = true,
                 }
             }
-            if unknown { Value::Null } else { Value::Bool(true) }
+            if unknown {
+                Value::Null
+            } else {
+                Value::Bool(true)
+            }
         }
         Expr::Or(v) => {
             let mut unknown = false;
@@ -76,7 +80,11 @@ pub fn eval(e: &Expr, row: &[Value], params: &[Value]) -> Result<Value> {
                     _ => unknown = true,
                 }
             }
-            if unknown { Value::Null } else { Value::Bool(false) }
+            if unknown {
+                Value::Null
+            } else {
+                Value::Bool(false)
+            }
         }
         Expr::Not(a) => match eval(a, row, params)? {
             Value::Bool(b) => Value::Bool(!b),
@@ -110,7 +118,9 @@ fn arith(op: ArithOp, a: Value, b: Value) -> Result<Value> {
             ArithOp::Add => x + y,
             ArithOp::Sub => x - y,
         })),
-        _ => Err(Error::invalid_input(format!("arithmetic on non-numeric values {a} and {b}"))),
+        _ => Err(Error::invalid_input(format!(
+            "arithmetic on non-numeric values {a} and {b}"
+        ))),
     }
 }
 
@@ -149,7 +159,10 @@ mod tests {
         let unknown = Expr::cmp(CmpOp::Eq, col(0), lit(Value::I32(1)));
         let t = Expr::cmp(CmpOp::Gt, col(1), lit(Value::I64(2)));
         assert!(matches(Some(&Expr::Or(vec![unknown.clone(), t.clone()])), &row, &[]).unwrap());
-        assert_eq!(eval(&Expr::And(vec![unknown, t]), &row, &[]).unwrap(), Value::Null);
+        assert_eq!(
+            eval(&Expr::And(vec![unknown, t]), &row, &[]).unwrap(),
+            Value::Null
+        );
     }
 
     #[test]

@@ -24,10 +24,15 @@ pub mod value;
 
 pub use capability::Capability;
 pub use change::{Change, ChangeKind, ChangeOptions};
-pub use db::{Db, DbBuilder, EngineOpener, Executor, QueryGroup, Tx, TxBuilder, redact, register_engine};
+pub use db::{
+    Db, DbBuilder, EngineOpener, Executor, QueryGroup, Tx, TxBuilder, redact, register_engine,
+};
 pub use engine::{Engine, EngineTx, Isolation, Op, Output, ScanRequest, TxOptions, WriteMode};
 pub use error::{Error, ErrorKind, Result};
-pub use query::{ArithOp, CmpOp, Expr, Limit, OrderBy, ParamDef, QueryBuilder, QueryDef, QueryId, QueryKind, Returns, check};
+pub use query::{
+    ArithOp, CmpOp, Expr, Limit, OrderBy, ParamDef, QueryBuilder, QueryDef, QueryId, QueryKind,
+    Returns, check,
+};
 pub use repo::{Cursor, Find, Page, Repo};
 pub use schema::{BelongsTo, ColumnDef, IdList, IndexDef, Table, TableSchema, validate_identifier};
 pub use stmt::{Batch, Stmt, decode};

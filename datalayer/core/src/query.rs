@@ -371,7 +371,17 @@ pub mod check {
             impl Comparable<&$t> for Option<$t> {}
         )*};
     }
-    same!(bool, i16, i32, i64, f32, f64, String, Vec<u8>, std::time::SystemTime);
+    same!(
+        bool,
+        i16,
+        i32,
+        i64,
+        f32,
+        f64,
+        String,
+        Vec<u8>,
+        std::time::SystemTime
+    );
     /// A non-null column compares with a nullable value (NULL never matches), as a
     /// nullable column compares with a non-null one.
     macro_rules! nullable_rhs {

@@ -26,7 +26,10 @@ impl<T, E: ?Sized> Clone for Repo<'_, T, E> {
 impl<T, E: ?Sized> Copy for Repo<'_, T, E> {}
 
 pub(crate) fn unexpected(o: Output) -> Error {
-    Error::engine("output", format!("engine returned an unexpected output shape: {o:?}"))
+    Error::engine(
+        "output",
+        format!("engine returned an unexpected output shape: {o:?}"),
+    )
 }
 
 fn count(o: Output) -> Result<u64> {
@@ -46,7 +49,10 @@ fn decode_rows<T: Table>(o: Output) -> Result<Vec<T>> {
 impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     /// A repository over `ex`.
     pub fn new(ex: &'e E) -> Self {
-        Repo { ex, _t: PhantomData }
+        Repo {
+            ex,
+            _t: PhantomData,
+        }
     }
 
     fn schema(&self) -> &'static TableSchema {
@@ -59,7 +65,9 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     /// `AlreadyExists` when the primary key or a unique index value exists;
     /// `InvalidInput` for an oversize row.
     pub async fn insert(&self, row: &T) -> Result<()> {
-        self.insert_many(std::slice::from_ref(row)).await.map(|_| ())
+        self.insert_many(std::slice::from_ref(row))
+            .await
+            .map(|_| ())
     }
 
     /// Inserts rows atomically (all or none); returns how many were inserted.
@@ -147,7 +155,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     }
 
     /// The rows with these keys, one entry per key in order, in one batched read.
-    pub async fn get_many<K: Key>(&self, keys: impl IntoIterator<Item = K>) -> Result<Vec<Option<T>>> {
+    pub async fn get_many<K: Key>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<T>>> {
         let keys: Vec<Row> = keys.into_iter().map(Key::into_key).collect();
         let arity = self.schema().primary_key.len();
         if let Some(k) = keys.iter().find(|k| k.len() != arity) {
@@ -161,14 +172,23 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
             keys,
         };
         match self.ex.run(op).await? {
-            Output::Optional(rows) => rows.into_iter().map(|r| r.map(T::from_row).transpose()).collect(),
+            Output::Optional(rows) => rows
+                .into_iter()
+                .map(|r| r.map(T::from_row).transpose())
+                .collect(),
             o => Err(unexpected(o)),
         }
     }
 
     /// The number of rows in the table.
     pub async fn count(&self) -> Result<u64> {
-        count(self.ex.run(Op::Count { table: self.schema() }).await?)
+        count(
+            self.ex
+                .run(Op::Count {
+                    table: self.schema(),
+                })
+                .await?,
+        )
     }
 
     /// A keyset scan over the secondary index named `index`.
@@ -180,7 +200,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
             Some(p) => (Some(p), None),
             None => (
                 None,
-                Some(format!("table {} has no index named {index:?}", self.schema().name)),
+                Some(format!(
+                    "table {} has no index named {index:?}",
+                    self.schema().name
+                )),
             ),
         };
         Find::new(self.ex, pos, err)
@@ -236,7 +259,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
         let parents: Vec<Option<P>> = Repo::<P, E>::new(self.ex).get_many(unique).await?;
         Ok(keys
             .iter()
-            .map(|k| k.as_ref().and_then(|k| parents[pos[&format!("{k:?}")]].clone()))
+            .map(|k| {
+                k.as_ref()
+                    .and_then(|k| parents[pos[&format!("{k:?}")]].clone())
+            })
             .collect())
     }
 
@@ -250,7 +276,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
         let cs = C::schema();
         let fk: Vec<usize> = C::FOREIGN_KEY
             .iter()
-            .map(|f| cs.column_index(f).expect("derive checked the foreign-key field"))
+            .map(|f| {
+                cs.column_index(f)
+                    .expect("derive checked the foreign-key field")
+            })
             .collect();
         let index = cs
             .indexes
@@ -259,7 +288,8 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
             .ok_or_else(|| {
                 Error::invalid_input(format!(
                     "has_many: table {} needs an index whose leading columns are {:?}",
-                    cs.name, C::FOREIGN_KEY
+                    cs.name,
+                    C::FOREIGN_KEY
                 ))
             })?;
         let ops = parents
@@ -426,7 +456,11 @@ impl<'e, T: Table, E: Executor + ?Sized> Find<'e, T, E> {
         let cols = self.columns();
         let s = T::schema();
         if self.prefix.len() > cols.len()
-            || (self.prefix.len() == cols.len() && !matches!((&self.lower, &self.upper), (Bound::Unbounded, Bound::Unbounded)))
+            || (self.prefix.len() == cols.len()
+                && !matches!(
+                    (&self.lower, &self.upper),
+                    (Bound::Unbounded, Bound::Unbounded)
+                ))
         {
             return Err(Error::invalid_input(format!(
                 "{}: the scan fixes more columns than the index has ({})",

@@ -105,7 +105,10 @@ impl TableSchema {
     pub fn validate(&self) -> Result<()> {
         validate_identifier("table", &self.name)?;
         if self.columns.is_empty() {
-            return Err(Error::invalid_input(format!("table {} has no columns", self.name)));
+            return Err(Error::invalid_input(format!(
+                "table {} has no columns",
+                self.name
+            )));
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.columns {
@@ -118,11 +121,17 @@ impl TableSchema {
             }
         }
         if self.primary_key.is_empty() {
-            return Err(Error::invalid_input(format!("table {} has no primary key", self.name)));
+            return Err(Error::invalid_input(format!(
+                "table {} has no primary key",
+                self.name
+            )));
         }
         for &k in &self.primary_key {
             let c = self.columns.get(k).ok_or_else(|| {
-                Error::invalid_input(format!("table {}: primary-key column {k} out of range", self.name))
+                Error::invalid_input(format!(
+                    "table {}: primary-key column {k} out of range",
+                    self.name
+                ))
             })?;
             if c.nullable {
                 return Err(Error::invalid_input(format!(

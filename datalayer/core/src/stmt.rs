@@ -22,8 +22,16 @@ pub struct Stmt<R> {
 impl<R> Stmt<R> {
     /// A call of `query` with `params`; `decode` turns the engine output into `R`
     /// (one of the functions in [`decode`]).
-    pub fn new(query: &'static QueryDef, params: Vec<Value>, decode: fn(&'static QueryDef, Output) -> Result<R>) -> Self {
-        Stmt { query, params, decode }
+    pub fn new(
+        query: &'static QueryDef,
+        params: Vec<Value>,
+        decode: fn(&'static QueryDef, Output) -> Result<R>,
+    ) -> Self {
+        Stmt {
+            query,
+            params,
+            decode,
+        }
     }
     /// The query.
     pub fn query(&self) -> &'static QueryDef {
@@ -117,7 +125,11 @@ pub mod decode {
     }
     /// `T`: exactly one row, else `NotFound`.
     pub fn one<T: Table>(q: &'static QueryDef, o: Output) -> Result<T> {
-        rows(o)?.into_iter().next().ok_or_else(|| none(q)).and_then(T::from_row)
+        rows(o)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| none(q))
+            .and_then(T::from_row)
     }
     /// `Option<T>`.
     pub fn optional<T: Table>(_q: &'static QueryDef, o: Output) -> Result<Option<T>> {
@@ -132,7 +144,11 @@ pub mod decode {
     }
     /// A column value of exactly one row, else `NotFound`.
     pub fn scalar<V: ColumnValue>(q: &'static QueryDef, o: Output) -> Result<V> {
-        rows(o)?.into_iter().next().ok_or_else(|| none(q)).and_then(|r| V::from_value(first(r)))
+        rows(o)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| none(q))
+            .and_then(|r| V::from_value(first(r)))
     }
     /// `Option<V>` of a column: `None` when there is no row (or the value is NULL).
     pub fn scalar_optional<V: ColumnValue>(_q: &'static QueryDef, o: Output) -> Result<Option<V>> {
@@ -143,7 +159,10 @@ pub mod decode {
     }
     /// `Vec<V>` of a column.
     pub fn scalars<V: ColumnValue>(_q: &'static QueryDef, o: Output) -> Result<Vec<V>> {
-        rows(o)?.into_iter().map(|r| V::from_value(first(r))).collect()
+        rows(o)?
+            .into_iter()
+            .map(|r| V::from_value(first(r)))
+            .collect()
     }
     /// `u64`: a count, or the number of rows affected.
     pub fn count(_q: &'static QueryDef, o: Output) -> Result<u64> {

@@ -261,9 +261,8 @@ macro_rules! id_list {
             }
             fn from_value(v: Value) -> Result<Self> {
                 match v {
-                    Value::Bytes(b) => postcard::from_bytes(&b).map_err(|e| {
-                        Error::invalid_input(format!("bad id list encoding: {e}"))
-                    }),
+                    Value::Bytes(b) => postcard::from_bytes(&b)
+                        .map_err(|e| Error::invalid_input(format!("bad id list encoding: {e}"))),
                     other => mismatch(ColumnType::Bytes, &other),
                 }
             }
@@ -351,7 +350,10 @@ mod tests {
 
     #[test]
     fn coerce_checks_range() {
-        assert_eq!(Value::I64(7).coerce(ColumnType::I16).unwrap(), Value::I16(7));
+        assert_eq!(
+            Value::I64(7).coerce(ColumnType::I16).unwrap(),
+            Value::I16(7)
+        );
         assert!(Value::I64(70_000).coerce(ColumnType::I16).is_err());
         assert!(Value::String("x".into()).coerce(ColumnType::I64).is_err());
     }
@@ -372,7 +374,10 @@ mod tests {
 
     #[test]
     fn keys_from_tuples() {
-        assert_eq!(("UA", 5i32).into_key(), vec![Value::String("UA".into()), Value::I32(5)]);
+        assert_eq!(
+            ("UA", 5i32).into_key(),
+            vec![Value::String("UA".into()), Value::I32(5)]
+        );
         assert_eq!(7i64.into_key(), vec![Value::I64(7)]);
     }
 }

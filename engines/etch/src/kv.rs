@@ -100,9 +100,11 @@ pub fn parse_url(url: &str) -> Result<(Option<PathBuf>, EtchOptions)> {
     if url == "etch::memory:" || url == "etch://:memory:" {
         return Ok((None, opts));
     }
-    let rest = url
-        .strip_prefix("etch://")
-        .ok_or_else(|| Error::invalid_input(format!("not an etch URL: {url:?} (use etch://<dir> or etch::memory:)")))?;
+    let rest = url.strip_prefix("etch://").ok_or_else(|| {
+        Error::invalid_input(format!(
+            "not an etch URL: {url:?} (use etch://<dir> or etch::memory:)"
+        ))
+    })?;
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path.is_empty() {
         return Err(Error::invalid_input("etch URL without a directory"));
@@ -118,7 +120,11 @@ pub fn parse_url(url: &str) -> Result<(Option<PathBuf>, EtchOptions)> {
                     .map_err(|_| Error::invalid_input(format!("bad flush interval {ms:?}")))?;
                 opts.store.flush = FlushPolicy::Interval(Duration::from_millis(n));
             }
-            _ => return Err(Error::invalid_input(format!("unknown etch URL option {pair:?}"))),
+            _ => {
+                return Err(Error::invalid_input(format!(
+                    "unknown etch URL option {pair:?}"
+                )));
+            }
         }
     }
     Ok((Some(PathBuf::from(path)), opts))
@@ -212,7 +218,13 @@ impl KvTxn for EtchTxn {
         Ok(keys.iter().map(|k| s.get(k).map(<[u8]>::to_vec)).collect())
     }
 
-    async fn scan(&mut self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<(Bytes, Bytes)>> {
+    async fn scan(
+        &mut self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
         Ok(self
             .snapshot()
             .range(start, end, reverse)
@@ -247,7 +259,10 @@ mod tests {
         assert!(parse_url("etch::memory:").unwrap().0.is_none());
         let (d, o) = parse_url("etch://./data?flush=5ms").unwrap();
         assert_eq!(d.unwrap(), PathBuf::from("./data"));
-        assert_eq!(o.store.flush, FlushPolicy::Interval(Duration::from_millis(5)));
+        assert_eq!(
+            o.store.flush,
+            FlushPolicy::Interval(Duration::from_millis(5))
+        );
         assert!(parse_url("etch://x?flush=sometimes").is_err());
         assert!(parse_url("sqlite://x").is_err());
     }

@@ -277,7 +277,14 @@ async fn a_directory_is_open_in_one_store_at_a_time() {
     let kept = again.clone();
     again.close().unwrap();
     let reopened = Store::open(tmp.path(), StoreOptions::default()).unwrap();
-    assert!(kept.begin_write().await.commit(vec![(b"x".to_vec(), Some(b"1".to_vec()))]).await.unwrap_err().is_closed());
+    assert!(
+        kept.begin_write()
+            .await
+            .commit(vec![(b"x".to_vec(), Some(b"1".to_vec()))])
+            .await
+            .unwrap_err()
+            .is_closed()
+    );
     drop(reopened);
 }
 

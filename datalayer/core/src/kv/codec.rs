@@ -33,7 +33,8 @@ pub const UNIQUE: u8 = b'u';
 
 fn mc<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
     let mut s = memcomparable::Serializer::new(buf);
-    v.serialize(&mut s).expect("memcomparable encodes primitives");
+    v.serialize(&mut s)
+        .expect("memcomparable encodes primitives");
 }
 
 /// Appends one column value.
@@ -119,7 +120,11 @@ impl TableKeys {
     pub fn new(table: &TableSchema) -> Self {
         TableKeys {
             row: row_prefix(table),
-            indexes: table.indexes.iter().map(|ix| index_prefix(table, ix)).collect(),
+            indexes: table
+                .indexes
+                .iter()
+                .map(|ix| index_prefix(table, ix))
+                .collect(),
         }
     }
     /// The row key of `row` (`'r' <table> <pk...>`); the key suffix starts at `self.row.len()`.
@@ -132,7 +137,13 @@ impl TableKeys {
 }
 
 /// The full key of `row`'s entry in index `ix` (see the module docs).
-pub fn index_key(prefix: &[u8], table: &TableSchema, ix: &IndexDef, row: &Row, pk: &[u8]) -> Vec<u8> {
+pub fn index_key(
+    prefix: &[u8],
+    table: &TableSchema,
+    ix: &IndexDef,
+    row: &Row,
+    pk: &[u8],
+) -> Vec<u8> {
     let mut b = Vec::with_capacity(prefix.len() + 16 + pk.len());
     b.extend_from_slice(prefix);
     let mut any_null = false;

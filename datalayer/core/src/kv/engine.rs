@@ -1,8 +1,8 @@
 //! [`KvEngine`]: the [`Engine`] of every KV-family store.
 
+use super::KvStore;
 use super::plan::{Plan, plan};
 use super::txn::KvTx;
-use super::KvStore;
 use crate::capability::Capability;
 use crate::engine::{Engine, EngineTx, Op, Output, TxOptions};
 use crate::error::{Error, Result};
@@ -114,7 +114,8 @@ impl Engine for KvEngine {
         let mut tx = KvTx::new(txn, false, self.store.capability(), false);
         for t in tables {
             t.validate()?;
-            let bytes = postcard::to_allocvec(*t).map_err(|e| Error::engine("postcard", e.to_string()))?;
+            let bytes =
+                postcard::to_allocvec(*t).map_err(|e| Error::engine("postcard", e.to_string()))?;
             match tx.catalog_get(&t.name).await? {
                 None => tx.catalog_put(&t.name, bytes),
                 Some(stored) if stored == bytes => {}
@@ -125,7 +126,10 @@ impl Engine for KvEngine {
                         "table {} is stored with a different schema ({}); migrate it first",
                         t.name,
                         match old {
-                            Some(o) => format!("stored columns {:?}", o.columns.iter().map(|c| &c.name).collect::<Vec<_>>()),
+                            Some(o) => format!(
+                                "stored columns {:?}",
+                                o.columns.iter().map(|c| &c.name).collect::<Vec<_>>()
+                            ),
                             None => "undecodable".into(),
                         }
                     )));
@@ -157,7 +161,10 @@ impl Engine for KvEngine {
         if let Some(l) = opts.isolation
             && !cap.supports_isolation(l)
         {
-            return Err(Error::unsupported(self.store.name(), format!("isolation level {l:?}")));
+            return Err(Error::unsupported(
+                self.store.name(),
+                format!("isolation level {l:?}"),
+            ));
         }
         let txn = self.store.begin(opts).await?;
         Ok(Box::new(KvEngineTx {
@@ -167,12 +174,20 @@ impl Engine for KvEngine {
     }
 
     async fn catalog(&self) -> Result<Vec<TableSchema>> {
-        let txn = self.store.begin(TxOptions { isolation: None, read_only: true }).await?;
+        let txn = self
+            .store
+            .begin(TxOptions {
+                isolation: None,
+                read_only: true,
+            })
+            .await?;
         let mut tx = KvTx::new(txn, true, self.store.capability(), false);
         let raw = tx.catalog_all().await;
         let _ = tx.rollback().await;
         raw?.iter()
-            .map(|b| postcard::from_bytes(b).map_err(|e| Error::corrupted(format!("catalog entry: {e}"))))
+            .map(|b| {
+                postcard::from_bytes(b).map_err(|e| Error::corrupted(format!("catalog entry: {e}")))
+            })
             .collect()
     }
 
@@ -189,7 +204,9 @@ struct KvEngineTx {
 
 impl KvEngineTx {
     fn tx(&mut self) -> Result<&mut KvTx> {
-        self.tx.as_mut().ok_or_else(|| Error::invalid_input("transaction finished"))
+        self.tx
+            .as_mut()
+            .ok_or_else(|| Error::invalid_input("transaction finished"))
     }
 }
 

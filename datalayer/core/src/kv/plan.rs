@@ -118,7 +118,10 @@ fn usable(when: Option<&Expr>, filter: Option<&Expr>) -> bool {
 /// Whether a scan over `seq` (the columns after the equality prefix, in key order)
 /// yields rows in `order` order; returns the direction if so.
 fn order_direction(seq: &[usize], fixed: &[usize], order: &[OrderBy]) -> Option<bool> {
-    let terms: Vec<&OrderBy> = order.iter().filter(|o| !fixed.contains(&o.column)).collect();
+    let terms: Vec<&OrderBy> = order
+        .iter()
+        .filter(|o| !fixed.contains(&o.column))
+        .collect();
     if terms.is_empty() {
         return Some(false);
     }
@@ -169,7 +172,10 @@ pub fn plan_filter(table: &TableSchema, filter: Option<&Expr>, order: &[OrderBy]
     let mut best: Option<(i64, Plan)> = None;
     let mut consider = |index: Option<usize>, cols: &[usize], unique: bool, when: Option<&Expr>| {
         let k = cols.iter().take_while(|&&c| f[c].eq.is_some()).count();
-        let prefix: Vec<Expr> = cols[..k].iter().map(|&c| f[c].eq.clone().expect("eq")).collect();
+        let prefix: Vec<Expr> = cols[..k]
+            .iter()
+            .map(|&c| f[c].eq.clone().expect("eq"))
+            .collect();
         let covered = covers(cols, k, when);
         if k == cols.len() && unique && index.is_none() {
             let p = Plan {
@@ -261,7 +267,11 @@ mod tests {
                     name: "by_tail".into(),
                     columns: vec![4],
                     unique: false,
-                    when: Some(Expr::cmp(CmpOp::Eq, Expr::Column(2), Expr::Literal(Value::I32(1)))),
+                    when: Some(Expr::cmp(
+                        CmpOp::Eq,
+                        Expr::Column(2),
+                        Expr::Literal(Value::I32(1)),
+                    )),
                 },
             ],
         }
@@ -283,12 +293,22 @@ mod tests {
     #[test]
     fn coverage_counts_every_conjunct() {
         let t = table();
-        let f = Expr::And(vec![eq(1, 0), eq(2, 1), Expr::cmp(CmpOp::Lt, Expr::Column(3), Expr::Param(2))]);
+        let f = Expr::And(vec![
+            eq(1, 0),
+            eq(2, 1),
+            Expr::cmp(CmpOp::Lt, Expr::Column(3), Expr::Param(2)),
+        ]);
         assert!(plan_filter(&t, Some(&f), &[]).covered);
-        let g = Expr::And(vec![eq(1, 0), Expr::cmp(CmpOp::Ne, Expr::Column(2), Expr::Param(1))]);
+        let g = Expr::And(vec![
+            eq(1, 0),
+            Expr::cmp(CmpOp::Ne, Expr::Column(2), Expr::Param(1)),
+        ]);
         assert!(!plan_filter(&t, Some(&g), &[]).covered);
         let h = Expr::And(vec![eq(1, 0), eq(1, 1)]);
-        assert!(!plan_filter(&t, Some(&h), &[]).covered, "a second equality on a column is re-checked");
+        assert!(
+            !plan_filter(&t, Some(&h), &[]).covered,
+            "a second equality on a column is re-checked"
+        );
         assert!(plan_filter(&t, None, &[]).covered);
     }
 
@@ -296,8 +316,17 @@ mod tests {
     fn index_prefix_with_order() {
         let t = table();
         let f = Expr::And(vec![eq(1, 0), eq(2, 1)]);
-        let p = plan_filter(&t, Some(&f), &[OrderBy { column: 3, desc: true }]);
-        assert!(matches!(p.access, Access::Range { index: Some(0), ref prefix, .. } if prefix.len() == 2));
+        let p = plan_filter(
+            &t,
+            Some(&f),
+            &[OrderBy {
+                column: 3,
+                desc: true,
+            }],
+        );
+        assert!(
+            matches!(p.access, Access::Range { index: Some(0), ref prefix, .. } if prefix.len() == 2)
+        );
         assert!(p.ordered && p.reverse);
     }
 
@@ -305,13 +334,19 @@ mod tests {
     fn conditional_index_needs_its_condition() {
         let t = table();
         let p = plan_filter(&t, Some(&eq(4, 0)), &[]);
-        assert!(matches!(p.access, Access::Range { index: None, .. }), "{p:?}");
+        assert!(
+            matches!(p.access, Access::Range { index: None, .. }),
+            "{p:?}"
+        );
         let with = Expr::And(vec![
             eq(4, 0),
             Expr::cmp(CmpOp::Eq, Expr::Column(2), Expr::Literal(Value::I32(1))),
         ]);
         let p = plan_filter(&t, Some(&with), &[]);
-        assert!(matches!(p.access, Access::Range { index: Some(1), .. }), "{p:?}");
+        assert!(
+            matches!(p.access, Access::Range { index: Some(1), .. }),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -323,7 +358,12 @@ mod tests {
         ]);
         let p = plan_filter(&t, Some(&f), &[]);
         match p.access {
-            Access::Range { index: Some(0), prefix, lower: Some(l), upper: None } => {
+            Access::Range {
+                index: Some(0),
+                prefix,
+                lower: Some(l),
+                upper: None,
+            } => {
                 assert_eq!(prefix.len(), 1);
                 assert!(l.inclusive);
             }

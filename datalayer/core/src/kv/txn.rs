@@ -1,7 +1,10 @@
 //! A KV-family transaction: the store's snapshot plus a write overlay, and every data
 //! operation (queries, repository ops, index maintenance) on top of it.
 
-use super::codec::{self, TableKeys, decode_row, encode_row, encode_values, index_key, index_prefix, prefix_end, row_prefix};
+use super::codec::{
+    self, TableKeys, decode_row, encode_row, encode_values, index_key, index_prefix, prefix_end,
+    row_prefix,
+};
 use super::plan::{Access, Plan, PlanBound};
 use super::{Bytes, KvTxn};
 use crate::capability::Capability;
@@ -42,7 +45,12 @@ fn as_slice(b: &Bound<Bytes>) -> Bound<&[u8]> {
 }
 
 impl KvTx {
-    pub(crate) fn new(txn: Box<dyn KvTxn>, read_only: bool, cap: Capability, undo_enabled: bool) -> Self {
+    pub(crate) fn new(
+        txn: Box<dyn KvTxn>,
+        read_only: bool,
+        cap: Capability,
+        undo_enabled: bool,
+    ) -> Self {
         KvTx {
             txn,
             writes: Overlay::new(),
@@ -105,7 +113,8 @@ impl KvTx {
     }
 
     async fn batch_get(&mut self, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>> {
-        let mut out: Vec<Option<Option<Bytes>>> = keys.iter().map(|k| self.writes.get(k).cloned()).collect();
+        let mut out: Vec<Option<Option<Bytes>>> =
+            keys.iter().map(|k| self.writes.get(k).cloned()).collect();
         let missing: Vec<Bytes> = keys
             .iter()
             .zip(&out)
@@ -121,10 +130,17 @@ impl KvTx {
         Ok(out.into_iter().map(Option::flatten).collect())
     }
 
-    async fn scan(&mut self, range: &KeyRange, limit: usize, reverse: bool) -> Result<Vec<(Bytes, Bytes)>> {
+    async fn scan(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
         let (start, end) = (as_slice(&range.0), as_slice(&range.1));
         let valid = match (&start, &end) {
-            (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => s <= e,
+            (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => {
+                s <= e
+            }
             _ => true,
         };
         if !valid || limit == 0 {
@@ -139,7 +155,10 @@ impl KvTx {
             return self.txn.scan(start, end, limit, reverse).await;
         }
         let dels = over.iter().filter(|(_, v)| v.is_none()).count();
-        let base = self.txn.scan(start, end, limit.saturating_add(dels), reverse).await?;
+        let base = self
+            .txn
+            .scan(start, end, limit.saturating_add(dels), reverse)
+            .await?;
         let mut over = over;
         if reverse {
             over.reverse();
@@ -236,7 +255,8 @@ impl KvTx {
                     let key = keys.row_key(table, &row);
                     if let Some(old) = self.get(&key).await? {
                         let old = decode_row(table, &old)?;
-                        self.write_row(table, &keys, &key, Some(&old), Some(&row)).await?;
+                        self.write_row(table, &keys, &key, Some(&old), Some(&row))
+                            .await?;
                         n += 1;
                     }
                 }
@@ -297,7 +317,13 @@ impl KvTx {
 
     // ---- writes -------------------------------------------------------------------------
 
-    async fn insert_row(&mut self, table: &TableSchema, keys: &TableKeys, row: Row, mode: WriteMode) -> Result<()> {
+    async fn insert_row(
+        &mut self,
+        table: &TableSchema,
+        keys: &TableKeys,
+        row: Row,
+        mode: WriteMode,
+    ) -> Result<()> {
         let row = table.check_row(row)?;
         let key = keys.row_key(table, &row);
         let old = match self.get(&key).await? {
@@ -311,12 +337,20 @@ impl KvTx {
             Some(b) => Some(decode_row(table, &b)?),
             None => None,
         };
-        self.write_row(table, keys, &key, old.as_ref(), Some(&row)).await
+        self.write_row(table, keys, &key, old.as_ref(), Some(&row))
+            .await
     }
 
     /// Replaces `old` by `new` (either may be absent) at row key `key` and maintains
     /// every index.
-    async fn write_row(&mut self, table: &TableSchema, keys: &TableKeys, key: &[u8], old: Option<&Row>, new: Option<&Row>) -> Result<()> {
+    async fn write_row(
+        &mut self,
+        table: &TableSchema,
+        keys: &TableKeys,
+        key: &[u8],
+        old: Option<&Row>,
+        new: Option<&Row>,
+    ) -> Result<()> {
         let pk = &key[keys.row.len()..];
         if let Some(max) = self.cap.max_key_bytes
             && key.len() > max
@@ -330,7 +364,9 @@ impl KvTx {
         for (ix, prefix) in table.indexes.iter().zip(&keys.indexes) {
             let entry = |r: Option<&Row>| -> Result<Option<Bytes>> {
                 match r {
-                    Some(r) if matches(ix.when.as_ref(), r, &[])? => Ok(Some(index_key(prefix, table, ix, r, pk))),
+                    Some(r) if matches(ix.when.as_ref(), r, &[])? => {
+                        Ok(Some(index_key(prefix, table, ix, r, pk)))
+                    }
                     _ => Ok(None),
                 }
             };
@@ -346,7 +382,11 @@ impl KvTx {
                     && let Some(owner) = self.get(&k).await?
                     && owner != pk
                 {
-                    let vals: Row = ix.columns.iter().map(|&c| new.expect("new row")[c].clone()).collect();
+                    let vals: Row = ix
+                        .columns
+                        .iter()
+                        .map(|&c| new.expect("new row")[c].clone())
+                        .collect();
                     return Err(Error::already_exists(format!(
                         "{}: unique index {} already has {:?}",
                         table.name, ix.name, vals
@@ -395,15 +435,26 @@ impl KvTx {
                 return Ok(());
             };
             let rows: Vec<Row> = match index {
-                None => entries.iter().map(|(_, v)| decode_row(table, v)).collect::<Result<_>>()?,
+                None => entries
+                    .iter()
+                    .map(|(_, v)| decode_row(table, v))
+                    .collect::<Result<_>>()?,
                 Some(_) => {
-                    let keys = entries.iter().map(|(_, pk)| [rp.as_slice(), pk].concat()).collect();
+                    let keys = entries
+                        .iter()
+                        .map(|(_, pk)| [rp.as_slice(), pk].concat())
+                        .collect();
                     self.batch_get(keys)
                         .await?
                         .into_iter()
                         .map(|v| {
-                            v.ok_or_else(|| Error::corrupted(format!("{}: index entry without a row", table.name)))
-                                .and_then(|b| decode_row(table, &b))
+                            v.ok_or_else(|| {
+                                Error::corrupted(format!(
+                                    "{}: index entry without a row",
+                                    table.name
+                                ))
+                            })
+                            .and_then(|b| decode_row(table, &b))
                         })
                         .collect::<Result<_>>()?
                 }
@@ -428,7 +479,12 @@ impl KvTx {
     async fn scan_request(&mut self, req: ScanRequest<'_>) -> Result<Vec<Row>> {
         let t = req.table;
         let cols = match req.index {
-            Some(i) => &t.indexes.get(i).ok_or_else(|| Error::invalid_input("index out of range"))?.columns,
+            Some(i) => {
+                &t.indexes
+                    .get(i)
+                    .ok_or_else(|| Error::invalid_input("index out of range"))?
+                    .columns
+            }
             None => &t.primary_key,
         };
         let prefix = coerce_all(t, cols, req.prefix)?;
@@ -478,9 +534,19 @@ impl KvTx {
         Ok(out)
     }
 
-    async fn candidates(&mut self, q: &QueryDef, params: &[Value], plan: &Plan, stop_at: Option<usize>) -> Result<Vec<Row>> {
+    async fn candidates(
+        &mut self,
+        q: &QueryDef,
+        params: &[Value],
+        plan: &Plan,
+        stop_at: Option<usize>,
+    ) -> Result<Vec<Row>> {
         let t = q.table;
-        let filter = if plan.covered { None } else { q.filter.as_ref() };
+        let filter = if plan.covered {
+            None
+        } else {
+            q.filter.as_ref()
+        };
         let mut out = Vec::new();
         if stop_at == Some(0) {
             return Ok(out);
@@ -534,7 +600,10 @@ impl KvTx {
             Some(Limit::Param(i)) => {
                 let n = params.get(i).and_then(Value::as_i64).unwrap_or(-1);
                 if n < 0 {
-                    return Err(Error::invalid_input(format!("query {}: limit must be a non-negative integer", q.name)));
+                    return Err(Error::invalid_input(format!(
+                        "query {}: limit must be a non-negative integer",
+                        q.name
+                    )));
                 }
                 Some(n as usize)
             }
@@ -550,21 +619,32 @@ impl KvTx {
                     rows.truncate(l);
                 }
                 if let Some(c) = projection {
-                    rows = rows.into_iter().map(|mut r| vec![std::mem::take(&mut r[*c])]).collect();
+                    rows = rows
+                        .into_iter()
+                        .map(|mut r| vec![std::mem::take(&mut r[*c])])
+                        .collect();
                 }
                 Ok(Output::Rows(rows))
             }
             QueryKind::Count => {
                 // A covered range is counted from its keys alone (index entries or row
                 // keys), without reading or decoding rows.
-                if plan.covered
-                    && matches!(plan.access, Access::Range { .. })
-                {
+                if plan.covered && matches!(plan.access, Access::Range { .. }) {
                     return match access_range(q.table, &plan.access, params)? {
                         None => Ok(Output::Count(0)),
                         Some((range, true)) => self.count_range(&range).await.map(Output::Count),
                         Some((_, false)) => {
-                            let rows = self.candidates(q, params, &Plan { covered: false, ..plan.clone() }, None).await?;
+                            let rows = self
+                                .candidates(
+                                    q,
+                                    params,
+                                    &Plan {
+                                        covered: false,
+                                        ..plan.clone()
+                                    },
+                                    None,
+                                )
+                                .await?;
                             Ok(Output::Count(rows.len() as u64))
                         }
                     };
@@ -588,12 +668,18 @@ impl KvTx {
                     for (c, e) in assignments {
                         let v = eval(e, &old, params)?;
                         new[*c] = v.coerce(t.columns[*c].ty).map_err(|e| {
-                            Error::invalid_input(format!("query {}: column {}: {}", q.name, t.columns[*c].name, e.message()))
+                            Error::invalid_input(format!(
+                                "query {}: column {}: {}",
+                                q.name,
+                                t.columns[*c].name,
+                                e.message()
+                            ))
                         })?;
                     }
                     let new = t.check_row(new)?;
                     let key = keys.row_key(t, &old);
-                    self.write_row(t, &keys, &key, Some(&old), Some(&new)).await?;
+                    self.write_row(t, &keys, &key, Some(&old), Some(&new))
+                        .await?;
                 }
                 Ok(Output::Count(n))
             }
@@ -631,15 +717,30 @@ impl KvTx {
     pub(crate) async fn catalog_all(&mut self) -> Result<Vec<Bytes>> {
         let p = vec![codec::CATALOG];
         let range = (Bound::Included(p.clone()), end_of(&p));
-        Ok(self.scan(&range, usize::MAX, false).await?.into_iter().map(|(_, v)| v).collect())
+        Ok(self
+            .scan(&range, usize::MAX, false)
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 }
 
 /// The key range of a range access path with its parameters bound, and whether the
 /// range is exact (every bound fit its column; otherwise an open bound stands in and the
 /// filter must decide). `None` when nothing can match (a NULL equality or bound).
-fn access_range(t: &TableSchema, access: &Access, params: &[Value]) -> Result<Option<(KeyRange, bool)>> {
-    let Access::Range { index, prefix, lower, upper } = access else {
+fn access_range(
+    t: &TableSchema,
+    access: &Access,
+    params: &[Value],
+) -> Result<Option<(KeyRange, bool)>> {
+    let Access::Range {
+        index,
+        prefix,
+        lower,
+        upper,
+    } = access
+    else {
         return Err(Error::engine("plan", "not a range access path"));
     };
     let cols = match index {
@@ -663,7 +764,11 @@ fn access_range(t: &TableSchema, access: &Access, params: &[Value]) -> Result<Op
                     exact = false;
                     return Ok(Some(Bound::Unbounded));
                 };
-                if b.inclusive { Bound::Included(v) } else { Bound::Excluded(v) }
+                if b.inclusive {
+                    Bound::Included(v)
+                } else {
+                    Bound::Excluded(v)
+                }
             }
             _ => Bound::Unbounded,
         }))
@@ -671,7 +776,10 @@ fn access_range(t: &TableSchema, access: &Access, params: &[Value]) -> Result<Op
     let (Some(lo), Some(hi)) = (bound(lower)?, bound(upper)?) else {
         return Ok(None);
     };
-    Ok(Some((key_range(t, *index, &vals, lo.as_ref(), hi.as_ref()), exact)))
+    Ok(Some((
+        key_range(t, *index, &vals, lo.as_ref(), hi.as_ref()),
+        exact,
+    )))
 }
 
 fn end_of(prefix: &[u8]) -> Bound<Bytes> {
@@ -683,9 +791,15 @@ fn end_of(prefix: &[u8]) -> Bound<Bytes> {
 
 fn coerce_all(t: &TableSchema, cols: &[usize], vals: Row) -> Result<Row> {
     if vals.len() > cols.len() {
-        return Err(Error::invalid_input(format!("{}: too many key values", t.name)));
+        return Err(Error::invalid_input(format!(
+            "{}: too many key values",
+            t.name
+        )));
     }
-    vals.into_iter().zip(cols).map(|(v, &c)| v.coerce(t.columns[c].ty)).collect()
+    vals.into_iter()
+        .zip(cols)
+        .map(|(v, &c)| v.coerce(t.columns[c].ty))
+        .collect()
 }
 
 /// Encodes a primary key given by value.
@@ -706,7 +820,12 @@ fn encode_key(t: &TableSchema, key: Row) -> Result<Bytes> {
 
 /// Evaluates equality values for key columns; `None` when one is NULL or does not fit
 /// the column (then nothing can match).
-fn eval_key(t: &TableSchema, cols: &[usize], exprs: &[Expr], params: &[Value]) -> Result<Option<Row>> {
+fn eval_key(
+    t: &TableSchema,
+    cols: &[usize],
+    exprs: &[Expr],
+    params: &[Value],
+) -> Result<Option<Row>> {
     let mut out = Vec::with_capacity(exprs.len());
     for (e, &c) in exprs.iter().zip(cols) {
         let v = eval(e, &[], params)?;
@@ -722,7 +841,13 @@ fn eval_key(t: &TableSchema, cols: &[usize], exprs: &[Expr], params: &[Value]) -
 }
 
 /// The key range of a scan with an equality prefix and bounds on the next column.
-fn key_range(t: &TableSchema, index: Option<usize>, prefix: &[Value], lower: Bound<&Value>, upper: Bound<&Value>) -> KeyRange {
+fn key_range(
+    t: &TableSchema,
+    index: Option<usize>,
+    prefix: &[Value],
+    lower: Bound<&Value>,
+    upper: Bound<&Value>,
+) -> KeyRange {
     let mut p = match index {
         None => row_prefix(t),
         Some(i) => index_prefix(t, &t.indexes[i]),

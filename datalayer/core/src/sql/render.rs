@@ -796,7 +796,11 @@ mod tests {
         };
         let r = render_scan(table(), &shape, &Pg).unwrap();
         assert!(r.sql.contains("\"age\" < $1"), "{}", r.sql);
-        assert!(!r.sql.contains("\"age\" IS NULL OR \"age\" < $1"), "{}", r.sql);
+        assert!(
+            !r.sql.contains("\"age\" IS NULL OR \"age\" < $1"),
+            "{}",
+            r.sql
+        );
         assert!(
             r.sql
                 .contains("((\"age\" IS NOT NULL) OR (\"age\" IS NULL AND \"id\" > $2))"),
