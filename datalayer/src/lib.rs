@@ -19,6 +19,10 @@ pub use datalayer_etch as etch;
 #[cfg(feature = "sqlite")]
 pub use datalayer_sqlite as sqlite;
 
+/// The PostgreSQL engine (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use datalayer_pg as pg;
+
 /// Registers every engine compiled into this build with the URL registry (idempotent).
 pub fn install_engines() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -27,6 +31,8 @@ pub fn install_engines() {
         datalayer_etch::kv::register();
         #[cfg(feature = "sqlite")]
         datalayer_sqlite::register();
+        #[cfg(feature = "postgres")]
+        datalayer_pg::register();
     });
 }
 

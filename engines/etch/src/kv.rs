@@ -10,7 +10,7 @@
 
 use crate::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions, WriteTxn};
 use async_trait::async_trait;
-use datalayer_core::kv::{Bytes, KvEngine, KvStore, KvTxn, WriteSet};
+use datalayer_core::kv::{Bytes, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};
 use datalayer_core::{Capability, Error, Result, TxOptions};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -184,12 +184,25 @@ impl KvStore for EtchKv {
         }
     }
 
+    fn snapshot(&self) -> Option<Box<dyn KvSnapshot>> {
+        Some(Box::new(EtchSnapshot(self.store.snapshot())))
+    }
+
     async fn close(&self) -> Result<()> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
             .map_err(|e| Error::engine("join", e.to_string()))?
             .map_err(map_error)
+    }
+}
+
+/// The committed, visible state as a synchronous [`KvSnapshot`].
+struct EtchSnapshot(Snapshot);
+
+impl KvSnapshot for EtchSnapshot {
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.0.get(key)
     }
 }
 

@@ -1,8 +1,8 @@
 //! [`KvEngine`]: the [`Engine`] of every KV-family store.
 
 use super::KvStore;
-use super::plan::{Plan, plan};
-use super::txn::KvTx;
+use super::plan::{Access, Plan, plan};
+use super::txn::{KvTx, point_get, point_query};
 use crate::capability::Capability;
 use crate::engine::{Engine, EngineTx, Op, Output, TxOptions};
 use crate::error::{Error, Result};
@@ -148,6 +148,26 @@ impl Engine for KvEngine {
     }
 
     async fn run(&self, op: Op<'_>) -> Result<Output> {
+        // Fast path: point reads on a store with synchronous snapshots.
+        match &op {
+            Op::Query { query, params } if op.is_read() => {
+                let plan = Self::plan_for(&self.plans, query);
+                if matches!(plan.access, Access::PkPoint(_))
+                    && let Some(snap) = self.store.snapshot()
+                    && let Some(out) = point_query(snap.as_ref(), query, params, &plan)?
+                {
+                    return Ok(out);
+                }
+            }
+            Op::Get { .. } => {
+                if let Some(snap) = self.store.snapshot()
+                    && let Op::Get { table, keys } = op
+                {
+                    return point_get(snap.as_ref(), table, keys);
+                }
+            }
+            _ => {}
+        }
         let mut v = self.run_retrying(vec![op]).await?;
         Ok(v.pop().expect("one output per op"))
     }

@@ -48,6 +48,20 @@ pub trait KvStore: Send + Sync + 'static {
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn KvTxn>>;
     /// Flushes and closes the store.
     async fn close(&self) -> Result<()>;
+
+    /// A consistent, committed, read-only view that can be read without awaiting, for
+    /// stores whose reads never wait (in-process stores such as etch). [`KvEngine`] uses
+    /// it for autocommit primary-key point reads, decoding straight from the borrowed
+    /// bytes. Default: `None` (server stores), and every read goes through [`KvStore::begin`].
+    fn snapshot(&self) -> Option<Box<dyn KvSnapshot>> {
+        None
+    }
+}
+
+/// A synchronous read-only view of a [`KvStore`] at one point in time.
+pub trait KvSnapshot: Send + Sync {
+    /// The value at `key`, borrowed from the snapshot.
+    fn get(&self, key: &[u8]) -> Option<&[u8]>;
 }
 
 /// A transaction on a [`KvStore`]. Reads only; writes arrive all at once in `commit`.

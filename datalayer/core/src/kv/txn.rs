@@ -782,6 +782,71 @@ fn access_range(
     )))
 }
 
+/// The query's row limit with its parameter bound.
+fn resolve_limit(q: &QueryDef, params: &[Value]) -> Result<Option<usize>> {
+    Ok(match q.limit {
+        None => None,
+        Some(Limit::Const(n)) => Some(n as usize),
+        Some(Limit::Param(i)) => {
+            let n = params.get(i).and_then(Value::as_i64).unwrap_or(-1);
+            if n < 0 {
+                return Err(Error::invalid_input(format!(
+                    "query {}: limit must be a non-negative integer",
+                    q.name
+                )));
+            }
+            Some(n as usize)
+        }
+    })
+}
+
+/// Runs a select or count whose plan is a primary-key point read against a synchronous
+/// snapshot (the fast path of in-process stores). `None` when the query is not of that
+/// shape.
+pub(crate) fn point_query(snap: &dyn super::KvSnapshot, q: &QueryDef, params: &[Value], plan: &Plan) -> Result<Option<Output>> {
+    let Access::PkPoint(exprs) = &plan.access else {
+        return Ok(None);
+    };
+    if params.len() != q.params.len() {
+        return Ok(None); // the general path reports the error
+    }
+    let t = q.table;
+    let limit = resolve_limit(q, params)?;
+    let mut rows = Vec::new();
+    if limit != Some(0)
+        && let Some(vals) = eval_key(t, &t.primary_key, exprs, params)?
+    {
+        let mut key = row_prefix(t);
+        encode_values(&mut key, &vals);
+        if let Some(b) = snap.get(&key) {
+            let row = decode_row(t, b)?;
+            let filter = if plan.covered { None } else { q.filter.as_ref() };
+            if matches(filter, &row, params)? {
+                rows.push(row);
+            }
+        }
+    }
+    Ok(Some(match &q.kind {
+        QueryKind::Select { projection, .. } => match projection {
+            Some(c) => Output::Rows(rows.into_iter().map(|mut r| vec![std::mem::take(&mut r[*c])]).collect()),
+            None => Output::Rows(rows),
+        },
+        QueryKind::Count => Output::Count(rows.len() as u64),
+        _ => return Ok(None),
+    }))
+}
+
+/// `Op::Get` against a synchronous snapshot.
+pub(crate) fn point_get(snap: &dyn super::KvSnapshot, table: &TableSchema, keys: Vec<Row>) -> Result<Output> {
+    let prefix = row_prefix(table);
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let key = [prefix.as_slice(), &encode_key(table, k)?].concat();
+        out.push(snap.get(&key).map(|b| decode_row(table, b)).transpose()?);
+    }
+    Ok(Output::Optional(out))
+}
+
 fn end_of(prefix: &[u8]) -> Bound<Bytes> {
     match prefix_end(prefix) {
         Some(e) => Bound::Excluded(e),

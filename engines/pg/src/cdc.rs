@@ -1,0 +1,415 @@
+//! Change data capture with triggers, and positions assigned in commit order.
+//!
+//! # Log format
+//! ```sql
+//! CREATE TABLE _dl_cdc_log (
+//!     id       BIGSERIAL PRIMARY KEY,        -- insertion order (not commit order)
+//!     txid     XID8 NOT NULL DEFAULT pg_current_xact_id(),  -- the writing transaction
+//!     position BIGINT UNIQUE,                -- NULL until sequenced (see below)
+//!     tbl      TEXT NOT NULL,                -- table name
+//!     op       TEXT NOT NULL,                -- 'insert' | 'update' | 'delete'
+//!     row      JSON NOT NULL                 -- json_build_array(<values in column order>)
+//! );
+//! CREATE TABLE _dl_cdc_state (one BOOLEAN PRIMARY KEY, last BIGINT NOT NULL); -- last position
+//! ```
+//! Both live in the engine's schema. [`enable`] installs one `AFTER INSERT OR UPDATE OR
+//! DELETE ... FOR EACH ROW` trigger per table (`_dl_cdc_<table>`, function of the same
+//! name) appending the new image (the old image for a delete). Because it is a
+//! trigger, writes made outside datalayer (raw SQL, another program, `psql`) are
+//! captured in the same transaction as the write; the function names the log with
+//! its schema, so it works whatever the writer's `search_path` is.
+//!
+//! Values in the JSON array: NULL → `null`, booleans → `true`/`false`, integers and
+//! floats → numbers (PostgreSQL ≥ 12 prints floats with the shortest text that
+//! round-trips, unless the writing session lowered `extra_float_digits`; NaN and
+//! infinities → the strings `"NaN"`, `"Infinity"`, `"-Infinity"`), text → strings,
+//! bytea → **lower-case hex strings** (`encode(.., 'hex')`). Column names are resolved
+//! when the log is read, from the table's current columns, as in the SQLite engine;
+//! values are typed by the catalog schema, else by the column's SQL type. Re-running
+//! [`enable`] after `ALTER TABLE ADD COLUMN` re-creates the trigger with the new column.
+//! `json_build_array` takes at most 100 arguments: tables with more than 100 columns
+//! cannot be captured.
+//!
+//! # Ordering: positions are assigned at read time, in commit order
+//! Positions taken from a sequence when a row is *written* are not in commit order:
+//! transaction A writes (id 10), transaction B writes (id 11) and commits, a reader
+//! sees 11 and moves past it, then A commits: a reader resuming "after 11" would skip
+//! A's change for ever. Filtering on the snapshot's `xmin` (only return entries whose
+//! `txid` is below it) is not enough on its own either, because transaction ids are not
+//! in write order: B may have taken its id before A and still written its entry
+//! after A's, so "B below the horizon, A above it" can coexist with "A's id < B's id".
+//!
+//! So the log keeps `position` NULL on write, and every read first *sequences*: in
+//! one short transaction holding the schema's sequencer lock
+//! (`pg_advisory_xact_lock(4242002, hashtext(current_schema()))`), it gives every
+//! committed entry that has no position yet the next positions (after
+//! `_dl_cdc_state.last`), in `id` order, and then reads by position. The rule:
+//!
+//! > An entry gets its position only once its transaction has committed, and every
+//! > position is larger than every position handed out before.
+//!
+//! A transaction that commits late is therefore sequenced late, after everything a
+//! reader could already have read: no reader ever misses it. Two entries of the same
+//! row written by two transactions are sequenced in write order (the second writer
+//! waited for the first one's row lock, so its entry's `id` is larger, and a snapshot
+//! that sees the second commit sees the first). Rolled-back entries are never visible
+//! and never sequenced. Sequencing is serialized by the lock (a second reader waits a
+//! few milliseconds); a read that finds nothing new writes nothing. Trimming deletes
+//! sequenced entries only, and positions are never reused (`_dl_cdc_state.last` only
+//! grows). The cost: each entry is written twice (insert, then its position), which is
+//! the price of a gap-free, commit-ordered feed without a server extension.
+
+use crate::backend::query;
+use crate::core::{PgConn, StmtKey};
+use crate::error::map_err;
+use crate::render::PgDialect;
+use datalayer_core::sql::Dialect;
+use datalayer_core::{Change, ChangeKind, ColumnType, Error, Result, TableSchema, Value};
+use std::collections::HashMap;
+use tokio_postgres::types::Type;
+
+const LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS _dl_cdc_log (
+    id BIGSERIAL PRIMARY KEY,
+    txid XID8 NOT NULL DEFAULT pg_current_xact_id(),
+    position BIGINT UNIQUE,
+    tbl TEXT NOT NULL,
+    op TEXT NOT NULL,
+    row JSON NOT NULL);
+CREATE INDEX IF NOT EXISTS _dl_cdc_log_by_tbl ON _dl_cdc_log (tbl, position);
+CREATE INDEX IF NOT EXISTS _dl_cdc_log_unsequenced ON _dl_cdc_log (id) WHERE position IS NULL;
+CREATE TABLE IF NOT EXISTS _dl_cdc_state (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), last BIGINT NOT NULL);
+INSERT INTO _dl_cdc_state (one, last) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;";
+
+/// Gives the committed, unsequenced entries their positions (see the module docs).
+const SEQUENCE: &str = "BEGIN;
+SELECT pg_advisory_xact_lock(4242002, hashtext(coalesce(current_schema(), '')));
+WITH todo AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS n FROM _dl_cdc_log WHERE position IS NULL
+), base AS (SELECT last FROM _dl_cdc_state),
+upd AS (
+    UPDATE _dl_cdc_log l SET position = base.last + todo.n FROM todo, base
+    WHERE l.id = todo.id AND l.position IS NULL RETURNING todo.n
+)
+UPDATE _dl_cdc_state SET last = last + (SELECT max(n) FROM upd) WHERE EXISTS (SELECT 1 FROM upd);
+COMMIT;";
+
+const READ: &str = "SELECT position, op, row::text FROM _dl_cdc_log WHERE tbl = $1 AND position > $2 ORDER BY position LIMIT $3";
+const TRIM: &str = "DELETE FROM _dl_cdc_log WHERE tbl = $1 AND position <= $2";
+const COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+const LOG_EXISTS: &str = "SELECT to_regclass('_dl_cdc_log') IS NOT NULL, current_schema()::text";
+const CATALOG_GET: &str = "SELECT schema FROM _dl_catalog WHERE name = $1";
+
+fn q(ident: &str) -> String {
+    PgDialect.quote_ident(ident)
+}
+
+/// What a read needs to know about `table` and the log.
+struct Info {
+    /// (name, SQL type) of the current columns.
+    columns: Vec<(String, String)>,
+    log_exists: bool,
+    schema: String,
+    catalog: Option<TableSchema>,
+}
+
+async fn info(c: &mut PgConn, table: &str) -> Result<Info> {
+    let cols = c
+        .stmt(StmtKey::Fixed(COLUMNS), COLUMNS, &[Type::TEXT])
+        .await?;
+    let exists = c.stmt(StmtKey::Fixed(LOG_EXISTS), LOG_EXISTS, &[]).await?;
+    let cat = c
+        .stmt(StmtKey::Fixed(CATALOG_GET), CATALOG_GET, &[Type::TEXT])
+        .await?;
+    let client = &c.client;
+    let tv = [Value::String(q(table))];
+    let nv = [Value::String(table.to_owned())];
+    let (cols, exists, cat) = futures::try_join!(
+        query(client, &cols, &tv),
+        query(client, &exists, &[]),
+        query(client, &cat, &nv),
+    )?;
+    let columns = cols
+        .iter()
+        .map(|r| Ok((r.try_get(0).map_err(map_err)?, r.try_get(1).map_err(map_err)?)))
+        .collect::<Result<Vec<(String, String)>>>()?;
+    if columns.is_empty() {
+        return Err(Error::not_found(format!("no table named {table}")));
+    }
+    let (log_exists, schema): (bool, Option<String>) = match exists.first() {
+        Some(r) => (
+            r.try_get(0).map_err(map_err)?,
+            r.try_get(1).map_err(map_err)?,
+        ),
+        None => (false, None),
+    };
+    let catalog = match cat.first() {
+        Some(r) => {
+            let b: Vec<u8> = r.try_get(0).map_err(map_err)?;
+            postcard::from_bytes(&b).ok()
+        }
+        None => None,
+    };
+    Ok(Info {
+        columns,
+        log_exists,
+        schema: schema.unwrap_or_else(|| "public".to_owned()),
+        catalog,
+    })
+}
+
+/// Installs (or re-installs, with the current columns) the capture trigger of `table`.
+pub(crate) async fn enable(c: &mut PgConn, table: &str) -> Result<()> {
+    let info = info(c, table).await?;
+    let schema = q(&info.schema);
+    let image = |rec: &str| -> String {
+        info.columns
+            .iter()
+            .map(|(name, ty)| {
+                let v = format!("{rec}.{}", q(name));
+                if ty == "bytea" {
+                    format!("encode({v}, 'hex')")
+                } else {
+                    v
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let func = format!("{schema}.{}", q(&format!("_dl_cdc_{table}")));
+    let trigger = q(&format!("_dl_cdc_{table}"));
+    let lit = table.replace('\'', "''");
+    let ddl = format!(
+        "{lock};
+{LOG_DDL}
+CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $dl_cdc$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    INSERT INTO {schema}._dl_cdc_log (tbl, op, row) VALUES ('{lit}', 'delete', json_build_array({old}));
+  ELSE
+    INSERT INTO {schema}._dl_cdc_log (tbl, op, row) VALUES ('{lit}', lower(TG_OP), json_build_array({new}));
+  END IF;
+  RETURN NULL;
+END
+$dl_cdc$;
+DROP TRIGGER IF EXISTS {trigger} ON {schema}.{tbl};
+CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {schema}.{tbl} FOR EACH ROW EXECUTE FUNCTION {func}();",
+        lock = crate::backend::DDL_LOCK,
+        old = image("OLD"),
+        new = image("NEW"),
+        tbl = q(table),
+    );
+    let PgConn {
+        client, tainted, ..
+    } = c;
+    let client: &tokio_postgres::Client = client;
+    PgConn::atomically(client, tainted, "BEGIN", async {
+        client.batch_execute(&ddl).await.map_err(map_err)
+    })
+    .await
+}
+
+fn sql_type(decl: &str) -> Option<ColumnType> {
+    Some(match decl {
+        "boolean" => ColumnType::Bool,
+        "smallint" => ColumnType::I16,
+        "integer" => ColumnType::I32,
+        "bigint" => ColumnType::I64,
+        "real" => ColumnType::F32,
+        "double precision" => ColumnType::F64,
+        "bytea" => ColumnType::Bytes,
+        d if d == "text" || d.starts_with("character") => ColumnType::String,
+        _ => return None,
+    })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn special_float(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// Decodes one JSON value of a row image as `ty` (`None`: by its JSON type).
+fn json_value(j: &serde_json::Value, ty: Option<ColumnType>) -> Result<Value> {
+    use serde_json::Value as J;
+    let bad = || Error::corrupted(format!("change log value {j} does not fit {ty:?}"));
+    Ok(match (j, ty) {
+        (J::Null, _) => Value::Null,
+        (J::Bool(b), Some(ColumnType::Bool) | None) => Value::Bool(*b),
+        (J::Number(n), Some(ColumnType::I16)) => Value::I16(
+            n.as_i64()
+                .and_then(|i| i16::try_from(i).ok())
+                .ok_or_else(bad)?,
+        ),
+        (J::Number(n), Some(ColumnType::I32)) => Value::I32(
+            n.as_i64()
+                .and_then(|i| i32::try_from(i).ok())
+                .ok_or_else(bad)?,
+        ),
+        (J::Number(n), Some(ColumnType::I64)) => Value::I64(n.as_i64().ok_or_else(bad)?),
+        (J::Number(n), Some(ColumnType::F32)) => Value::F32(n.as_f64().ok_or_else(bad)? as f32),
+        (J::Number(n), Some(ColumnType::F64)) => Value::F64(n.as_f64().ok_or_else(bad)?),
+        (J::String(s), Some(ColumnType::F32)) => {
+            Value::F32(special_float(s).ok_or_else(bad)? as f32)
+        }
+        (J::String(s), Some(ColumnType::F64)) => Value::F64(special_float(s).ok_or_else(bad)?),
+        (J::String(s), Some(ColumnType::String) | None) => Value::String(s.clone()),
+        (J::String(s), Some(ColumnType::Bytes)) => Value::Bytes(unhex(s).ok_or_else(bad)?),
+        (J::Number(n), None) => match n.as_i64() {
+            Some(i) => Value::I64(i),
+            None => Value::F64(n.as_f64().ok_or_else(bad)?),
+        },
+        _ => return Err(bad()),
+    })
+}
+
+/// Up to `limit` changes of `table` after `after`, in position (commit) order.
+pub(crate) async fn read(
+    c: &mut PgConn,
+    table: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Change>> {
+    let info = info(c, table).await?;
+    if !info.log_exists || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let by_name: HashMap<&str, ColumnType> = info
+        .catalog
+        .as_ref()
+        .map(|s| s.columns.iter().map(|c| (c.name.as_str(), c.ty)).collect())
+        .unwrap_or_default();
+    let types: Vec<Option<ColumnType>> = info
+        .columns
+        .iter()
+        .map(|(n, decl)| by_name.get(n.as_str()).copied().or_else(|| sql_type(decl)))
+        .collect();
+    let read = c
+        .stmt(
+            StmtKey::Fixed(READ),
+            READ,
+            &[Type::TEXT, Type::INT8, Type::INT8],
+        )
+        .await?;
+    let vals = [
+        Value::String(table.to_owned()),
+        Value::I64(i64::try_from(after).unwrap_or(i64::MAX)),
+        Value::I64(i64::try_from(limit).unwrap_or(i64::MAX)),
+    ];
+    let PgConn {
+        client, tainted, ..
+    } = c;
+    let client: &tokio_postgres::Client = client;
+    // SEQUENCE runs BEGIN ... COMMIT itself; the read is pipelined behind it.
+    *tainted = true;
+    let (seq, rows) = futures::join!(client.batch_execute(SEQUENCE), query(client, &read, &vals));
+    if let Err(e) = seq {
+        if client.batch_execute("ROLLBACK").await.is_ok() {
+            *tainted = false;
+        }
+        return Err(map_err(e));
+    }
+    *tainted = false;
+    let rows = rows?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let position: i64 = r.try_get(0).map_err(map_err)?;
+        let op: String = r.try_get(1).map_err(map_err)?;
+        let image: String = r.try_get(2).map_err(map_err)?;
+        let kind = match op.as_str() {
+            "insert" => ChangeKind::Insert,
+            "update" => ChangeKind::Update,
+            "delete" => ChangeKind::Delete,
+            other => {
+                return Err(Error::corrupted(format!(
+                    "change log: unknown op {other:?}"
+                )));
+            }
+        };
+        let vals: Vec<serde_json::Value> = serde_json::from_str(&image)
+            .map_err(|e| Error::corrupted(format!("change log row {position}: {e}")))?;
+        let n = vals.len().min(info.columns.len());
+        let values = vals
+            .iter()
+            .take(n)
+            .zip(&types)
+            .map(|(j, ty)| json_value(j, *ty))
+            .collect::<Result<Vec<_>>>()?;
+        out.push(Change {
+            position: position as u64,
+            table: table.to_owned(),
+            kind,
+            columns: info.columns[..n].iter().map(|(n, _)| n.clone()).collect(),
+            values,
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes the sequenced changes of `table` up to and including `upto`; returns how
+/// many.
+pub(crate) async fn trim(c: &mut PgConn, table: &str, upto: u64) -> Result<u64> {
+    let info = info(c, table).await?;
+    if !info.log_exists {
+        return Ok(0);
+    }
+    let stmt = c
+        .stmt(StmtKey::Fixed(TRIM), TRIM, &[Type::TEXT, Type::INT8])
+        .await?;
+    let vals = [
+        Value::String(table.to_owned()),
+        Value::I64(i64::try_from(upto).unwrap_or(i64::MAX)),
+    ];
+    let p: Vec<crate::value::PgValue<'_>> = vals.iter().map(crate::value::PgValue).collect();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = p
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    c.client.execute(&stmt, &refs).await.map_err(map_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_by_type() {
+        let j: Vec<serde_json::Value> =
+            serde_json::from_str(r#"[true, 0.1, "00ff", null, 70000, "NaN"]"#).unwrap();
+        assert_eq!(
+            json_value(&j[0], Some(ColumnType::Bool)).unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            json_value(&j[1], Some(ColumnType::F64)).unwrap(),
+            Value::F64(0.1)
+        );
+        assert_eq!(
+            json_value(&j[2], Some(ColumnType::Bytes)).unwrap(),
+            Value::Bytes(vec![0, 255])
+        );
+        assert_eq!(
+            json_value(&j[3], Some(ColumnType::I32)).unwrap(),
+            Value::Null
+        );
+        assert!(
+            json_value(&j[4], Some(ColumnType::I16))
+                .unwrap_err()
+                .is_corrupted()
+        );
+        assert!(matches!(json_value(&j[5], Some(ColumnType::F64)).unwrap(), Value::F64(f) if f.is_nan()));
+        assert_eq!(sql_type("character varying(10)"), Some(ColumnType::String));
+    }
+}

@@ -1,0 +1,67 @@
+//! PostgreSQL's [`Dialect`].
+
+use datalayer_core::ColumnType;
+use datalayer_core::sql::Dialect;
+
+/// The SQL dialect of PostgreSQL (≥ 13).
+///
+/// - Placeholders `$1`, `$2`, ...
+/// - Column types `BOOLEAN`, `SMALLINT`, `INTEGER`, `BIGINT`, `REAL`,
+///   `DOUBLE PRECISION`, `TEXT COLLATE "C"`, `BYTEA`. Text uses the `C` collation so
+///   that comparisons and `ORDER BY` follow byte (code point) order, as in every other
+///   engine, whatever the database's default collation is.
+/// - `ORDER BY` spells out `NULLS FIRST` (ascending) / `NULLS LAST` (descending).
+/// - `starts_with` is `LIKE $n ESCAPE '\'` with `\`, `%`, `_` escaped (case-sensitive).
+/// - Literals: `TRUE`/`FALSE`, `'\x..'::bytea`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PgDialect;
+
+impl Dialect for PgDialect {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    fn placeholder(&self, n: usize) -> String {
+        format!("${n}")
+    }
+    fn column_type(&self, ty: ColumnType) -> &'static str {
+        match ty {
+            ColumnType::Bool => "BOOLEAN",
+            ColumnType::I16 => "SMALLINT",
+            ColumnType::I32 => "INTEGER",
+            ColumnType::I64 => "BIGINT",
+            ColumnType::F32 => "REAL",
+            ColumnType::F64 => "DOUBLE PRECISION",
+            ColumnType::String => "TEXT COLLATE \"C\"",
+            ColumnType::Bytes => "BYTEA",
+        }
+    }
+    fn bool_literal(&self, b: bool) -> &'static str {
+        if b { "TRUE" } else { "FALSE" }
+    }
+    fn bytes_literal(&self, b: &[u8]) -> String {
+        let mut s = String::with_capacity(12 + 2 * b.len());
+        s.push_str("'\\x");
+        for x in b {
+            s.push_str(&format!("{x:02x}"));
+        }
+        s.push_str("'::bytea");
+        s
+    }
+    fn supports_returning(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals() {
+        let d = PgDialect;
+        assert_eq!(d.bytes_literal(&[0, 255]), "'\\x00ff'::bytea");
+        assert_eq!(d.placeholder(3), "$3");
+        assert_eq!(d.order_term("\"a\"", false), "\"a\" ASC NULLS FIRST");
+        assert_eq!(d.prefix_pattern("a%_\\"), "a\\%\\_\\\\%");
+    }
+}
