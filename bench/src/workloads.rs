@@ -142,6 +142,20 @@ pub trait FlightsLoader {
     fn load(&self, dir: &Path, rows: &[crate::flights::FlightRow]) -> Duration;
 }
 
+/// Workload 7: insert rows in one transaction into a fresh table, with change
+/// data capture (triggers writing a change log) or without.
+pub trait CdcInserter {
+    /// Short display name (the same as the store's [`Target::name`]).
+    fn name(&self) -> String;
+
+    /// Open a fresh store in the empty directory `dir` with an empty `users`
+    /// table (same schema and index as workloads 1-5); when `cdc`, install
+    /// change capture on it. Then insert all of `rows` in ONE durable
+    /// transaction and return the time of the insert and commit only. When
+    /// `cdc`, check (untimed) that the log holds one change per row.
+    fn insert(&self, dir: &Path, rows: &[User], cdc: bool) -> Duration;
+}
+
 /// How much work each workload does.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -163,6 +177,10 @@ pub struct Config {
     pub batch_reps: usize,
     /// Rows of flights.csv.gz to insert in workload 6 (`None` = all).
     pub flights_rows: Option<usize>,
+    /// Rows inserted in the one transaction of workload 7.
+    pub cdc_rows: usize,
+    /// Timed repetitions of workload 7, per store and variant (fresh table each).
+    pub cdc_reps: usize,
 }
 
 impl Config {
@@ -178,6 +196,8 @@ impl Config {
             commits_per_writer_per_rep: 125,
             batch_reps: 31,
             flights_rows: None,
+            cdc_rows: 20_000,
+            cdc_reps: 7,
         }
     }
 
@@ -193,6 +213,8 @@ impl Config {
             commits_per_writer_per_rep: 50,
             batch_reps: 5,
             flights_rows: None,
+            cdc_rows: 5_000,
+            cdc_reps: 3,
         }
     }
 
@@ -459,7 +481,7 @@ pub fn run_all(
         for (l, times) in live.iter_mut().zip(&times) {
             let stat = Stat::from_samples(ops, times);
             eprintln!(
-                "  {:<10} {:<34} median {:>10.0}  MAD {:>4.1}%  min {:>10.0}  max {:>10.0}",
+                "  {:<16} {:<34} median {:>10.0}  MAD {:>4.1}%  min {:>10.0}  max {:>10.0}",
                 l.name,
                 w.label(),
                 stat.median,
@@ -564,4 +586,92 @@ fn concurrent_commits(t: &dyn Target, per_writer: &[Vec<User>]) -> Duration {
         }
         t0.elapsed()
     })
+}
+
+/// Workload 7 for one store: rows/s of the same insert without and with change
+/// capture.
+#[derive(Debug, Clone)]
+pub struct CdcResult {
+    /// Store name.
+    pub name: String,
+    /// Rows per transaction.
+    pub rows: usize,
+    /// Rows/s into a table without change capture.
+    pub without: Stat,
+    /// Rows/s into a table with change capture.
+    pub with: Stat,
+}
+
+impl CdcResult {
+    /// Time with capture / time without (> 1 = capture costs that factor), from
+    /// the medians.
+    pub fn overhead(&self) -> f64 {
+        if self.with.median > 0.0 {
+            self.without.median / self.with.median
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// Run workload 7 on every inserter: `cfg.cdc_reps` timed repetitions of
+/// each (store, with/without) pair, each in a fresh temporary directory under
+/// `parent`, after one untimed warm-up of each pair. Repetitions are
+/// interleaved as in [`run_all`]: repetition `r` runs every pair, in an order
+/// rotated by `r`, before repetition `r + 1`.
+///
+/// # Errors
+///
+/// A temporary directory cannot be created or removed.
+pub fn run_cdc(
+    cfg: &Config,
+    parent: &Path,
+    inserters: &[Box<dyn CdcInserter>],
+) -> anyhow::Result<Vec<CdcResult>> {
+    let rows: Vec<User> = (1..=cfg.cdc_rows as i64).map(User::synthetic).collect();
+    let pairs: Vec<(usize, bool)> = (0..inserters.len())
+        .flat_map(|i| [(i, false), (i, true)])
+        .collect();
+    let one = |i: usize, cdc: bool| -> anyhow::Result<Duration> {
+        let dir = tempfile::Builder::new()
+            .prefix("datalayer-bench-cdc-")
+            .tempdir_in(parent)?;
+        let took = inserters[i].insert(dir.path(), &rows, cdc);
+        dir.close()?;
+        Ok(took)
+    };
+    for &(i, cdc) in &pairs {
+        one(i, cdc)?;
+    }
+    let mut times = vec![Vec::with_capacity(cfg.cdc_reps); pairs.len()];
+    for rep in 0..cfg.cdc_reps {
+        for k in 0..pairs.len() {
+            let p = (rep + k) % pairs.len();
+            let (i, cdc) = pairs[p];
+            times[p].push(one(i, cdc)?);
+        }
+    }
+    let mut out = Vec::with_capacity(inserters.len());
+    for (i, ins) in inserters.iter().enumerate() {
+        let without = Stat::from_samples(cfg.cdc_rows, &times[2 * i]);
+        let with = Stat::from_samples(cfg.cdc_rows, &times[2 * i + 1]);
+        let r = CdcResult {
+            name: ins.name(),
+            rows: cfg.cdc_rows,
+            without,
+            with,
+        };
+        eprintln!(
+            "  {:<16} 7 insert {} rows, 1 tx: without CDC {:>8.0} rows/s (MAD {:.1}%), with CDC {:>8.0} rows/s (MAD {:.1}%), time with/without {:.2}x",
+            r.name,
+            r.rows,
+            without.median,
+            without.spread() * 100.0,
+            with.median,
+            with.spread() * 100.0,
+            r.overhead()
+        );
+        out.push(r);
+    }
+    Ok(out)
 }

@@ -12,10 +12,12 @@ use crate::flights::FlightRow;
 use crate::workloads::{FlightsLoader, Target, User};
 
 /// The benchmark's user row as a datalayer table with a secondary index on age.
+/// Shared with the `datalayer-sqlite` target, so both engines run the same
+/// declaration.
 #[derive(Table, Clone, Debug)]
 #[table(name = "users")]
 #[index(name = "by_age", fields(age))]
-struct DlUser {
+pub(crate) struct DlUser {
     #[pk]
     id: i64,
     name: String,
@@ -58,7 +60,8 @@ pub struct DatalayerEtch {
     db: Db,
 }
 
-fn runtime() -> Arc<tokio::runtime::Runtime> {
+/// The runtime every datalayer target blocks on: multi-threaded, 2 workers.
+pub(crate) fn runtime() -> Arc<tokio::runtime::Runtime> {
     Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -85,7 +88,10 @@ impl Target for DatalayerEtch {
                 .expect("open etch");
             let rows: Vec<DlUser> = rows.iter().map(DlUser::from).collect();
             for chunk in rows.chunks(10_000) {
-                db.repo::<DlUser>().insert_many(chunk).await.expect("preload");
+                db.repo::<DlUser>()
+                    .insert_many(chunk)
+                    .await
+                    .expect("preload");
             }
             db
         });
@@ -93,7 +99,10 @@ impl Target for DatalayerEtch {
     }
 
     fn point_read(&self, id: i64) -> Option<User> {
-        self.rt.block_on(DlUser::by_id(&self.db, id)).expect("read").map(User::from)
+        self.rt
+            .block_on(DlUser::by_id(&self.db, id))
+            .expect("read")
+            .map(User::from)
     }
 
     fn point_reads(&self, ids: &[i64]) -> usize {
@@ -115,7 +124,11 @@ impl Target for DatalayerEtch {
     fn commit_many(&self, rows: &[User]) {
         self.rt.block_on(async {
             for u in rows {
-                self.db.repo::<DlUser>().insert(&DlUser::from(u)).await.expect("commit");
+                self.db
+                    .repo::<DlUser>()
+                    .insert(&DlUser::from(u))
+                    .await
+                    .expect("commit");
             }
         })
     }
@@ -138,7 +151,15 @@ impl Target for DatalayerEtch {
         self.rt.block_on(async {
             let mut n = 0;
             for &(lo, hi) in ranges {
-                n += self.db.repo::<DlUser>().find("by_age").range(lo..=hi).all().await.expect("scan").len();
+                n += self
+                    .db
+                    .repo::<DlUser>()
+                    .find("by_age")
+                    .range(lo..=hi)
+                    .all()
+                    .await
+                    .expect("scan")
+                    .len();
             }
             n
         })
@@ -148,10 +169,13 @@ impl Target for DatalayerEtch {
 /// The flights table with the same secondary indexes as the rusqlite loader.
 #[derive(Table, Clone, Debug)]
 #[table(name = "flights")]
-#[index(name = "by_origin_day", fields(origin, year, month, day, sched_dep_time))]
+#[index(
+    name = "by_origin_day",
+    fields(origin, year, month, day, sched_dep_time)
+)]
 #[index(name = "by_tailnum", fields(tailnum))]
 #[index(name = "by_carrier_day", fields(carrier, year, month, day))]
-struct DlFlight {
+pub(crate) struct DlFlight {
     #[pk]
     id: i64,
     year: i64,
@@ -214,7 +238,11 @@ impl FlightsLoader for DatalayerEtchFlights {
         let rt = runtime();
         rt.block_on(async {
             let url = format!("etch://{}", dir.join("etch").display());
-            let db = datalayer::builder(url).table::<DlFlight>().connect().await.expect("open etch");
+            let db = datalayer::builder(url)
+                .table::<DlFlight>()
+                .connect()
+                .await
+                .expect("open etch");
             let rows: Vec<DlFlight> = rows.iter().map(DlFlight::from).collect();
             let t0 = Instant::now();
             db.tx(async |tx| tx.repo::<DlFlight>().insert_many(&rows).await)

@@ -5,9 +5,10 @@
 //! module below, and add one [`Entry`] to [`targets`]. The first entry is the
 //! baseline of every ratio column, so the project's own engine goes first.
 
-use crate::workloads::{FlightsLoader, SetupFn, boxed_setup};
+use crate::workloads::{CdcInserter, FlightsLoader, SetupFn, boxed_setup};
 
 pub mod datalayer_etch;
+pub mod datalayer_sqlite;
 pub mod etchdb;
 pub mod redb;
 pub mod rusqlite;
@@ -28,6 +29,10 @@ pub fn targets() -> Vec<Entry> {
             setup: boxed_setup::<datalayer_etch::DatalayerEtch>,
         },
         Entry {
+            key: "datalayer-sqlite",
+            setup: boxed_setup::<datalayer_sqlite::DatalayerSqlite>,
+        },
+        Entry {
             key: "etchdb",
             setup: boxed_setup::<etchdb::Etch>,
         },
@@ -44,5 +49,21 @@ pub fn targets() -> Vec<Entry> {
 
 /// Every store that implements workload 6 (flights bulk load), baseline first.
 pub fn flights_loaders() -> Vec<Box<dyn FlightsLoader>> {
-    vec![Box::new(datalayer_etch::DatalayerEtchFlights), Box::new(rusqlite::RusqliteFlights)]
+    vec![
+        Box::new(datalayer_etch::DatalayerEtchFlights),
+        Box::new(datalayer_sqlite::DatalayerSqliteFlights),
+        Box::new(rusqlite::RusqliteFlights),
+    ]
+}
+
+/// Every store that implements workload 7 (inserts with change capture vs
+/// without): datalayer-sqlite (`Db::enable_changes`) and raw rusqlite (a
+/// hand-written trigger), plus raw rusqlite inserting into the tables and
+/// triggers datalayer-sqlite created (separates trigger cost from layer cost).
+pub fn cdc_inserters() -> Vec<Box<dyn CdcInserter>> {
+    vec![
+        Box::new(datalayer_sqlite::DatalayerSqliteCdc),
+        Box::new(rusqlite::RusqliteCdc),
+        Box::new(datalayer_sqlite::RawOnDatalayerSchemaCdc),
+    ]
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ::rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::flights::FlightRow;
-use crate::workloads::{FlightsLoader, Target, User};
+use crate::workloads::{CdcInserter, FlightsLoader, Target, User};
 
 const READERS: usize = 4;
 
@@ -25,7 +25,7 @@ const GET_USER: &str = "SELECT name, email, age FROM users WHERE id = ?1";
 const USERS_BY_AGE: &str = "SELECT id, name, email, age FROM users WHERE age BETWEEN ?1 AND ?2";
 
 /// Open `path` with the benchmark's durability settings.
-fn open(path: &Path) -> Connection {
+pub(crate) fn open(path: &Path) -> Connection {
     let conn = Connection::open(path).expect("sqlite open");
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
@@ -41,6 +41,14 @@ fn open(path: &Path) -> Connection {
         .expect("sqlite busy_timeout");
     conn
 }
+
+const USERS_SCHEMA: &str = "CREATE TABLE users (
+     id    INTEGER PRIMARY KEY,
+     name  TEXT    NOT NULL,
+     email TEXT    NOT NULL,
+     age   INTEGER NOT NULL
+ );
+ CREATE INDEX users_age ON users (age);";
 
 /// SQLite in `<dir>/bench.sqlite`: WAL, synchronous=FULL, one writer + read pool.
 pub struct Rusqlite {
@@ -89,17 +97,7 @@ impl Target for Rusqlite {
     fn setup(dir: &Path, rows: &[User]) -> Self {
         let path = dir.join("bench.sqlite");
         let writer = open(&path);
-        writer
-            .execute_batch(
-                "CREATE TABLE users (
-                     id    INTEGER PRIMARY KEY,
-                     name  TEXT    NOT NULL,
-                     email TEXT    NOT NULL,
-                     age   INTEGER NOT NULL
-                 );
-                 CREATE INDEX users_age ON users (age);",
-            )
-            .expect("sqlite schema");
+        writer.execute_batch(USERS_SCHEMA).expect("sqlite schema");
         let readers = (0..READERS).map(|_| Mutex::new(open(&path))).collect();
         let this = Self {
             writer: Mutex::new(writer),
@@ -243,6 +241,64 @@ impl FlightsLoader for RusqliteFlights {
             .query_row("SELECT count(*) FROM flights", [], |r| r.get(0))
             .expect("sqlite count");
         assert_eq!(n as usize, rows.len(), "flights row count after load");
+        elapsed
+    }
+}
+
+/// Workload 7 on raw rusqlite: the `users` table of workloads 1-5 and, for the
+/// "with CDC" variant, a hand-written change log with the same layout as
+/// datalayer-sqlite's `_dl_cdc_log` (AUTOINCREMENT position, index on
+/// `(tbl, position)`) and one `AFTER INSERT` trigger appending
+/// `json_array(NEW.id, NEW.name, NEW.email, NEW.age)`. (datalayer also installs
+/// UPDATE and DELETE triggers, which an insert does not fire, and wraps each
+/// value in a `CASE typeof(..) WHEN 'blob' THEN hex(..)` for BLOB columns.)
+pub struct RusqliteCdc;
+
+const CDC_LOG_SCHEMA: &str = "
+CREATE TABLE cdc_log (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl      TEXT NOT NULL,
+    op       TEXT NOT NULL,
+    row      TEXT NOT NULL
+);
+CREATE INDEX cdc_log_by_tbl ON cdc_log (tbl, position);
+CREATE TRIGGER users_cdc_insert AFTER INSERT ON users FOR EACH ROW BEGIN
+    INSERT INTO cdc_log (tbl, op, row)
+    VALUES ('users', 'insert', json_array(NEW.id, NEW.name, NEW.email, NEW.age));
+END;
+";
+
+impl CdcInserter for RusqliteCdc {
+    fn name(&self) -> String {
+        "rusqlite".into()
+    }
+
+    fn insert(&self, dir: &Path, rows: &[User], cdc: bool) -> Duration {
+        let mut conn = open(&dir.join("cdc.sqlite"));
+        conn.execute_batch(USERS_SCHEMA).expect("sqlite schema");
+        if cdc {
+            conn.execute_batch(CDC_LOG_SCHEMA)
+                .expect("sqlite cdc schema");
+        }
+        let t0 = Instant::now();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .expect("sqlite begin");
+        {
+            let mut st = tx.prepare_cached(INSERT_USER).expect("sqlite prepare");
+            for u in rows {
+                st.execute(params![u.id, u.name, u.email, u.age])
+                    .expect("sqlite insert");
+            }
+        }
+        tx.commit().expect("sqlite commit");
+        let elapsed = t0.elapsed();
+        if cdc {
+            let n: i64 = conn
+                .query_row("SELECT count(*) FROM cdc_log", [], |r| r.get(0))
+                .expect("sqlite count");
+            assert_eq!(n as usize, rows.len(), "one captured change per row");
+        }
         elapsed
     }
 }
