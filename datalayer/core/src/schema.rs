@@ -159,6 +159,40 @@ impl TableSchema {
         Ok(())
     }
 
+    /// Coerces `vals` to the types of the columns at positions `cols` (a key prefix:
+    /// fewer values than columns is fine).
+    ///
+    /// # Errors
+    /// `InvalidInput` for more values than columns or a value that does not fit.
+    pub fn coerce_values(&self, cols: &[usize], vals: Row) -> Result<Row> {
+        if vals.len() > cols.len() {
+            return Err(Error::invalid_input(format!(
+                "{}: too many key values",
+                self.name
+            )));
+        }
+        vals.into_iter()
+            .zip(cols)
+            .map(|(v, &c)| v.coerce(self.columns[c].ty))
+            .collect()
+    }
+
+    /// Checks a full primary key's arity and coerces its values to the key columns' types.
+    ///
+    /// # Errors
+    /// `InvalidInput` for the wrong number of values or a value that does not fit.
+    pub fn coerce_key(&self, key: Row) -> Result<Row> {
+        if key.len() != self.primary_key.len() {
+            return Err(Error::invalid_input(format!(
+                "{}: the primary key has {} column(s), got {:?}",
+                self.name,
+                self.primary_key.len(),
+                key
+            )));
+        }
+        self.coerce_values(&self.primary_key, key)
+    }
+
     /// Checks that `row` fits the table: arity, types (integers and floats are coerced
     /// to the column's width), and NULL only in nullable columns.
     ///

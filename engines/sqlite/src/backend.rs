@@ -260,28 +260,11 @@ impl Work {
 }
 
 fn coerce_to(t: &TableSchema, cols: &[usize], vals: Row) -> Result<Row> {
-    if vals.len() > cols.len() {
-        return Err(Error::invalid_input(format!(
-            "{}: too many key values",
-            t.name
-        )));
-    }
-    vals.into_iter()
-        .zip(cols)
-        .map(|(v, &c)| v.coerce(t.columns[c].ty))
-        .collect()
+    t.coerce_values(cols, vals)
 }
 
 fn key_of(t: &TableSchema, key: Row) -> Result<Row> {
-    if key.len() != t.primary_key.len() {
-        return Err(Error::invalid_input(format!(
-            "{}: the primary key has {} column(s), got {:?}",
-            t.name,
-            t.primary_key.len(),
-            key
-        )));
-    }
-    coerce_to(t, &t.primary_key, key)
+    t.coerce_key(key)
 }
 
 fn scan_work(reg: &Registry, req: ScanRequest<'_>) -> Result<Work> {

@@ -803,7 +803,12 @@ fn resolve_limit(q: &QueryDef, params: &[Value]) -> Result<Option<usize>> {
 /// Runs a select or count whose plan is a primary-key point read against a synchronous
 /// snapshot (the fast path of in-process stores). `None` when the query is not of that
 /// shape.
-pub(crate) fn point_query(snap: &dyn super::KvSnapshot, q: &QueryDef, params: &[Value], plan: &Plan) -> Result<Option<Output>> {
+pub(crate) fn point_query(
+    snap: &dyn super::KvSnapshot,
+    q: &QueryDef,
+    params: &[Value],
+    plan: &Plan,
+) -> Result<Option<Output>> {
     let Access::PkPoint(exprs) = &plan.access else {
         return Ok(None);
     };
@@ -820,7 +825,11 @@ pub(crate) fn point_query(snap: &dyn super::KvSnapshot, q: &QueryDef, params: &[
         encode_values(&mut key, &vals);
         if let Some(b) = snap.get(&key) {
             let row = decode_row(t, b)?;
-            let filter = if plan.covered { None } else { q.filter.as_ref() };
+            let filter = if plan.covered {
+                None
+            } else {
+                q.filter.as_ref()
+            };
             if matches(filter, &row, params)? {
                 rows.push(row);
             }
@@ -828,7 +837,11 @@ pub(crate) fn point_query(snap: &dyn super::KvSnapshot, q: &QueryDef, params: &[
     }
     Ok(Some(match &q.kind {
         QueryKind::Select { projection, .. } => match projection {
-            Some(c) => Output::Rows(rows.into_iter().map(|mut r| vec![std::mem::take(&mut r[*c])]).collect()),
+            Some(c) => Output::Rows(
+                rows.into_iter()
+                    .map(|mut r| vec![std::mem::take(&mut r[*c])])
+                    .collect(),
+            ),
             None => Output::Rows(rows),
         },
         QueryKind::Count => Output::Count(rows.len() as u64),
@@ -837,7 +850,11 @@ pub(crate) fn point_query(snap: &dyn super::KvSnapshot, q: &QueryDef, params: &[
 }
 
 /// `Op::Get` against a synchronous snapshot.
-pub(crate) fn point_get(snap: &dyn super::KvSnapshot, table: &TableSchema, keys: Vec<Row>) -> Result<Output> {
+pub(crate) fn point_get(
+    snap: &dyn super::KvSnapshot,
+    table: &TableSchema,
+    keys: Vec<Row>,
+) -> Result<Output> {
     let prefix = row_prefix(table);
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
@@ -855,29 +872,12 @@ fn end_of(prefix: &[u8]) -> Bound<Bytes> {
 }
 
 fn coerce_all(t: &TableSchema, cols: &[usize], vals: Row) -> Result<Row> {
-    if vals.len() > cols.len() {
-        return Err(Error::invalid_input(format!(
-            "{}: too many key values",
-            t.name
-        )));
-    }
-    vals.into_iter()
-        .zip(cols)
-        .map(|(v, &c)| v.coerce(t.columns[c].ty))
-        .collect()
+    t.coerce_values(cols, vals)
 }
 
 /// Encodes a primary key given by value.
 fn encode_key(t: &TableSchema, key: Row) -> Result<Bytes> {
-    if key.len() != t.primary_key.len() {
-        return Err(Error::invalid_input(format!(
-            "{}: the primary key has {} column(s), got {:?}",
-            t.name,
-            t.primary_key.len(),
-            key
-        )));
-    }
-    let vals = coerce_all(t, &t.primary_key, key)?;
+    let vals = t.coerce_key(key)?;
     let mut b = Vec::new();
     encode_values(&mut b, &vals);
     Ok(b)
