@@ -65,7 +65,10 @@ impl Namespace for PgNs {
             .map_err(|e| datalayer::Error::connection_lost(e.to_string()))?;
         let task = tokio::spawn(conn);
         client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema))
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.schema
+            ))
             .await
             .map_err(|e| datalayer::Error::engine("postgres", e.to_string()))?;
         drop(client);
@@ -93,17 +96,23 @@ impl Target for Pg {
     }
 }
 
-/// Opens the server once: its capability, or why it cannot be used.
+/// Opens the server once, in a throwaway schema: its capability, or why it cannot
+/// be used.
 fn probe(url: &str) -> (Capability, Option<String>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        match PgEngine::open(&with_params(url, "pool_size=1")).await {
+        let ns = PgNs {
+            url: url.to_owned(),
+            schema: format!("dl_probe_{}", datalayer_conformance::random_suffix()),
+        };
+        match ns.open().await {
             Ok(engine) => {
                 let cap = engine.capability();
                 let _ = engine.close().await;
+                let _ = ns.destroy().await;
                 (cap, None)
             }
             Err(e) => (Capability::default(), Some(unreachable_help(url, &e))),

@@ -812,8 +812,7 @@ impl Inner {
             client, tainted, ..
         } = &mut *c;
         let client: &Client = client;
-        let r =
-            PgConn::atomically(client, tainted, begin, exec_all(client, &items, depth)).await;
+        let r = PgConn::atomically(client, tainted, begin, exec_all(client, &items, depth)).await;
         r.map_err(|e| c.lost(e))
     }
 }
@@ -948,13 +947,12 @@ impl Engine for crate::PgEngine {
         let stmt = c
             .stmt(StmtKey::Fixed(CATALOG_ALL), CATALOG_ALL, &[])
             .await?;
-        let rows = query(&c.client, &stmt, &[])
-            .await
-            .map_err(|e| c.lost(e))?;
+        let rows = query(&c.client, &stmt, &[]).await.map_err(|e| c.lost(e))?;
         rows.iter()
             .map(|r| {
                 let b: Vec<u8> = r.try_get(0).map_err(map_err)?;
-                postcard::from_bytes(&b).map_err(|e| Error::corrupted(format!("catalog entry: {e}")))
+                postcard::from_bytes(&b)
+                    .map_err(|e| Error::corrupted(format!("catalog entry: {e}")))
             })
             .collect()
     }

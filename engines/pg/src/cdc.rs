@@ -130,7 +130,12 @@ async fn info(c: &mut PgConn, table: &str) -> Result<Info> {
     )?;
     let columns = cols
         .iter()
-        .map(|r| Ok((r.try_get(0).map_err(map_err)?, r.try_get(1).map_err(map_err)?)))
+        .map(|r| {
+            Ok((
+                r.try_get(0).map_err(map_err)?,
+                r.try_get(1).map_err(map_err)?,
+            ))
+        })
         .collect::<Result<Vec<(String, String)>>>()?;
     if columns.is_empty() {
         return Err(Error::not_found(format!("no table named {table}")));
@@ -409,7 +414,9 @@ mod tests {
                 .unwrap_err()
                 .is_corrupted()
         );
-        assert!(matches!(json_value(&j[5], Some(ColumnType::F64)).unwrap(), Value::F64(f) if f.is_nan()));
+        assert!(
+            matches!(json_value(&j[5], Some(ColumnType::F64)).unwrap(), Value::F64(f) if f.is_nan())
+        );
         assert_eq!(sql_type("character varying(10)"), Some(ColumnType::String));
     }
 }

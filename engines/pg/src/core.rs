@@ -107,7 +107,12 @@ pub(crate) struct PgConn {
 impl PgConn {
     /// The statement for `key`, preparing `sql` with parameter `types` on first use on
     /// this connection.
-    pub(crate) async fn stmt(&mut self, key: StmtKey, sql: &str, types: &[Type]) -> Result<Statement> {
+    pub(crate) async fn stmt(
+        &mut self,
+        key: StmtKey,
+        sql: &str,
+        types: &[Type],
+    ) -> Result<Statement> {
         if let Some(s) = self.stmts.get(&key) {
             return Ok(s.clone());
         }

@@ -106,9 +106,10 @@ pub(crate) fn map_pool_err(e: deadpool::managed::PoolError<Error>) -> Error {
             ErrorKind::Timeout,
             "opening a postgres connection took longer than connect_timeout_ms",
         ),
-        PoolError::Timeout(TimeoutType::Recycle) => {
-            Error::new(ErrorKind::Timeout, "recycling a postgres connection timed out")
-        }
+        PoolError::Timeout(TimeoutType::Recycle) => Error::new(
+            ErrorKind::Timeout,
+            "recycling a postgres connection timed out",
+        ),
         PoolError::Closed => closed(),
         other => Error::engine("deadpool", format!("{other:?}")),
     }

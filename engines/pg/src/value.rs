@@ -160,8 +160,14 @@ mod tests {
         assert_eq!(enc(Value::I16(7), Type::INT8).unwrap(), 7i64.to_be_bytes());
         assert!(enc(Value::I64(70_000), Type::INT2).is_err());
         assert!(enc(Value::String("x".into()), Type::INT4).is_err());
-        assert_eq!(enc(Value::F64(0.5), Type::FLOAT4).unwrap(), 0.5f32.to_be_bytes());
-        assert_eq!(enc(Value::Bytes(vec![1, 2]), Type::BYTEA).unwrap(), vec![1, 2]);
+        assert_eq!(
+            enc(Value::F64(0.5), Type::FLOAT4).unwrap(),
+            0.5f32.to_be_bytes()
+        );
+        assert_eq!(
+            enc(Value::Bytes(vec![1, 2]), Type::BYTEA).unwrap(),
+            vec![1, 2]
+        );
         assert_eq!(enc(Value::Null, Type::INT4).unwrap(), Vec::<u8>::new());
         assert!(enc(Value::I32(1), Type::JSON).is_err());
     }

@@ -30,13 +30,11 @@ async fn pipelined_batch_returns_results_in_order() {
     assert_eq!(b.run(&db).await.unwrap(), vec![1u64; 50]);
     assert_eq!(Account::balance_of(&db, 1).await.unwrap(), 10 + 50);
     // get_many is pipelined too, results aligned with the keys.
-    let got = db
-        .repo::<Account>()
-        .get_many([5i64, 999, 3])
-        .await
-        .unwrap();
+    let got = db.repo::<Account>().get_many([5i64, 999, 3]).await.unwrap();
     assert_eq!(
-        got.iter().map(|a| a.as_ref().map(|a| a.id)).collect::<Vec<_>>(),
+        got.iter()
+            .map(|a| a.as_ref().map(|a| a.id))
+            .collect::<Vec<_>>(),
         vec![Some(5), None, Some(3)]
     );
     ns.drop_schema().await;

@@ -47,7 +47,10 @@ async fn captures_raw_sql_writes_from_another_client() {
     assert_eq!(ch[3].get("id"), Some(&Value::I64(1)));
     assert_eq!(ch[3].kind, ChangeKind::Delete);
     // Trim, then nothing before the trimmed position comes back.
-    assert_eq!(db.trim_changes("accounts", ch[1].position).await.unwrap(), 2);
+    assert_eq!(
+        db.trim_changes("accounts", ch[1].position).await.unwrap(),
+        2
+    );
     let rest = db.read_changes("accounts", 0, 100).await.unwrap();
     assert_eq!(rest, ch[2..].to_vec());
     assert!(
@@ -76,11 +79,16 @@ async fn late_commit_is_not_skipped() {
     let b = ns.raw().await;
 
     // Case 1: A inserts first (smaller log id), B commits first.
-    a.batch_execute(&format!("BEGIN; {}", ins(10))).await.unwrap();
+    a.batch_execute(&format!("BEGIN; {}", ins(10)))
+        .await
+        .unwrap();
     b.batch_execute(&ins(11)).await.unwrap();
     let first = db.read_changes("accounts", 0, 100).await.unwrap();
     assert_eq!(
-        first.iter().map(|c| c.get("id").cloned()).collect::<Vec<_>>(),
+        first
+            .iter()
+            .map(|c| c.get("id").cloned())
+            .collect::<Vec<_>>(),
         vec![Some(Value::I64(11))],
         "A is not committed yet"
     );
@@ -88,7 +96,9 @@ async fn late_commit_is_not_skipped() {
     a.batch_execute("COMMIT").await.unwrap();
     let next = db.read_changes("accounts", seen, 100).await.unwrap();
     assert_eq!(
-        next.iter().map(|c| c.get("id").cloned()).collect::<Vec<_>>(),
+        next.iter()
+            .map(|c| c.get("id").cloned())
+            .collect::<Vec<_>>(),
         vec![Some(Value::I64(10))],
         "the late commit comes after what was already read"
     );
@@ -96,22 +106,38 @@ async fn late_commit_is_not_skipped() {
 
     // Case 2: transaction ids out of write order. A takes its xid first, B writes
     // its entry first, A writes and commits, then B commits.
-    a.batch_execute("BEGIN; SELECT pg_current_xact_id();").await.unwrap();
-    b.batch_execute(&format!("BEGIN; {}", ins(20))).await.unwrap();
-    a.batch_execute(&format!("{}; COMMIT", ins(21))).await.unwrap();
-    let got = db.read_changes("accounts", next[0].position, 100).await.unwrap();
+    a.batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+    b.batch_execute(&format!("BEGIN; {}", ins(20)))
+        .await
+        .unwrap();
+    a.batch_execute(&format!("{}; COMMIT", ins(21)))
+        .await
+        .unwrap();
+    let got = db
+        .read_changes("accounts", next[0].position, 100)
+        .await
+        .unwrap();
     assert_eq!(
         got.iter().map(|c| c.get("id").cloned()).collect::<Vec<_>>(),
         vec![Some(Value::I64(21))]
     );
     b.batch_execute("COMMIT").await.unwrap();
-    let last = db.read_changes("accounts", got[0].position, 100).await.unwrap();
+    let last = db
+        .read_changes("accounts", got[0].position, 100)
+        .await
+        .unwrap();
     assert_eq!(
-        last.iter().map(|c| c.get("id").cloned()).collect::<Vec<_>>(),
+        last.iter()
+            .map(|c| c.get("id").cloned())
+            .collect::<Vec<_>>(),
         vec![Some(Value::I64(20))]
     );
     // A rolled-back write never appears.
-    a.batch_execute(&format!("BEGIN; {}; ROLLBACK", ins(30))).await.unwrap();
+    a.batch_execute(&format!("BEGIN; {}; ROLLBACK", ins(30)))
+        .await
+        .unwrap();
     assert!(
         db.read_changes("accounts", last[0].position, 100)
             .await

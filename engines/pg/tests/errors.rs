@@ -13,15 +13,26 @@ async fn sqlstates_map_to_portable_kinds() {
     let r = db.repo::<Account>();
     r.insert(&Account::new(1, "a", 0)).await.unwrap();
     let e = r.insert(&Account::new(1, "a", 0)).await.unwrap_err();
-    assert_eq!((e.kind(), e.code()), (ErrorKind::AlreadyExists, Some("23505")));
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::AlreadyExists, Some("23505"))
+    );
     // NUL cannot be stored in PostgreSQL text.
     let e = r.insert(&Account::new(2, "a\0b", 0)).await.unwrap_err();
-    assert_eq!((e.kind(), e.code()), (ErrorKind::InvalidInput, Some("22021")), "{e}");
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::InvalidInput, Some("22021")),
+        "{e}"
+    );
     // Integer overflow in an update expression.
     let e = Account::add(&db, 1, i64::MAX).await.unwrap();
     assert_eq!(e, 1);
     let e = Account::add(&db, 1, 1).await.unwrap_err();
-    assert_eq!((e.kind(), e.code()), (ErrorKind::InvalidInput, Some("22003")), "{e}");
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::InvalidInput, Some("22003")),
+        "{e}"
+    );
     // Unknown table for the change feed.
     let e = db.enable_changes("missing").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);

@@ -46,7 +46,10 @@ async fn serializable_write_skew_is_a_conflict() {
     // through: the levels really differ.
     Account::set_on_call(&db, 1, true).await.unwrap();
     let t1 = db.begin_with(opts(Isolation::Snapshot)).await.unwrap();
-    let t2 = db.begin_with(opts(Isolation::RepeatableRead)).await.unwrap();
+    let t2 = db
+        .begin_with(opts(Isolation::RepeatableRead))
+        .await
+        .unwrap();
     assert_eq!(Account::on_call_count(&t1).await.unwrap(), 2);
     assert_eq!(Account::on_call_count(&t2).await.unwrap(), 2);
     Account::set_on_call(&t1, 1, false).await.unwrap();
@@ -84,7 +87,11 @@ async fn retry_reruns_a_serialization_failure() {
         })
         .await
         .unwrap();
-    assert_eq!(attempts.load(Ordering::SeqCst), 2, "re-run once after 40001");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "re-run once after 40001"
+    );
     assert_eq!(Account::on_call_count(&db).await.unwrap(), 1);
     ns.drop_schema().await;
 }
@@ -95,14 +102,19 @@ async fn read_committed_sees_new_commits_repeatable_read_does_not() {
     let db = ns.db("pool_size=4").await;
     doctors(&db).await;
     let rc = db.begin_with(opts(Isolation::ReadCommitted)).await.unwrap();
-    let rr = db.begin_with(opts(Isolation::RepeatableRead)).await.unwrap();
+    let rr = db
+        .begin_with(opts(Isolation::RepeatableRead))
+        .await
+        .unwrap();
     assert_eq!(Account::balance_of(&rc, 1).await.unwrap(), 0);
     assert_eq!(Account::balance_of(&rr, 1).await.unwrap(), 0);
     Account::add(&db, 1, 5).await.unwrap();
     assert_eq!(Account::balance_of(&rc, 1).await.unwrap(), 5);
     assert_eq!(Account::balance_of(&rr, 1).await.unwrap(), 0);
     // A write to the row changed under REPEATABLE READ is a conflict.
-    let err = Account::add(&rr, 1, 1).await.expect_err("concurrent update");
+    let err = Account::add(&rr, 1, 1)
+        .await
+        .expect_err("concurrent update");
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     rc.commit().await.unwrap();
     rr.rollback().await.unwrap();
@@ -130,7 +142,11 @@ async fn read_only_rejects_writes() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     let err = Account::add(&tx, 1, 1).await.expect_err("update query");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert_eq!(Account::balance_of(&tx, 1).await.unwrap(), 0, "still usable");
+    assert_eq!(
+        Account::balance_of(&tx, 1).await.unwrap(),
+        0,
+        "still usable"
+    );
     tx.commit().await.unwrap();
     assert_eq!(db.repo::<Account>().count().await.unwrap(), 2);
     ns.drop_schema().await;

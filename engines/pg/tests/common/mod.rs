@@ -133,7 +133,10 @@ impl Ns {
     pub async fn drop_schema(&self) {
         self.raw()
             .await
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema))
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.schema
+            ))
             .await
             .unwrap();
     }
