@@ -56,13 +56,24 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
     }
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         let span = ctx.span(&id).expect("span");
-        let fields = span.extensions_mut().remove::<Fields>().unwrap_or_default().0;
-        self.0.lock().expect("lock").push((span.name().to_owned(), fields));
+        let fields = span
+            .extensions_mut()
+            .remove::<Fields>()
+            .unwrap_or_default()
+            .0;
+        self.0
+            .lock()
+            .expect("lock")
+            .push((span.name().to_owned(), fields));
     }
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    fields
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[tokio::test]
@@ -73,9 +84,18 @@ async fn queries_and_transactions_open_spans() {
         .with(tracing_subscriber::filter::LevelFilter::DEBUG);
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let db = datalayer::builder("etch::memory:").table::<Item>().queries::<Item>().connect().await.unwrap();
+    let db = datalayer::builder("etch::memory:")
+        .table::<Item>()
+        .queries::<Item>()
+        .connect()
+        .await
+        .unwrap();
     db.repo::<Item>()
-        .insert_many(&[Item { id: 1, qty: 2 }, Item { id: 2, qty: 9 }, Item { id: 3, qty: 1 }])
+        .insert_many(&[
+            Item { id: 1, qty: 2 },
+            Item { id: 2, qty: 9 },
+            Item { id: 3, qty: 1 },
+        ])
         .await
         .unwrap();
     assert_eq!(Item::low(&db, 5).await.unwrap().len(), 2);
@@ -94,7 +114,10 @@ async fn queries_and_transactions_open_spans() {
         .find(|(n, f)| n == "datalayer.query" && field(f, "query") == Some("insert"))
         .expect("a span for the insert");
     assert_eq!(field(&insert.1, "rows"), Some("3"));
-    let tx = seen.iter().find(|(n, _)| n == "datalayer.tx").expect("a span for the transaction");
+    let tx = seen
+        .iter()
+        .find(|(n, _)| n == "datalayer.tx")
+        .expect("a span for the transaction");
     assert_eq!(field(&tx.1, "outcome"), Some("commit"));
     assert!(field(&tx.1, "duration_us").is_some());
 }
