@@ -7,6 +7,7 @@ pub mod crud;
 pub mod durability;
 pub mod index;
 pub mod input;
+pub mod outbox;
 pub mod query;
 pub mod relation;
 pub mod scan;
@@ -94,6 +95,15 @@ pub fn all() -> Vec<Case> {
         case!(capability::declared_matches_behaviour),
         case!(cdc::captures_in_commit_order, [ChangeFeed]),
         case!(cdc::resume_and_trim, [ChangeFeed]),
+        case!(outbox::capability_matches),
+        case!(outbox::rollback_leaves_no_event),
+        case!(outbox::fifo_per_partition),
+        case!(outbox::scheduled_not_early),
+        case!(outbox::two_groups_see_everything),
+        case!(outbox::workers_share_and_take_over),
+        case!(outbox::late_commit_is_delivered),
+        case!(outbox::poison_event_dead_lettered),
+        case!(outbox::table_events_in_tx),
     ]
 }
 

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod kv;
+pub mod outbox;
 pub mod query;
 pub mod repo;
 pub mod schema;
@@ -29,6 +30,7 @@ pub use db::{
 };
 pub use engine::{Engine, EngineTx, Isolation, Op, Output, ScanRequest, TxOptions, WriteMode};
 pub use error::{Error, ErrorKind, Result};
+pub use outbox::{ConsumerBuilder, Event, EventId, TableEvent, TableOp};
 pub use query::{
     ArithOp, CmpOp, Expr, Limit, OrderBy, ParamDef, QueryBuilder, QueryDef, QueryId, QueryKind,
     Returns, check,

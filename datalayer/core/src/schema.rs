@@ -103,7 +103,9 @@ impl TableSchema {
     /// `InvalidInput` for a bad identifier, an empty or nullable primary key, a column
     /// position out of range, or duplicate names.
     pub fn validate(&self) -> Result<()> {
-        validate_identifier("table", &self.name)?;
+        if !crate::outbox::is_internal_table(&self.name) {
+            validate_identifier("table", &self.name)?;
+        }
         if self.columns.is_empty() {
             return Err(Error::invalid_input(format!(
                 "table {} has no columns",

@@ -164,6 +164,8 @@ impl KvStore for EtchKv {
             max_value_bytes: Some(self.opts.store.max_value_bytes),
             max_key_bytes: None,
             durable: self.durable,
+            // The generic outbox (core::outbox) runs on any transactional engine.
+            outbox: true,
             ..Capability::default()
         }
     }

@@ -835,7 +835,7 @@ pub(crate) fn capability(pipeline_depth: usize) -> Capability {
         durable: true,
         change_feed: true,
         change_feed_foreign_writes: true,
-        outbox: false,
+        outbox: true,
     }
 }
 

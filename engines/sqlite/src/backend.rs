@@ -714,7 +714,7 @@ pub(crate) fn capability(durable: bool) -> Capability {
         durable,
         change_feed: true,
         change_feed_foreign_writes: true,
-        outbox: false,
+        outbox: true,
     }
 }
 

@@ -330,7 +330,7 @@ async fn declared_capabilities_hold() {
     let db = file(dir.path()).await;
     let cap = db.capability();
     assert!(cap.savepoints && cap.read_only_tx && cap.serializable && cap.durable);
-    assert!(cap.change_feed && cap.change_feed_foreign_writes && !cap.outbox);
+    assert!(cap.change_feed && cap.change_feed_foreign_writes && cap.outbox);
     assert!(!cap.concurrent_writers);
     assert_eq!(cap.max_value_bytes, Some(1_000_000_000));
     for level in [

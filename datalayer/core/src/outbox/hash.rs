@@ -35,7 +35,10 @@ mod tests {
 
     #[test]
     fn partitions_are_stable_and_in_range() {
-        assert_eq!(partition_of(b"foobar", 1024), (0x85944171f73967e8u64 % 1024) as u32);
+        assert_eq!(
+            partition_of(b"foobar", 1024),
+            (0x85944171f73967e8u64 % 1024) as u32
+        );
         for i in 0..1000u32 {
             let k = i.to_string();
             let p = partition_of(k.as_bytes(), 7);

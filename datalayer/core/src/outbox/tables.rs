@@ -415,11 +415,7 @@ fn build() -> Result<Queries> {
                 (ui, pu),
                 (
                     fi,
-                    Expr::arith(
-                        ArithOp::Add,
-                        Expr::Column(fi),
-                        Expr::Literal(Value::I64(1)),
-                    ),
+                    Expr::arith(ArithOp::Add, Expr::Column(fi), Expr::Literal(Value::I64(1))),
                 ),
             ],
         });

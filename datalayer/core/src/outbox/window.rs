@@ -114,22 +114,43 @@ mod tests {
         let w = Window::default();
         let f = [(1, 10), (2, 10), (3, 11)];
         let n = w.advance(&f, 100, &set(&[1, 2, 3]));
-        assert_eq!(n, Window { high: 3, pending: vec![] });
+        assert_eq!(
+            n,
+            Window {
+                high: 3,
+                pending: vec![]
+            }
+        );
         assert_eq!(n.passed(), 3);
     }
 
     #[test]
     fn scheduled_events_go_pending_and_do_not_hold_high() {
-        let w = Window { high: 4, pending: vec![] };
+        let w = Window {
+            high: 4,
+            pending: vec![],
+        };
         let f = [(5, 10), (6, 500), (7, 20)];
         let n = w.advance(&f, 100, &set(&[5, 7]));
-        assert_eq!(n, Window { high: 7, pending: vec![(6, 500)] });
+        assert_eq!(
+            n,
+            Window {
+                high: 7,
+                pending: vec![(6, 500)]
+            }
+        );
         assert_eq!(n.passed(), 5, "retention keeps seq 6");
         assert_eq!(n.due(499), Vec::<i64>::new());
         assert_eq!(n.due(500), vec![6]);
         assert_eq!(n.next_due(), Some(500));
         let m = n.advance(&[], 600, &set(&[6]));
-        assert_eq!(m, Window { high: 7, pending: vec![] });
+        assert_eq!(
+            m,
+            Window {
+                high: 7,
+                pending: vec![]
+            }
+        );
         assert_eq!(m.passed(), 7);
     }
 
@@ -139,12 +160,21 @@ mod tests {
         let f = [(1, 10), (2, 10), (3, 10), (4, 900)];
         // stopped after delivering 1 and 3 (3 was earlier by delivery time)
         let n = w.advance(&f, 100, &set(&[1, 3]));
-        assert_eq!(n, Window { high: 1, pending: vec![] });
+        assert_eq!(
+            n,
+            Window {
+                high: 1,
+                pending: vec![]
+            }
+        );
     }
 
     #[test]
     fn pending_sorted_by_time_then_seq() {
-        let w = Window { high: 0, pending: vec![(2, 50)] };
+        let w = Window {
+            high: 0,
+            pending: vec![(2, 50)],
+        };
         let n = w.advance(&[(3, 40), (4, 50), (5, 40)], 10, &set(&[]));
         assert_eq!(n.pending, vec![(3, 40), (5, 40), (2, 50), (4, 50)]);
         assert_eq!(n.high, 5);
@@ -153,9 +183,18 @@ mod tests {
 
     #[test]
     fn encoding_round_trips() {
-        let w = Window { high: 9, pending: vec![(3, 7), (8, 9)] };
+        let w = Window {
+            high: 9,
+            pending: vec![(3, 7), (8, 9)],
+        };
         assert_eq!(Window::decode(9, &w.encode_pending()).unwrap(), w);
-        assert_eq!(Window::decode(2, &[]).unwrap(), Window { high: 2, pending: vec![] });
+        assert_eq!(
+            Window::decode(2, &[]).unwrap(),
+            Window {
+                high: 2,
+                pending: vec![]
+            }
+        );
         assert!(Window::decode(2, &[0xff, 0xff]).unwrap_err().is_corrupted());
     }
 }

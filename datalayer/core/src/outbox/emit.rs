@@ -1,0 +1,375 @@
+//! Producing: `tx.emit(..)`, `db.emit(..)` and table events (`tx.with_events::<T>(..)`).
+
+use super::hash::partition_of;
+use super::tables::{EventRow, SeqRow, TopicRow, queries};
+use super::{DEFAULT_PARTITIONS, check_capability, now_us, system_time_us, validate_topic};
+use crate::db::{Db, Executor, Tx};
+use crate::engine::{Op, Output};
+use crate::error::{Error, Result};
+use crate::repo::Repo;
+use crate::schema::Table;
+use crate::value::{Row, Value};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::future::IntoFuture;
+use std::marker::PhantomData;
+use std::time::{Duration, SystemTime};
+
+/// Where an event was stored: topic, partition and its commit-order sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventId {
+    /// The topic.
+    pub topic: String,
+    /// The partition (`fnv1a64(partition_key) % partitions`).
+    pub partition: u32,
+    /// Position in the partition, in commit order (1, 2, 3, ... without gaps).
+    pub seq: i64,
+}
+
+impl EventId {
+    /// The stable text id, `"<topic>/<partition>/<seq>"` (the same as [`super::Event::id`]).
+    pub fn id(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.topic, self.partition, self.seq)
+    }
+}
+
+/// What `emit` writes; the dead-letter fields are set only by the consumer.
+pub(crate) struct NewEvent {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub deliver_at_us: Option<i64>,
+    pub origin: Option<String>,
+    pub attempts: i32,
+    pub error: Option<String>,
+    /// Partition count used if the topic does not exist yet.
+    pub partitions: Option<u32>,
+}
+
+/// The partition count of `topic`, creating the topic with `create_with` (default
+/// [`DEFAULT_PARTITIONS`]) when it does not exist.
+pub(crate) async fn topic_partitions<E: Executor + ?Sized>(
+    ex: &E,
+    topic: &str,
+    create_with: Option<u32>,
+) -> Result<u32> {
+    let repo = Repo::<TopicRow, E>::new(ex);
+    for _ in 0..3 {
+        if let Some(t) = repo.get(topic).await? {
+            return Ok(t.partitions.max(1) as u32);
+        }
+        let partitions = create_with.unwrap_or(DEFAULT_PARTITIONS);
+        match repo
+            .insert(&TopicRow {
+                topic: topic.to_owned(),
+                partitions: partitions as i32,
+            })
+            .await
+        {
+            Ok(()) => return Ok(partitions),
+            // Created concurrently: read it again.
+            Err(e) if e.is_already_exists() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::conflict(format!(
+        "outbox topic {topic}: could not read or create it"
+    )))
+}
+
+/// Assigns the next seq of `(topic, part)` inside `tx`: `UPDATE .. SET last = last + 1`
+/// (which takes the row's write lock until commit on engines with concurrent writers),
+/// then reads it back. The row is created on first use.
+async fn next_seq(tx: &Tx, topic: &str, part: i32) -> Result<i64> {
+    let params = [Value::String(topic.to_owned()), Value::I32(part)];
+    let seqs = Repo::<SeqRow, Tx>::new(tx);
+    for _ in 0..3 {
+        let op = Op::Query {
+            query: &queries().bump_seq,
+            params: &params,
+        };
+        match tx.run(op).await? {
+            Output::Count(1) => {
+                let row = seqs.get((topic, part)).await?.ok_or_else(|| {
+                    Error::engine("outbox", "the seq row vanished inside the transaction")
+                })?;
+                return Ok(row.last);
+            }
+            Output::Count(0) => {}
+            o => {
+                return Err(Error::engine(
+                    "outbox",
+                    format!("unexpected output of the seq update: {o:?}"),
+                ));
+            }
+        }
+        let first = SeqRow {
+            topic: topic.to_owned(),
+            part,
+            last: 1,
+        };
+        match seqs.insert(&first).await {
+            Ok(()) => return Ok(1),
+            Err(e) if e.is_already_exists() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::conflict(format!(
+        "outbox {topic}/{part}: could not assign a sequence number"
+    )))
+}
+
+/// Writes one event inside `tx`.
+pub(crate) async fn emit_in(tx: &Tx, ev: NewEvent) -> Result<EventId> {
+    check_capability(tx)?;
+    validate_topic(&ev.topic)?;
+    let partitions = topic_partitions(tx, &ev.topic, ev.partitions).await?;
+    let partition = partition_of(&ev.key, partitions);
+    let seq = next_seq(tx, &ev.topic, partition as i32).await?;
+    let id = EventId {
+        topic: ev.topic,
+        partition,
+        seq,
+    };
+    let row = EventRow {
+        topic: id.topic.clone(),
+        part: partition as i32,
+        seq,
+        deliver_at_us: ev.deliver_at_us.unwrap_or_else(now_us),
+        id: id.id(),
+        key: ev.key,
+        payload: ev.payload,
+        origin: ev.origin,
+        attempts: ev.attempts,
+        error: ev.error,
+    };
+    Repo::<EventRow, Tx>::new(tx).insert(&row).await?;
+    Ok(id)
+}
+
+/// An event being emitted; `.await` it (on a [`Tx`]: part of that transaction; on a
+/// [`Db`]: in a transaction of its own). Returned by [`Tx::emit`] and [`Db::emit`].
+#[must_use = "an Emit does nothing until awaited"]
+pub struct Emit<'a, E> {
+    ex: &'a E,
+    ev: NewEvent,
+}
+
+impl<E> Emit<'_, E> {
+    /// Delivers the event not before `at`. Default: now (the time of `emit`).
+    pub fn deliver_at(mut self, at: SystemTime) -> Self {
+        self.ev.deliver_at_us = Some(system_time_us(at));
+        self
+    }
+    /// Delivers the event not before `delay` from now.
+    pub fn deliver_after(self, delay: Duration) -> Self {
+        self.deliver_at(SystemTime::now() + delay)
+    }
+    /// The partition count to create the topic with, if this emit creates it (a
+    /// topic's count is fixed at creation). Default: [`DEFAULT_PARTITIONS`] (1024).
+    pub fn partitions(mut self, n: u32) -> Self {
+        self.ev.partitions = Some(n.max(1));
+        self
+    }
+}
+
+fn new_event(topic: &str, key: &[u8], payload: Vec<u8>) -> NewEvent {
+    NewEvent {
+        topic: topic.to_owned(),
+        key: key.to_vec(),
+        payload,
+        deliver_at_us: None,
+        origin: None,
+        attempts: 0,
+        error: None,
+        partitions: None,
+    }
+}
+
+impl<'a> IntoFuture for Emit<'a, Tx> {
+    type Output = Result<EventId>;
+    type IntoFuture = BoxFuture<'a, Result<EventId>>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(emit_in(self.ex, self.ev))
+    }
+}
+
+impl<'a> IntoFuture for Emit<'a, Db> {
+    type Output = Result<EventId>;
+    type IntoFuture = BoxFuture<'a, Result<EventId>>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            check_capability(self.ex)?;
+            let tx = self.ex.begin().await?;
+            match emit_in(&tx, self.ev).await {
+                Ok(id) => {
+                    tx.commit().await?;
+                    Ok(id)
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+impl Tx {
+    /// Emits an event to `topic` in this transaction: it exists if and only if the
+    /// transaction commits. Events with the same `partition_key` go to the same
+    /// partition and are delivered in commit order. Add `.deliver_at(t)` to schedule it.
+    ///
+    /// # Errors
+    /// `Unsupported` without `Capability::outbox`; `InvalidInput` for a bad topic name;
+    /// the engine's errors (`Conflict` on engines with optimistic concurrency: retry the
+    /// transaction).
+    pub fn emit(
+        &self,
+        topic: &str,
+        partition_key: impl AsRef<[u8]>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Emit<'_, Tx> {
+        Emit {
+            ex: self,
+            ev: new_event(topic, partition_key.as_ref(), payload.into()),
+        }
+    }
+
+    /// A repository for `T` whose writes also emit a [`TableEvent`] to `topic` in this
+    /// transaction (tito-style table events), partitioned by the row's primary key.
+    pub fn with_events<T: Table>(&self, topic: &str) -> RepoEvents<'_, T> {
+        RepoEvents {
+            tx: self,
+            topic: topic.to_owned(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl Db {
+    /// Emits an event to `topic` in a transaction of its own (see [`Tx::emit`]).
+    pub fn emit(
+        &self,
+        topic: &str,
+        partition_key: impl AsRef<[u8]>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Emit<'_, Db> {
+        Emit {
+            ex: self,
+            ev: new_event(topic, partition_key.as_ref(), payload.into()),
+        }
+    }
+}
+
+/// The kind of write behind a [`TableEvent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TableOp {
+    /// A row was inserted.
+    Insert,
+    /// A row was replaced.
+    Update,
+    /// A row was deleted.
+    Delete,
+}
+
+/// The payload of a table event: which table, what happened, and the row's primary key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableEvent {
+    /// The table name.
+    pub table: String,
+    /// What happened.
+    pub op: TableOp,
+    /// The primary-key values of the row.
+    pub key: Row,
+}
+
+impl TableEvent {
+    /// The payload bytes (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("postcard encodes a table event")
+    }
+    /// Reads a payload written by [`TableEvent::encode`].
+    ///
+    /// # Errors
+    /// `InvalidInput` when the bytes are not a table event.
+    pub fn decode(payload: &[u8]) -> Result<TableEvent> {
+        postcard::from_bytes(payload)
+            .map_err(|e| Error::invalid_input(format!("not a table event: {e}")))
+    }
+    /// The partition key used for a row with primary key `key` (postcard of the key
+    /// values), so that every event of one row lands in one partition.
+    pub fn partition_key(key: &Row) -> Vec<u8> {
+        postcard::to_allocvec(key).expect("postcard encodes values")
+    }
+}
+
+/// Writes to `T` that also emit [`TableEvent`]s in the same transaction
+/// (see [`Tx::with_events`]).
+pub struct RepoEvents<'a, T> {
+    tx: &'a Tx,
+    topic: String,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Table> RepoEvents<'_, T> {
+    async fn event(&self, op: TableOp, key: Row) -> Result<EventId> {
+        let ev = TableEvent {
+            table: T::schema().name.clone(),
+            op,
+            key,
+        };
+        let k = TableEvent::partition_key(&ev.key);
+        self.tx.emit(&self.topic, k, ev.encode()).await
+    }
+    fn repo(&self) -> Repo<'_, T, Tx> {
+        self.tx.repo::<T>()
+    }
+    /// [`Repo::insert`] plus an `Insert` event.
+    pub async fn insert(&self, row: &T) -> Result<EventId> {
+        self.repo().insert(row).await?;
+        self.event(TableOp::Insert, row.key()).await
+    }
+    /// [`Repo::insert_many`] plus one `Insert` event per row.
+    pub async fn insert_many(&self, rows: &[T]) -> Result<Vec<EventId>> {
+        self.repo().insert_many(rows).await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in rows {
+            ids.push(self.event(TableOp::Insert, r.key()).await?);
+        }
+        Ok(ids)
+    }
+    /// [`Repo::update`] plus an `Update` event.
+    pub async fn update(&self, row: &T) -> Result<EventId> {
+        self.repo().update(row).await?;
+        self.event(TableOp::Update, row.key()).await
+    }
+    /// [`Repo::upsert`] plus an `Insert` or `Update` event (whichever it was).
+    pub async fn upsert(&self, row: &T) -> Result<EventId> {
+        let key = row.key();
+        let existed = self.repo().get(key.clone()).await?.is_some();
+        self.repo().upsert(row).await?;
+        let op = if existed {
+            TableOp::Update
+        } else {
+            TableOp::Insert
+        };
+        self.event(op, key).await
+    }
+    /// [`Repo::delete`] plus a `Delete` event when the row existed.
+    pub async fn delete(&self, key: impl crate::value::Key) -> Result<Option<EventId>> {
+        let key = key.into_key();
+        if self.repo().delete(key.clone()).await? {
+            Ok(Some(self.event(TableOp::Delete, key).await?))
+        } else {
+            Ok(None)
+        }
+    }
+}
