@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 /// One flight (the columns of examples/flights.rs, without the plane relation).
 #[derive(Table, Clone, Debug)]
-#[table(name = "flights")]
+#[table(name = "outbox_flights")]
 #[index(name = "by_carrier_day", fields(carrier, year, month, day))]
 struct Flight {
     #[pk]
@@ -62,7 +62,27 @@ struct CarrierTotal {
 }
 
 #[query_group]
+impl Flight {
+    /// Clears the table (a run starts from nothing, also on a persistent engine).
+    fn clear() -> u64 {
+        Self::all().delete()
+    }
+}
+
+#[query_group]
+impl Applied {
+    /// Clears the table.
+    fn clear() -> u64 {
+        Self::all().delete()
+    }
+}
+
+#[query_group]
 impl CarrierTotal {
+    /// Clears the table.
+    fn clear() -> u64 {
+        Self::all().delete()
+    }
     fn add(carrier: &str, minutes: i64) -> u64 {
         Self::filter(|t| t.carrier == carrier).update(|t| t.minutes = t.minutes + minutes)
     }
@@ -93,7 +113,9 @@ struct Args {
     updates: usize,
 }
 
-const TOPIC: &str = "flight_delays";
+/// Topic prefix; each run uses its own topic (`flight_delays_<unix ms>`), so events of an
+/// earlier run on a persistent engine never reach this run's consumer.
+const TOPIC_PREFIX: &str = "flight_delays";
 
 fn open_csv(dir: &Path, name: &str) -> anyhow::Result<csv::Reader<Box<dyn Read>>> {
     let path = dir.join(format!("{name}.csv.gz"));
@@ -209,22 +231,38 @@ async fn main() -> anyhow::Result<()> {
         .table::<CarrierTotal>()
         .table::<Applied>()
         .queries::<CarrierTotal>()
+        .queries::<Flight>()
+        .queries::<Applied>()
         .outbox()
         .connect()
         .await?;
+    // Start from nothing, also on a persistent engine that kept an earlier run's rows.
+    db.tx(async |tx| {
+        Flight::clear(tx).await?;
+        Applied::clear(tx).await?;
+        CarrierTotal::clear(tx).await
+    })
+    .await?;
+    let topic = format!(
+        "{TOPIC_PREFIX}_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let topic = topic.as_str();
     if !datalayer::Executor::capability(&db).outbox {
         bail!(
             "the {} engine does not declare Capability::outbox",
             db.engine().name()
         );
     }
-    datalayer::outbox::create_topic(&db, TOPIC, 16).await?;
+    datalayer::outbox::create_topic(&db, topic, 16).await?;
 
     // The consumer runs from the start: it sees the load's events and the updates'.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker_db = db.clone();
     let consumer = tokio::spawn(
-        db.consumer("carrier_totals", TOPIC)
+        db.consumer("carrier_totals", topic)
             .concurrency(4)
             .poll_interval(Duration::from_millis(20))
             .run(
@@ -251,7 +289,7 @@ async fn main() -> anyhow::Result<()> {
         tx.repo::<Flight>().insert_many(chunk).await?;
         for f in chunk {
             let d = i64::from(f.dep_delay.unwrap_or(0));
-            tx.emit(TOPIC, &f.carrier, payload(&f.carrier, d)).await?;
+            tx.emit(topic, &f.carrier, payload(&f.carrier, d)).await?;
         }
         tx.commit().await?;
         emitted += chunk.len() as u64;
@@ -274,7 +312,7 @@ async fn main() -> anyhow::Result<()> {
             .context("flight exists")?;
         f.dep_delay = Some(f.dep_delay.unwrap_or(0) + delta);
         tx.repo::<Flight>().update(&f).await?;
-        tx.emit(TOPIC, &f.carrier, payload(&f.carrier, i64::from(delta)))
+        tx.emit(topic, &f.carrier, payload(&f.carrier, i64::from(delta)))
             .await?;
         if i % 10 == 9 {
             tx.rollback().await?;
@@ -308,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = stop.send(());
     consumer.await??;
-    let purged = datalayer::outbox::purge(&db, TOPIC).await?;
+    let purged = datalayer::outbox::purge(&db, topic).await?;
     println!("retention deleted {purged} consumed events");
 
     // The totals kept from events, against a direct read of the table.
