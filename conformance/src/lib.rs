@@ -20,6 +20,7 @@ pub mod model;
 
 use async_trait::async_trait;
 use datalayer::{Capability, Db, Engine};
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -191,10 +192,17 @@ pub async fn run_case(target: &dyn Target, case: &Case) -> anyhow::Result<()> {
         }
     };
     let mut cx = Ctx { db, ns, calls };
-    let result = (case.run)(&mut cx).await;
+    // A failed assertion panics: catch it so the namespace is removed either way, then
+    // re-raise it for the test harness.
+    let result = std::panic::AssertUnwindSafe((case.run)(&mut cx))
+        .catch_unwind()
+        .await;
     let _ = cx.db.close().await;
     cx.ns.destroy().await?;
-    result
+    match result {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// Lists every case of `target` as a libtest-mimic trial, prefixed with `prefix`, and
