@@ -19,9 +19,17 @@
 //! table puts datalayer-sqlite next to raw rusqlite on every row, as a time
 //! ratio layer/raw. Figures are medians over repetitions; nothing asserts on
 //! timing.
+//!
+//! With the cargo feature `pg` and the flag `--pg` (or `--pg-only`), a
+//! PostgreSQL section follows: datalayer-pg next to raw tokio-postgres, sqlx and
+//! SeaORM (point read, sequential vs batched inserts in one transaction, a
+//! 1,000-row insert_many) on the server named by `DATALAYER_PG_URL`; see the
+//! `pg` module.
 
 mod flights;
 mod peers;
+#[cfg(feature = "pg")]
+mod pg;
 mod report;
 mod workloads;
 
@@ -63,10 +71,29 @@ struct Args {
     /// Path of flights.csv.gz. Default: the copy in examples/data.
     #[arg(long)]
     flights: Option<PathBuf>,
+    /// Also run the PostgreSQL section (datalayer-pg, raw tokio-postgres, sqlx,
+    /// SeaORM) on the server named by `DATALAYER_PG_URL` (default
+    /// `postgres://postgres@127.0.0.1:5432/test`). Needs `--features pg`.
+    #[arg(long)]
+    pg: bool,
+    /// Run only the PostgreSQL section (implies `--pg`).
+    #[arg(long)]
+    pg_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.pg || args.pg_only {
+        if !cfg!(feature = "pg") {
+            bail!(
+                "the PostgreSQL section is not compiled in: rebuild with `--features pg` \
+                 (cargo run --release -p datalayer-bench --features pg -- --pg)"
+            );
+        }
+        if args.pg_only {
+            return run_pg(args.quick);
+        }
+    }
     let cfg = if args.quick {
         Config::quick()
     } else {
@@ -208,7 +235,49 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         load_average(),
     );
+    if args.pg {
+        println!();
+        run_pg(args.quick)?;
+    }
     Ok(())
+}
+
+/// The PostgreSQL section: runs it and prints its table.
+#[cfg(feature = "pg")]
+fn run_pg(quick: bool) -> anyhow::Result<()> {
+    let cfg = if quick {
+        pg::PgConfig::quick()
+    } else {
+        pg::PgConfig::full()
+    };
+    println!(
+        "datalayer-bench PostgreSQL section ({} run): N = {} preloaded rows, {} point reads x {} reps, M = {} rows x {} reps per insert row, {} cores",
+        if quick { "quick" } else { "full" },
+        cfg.preload_rows,
+        cfg.reads_per_rep,
+        cfg.read_reps,
+        pg::INSERT_ROWS,
+        cfg.insert_reps,
+        std::thread::available_parallelism().map_or(0, usize::from),
+    );
+    let load_before = load_average();
+    println!("load average before: {load_before}");
+    let started = Instant::now();
+    let (info, results) = pg::run(&cfg)?;
+    println!();
+    print!("{}", pg::pg_table(&cfg, &info, &results));
+    println!(
+        "ratios: time a/b > 1 = a takes longer; datalayer-pg/peer > 1 = datalayer-pg is faster. Total {:.1}s; load average before {load_before}, after {}.",
+        started.elapsed().as_secs_f64(),
+        load_average(),
+    );
+    Ok(())
+}
+
+/// Without the `pg` feature there is no PostgreSQL section (`main` refuses `--pg`).
+#[cfg(not(feature = "pg"))]
+fn run_pg(_quick: bool) -> anyhow::Result<()> {
+    bail!("the PostgreSQL section needs `--features pg`")
 }
 
 /// Type of the filesystem holding `dir` (Linux: longest matching mount

@@ -50,7 +50,7 @@ fn ratio(a: f64, b: f64) -> String {
 
 /// Render rows of cells with the first column left-aligned and the rest
 /// right-aligned, a separator under the header.
-fn render(rows: &[Vec<String>]) -> String {
+pub(crate) fn render(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -173,7 +173,7 @@ pub fn flights_table(results: &[FlightsResult]) -> String {
 }
 
 /// `"1.23k ±4%"`: a median throughput with its relative MAD.
-fn cell(s: &Stat) -> String {
+pub(crate) fn cell(s: &Stat) -> String {
     format!("{} ±{:.0}%", human(s.median), s.spread() * 100.0)
 }
 

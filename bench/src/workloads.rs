@@ -299,7 +299,7 @@ fn median_sorted(xs: &[f64]) -> f64 {
 
 impl Stat {
     /// Summarise per-repetition samples of `ops` operations taking `times`.
-    fn from_samples(ops: usize, times: &[Duration]) -> Self {
+    pub(crate) fn from_samples(ops: usize, times: &[Duration]) -> Self {
         let mut rates: Vec<f64> = times
             .iter()
             .map(|t| ops as f64 / t.as_secs_f64().max(1e-9))

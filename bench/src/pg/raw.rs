@@ -1,0 +1,202 @@
+//! Raw tokio-postgres: one connection (`tokio_postgres::Config::connect`, its
+//! connection task spawned on the shared runtime), `SET search_path` to this
+//! target's schema, the INSERT and the point read prepared once.
+//!
+//! - point read: `client.query_opt(&select, &[&id])`, decoded into a `User`;
+//! - sequential: `BEGIN`; `client.execute(&insert, ..).await` per row; `COMMIT`;
+//! - batched: `BEGIN`; all M `client.execute(&insert, ..)` futures joined with
+//!   `futures::future::try_join_all` (every statement is sent on the first poll,
+//!   so all M are in flight at once); `COMMIT`;
+//! - insert_many: as batched, but at most `pipeline_depth` in flight (the
+//!   engine's setting for the URL, 32 by default) through [`window`], which
+//!   schedules like the engine's pipeline: each statement is sent when it
+//!   enters the window and only the oldest one is awaited. The same statements,
+//!   window and scheduling as datalayer, without the layer;
+//! - COPY (row 4' only this target runs): `COPY users (..) FROM STDIN BINARY`
+//!   through `BinaryCopyInWriter`, in one transaction.
+
+use std::pin::pin;
+use std::sync::Arc;
+
+use futures::future::{MaybeDone, maybe_done};
+use tokio::runtime::Runtime;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{Conn, INSERT_ROWS, INSERT_SQL, PgTarget, SELECT_SQL, USERS_DDL};
+use crate::workloads::User;
+
+/// Raw tokio-postgres on one connection.
+pub struct RawPg {
+    rt: Arc<Runtime>,
+    client: Client,
+    select: Statement,
+    insert: Statement,
+    /// The window of `insert_many` (the engine's `pipeline_depth`).
+    depth: usize,
+}
+
+/// Connects, creates `users` and its index, prepares, preloads `rows` (pipelined,
+/// 1,000 per transaction).
+///
+/// # Errors
+/// Connecting, creating or preparing fails.
+pub fn setup(c: &Conn, rows: &[User]) -> anyhow::Result<Box<dyn PgTarget>> {
+    let rt = c.rt.clone();
+    let t = rt.block_on(async {
+        let (client, conn) = c.config.connect(NoTls).await?;
+        rt.spawn(conn);
+        client
+            .batch_execute(&format!("SET search_path TO \"{}\"", c.schema))
+            .await?;
+        client.batch_execute(USERS_DDL).await?;
+        let select = client.prepare_typed(SELECT_SQL, &[Type::INT8]).await?;
+        let insert = client
+            .prepare_typed(
+                INSERT_SQL,
+                &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT4],
+            )
+            .await?;
+        anyhow::Ok(RawPg {
+            rt: rt.clone(),
+            client,
+            select,
+            insert,
+            depth: c.pipeline_depth,
+        })
+    })?;
+    for chunk in rows.chunks(INSERT_ROWS) {
+        t.insert_many(chunk);
+    }
+    Ok(Box::new(t))
+}
+
+impl RawPg {
+    async fn execute(&self, u: &User) -> Result<u64, tokio_postgres::Error> {
+        self.client
+            .execute(&self.insert, &[&u.id, &u.name, &u.email, &u.age])
+            .await
+    }
+
+    async fn read(&self, id: i64) -> Option<User> {
+        self.client
+            .query_opt(&self.select, &[&id])
+            .await
+            .expect("tokio-postgres read")
+            .map(|r| User {
+                id: r.get(0),
+                name: r.get(1),
+                email: r.get(2),
+                age: r.get(3),
+            })
+    }
+
+    /// Runs `body` between `BEGIN` and `COMMIT`.
+    fn in_tx(&self, what: &str, body: impl Future<Output = Result<(), tokio_postgres::Error>>) {
+        self.rt
+            .block_on(async {
+                self.client.batch_execute("BEGIN").await?;
+                body.await?;
+                self.client.batch_execute("COMMIT").await
+            })
+            .unwrap_or_else(|e| panic!("tokio-postgres {what}: {e}"));
+    }
+}
+
+/// Runs `futs` in order with at most `depth` in flight: a future is polled once
+/// when it enters the window (tokio-postgres sends its statement then) and then
+/// left alone until it is the oldest, which is awaited (the scheduling of the
+/// engine's own pipeline, so that row 4 compares like with like).
+async fn window<T, E, F>(futs: impl IntoIterator<Item = F>, depth: usize) -> Result<(), E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    let mut todo = futs.into_iter();
+    let mut inflight = std::collections::VecDeque::new();
+    loop {
+        while inflight.len() < depth.max(1) {
+            let Some(f) = todo.next() else { break };
+            let mut f: std::pin::Pin<Box<MaybeDone<F>>> = Box::pin(maybe_done(f));
+            let _ = futures::poll!(f.as_mut());
+            inflight.push_back(f);
+        }
+        let Some(mut front) = inflight.pop_front() else {
+            return Ok(());
+        };
+        front.as_mut().await;
+        if let Some(r) = front.as_mut().take_output() {
+            r?;
+        }
+    }
+}
+
+impl PgTarget for RawPg {
+    fn name(&self) -> &'static str {
+        "tokio-postgres"
+    }
+
+    fn point_read(&self, id: i64) -> Option<User> {
+        self.rt.block_on(self.read(id))
+    }
+
+    fn point_reads(&self, ids: &[i64]) -> usize {
+        self.rt.block_on(async {
+            let mut n = 0;
+            for &id in ids {
+                n += usize::from(self.read(id).await.is_some());
+            }
+            n
+        })
+    }
+
+    fn insert_sequential(&self, rows: &[User]) {
+        self.in_tx("sequential inserts", async {
+            for u in rows {
+                self.execute(u).await?;
+            }
+            Ok(())
+        });
+    }
+
+    fn insert_batch(&self, rows: &[User]) {
+        self.in_tx("batched inserts", async {
+            futures::future::try_join_all(rows.iter().map(|u| self.execute(u))).await?;
+            Ok(())
+        });
+    }
+
+    fn insert_many(&self, rows: &[User]) {
+        self.in_tx("insert_many", async {
+            window(rows.iter().map(|u| self.execute(u)), self.depth).await
+        });
+    }
+
+    fn copy_in(&self, rows: &[User]) -> bool {
+        self.in_tx("COPY", async {
+            let sink = self
+                .client
+                .copy_in("COPY users (id, name, email, age) FROM STDIN BINARY")
+                .await?;
+            let mut w = pin!(BinaryCopyInWriter::new(
+                sink,
+                &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT4]
+            ));
+            for u in rows {
+                let vals: [&(dyn ToSql + Sync); 4] = [&u.id, &u.name, &u.email, &u.age];
+                w.as_mut().write(&vals).await?;
+            }
+            let n = w.finish().await?;
+            assert_eq!(n as usize, rows.len(), "COPY row count");
+            Ok(())
+        });
+        true
+    }
+
+    fn count(&self) -> i64 {
+        self.rt
+            .block_on(self.client.query_one("SELECT count(*) FROM users", &[]))
+            .expect("tokio-postgres count")
+            .get(0)
+    }
+}

@@ -1,0 +1,169 @@
+//! SeaORM 1.1 (`sqlx-postgres` + `runtime-tokio` + `macros`, no TLS) on the same
+//! kind of sqlx pool as the sqlx target (`SqlxPostgresConnector::from_sqlx_postgres_pool`):
+//! every statement SeaORM renders goes through `sqlx::query_with`, prepared and
+//! cached per connection.
+//!
+//! - point read: `Entity::find_by_id(id).one(&db)`;
+//! - sequential: `db.begin()`; `Entity::insert(active_model)
+//!   .exec_without_returning(&txn)` per row; `commit`;
+//! - batched: `db.begin()`; ONE `Entity::insert_many(..).exec_without_returning(&txn)`
+//!   (one multi-row `INSERT .. VALUES` of all M rows, SeaORM has no pipelining);
+//!   `commit`;
+//! - insert_many: `Entity::insert_many(..).exec_without_returning(&db)`, autocommit.
+//!
+//! `exec_without_returning` keeps SeaORM from adding `RETURNING "id"`, so it does
+//! the same work as the other targets.
+
+use std::sync::Arc;
+
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    SqlxPostgresConnector, TransactionTrait,
+};
+use tokio::runtime::Runtime;
+
+use super::{Conn, INSERT_ROWS, PgTarget, USERS_DDL};
+use crate::workloads::User;
+
+/// The `users` table as a SeaORM entity.
+#[allow(missing_docs)]
+pub mod users {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        pub name: String,
+        pub email: String,
+        pub age: i32,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+fn active(u: &User) -> users::ActiveModel {
+    users::ActiveModel {
+        id: Set(u.id),
+        name: Set(u.name.clone()),
+        email: Set(u.email.clone()),
+        age: Set(u.age),
+    }
+}
+
+/// SeaORM on a sqlx pool.
+pub struct SeaOrm {
+    rt: Arc<Runtime>,
+    db: DatabaseConnection,
+}
+
+/// Connects, creates `users` and its index, preloads `rows` (`insert_many`, 1,000
+/// per statement).
+///
+/// # Errors
+/// Connecting or creating fails.
+pub fn setup(c: &Conn, rows: &[User]) -> anyhow::Result<Box<dyn PgTarget>> {
+    let db = c.rt.block_on(async {
+        let pool = super::sqlx_peer::pool(c).await?;
+        let db = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
+        db.execute_unprepared(USERS_DDL).await?;
+        anyhow::Ok(db)
+    })?;
+    let t = SeaOrm {
+        rt: c.rt.clone(),
+        db,
+    };
+    for chunk in rows.chunks(INSERT_ROWS) {
+        t.insert_many(chunk);
+    }
+    Ok(Box::new(t))
+}
+
+impl SeaOrm {
+    async fn read(&self, id: i64) -> Option<User> {
+        users::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .expect("SeaORM read")
+            .map(|m| User {
+                id: m.id,
+                name: m.name,
+                email: m.email,
+                age: m.age,
+            })
+    }
+}
+
+impl PgTarget for SeaOrm {
+    fn name(&self) -> &'static str {
+        "SeaORM"
+    }
+
+    fn point_read(&self, id: i64) -> Option<User> {
+        self.rt.block_on(self.read(id))
+    }
+
+    fn point_reads(&self, ids: &[i64]) -> usize {
+        self.rt.block_on(async {
+            let mut n = 0;
+            for &id in ids {
+                n += usize::from(self.read(id).await.is_some());
+            }
+            n
+        })
+    }
+
+    fn insert_sequential(&self, rows: &[User]) {
+        self.rt
+            .block_on(async {
+                let txn = self.db.begin().await?;
+                for u in rows {
+                    users::Entity::insert(active(u))
+                        .exec_without_returning(&txn)
+                        .await?;
+                }
+                txn.commit().await
+            })
+            .expect("SeaORM sequential inserts");
+    }
+
+    fn insert_batch(&self, rows: &[User]) {
+        self.rt
+            .block_on(async {
+                let txn = self.db.begin().await?;
+                let n = users::Entity::insert_many(rows.iter().map(active))
+                    .exec_without_returning(&txn)
+                    .await?;
+                assert_eq!(n as usize, rows.len());
+                txn.commit().await
+            })
+            .expect("SeaORM insert_many in a transaction");
+    }
+
+    fn insert_many(&self, rows: &[User]) {
+        let n = self
+            .rt
+            .block_on(
+                users::Entity::insert_many(rows.iter().map(active))
+                    .exec_without_returning(&self.db),
+            )
+            .expect("SeaORM insert_many");
+        assert_eq!(n as usize, rows.len());
+    }
+
+    fn count(&self) -> i64 {
+        self.rt
+            .block_on(users::Entity::find().count(&self.db))
+            .expect("SeaORM count") as i64
+    }
+
+    fn close(&self) {
+        // Closes the pool (the connection is a cheap handle on it).
+        let db = self.db.clone();
+        self.rt.block_on(db.close()).expect("SeaORM close");
+    }
+}
