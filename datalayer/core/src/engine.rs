@@ -235,6 +235,14 @@ pub trait Engine: Send + Sync + 'static {
             "change data capture",
         ))
     }
+
+    /// The outbox [`Driver`](crate::outbox::Driver) consumers on this engine use when
+    /// none is set with [`ConsumerBuilder::driver`](crate::outbox::ConsumerBuilder::driver)
+    /// (called once per consumer). Default: `None`, the generic
+    /// [`Polling`](crate::outbox::Polling).
+    fn outbox_driver(&self) -> Option<std::sync::Arc<dyn crate::outbox::Driver>> {
+        None
+    }
 }
 
 /// An open transaction.

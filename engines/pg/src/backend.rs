@@ -981,6 +981,10 @@ impl Engine for crate::PgEngine {
         let mut c = self.inner.pool.get().await?;
         cdc::trim(&mut c, table, upto).await.map_err(|e| c.lost(e))
     }
+
+    fn outbox_driver(&self) -> Option<Arc<dyn datalayer_core::outbox::Driver>> {
+        Some(Arc::new(crate::outbox::PgDriver::new(self)))
+    }
 }
 
 /// An explicit transaction: one pooled connection, tainted (never recycled) until

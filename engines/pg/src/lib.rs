@@ -11,14 +11,14 @@
 //!   connection's next checkout; scan shapes: on first use), and afterwards run by id:
 //!   parameters are encoded in binary straight from the values, rows decoded straight
 //!   into values by the schema's column types.
-//! - **Batches** ([`Engine::run_batch`](datalayer_core::Engine::run_batch), `Batch`,
+//! - **Batches** ([`Engine::run_batch`], `Batch`,
 //!   `insert_many`): the statements are pipelined on one connection, up to
 //!   [`PgOptions::pipeline_depth`] (default 32) in flight, inside one transaction;
 //!   results come back in order.
 //! - **Tables**: created from the [`TableSchema`](datalayer_core::TableSchema) with
 //!   their indexes (unique, composite, partial), text columns in the `C` collation
 //!   (byte order, as every engine), and recorded in `_dl_catalog(name TEXT PRIMARY KEY,
-//!   schema BYTEA)` (postcard) for [`Engine::catalog`](datalayer_core::Engine::catalog).
+//!   schema BYTEA)` (postcard) for [`Engine::catalog`].
 //!   A registered schema that differs from the stored one is rejected with
 //!   `InvalidInput`.
 //! - **Transactions**: `READ COMMITTED` (the default), `REPEATABLE READ`, `Snapshot`
@@ -33,6 +33,9 @@
 //! - **Change data capture**: triggers append to `_dl_cdc_log`, so raw-SQL writes are
 //!   captured too; positions are assigned in commit order so that a transaction that
 //!   commits late is never skipped (see the `cdc` module docs).
+//! - **Outbox**: consumers wait on `LISTEN`/`NOTIFY` (a trigger on `_dl_outbox`
+//!   notifies at commit) instead of polling, and claim partitions with
+//!   `FOR UPDATE SKIP LOCKED`; see [`PgDriver`].
 //! - **TLS**: with the `tls` cargo feature, `sslmode=prefer|require` connects through
 //!   rustls (webpki roots). Without it, only plain connections are made.
 //!
@@ -50,12 +53,14 @@ mod cdc;
 pub mod config;
 mod core;
 mod error;
+mod outbox;
 pub mod render;
 #[cfg(feature = "tls")]
 mod tls;
 mod value;
 
 pub use config::PgOptions;
+pub use outbox::PgDriver;
 pub use render::PgDialect;
 
 use backend::Inner;

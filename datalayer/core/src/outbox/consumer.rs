@@ -272,7 +272,10 @@ impl Db {
             worker_id: default_worker_id(),
             batch_size: 256,
             retention_interval: Duration::from_secs(30),
-            driver: Arc::new(Polling),
+            driver: self
+                .engine()
+                .outbox_driver()
+                .unwrap_or_else(|| Arc::new(Polling)),
         }
     }
 }
@@ -343,7 +346,8 @@ impl ConsumerBuilder {
         self.retention_interval = d;
         self
     }
-    /// Replaces how the worker waits and claims (see [`Driver`]). Default: [`Polling`].
+    /// Replaces how the worker waits and claims (see [`Driver`]). Default: the engine's
+    /// [`Engine::outbox_driver`](crate::Engine::outbox_driver), else [`Polling`].
     pub fn driver(mut self, d: Arc<dyn Driver>) -> Self {
         self.driver = d;
         self
