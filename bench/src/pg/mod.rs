@@ -25,6 +25,7 @@
 //! are checked against the rows written, inserts by counting rows at the end.
 
 mod datalayer_pg;
+pub mod outbox;
 mod raw;
 mod report;
 mod seaorm;
