@@ -141,3 +141,32 @@ impl Ns {
             .unwrap();
     }
 }
+
+impl Drop for Ns {
+    /// Drops the schema again when the test ends, also when it failed (panicked) before
+    /// its own `drop_schema`: a failing test must not leave its schema behind. Runs on
+    /// its own thread and runtime because `Drop` cannot await.
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(opts) = PgOptions::from_url(&url) else {
+                    return;
+                };
+                if let Ok((client, conn)) = opts.config.connect(tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
