@@ -73,6 +73,69 @@ pub struct ScanRequest<'a> {
     pub limit: Option<usize>,
 }
 
+impl<'a> ScanRequest<'a> {
+    /// The columns the scan walks: the index's columns, or the primary key.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an index position out of range.
+    pub fn columns(&self) -> crate::Result<&'a [usize]> {
+        let t: &'a TableSchema = self.table;
+        match self.index {
+            Some(i) => t
+                .indexes
+                .get(i)
+                .map(|ix| ix.columns.as_slice())
+                .ok_or_else(|| crate::Error::invalid_input("index out of range")),
+            None => Ok(&t.primary_key),
+        }
+    }
+
+    /// The request with every value converted to its column's type: the prefix to the
+    /// leading columns, the bounds to the column after the prefix, the cursor to the
+    /// index columns then the primary key. Every engine normalises a scan this way
+    /// before building keys or binding parameters.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an index out of range, more prefix values than columns, a
+    /// cursor of the wrong length, or a value that does not fit its column.
+    pub fn coerce(self) -> crate::Result<ScanRequest<'a>> {
+        let t = self.table;
+        let cols = self.columns()?;
+        let prefix = t.coerce_values(cols, self.prefix)?;
+        let next_ty = cols.get(prefix.len()).map(|&c| t.columns[c].ty);
+        let bound = |b: Bound<Value>| -> crate::Result<Bound<Value>> {
+            Ok(match (b, next_ty) {
+                (Bound::Included(v), Some(ty)) => Bound::Included(v.coerce(ty)?),
+                (Bound::Excluded(v), Some(ty)) => Bound::Excluded(v.coerce(ty)?),
+                _ => Bound::Unbounded,
+            })
+        };
+        let (lower, upper) = (bound(self.lower)?, bound(self.upper)?);
+        let after = match self.after {
+            None => None,
+            Some(pos) if self.index.is_none() => Some(t.coerce_key(pos)?),
+            Some(mut pos) => {
+                if pos.len() != cols.len() + t.primary_key.len() {
+                    return Err(crate::Error::invalid_input(
+                        "cursor does not belong to this index",
+                    ));
+                }
+                let pk = pos.split_off(cols.len());
+                let mut v = t.coerce_values(cols, pos)?;
+                v.extend(t.coerce_key(pk)?);
+                Some(v)
+            }
+        };
+        Ok(ScanRequest {
+            prefix,
+            lower,
+            upper,
+            after,
+            ..self
+        })
+    }
+}
+
 /// One unit of work sent to an engine.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

@@ -468,26 +468,13 @@ impl<'e, T: Table, E: Executor + ?Sized> Find<'e, T, E> {
                 cols.len()
             )));
         }
-        let prefix = self
-            .prefix
-            .iter()
-            .zip(&cols)
-            .map(|(v, &c)| v.clone().coerce(s.columns[c].ty))
-            .collect::<Result<Row>>()?;
-        let ty = cols.get(self.prefix.len()).map(|&c| s.columns[c].ty);
-        let bound = |b: &Bound<Value>| -> Result<Bound<Value>> {
-            Ok(match (b, ty) {
-                (Bound::Included(v), Some(t)) => Bound::Included(v.clone().coerce(t)?),
-                (Bound::Excluded(v), Some(t)) => Bound::Excluded(v.clone().coerce(t)?),
-                _ => Bound::Unbounded,
-            })
-        };
+        // Engines convert the values to the columns' types (`ScanRequest::coerce`).
         Ok(ScanRequest {
             table: s,
             index: self.index,
-            prefix,
-            lower: bound(&self.lower)?,
-            upper: bound(&self.upper)?,
+            prefix: self.prefix.clone(),
+            lower: self.lower.clone(),
+            upper: self.upper.clone(),
             after: self.after.as_ref().map(Cursor::decode).transpose()?,
             reverse: self.reverse,
             limit: self.limit,

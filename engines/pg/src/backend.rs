@@ -42,7 +42,6 @@ use datalayer_core::{
 };
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use tokio_postgres::types::{ToSql, Type};
@@ -347,100 +346,16 @@ impl Work {
     }
 }
 
-fn coerce_to(t: &TableSchema, cols: &[usize], vals: Row) -> Result<Row> {
-    if vals.len() > cols.len() {
-        return Err(Error::invalid_input(format!(
-            "{}: too many key values",
-            t.name
-        )));
-    }
-    vals.into_iter()
-        .zip(cols)
-        .map(|(v, &c)| v.coerce(t.columns[c].ty))
-        .collect()
-}
-
-fn key_of(t: &TableSchema, key: Row) -> Result<Row> {
-    if key.len() != t.primary_key.len() {
-        return Err(Error::invalid_input(format!(
-            "{}: the primary key has {} column(s), got {:?}",
-            t.name,
-            t.primary_key.len(),
-            key
-        )));
-    }
-    coerce_to(t, &t.primary_key, key)
-}
-
 fn scan_work(reg: &Registry, req: ScanRequest<'_>) -> Result<Work> {
     let info = reg.table(req.table)?;
-    let t = &info.schema;
-    let cols: &[usize] = match req.index {
-        Some(i) => {
-            &t.indexes
-                .get(i)
-                .ok_or_else(|| Error::invalid_input("index out of range"))?
-                .columns
-        }
-        None => &t.primary_key,
-    };
-    let prefix = coerce_to(t, cols, req.prefix)?;
-    let next_ty = cols.get(prefix.len()).map(|&c| t.columns[c].ty);
-    let co = |b: Bound<Value>| -> Result<Bound<Value>> {
-        Ok(match (b, next_ty) {
-            (Bound::Included(v), Some(ty)) => Bound::Included(v.coerce(ty)?),
-            (Bound::Excluded(v), Some(ty)) => Bound::Excluded(v.coerce(ty)?),
-            _ => Bound::Unbounded,
-        })
-    };
-    let (lower, upper) = (co(req.lower)?, co(req.upper)?);
-    let after = match req.after {
-        None => None,
-        Some(pos) => Some(match req.index {
-            None => key_of(t, pos)?,
-            Some(_) => {
-                if pos.len() != cols.len() + t.primary_key.len() {
-                    return Err(Error::invalid_input("cursor does not belong to this index"));
-                }
-                let mut pos = pos;
-                let pk = pos.split_off(cols.len());
-                let mut v = coerce_to(t, cols, pos)?;
-                v.extend(key_of(t, pk)?);
-                v
-            }
-        }),
-    };
     let req = ScanRequest {
-        table: t,
-        index: req.index,
-        prefix,
-        lower,
-        upper,
-        after,
-        reverse: req.reverse,
-        limit: req.limit,
-    };
+        table: &info.schema,
+        ..req
+    }
+    .coerce()?;
     let shape = ScanShape::of(&req)?;
     let scan = info.scan(shape)?;
-    let bound = |b: &Bound<Value>| match b {
-        Bound::Included(v) | Bound::Excluded(v) => v.clone(),
-        Bound::Unbounded => Value::Null,
-    };
-    let values = scan
-        .rendered
-        .binds
-        .iter()
-        .map(|b| match *b {
-            ScanBind::Prefix(i) => req.prefix[i].clone(),
-            ScanBind::Lower => bound(&req.lower),
-            ScanBind::Upper => bound(&req.upper),
-            ScanBind::After(i) => req.after.as_ref().map_or(Value::Null, |a| a[i].clone()),
-            ScanBind::Limit => Value::I64(
-                req.limit
-                    .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX)),
-            ),
-        })
-        .collect();
+    let values = scan.rendered.bind_values(&req);
     drop(req);
     Ok(Work::Scan {
         t: info.clone(),
@@ -510,7 +425,7 @@ fn work(reg: &Registry, op: Op<'_>) -> Result<Work> {
             let t = reg.table(table)?;
             let keys = keys
                 .into_iter()
-                .map(|k| key_of(&t.schema, k))
+                .map(|k| t.schema.coerce_key(k))
                 .collect::<Result<_>>()?;
             Work::Delete { t, keys }
         }
@@ -518,7 +433,7 @@ fn work(reg: &Registry, op: Op<'_>) -> Result<Work> {
             let t = reg.table(table)?;
             let keys = keys
                 .into_iter()
-                .map(|k| key_of(&t.schema, k))
+                .map(|k| t.schema.coerce_key(k))
                 .collect::<Result<_>>()?;
             Work::Get { t, keys }
         }

@@ -477,27 +477,10 @@ impl KvTx {
     }
 
     async fn scan_request(&mut self, req: ScanRequest<'_>) -> Result<Vec<Row>> {
+        let req = req.coerce()?;
         let t = req.table;
-        let cols = match req.index {
-            Some(i) => {
-                &t.indexes
-                    .get(i)
-                    .ok_or_else(|| Error::invalid_input("index out of range"))?
-                    .columns
-            }
-            None => &t.primary_key,
-        };
-        let prefix = coerce_all(t, cols, req.prefix)?;
-        let next_ty = cols.get(prefix.len()).map(|&c| t.columns[c].ty);
-        let co = |b: Bound<Value>| -> Result<Bound<Value>> {
-            Ok(match (b, next_ty) {
-                (Bound::Included(v), Some(ty)) => Bound::Included(v.coerce(ty)?),
-                (Bound::Excluded(v), Some(ty)) => Bound::Excluded(v.coerce(ty)?),
-                _ => Bound::Unbounded,
-            })
-        };
-        let (lower, upper) = (co(req.lower)?, co(req.upper)?);
-        let mut range = key_range(t, req.index, &prefix, lower.as_ref(), upper.as_ref());
+        let (prefix, lower, upper) = (&req.prefix, &req.lower, &req.upper);
+        let mut range = key_range(t, req.index, prefix, lower.as_ref(), upper.as_ref());
         if let Some(after) = req.after {
             // The cursor only ever narrows the range: a cursor outside the bounds (made by
             // hand, or from another scan) cannot widen it.
@@ -871,10 +854,6 @@ fn end_of(prefix: &[u8]) -> Bound<Bytes> {
     }
 }
 
-fn coerce_all(t: &TableSchema, cols: &[usize], vals: Row) -> Result<Row> {
-    t.coerce_values(cols, vals)
-}
-
 /// Encodes a primary key given by value.
 fn encode_key(t: &TableSchema, key: Row) -> Result<Bytes> {
     let vals = t.coerce_key(key)?;
@@ -956,7 +935,7 @@ fn position_key(t: &TableSchema, index: Option<usize>, pos: Row) -> Result<Bytes
             }
             let mut pos = pos;
             let pk = pos.split_off(n);
-            let cols = coerce_all(t, &ix.columns, pos)?;
+            let cols = t.coerce_values(&ix.columns, pos)?;
             let mut k = index_prefix(t, ix);
             encode_values(&mut k, &cols);
             if !ix.unique || cols.iter().any(Value::is_null) {

@@ -169,6 +169,31 @@ pub struct RenderedScan {
     pub binds: Vec<ScanBind>,
 }
 
+impl RenderedScan {
+    /// The parameter values for `req` (already [coerced](ScanRequest::coerce)), in
+    /// placeholder order. An absent bound or cursor binds NULL (its shape has no
+    /// placeholder for it); no limit binds `i64::MAX`.
+    pub fn bind_values(&self, req: &ScanRequest<'_>) -> Vec<Value> {
+        let bound = |b: &Bound<Value>| match b {
+            Bound::Included(v) | Bound::Excluded(v) => v.clone(),
+            Bound::Unbounded => Value::Null,
+        };
+        self.binds
+            .iter()
+            .map(|b| match *b {
+                ScanBind::Prefix(i) => req.prefix[i].clone(),
+                ScanBind::Lower => bound(&req.lower),
+                ScanBind::Upper => bound(&req.upper),
+                ScanBind::After(i) => req.after.as_ref().map_or(Value::Null, |a| a[i].clone()),
+                ScanBind::Limit => Value::I64(
+                    req.limit
+                        .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+                ),
+            })
+            .collect()
+    }
+}
+
 // ---- expressions ----------------------------------------------------------------------
 
 struct Ctx<'a, B> {
