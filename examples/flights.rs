@@ -10,7 +10,10 @@
 //! A second run reuses the stored rows instead of loading again (loading uses upserts, so
 //! an interrupted load simply resumes).
 
+#[path = "common/nycflights.rs"]
+mod nycflights;
 use anyhow::Context;
+use nycflights::{open_csv, opt, req};
 
 // The application's choice of allocator (a well-kept one); datalayer itself does not
 // set a global allocator. The load allocates many small keys and values.
@@ -20,7 +23,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use datalayer::{Db, Table, query_group};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -185,31 +187,6 @@ struct Args {
 
 /// Total flights in the data set.
 const FLIGHTS: u64 = 336_776;
-
-fn open_csv(dir: &Path, name: &str) -> anyhow::Result<csv::Reader<Box<dyn Read>>> {
-    let path = dir.join(format!("{name}.csv.gz"));
-    let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    let gz: Box<dyn Read> = Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
-    Ok(csv::ReaderBuilder::new().has_headers(true).from_reader(gz))
-}
-
-fn opt<T: std::str::FromStr>(s: &str) -> anyhow::Result<Option<T>>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    if s.is_empty() || s == "NA" {
-        Ok(None)
-    } else {
-        Ok(Some(s.parse()?))
-    }
-}
-
-fn req<T: std::str::FromStr>(s: &str) -> anyhow::Result<T>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    opt(s)?.context("missing value in a required column")
-}
 
 fn parse_airline(r: &csv::StringRecord) -> anyhow::Result<Airline> {
     Ok(Airline {

@@ -15,12 +15,14 @@
 //! - an idempotent handler: it records each event's stable id in the same transaction
 //!   as the totals, so a redelivery (delivery is at least once) changes nothing.
 
+#[path = "common/nycflights.rs"]
+mod nycflights;
 use anyhow::{Context, bail};
 use clap::Parser;
 use datalayer::{Db, Table, query_group};
+use nycflights::{open_csv, opt, req};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// One flight (the columns of examples/flights.rs, without the plane relation).
@@ -116,31 +118,6 @@ struct Args {
 /// Topic prefix; each run uses its own topic (`flight_delays_<unix ms>`), so events of an
 /// earlier run on a persistent engine never reach this run's consumer.
 const TOPIC_PREFIX: &str = "flight_delays";
-
-fn open_csv(dir: &Path, name: &str) -> anyhow::Result<csv::Reader<Box<dyn Read>>> {
-    let path = dir.join(format!("{name}.csv.gz"));
-    let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    let gz: Box<dyn Read> = Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
-    Ok(csv::ReaderBuilder::new().has_headers(true).from_reader(gz))
-}
-
-fn opt<T: std::str::FromStr>(s: &str) -> anyhow::Result<Option<T>>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    if s.is_empty() || s == "NA" {
-        Ok(None)
-    } else {
-        Ok(Some(s.parse()?))
-    }
-}
-
-fn req<T: std::str::FromStr>(s: &str) -> anyhow::Result<T>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    opt(s)?.context("missing value in a required column")
-}
 
 fn parse_flight(r: &csv::StringRecord) -> anyhow::Result<Flight> {
     Ok(Flight {
