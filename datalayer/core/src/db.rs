@@ -314,6 +314,10 @@ impl TxBuilder<'_> {
     }
     /// Re-runs the closure up to `n` more times when it or the commit fails with a
     /// retryable error (`Conflict`, `ConnectionLost`, `Timeout`). Default: 0.
+    ///
+    /// A commit whose outcome is unknown (`ErrorKind::CommitUnknown`) is never re-run:
+    /// the transaction may already be applied. See [`crate::error`] for how to make a
+    /// transaction safe to re-run by hand.
     pub fn retry(mut self, n: u32) -> Self {
         self.retries = n;
         self

@@ -10,11 +10,22 @@
 //! - `Conflict`: the transaction lost a race and may succeed if re-run (SQLSTATE 40001
 //!   serialization failure, 40P01 deadlock, SQLite `BUSY`, Redis WATCH abort, TiKV write
 //!   conflict). MUST be retryable.
-//! - `ConnectionLost`: the connection broke; whether the transaction committed is
-//!   unknown only for an interrupted `commit`. Retryable.
+//! - `ConnectionLost`: the connection broke *before* a commit was sent, so nothing of
+//!   the transaction was applied. Retryable.
+//! - `CommitUnknown`: the commit was sent and its outcome cannot be known (PostgreSQL:
+//!   the connection dropped before `COMMIT` was answered; TiKV: an undetermined
+//!   commit; Redis: the connection lost during the commit call). The transaction may or
+//!   may not be applied. NEVER retryable: re-running it could apply it twice.
 //! - `Corrupted`: stored bytes failed a checksum or could not be decoded. Never retried.
 //!
 //! [`Error::is_retryable`] is true exactly for `Conflict`, `ConnectionLost` and `Timeout`.
+//!
+//! # Making a transaction safe to re-run after `CommitUnknown`
+//! Give the transaction an idempotency key: insert a row with a unique id chosen by
+//! the caller (a request id, a transfer id) in the same transaction as the work. After
+//! `CommitUnknown`, run the transaction again: if the first attempt was applied, the
+//! insert fails with `AlreadyExists` and nothing is applied twice; otherwise it
+//! applies now. Or read the id row back and act on what it says.
 
 use std::fmt;
 
@@ -31,8 +42,11 @@ pub enum ErrorKind {
     AlreadyExists,
     /// A serialization failure, write conflict or deadlock; re-running may succeed.
     Conflict,
-    /// The connection to the engine broke.
+    /// The connection to the engine broke before a commit was sent; nothing was applied.
     ConnectionLost,
+    /// The commit was sent but its outcome is unknown (the connection broke before the
+    /// reply). Never retryable; see the module docs for how to re-run safely.
+    CommitUnknown,
     /// An operation ran out of time.
     Timeout,
     /// The engine lacks this capability (see [`crate::Capability`]).
@@ -92,6 +106,30 @@ impl Error {
     pub fn connection_lost(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::ConnectionLost, message)
     }
+    /// `CommitUnknown`: the commit was sent, its outcome cannot be known (not retryable).
+    pub fn commit_unknown(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::CommitUnknown, message)
+    }
+    /// The error of a failed commit call: a broken connection or a client-side
+    /// timeout (no native code) means the commit may have been applied, so it becomes
+    /// `CommitUnknown`, keeping message, code and source; every other error is
+    /// returned unchanged. Engines apply it to the error of the call that sent the
+    /// commit, and only to that call.
+    pub fn at_commit(mut self) -> Self {
+        let unknown = match self.kind {
+            ErrorKind::ConnectionLost => true,
+            ErrorKind::Timeout => self.code.is_none(),
+            _ => false,
+        };
+        if unknown {
+            self.kind = ErrorKind::CommitUnknown;
+            self.message = format!(
+                "the commit was sent but its outcome is unknown ({}); the transaction may or may not be applied",
+                self.message
+            );
+        }
+        self
+    }
     /// `Unsupported`: `what` names the missing capability.
     pub fn unsupported(engine: &str, what: impl fmt::Display) -> Self {
         Self::new(
@@ -125,7 +163,8 @@ impl Error {
         self.code.as_deref()
     }
     /// Whether re-running the whole transaction may succeed: `Conflict`,
-    /// `ConnectionLost` and `Timeout`.
+    /// `ConnectionLost` and `Timeout`. Never `CommitUnknown`: re-running a transaction
+    /// whose commit may have been applied could apply it twice.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
@@ -143,6 +182,10 @@ impl Error {
     /// `kind() == Conflict`.
     pub fn is_conflict(&self) -> bool {
         self.kind == ErrorKind::Conflict
+    }
+    /// `kind() == CommitUnknown`: the transaction may or may not have been applied.
+    pub fn is_commit_unknown(&self) -> bool {
+        self.kind == ErrorKind::CommitUnknown
     }
     /// `kind() == Unsupported`.
     pub fn is_unsupported(&self) -> bool {
@@ -201,5 +244,29 @@ impl From<std::io::Error> for Error {
             _ => ErrorKind::Io,
         };
         Error::new(kind, e.to_string()).with_source(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_unknown_is_never_retryable() {
+        let lost = Error::connection_lost("socket closed").with_code("x");
+        assert!(lost.is_retryable());
+        let e = lost.at_commit();
+        assert_eq!(e.kind(), ErrorKind::CommitUnknown);
+        assert!(!e.is_retryable());
+        assert_eq!(e.code(), Some("x"), "the native code is kept");
+        // A client-side timeout while the commit is in flight is unknown too; a
+        // server-reported timeout (with a code) or a conflict is a definite answer.
+        let t = Error::new(ErrorKind::Timeout, "timed out").at_commit();
+        assert!(t.is_commit_unknown());
+        let t = Error::new(ErrorKind::Timeout, "canceled")
+            .with_code("57014")
+            .at_commit();
+        assert_eq!(t.kind(), ErrorKind::Timeout);
+        assert!(Error::conflict("40001").at_commit().is_conflict());
     }
 }

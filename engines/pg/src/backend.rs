@@ -1037,7 +1037,11 @@ impl PgTx {
                 Ok(())
             }
             Err(e) => {
-                let e = c.lost(map_err(e));
+                let mut e = c.lost(map_err(e));
+                if sql == "COMMIT" {
+                    // The COMMIT was sent: a lost connection leaves its outcome unknown.
+                    e = e.at_commit();
+                }
                 if c.client.batch_execute("ROLLBACK").await.is_ok() {
                     c.tainted = false;
                 }

@@ -171,7 +171,8 @@ impl PgConn {
                     *tainted = false;
                     return Ok(v);
                 }
-                Err(e) => Err(map_err(e)),
+                // The COMMIT was sent: a lost connection leaves its outcome unknown.
+                Err(e) => Err(map_err(e).at_commit()),
             },
             (Err(e), _) | (Ok(()), Err(e)) => Err(e),
         };

@@ -5,6 +5,7 @@
 //! | `23505` unique_violation                                        | `AlreadyExists`        |
 //! | `40001` serialization_failure, `40P01` deadlock_detected        | `Conflict` (retryable) |
 //! | class `08` (connection exception), `57P01` admin_shutdown, `57P02` crash_shutdown, `57P03` cannot_connect_now; a closed connection; an I/O error on the socket | `ConnectionLost` (retryable) |
+//! | any of the above `ConnectionLost`/client-side `Timeout` on the `COMMIT` call itself (the commit was sent; `Error::at_commit`) | `CommitUnknown` (never retried) |
 //! | `57014` query_canceled (statement timeout), `55P03` lock_not_available | `Timeout` (retryable) |
 //! | `23502` not_null, `23503` foreign_key, `23514` check, `22P02` invalid_text_representation, `22003` numeric_value_out_of_range, `22001` string_data_right_truncation, `22021` character_not_in_repertoire (NUL in text), `22P05`, `22023`, `42804` datatype_mismatch, `25006` read_only_sql_transaction, `54000` program_limit_exceeded; a value the client cannot encode | `InvalidInput` |
 //! | `42P01` undefined_table, `3B001` invalid_savepoint_specification | `NotFound`             |
