@@ -3,7 +3,7 @@
 //! The one suite that proves every engine behaves the same. Each case is an async fn
 //! over a fresh, empty namespace ([`Ctx`]), tagged with the capabilities it needs
 //! ([`Need`]). Each engine supplies a [`Target`] (how to create a namespace: a temp
-//! directory, a schema, a key prefix) and one test file calling [`run`], so that
+//! directory, a schema, a key prefix) and one test file calling [`trials`] and [`main`], so that
 //! `cargo test` lists every case × engine:
 //!
 //! ```text

@@ -9,7 +9,11 @@
 //! by cargo features. Open a database with [`connect`] or [`builder`].
 
 pub use datalayer_core::*;
+/// The key-value engine family (etch, Redis, TiKV): see [`datalayer_kv`].
+pub use datalayer_kv as kv;
 pub use datalayer_macros::{Table, query_group};
+/// The SQL engine family (SQLite, PostgreSQL): see [`datalayer_sql`].
+pub use datalayer_sql as sql;
 
 /// The embedded write-ahead-log engine (feature `etch`, on by default).
 #[cfg(feature = "etch")]

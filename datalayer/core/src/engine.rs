@@ -3,8 +3,8 @@
 //! `Engine` and `EngineTx` are object-safe (`async_trait`), so a [`crate::Db`] holds an
 //! `Arc<dyn Engine>` picked by URL at run time. Work reaches an engine as [`Op`] values:
 //! a registered query, or one of the repository operations. The two engine families
-//! implement these traits once each: `core::kv::KvEngine` over any ordered transactional
-//! key-value store, and the SQL engines over `core::sql`.
+//! implement these traits once each: `datalayer_kv::KvEngine` over any ordered transactional
+//! key-value store, and the SQL engines over `datalayer_sql`.
 
 use crate::capability::Capability;
 use crate::error::Result;

@@ -1,25 +1,27 @@
 //! # datalayer-core
 //!
-//! The engine-independent heart of datalayer: [`Value`] and column types, [`Table`] and
-//! [`TableSchema`], the typed query AST ([`QueryDef`], [`Expr`]), [`Db`]/[`Tx`] with the
-//! [`Executor`] abstraction, [`Repo`], [`Batch`], the [`Engine`] traits with
-//! [`Capability`], the portable [`Error`], and the key-value engine family ([`kv`]).
+//! The engine-independent heart of datalayer, and the bottom layer of its crates:
+//! [`Value`] and column types, [`Table`] and [`TableSchema`], the typed query AST
+//! ([`QueryDef`], [`Expr`]) and its access-path planner ([`plan`]), the engine contract
+//! ([`Engine`], [`EngineTx`], [`Op`]/[`Output`], [`Capability`], change types, the URL
+//! registry), the client API ([`Db`]/[`Tx`] with the [`Executor`] abstraction,
+//! [`Repo`], [`Batch`]) and the portable [`Error`].
 //!
-//! Applications depend on the `datalayer` facade, which re-exports this crate together
-//! with the derive macros and the engines picked by cargo features.
-
+//! Crates above it depend only downward: `datalayer-kv` (the KV family) and
+//! `datalayer-sql` (the SQL family) build engines on this contract; the engines build
+//! on the families; the `datalayer` facade re-exports everything.
+//!
 pub mod capability;
 pub mod change;
 pub mod db;
 pub mod engine;
 pub mod error;
 pub mod eval;
-pub mod kv;
 pub mod outbox;
+pub mod plan;
 pub mod query;
 pub mod repo;
 pub mod schema;
-pub mod sql;
 pub mod stmt;
 pub mod value;
 

@@ -2,7 +2,7 @@
 //!
 //! A [`QueryDef`] is a value, built once per query (by `#[query_group]`, at first use or
 //! at registration) and never from user strings. The SQL family renders it to SQL once
-//! (`core::sql`); the KV family plans an access path for it once (`core::kv::plan`).
+//! (`datalayer_sql`); the KV family plans an access path for it once ([`crate::plan`]).
 //! Engines never see Rust closures.
 
 use crate::error::{Error, Result};

@@ -6,10 +6,10 @@
 //! selected column in a query becomes a call into `datalayer::check`, placed at the
 //! user's expression.
 //!
-//! - [`table`](mod@table): the derive (schema, row codec, relationships).
-//! - [`query`](mod@query): `#[query_group]` (one `QueryDef`, `Stmt` builder and async
+//! - `table`: the derive (schema, row codec, relationships).
+//! - `query`: `#[query_group]` (one `QueryDef`, `Stmt` builder and async
 //!   method per query fn).
-//! - [`expr`](mod@expr): the closure-expression parser shared by both.
+//! - `expr`: the closure-expression parser shared by both.
 
 use proc_macro::TokenStream;
 

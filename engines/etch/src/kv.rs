@@ -10,8 +10,8 @@
 
 use crate::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions, WriteTxn};
 use async_trait::async_trait;
-use datalayer_core::kv::{Bytes, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};
 use datalayer_core::{Capability, Error, Result, TxOptions};
+use datalayer_kv::{Bytes, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

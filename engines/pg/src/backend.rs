@@ -31,14 +31,14 @@ use crate::error::map_err;
 use crate::render::PgDialect;
 use crate::value::{PgValue, pg_type, read_row};
 use async_trait::async_trait;
-use datalayer_core::sql::{
-    Bind, Dialect, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, TableSql,
-    render_ddl, render_query, render_scan, render_table,
-};
 use datalayer_core::{
     Capability, Change, ColumnType, Engine, EngineTx, Error, ErrorKind, Isolation, Limit, Op,
     Output, QueryDef, QueryId, Result, Row, ScanRequest, TableSchema, TxOptions, Value, WriteMode,
     validate_identifier,
+};
+use datalayer_sql::{
+    Bind, Dialect, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, TableSql,
+    render_ddl, render_query, render_scan, render_table,
 };
 use parking_lot::RwLock;
 use std::collections::HashMap;

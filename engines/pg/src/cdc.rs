@@ -63,8 +63,8 @@ use crate::backend::query;
 use crate::core::{PgConn, StmtKey};
 use crate::error::map_err;
 use crate::render::PgDialect;
-use datalayer_core::sql::Dialect;
 use datalayer_core::{Change, ChangeKind, ColumnType, Error, Result, TableSchema, Value};
+use datalayer_sql::Dialect;
 use std::collections::HashMap;
 use tokio_postgres::types::Type;
 

@@ -22,8 +22,8 @@
 
 use crate::config::PgOptions;
 use crate::error::{map_err, map_pool_err};
-use datalayer_core::sql::{Dialect, ScanShape};
 use datalayer_core::{Error, QueryId, Result};
+use datalayer_sql::{Dialect, ScanShape};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use parking_lot::RwLock;
 use std::collections::HashMap;

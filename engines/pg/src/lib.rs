@@ -6,7 +6,7 @@
 //!   (default 10), each working in the engine's schema ([`PgOptions::schema`],
 //!   `SET search_path` when it opens). A connection whose socket broke, or that was
 //!   abandoned inside a transaction, is discarded and replaced (see `core`).
-//! - **Queries**: rendered to SQL once by `datalayer_core::sql` (see [`PgDialect`]),
+//! - **Queries**: rendered to SQL once by `datalayer_sql` (see [`PgDialect`]),
 //!   prepared on every connection when it opens (queries registered later: at the
 //!   connection's next checkout; scan shapes: on first use), and afterwards run by id:
 //!   parameters are encoded in binary straight from the values, rows decoded straight

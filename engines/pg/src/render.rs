@@ -1,7 +1,7 @@
 //! PostgreSQL's [`Dialect`].
 
 use datalayer_core::ColumnType;
-use datalayer_core::sql::Dialect;
+use datalayer_sql::Dialect;
 
 /// The SQL dialect of PostgreSQL (≥ 13).
 ///

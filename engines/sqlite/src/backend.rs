@@ -25,13 +25,13 @@ use crate::render::SqliteDialect;
 use crate::value::{Sql, read_row};
 use async_trait::async_trait;
 use crossbeam_channel::Sender;
-use datalayer_core::sql::{
-    Bind, Dialect, OutputShape, RenderedQuery, RenderedScan, ScanShape, TableSql, render_ddl,
-    render_query, render_scan, render_table,
-};
 use datalayer_core::{
     Capability, Change, ColumnType, Engine, EngineTx, Error, Limit, Op, Output, QueryDef, QueryId,
     Result, Row, ScanRequest, TableSchema, TxOptions, Value, WriteMode, validate_identifier,
+};
+use datalayer_sql::{
+    Bind, Dialect, OutputShape, RenderedQuery, RenderedScan, ScanShape, TableSql, render_ddl,
+    render_query, render_scan, render_table,
 };
 use parking_lot::RwLock;
 use rusqlite::Statement;

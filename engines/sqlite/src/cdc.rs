@@ -34,8 +34,8 @@
 
 use crate::core::{Conn, atomically};
 use crate::error::map_err;
-use datalayer_core::sql::Dialect;
 use datalayer_core::{Change, ChangeKind, ColumnType, Error, Result, TableSchema, Value};
+use datalayer_sql::Dialect;
 use std::collections::HashMap;
 
 const LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS _dl_cdc_log (position INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, row TEXT NOT NULL);

@@ -26,8 +26,8 @@
 
 use crate::error::map_err;
 use crossbeam_channel::{Receiver, Sender};
-use datalayer_core::sql::ScanShape;
 use datalayer_core::{Error, ErrorKind, QueryId, Result};
+use datalayer_sql::ScanShape;
 use rusqlite::{Connection, Statement};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

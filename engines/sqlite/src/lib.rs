@@ -12,12 +12,12 @@
 //!   which also serves every read (a private `:memory:` database is visible to one
 //!   connection only, and SQLite's shared-cache mode would make readers and the writer
 //!   block each other with table locks).
-//! - **Queries**: rendered to SQL once by `datalayer_core::sql` (see [`SqliteDialect`])
+//! - **Queries**: rendered to SQL once by `datalayer_sql` (see [`SqliteDialect`])
 //!   and prepared once per connection; afterwards they are run by id: bind and step.
 //! - **Tables**: created from the [`TableSchema`](datalayer_core::TableSchema) as
 //!   `STRICT` tables with their indexes (unique, composite, partial), and recorded in
 //!   `_dl_catalog(name TEXT PRIMARY KEY, schema BLOB)` (postcard) for
-//!   [`Engine::catalog`](datalayer_core::Engine::catalog). A registered schema that
+//!   [`Engine::catalog`]. A registered schema that
 //!   differs from the stored one is rejected with `InvalidInput`.
 //! - **Transactions**: write transactions hold the writer (`BEGIN IMMEDIATE`) until
 //!   commit or rollback; read-only transactions run on a reader (`BEGIN DEFERRED`, the

@@ -1,7 +1,7 @@
 //! SQLite's [`Dialect`].
 
 use datalayer_core::ColumnType;
-use datalayer_core::sql::Dialect;
+use datalayer_sql::Dialect;
 
 /// The SQL dialect of SQLite (≥ 3.37: STRICT tables, row values, `RETURNING`,
 /// `ON CONFLICT ... DO UPDATE`).

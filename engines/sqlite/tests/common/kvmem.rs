@@ -2,8 +2,8 @@
 //! transaction) so the tests can run the KV family next to SQLite and compare.
 
 use async_trait::async_trait;
-use datalayer_core::kv::{Bytes, KvEngine, KvStore, KvTxn, WriteSet};
 use datalayer_core::{Capability, Result, TxOptions};
+use datalayer_kv::{Bytes, KvEngine, KvStore, KvTxn, WriteSet};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ops::Bound;

@@ -2,8 +2,8 @@
 
 use super::Dialect;
 use super::render::render_expr_inline;
-use crate::error::Result;
-use crate::schema::{IndexDef, TableSchema};
+use datalayer_core::error::Result;
+use datalayer_core::schema::{IndexDef, TableSchema};
 
 /// The database name of a secondary index: `<table>__<index>` (index names are
 /// per-schema in SQL databases, per-table in datalayer).
@@ -76,10 +76,10 @@ pub fn render_ddl(t: &TableSchema, d: &dyn Dialect) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::{CmpOp, Expr};
-    use crate::schema::ColumnDef;
-    use crate::sql::test_dialect::Pg;
-    use crate::value::{ColumnType, Value};
+    use crate::test_dialect::Pg;
+    use datalayer_core::query::{CmpOp, Expr};
+    use datalayer_core::schema::ColumnDef;
+    use datalayer_core::value::{ColumnType, Value};
 
     #[test]
     fn table_and_partial_index() {

@@ -3,7 +3,7 @@
 //! An engine of this family implements only an ordered, transactional key-value store
 //! ([`KvStore`] → [`KvTxn`]: get, batch_get, scan, commit with a write set, rollback).
 //! Everything above it lives here, once for all three engines: the key layout and the
-//! order-preserving key codec ([`codec`]), the access-path planner ([`plan`]), index
+//! order-preserving key codec ([`codec`]), the access-path planner ([`datalayer_core::plan`]), index
 //! maintenance and unique checks on every write, ordering and limits, savepoints, and
 //! the catalog ([`KvEngine`]).
 //!
@@ -13,15 +13,15 @@
 
 pub mod codec;
 mod engine;
-pub mod plan;
+
 mod txn;
 
 pub use engine::KvEngine;
 
-use crate::capability::Capability;
-use crate::engine::TxOptions;
-use crate::error::Result;
 use async_trait::async_trait;
+use datalayer_core::capability::Capability;
+use datalayer_core::engine::TxOptions;
+use datalayer_core::error::Result;
 use std::ops::Bound;
 
 /// One key or value.

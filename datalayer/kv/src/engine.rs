@@ -1,14 +1,14 @@
 //! [`KvEngine`]: the [`Engine`] of every KV-family store.
 
 use super::KvStore;
-use super::plan::{Access, Plan, plan};
 use super::txn::{KvTx, point_get, point_query};
-use crate::capability::Capability;
-use crate::engine::{Engine, EngineTx, Op, Output, TxOptions};
-use crate::error::{Error, Result};
-use crate::query::{QueryDef, QueryId};
-use crate::schema::TableSchema;
 use async_trait::async_trait;
+use datalayer_core::capability::Capability;
+use datalayer_core::engine::{Engine, EngineTx, Op, Output, TxOptions};
+use datalayer_core::error::{Error, Result};
+use datalayer_core::plan::{Access, Plan, plan};
+use datalayer_core::query::{QueryDef, QueryId};
+use datalayer_core::schema::TableSchema;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -17,9 +17,9 @@
 //! values ("key suffix"), also stored as the index entry's value so a row is found
 //! without decoding keys.
 
-use crate::error::{Error, Result};
-use crate::schema::{IndexDef, TableSchema};
-use crate::value::{Row, Value};
+use datalayer_core::error::{Error, Result};
+use datalayer_core::schema::{IndexDef, TableSchema};
+use datalayer_core::value::{Row, Value};
 use serde::Serialize;
 
 /// Catalog namespace.

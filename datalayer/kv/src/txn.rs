@@ -5,15 +5,15 @@ use super::codec::{
     self, TableKeys, decode_row, encode_row, encode_values, index_key, index_prefix, prefix_end,
     row_prefix,
 };
-use super::plan::{Access, Plan, PlanBound};
 use super::{Bytes, KvTxn};
-use crate::capability::Capability;
-use crate::engine::{Op, Output, ScanRequest, WriteMode};
-use crate::error::{Error, Result};
-use crate::eval::{compare, eval, matches};
-use crate::query::{Expr, Limit, QueryDef, QueryKind};
-use crate::schema::TableSchema;
-use crate::value::{Row, Value};
+use datalayer_core::capability::Capability;
+use datalayer_core::engine::{Op, Output, ScanRequest, WriteMode};
+use datalayer_core::error::{Error, Result};
+use datalayer_core::eval::{compare, eval, matches};
+use datalayer_core::plan::{Access, Plan, PlanBound};
+use datalayer_core::query::{Expr, Limit, QueryDef, QueryKind};
+use datalayer_core::schema::TableSchema;
+use datalayer_core::value::{Row, Value};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -294,6 +294,10 @@ impl KvTx {
                 let range = (Bound::Included(p.clone()), end_of(&p));
                 self.count_range(&range).await.map(Output::Count)
             }
+            other => Err(Error::unsupported(
+                "key-value",
+                format!("the {} operation", other.name()),
+            )),
         }
     }
 
@@ -947,7 +951,7 @@ fn position_key(t: &TableSchema, index: Option<usize>, pos: Row) -> Result<Bytes
 }
 
 /// Sorts rows by `ORDER BY` terms; NULL sorts first ascending (as in the key order).
-pub(crate) fn sort_rows(rows: &mut [Row], order: &[crate::query::OrderBy]) {
+pub(crate) fn sort_rows(rows: &mut [Row], order: &[datalayer_core::query::OrderBy]) {
     if order.is_empty() {
         return;
     }

@@ -1,12 +1,12 @@
 //! Rendering of queries, repository operations and keyset scans to SQL.
 
 use super::Dialect;
-use crate::engine::ScanRequest;
-use crate::error::{Error, Result};
-use crate::kv::plan::{Access, plan_filter};
-use crate::query::{ArithOp, CmpOp, Expr, Limit, QueryDef, QueryKind};
-use crate::schema::TableSchema;
-use crate::value::Value;
+use datalayer_core::engine::ScanRequest;
+use datalayer_core::error::{Error, Result};
+use datalayer_core::plan::{Access, plan_filter};
+use datalayer_core::query::{ArithOp, CmpOp, Expr, Limit, QueryDef, QueryKind};
+use datalayer_core::schema::TableSchema;
+use datalayer_core::value::Value;
 use std::ops::Bound;
 
 /// Where the value of one placeholder comes from, for a rendered query.
@@ -699,10 +699,10 @@ pub fn render_scan(t: &TableSchema, shape: &ScanShape, d: &dyn Dialect) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::{OrderBy, QueryBuilder};
-    use crate::schema::{ColumnDef, IndexDef};
-    use crate::sql::test_dialect::Pg;
-    use crate::value::ColumnType;
+    use crate::test_dialect::Pg;
+    use datalayer_core::query::{OrderBy, QueryBuilder};
+    use datalayer_core::schema::{ColumnDef, IndexDef};
+    use datalayer_core::value::ColumnType;
     use std::sync::OnceLock;
 
     fn table() -> &'static TableSchema {

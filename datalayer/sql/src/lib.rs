@@ -11,19 +11,19 @@
 //! (placeholders `?1` vs `$1`, identifier quoting, column types, literals, NULL
 //! ordering, upsert, prefix matching). The renderer itself is dialect-generic.
 //!
-//! # Semantics (identical to the KV family, `core::kv`)
-//! - Filters use SQL's own three-valued logic, which is what [`crate::eval`] implements
+//! # Semantics (identical to the KV family, `datalayer_kv`)
+//! - Filters use SQL's own three-valued logic, which is what [`datalayer_core::eval`] implements
 //!   for the KV family: a comparison with NULL is unknown, a row is kept only when the
 //!   filter is true.
 //! - Ordering: NULL sorts first ascending and last descending. Ties after the query's
-//!   `ORDER BY` are broken by the access path the KV planner ([`crate::kv::plan`])
+//!   `ORDER BY` are broken by the access path the KV planner ([`datalayer_core::plan`])
 //!   would use (index columns, then primary-key columns), so both families return the
 //!   same rows in the same order, also for `LIMIT`.
 //! - Keyset scans compare positions in *key order* (NULL smallest), not with SQL's
 //!   NULL-is-unknown comparisons, so cursors and bounds that contain NULL work.
 //!
 //! # Safety of generated SQL
-//! Identifiers are validated ([`crate::validate_identifier`]) and quoted
+//! Identifiers are validated ([`datalayer_core::validate_identifier`]) and quoted
 //! ([`Dialect::quote_ident`]). Every runtime value (query parameters, rows, keys, scan
 //! bounds, cursors, limits) travels as a bound parameter. Literals that are part of a
 //! query or index *definition* (code, never user input: `u.active == true`, a partial
@@ -40,8 +40,8 @@ pub use render::{
     render_expr_inline, render_query, render_scan, render_table,
 };
 
-use crate::error::{Error, Result};
-use crate::value::{ColumnType, Value};
+use datalayer_core::error::{Error, Result};
+use datalayer_core::value::{ColumnType, Value};
 
 /// What differs between SQL databases. Implemented by each SQL engine (`SqliteDialect`
 /// in `datalayer-sqlite`); the renderer in this module is generic over it.
