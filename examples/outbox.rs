@@ -19,6 +19,7 @@
 mod nycflights;
 use anyhow::{Context, bail};
 use clap::Parser;
+use datalayer::prelude::*;
 use datalayer::{Db, Table, query_group};
 use nycflights::{open_csv, opt, req};
 use std::collections::BTreeMap;

@@ -12,6 +12,7 @@
 //! asserts on timing: the etch figures are printed against the
 //! [`AIM_EVENTS_PER_S`] aim as "met" / "NOT met".
 
+use datalayer::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

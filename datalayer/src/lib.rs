@@ -12,8 +12,28 @@ pub use datalayer_core::*;
 /// The key-value engine family (etch, Redis, TiKV): see [`datalayer_kv`].
 pub use datalayer_kv as kv;
 pub use datalayer_macros::{Table, query_group};
+/// The transactional outbox: see [`datalayer_outbox`].
+pub use datalayer_outbox as outbox;
+pub use datalayer_outbox::{
+    BuilderOutbox, ConsumerBuilder, DbOutbox, Event, EventId, TableEvent, TableOp, TxOutbox,
+};
 /// The SQL engine family (SQLite, PostgreSQL): see [`datalayer_sql`].
 pub use datalayer_sql as sql;
+
+/// What an application imports to use everything on [`Db`] and [`Tx`]: the derive
+/// macros, the core types, and the outbox's extension traits (`tx.emit(..)`,
+/// `db.consumer(..)`), which live in a crate above core.
+///
+/// ```
+/// use datalayer::prelude::*;
+/// ```
+pub mod prelude {
+    pub use datalayer_core::{
+        Batch, Db, Error, ErrorKind, Executor, Isolation, Repo, Result, Table, Tx,
+    };
+    pub use datalayer_macros::{Table, query_group};
+    pub use datalayer_outbox::{BuilderOutbox as _, DbOutbox as _, TxOutbox as _};
+}
 
 /// The embedded write-ahead-log engine (feature `etch`, on by default).
 #[cfg(feature = "etch")]

@@ -13,6 +13,7 @@
 //! Both run in schemas `dl_bench_<run>_obx_*`, dropped at the end by a
 //! [`SchemaGuard`].
 
+use datalayer::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@ use crate::Ctx;
 use crate::model::User;
 use anyhow::{Context, bail, ensure};
 use datalayer::outbox::{self, Event, TableEvent, TableOp};
+use datalayer::prelude::*;
 use datalayer::{Db, ErrorKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -299,11 +299,14 @@ pub trait Engine: Send + Sync + 'static {
         ))
     }
 
-    /// The outbox [`Driver`](crate::outbox::Driver) consumers on this engine use when
-    /// none is set with [`ConsumerBuilder::driver`](crate::outbox::ConsumerBuilder::driver)
-    /// (called once per consumer). Default: `None`, the generic
-    /// [`Polling`](crate::outbox::Polling).
-    fn outbox_driver(&self) -> Option<std::sync::Arc<dyn crate::outbox::Driver>> {
+    /// An engine-specific service that a layer above core asks for by type, so that
+    /// core need not know that layer: the outbox asks for an
+    /// `Arc<dyn datalayer_outbox::Driver>` (pg answers with its LISTEN/NOTIFY driver).
+    /// Returns a `Box` holding a value of the type whose [`TypeId`](std::any::TypeId)
+    /// is `ty`, or `None` when the engine offers no such service (the caller then uses
+    /// its generic path). Default: `None` for every type.
+    fn extension(&self, ty: std::any::TypeId) -> Option<Box<dyn std::any::Any + Send>> {
+        let _ = ty;
         None
     }
 }

@@ -17,7 +17,6 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod eval;
-pub mod outbox;
 pub mod plan;
 pub mod query;
 pub mod repo;
@@ -32,7 +31,6 @@ pub use db::{
 };
 pub use engine::{Engine, EngineTx, Isolation, Op, Output, ScanRequest, TxOptions, WriteMode};
 pub use error::{Error, ErrorKind, Result};
-pub use outbox::{ConsumerBuilder, Event, EventId, TableEvent, TableOp};
 pub use query::{
     ArithOp, CmpOp, Expr, Limit, OrderBy, ParamDef, QueryBuilder, QueryDef, QueryId, QueryKind,
     Returns, check,

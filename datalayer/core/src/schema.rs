@@ -37,6 +37,36 @@ pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The tables datalayer keeps for itself. Their names start with the reserved `_dl_`
+/// prefix, which [`validate_identifier`] refuses for application tables; these exact
+/// names are accepted by [`TableSchema::validate`]. They are part of every engine's
+/// persistent format: never rename one.
+pub mod internal {
+    /// Outbox topics: `topic` → partition count (fixed at first use).
+    pub const OUTBOX_TOPICS: &str = "_dl_outbox_topics";
+    /// Outbox per-partition commit-order sequence: `(topic, part)` → last assigned seq.
+    pub const OUTBOX_SEQ: &str = "_dl_outbox_seq";
+    /// Outbox events: `(topic, part, seq)` → the event.
+    pub const OUTBOX_EVENTS: &str = "_dl_outbox";
+    /// Outbox consumer-group checkpoints and leases: `(grp, topic, part)`.
+    pub const OUTBOX_GROUPS: &str = "_dl_outbox_groups";
+    /// Outbox live workers of a group (heartbeats), for the fair share of partitions.
+    pub const OUTBOX_MEMBERS: &str = "_dl_outbox_members";
+
+    /// Whether `name` is one of datalayer's internal tables (allowed despite the
+    /// reserved `_dl_` prefix).
+    pub fn is_internal_table(name: &str) -> bool {
+        [
+            OUTBOX_TOPICS,
+            OUTBOX_SEQ,
+            OUTBOX_EVENTS,
+            OUTBOX_GROUPS,
+            OUTBOX_MEMBERS,
+        ]
+        .contains(&name)
+    }
+}
+
 /// One column.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColumnDef {
@@ -103,7 +133,7 @@ impl TableSchema {
     /// `InvalidInput` for a bad identifier, an empty or nullable primary key, a column
     /// position out of range, or duplicate names.
     pub fn validate(&self) -> Result<()> {
-        if !crate::outbox::is_internal_table(&self.name) {
+        if !internal::is_internal_table(&self.name) {
             validate_identifier("table", &self.name)?;
         }
         if self.columns.is_empty() {

@@ -897,8 +897,12 @@ impl Engine for crate::PgEngine {
         cdc::trim(&mut c, table, upto).await.map_err(|e| c.lost(e))
     }
 
-    fn outbox_driver(&self) -> Option<Arc<dyn datalayer_core::outbox::Driver>> {
-        Some(Arc::new(crate::outbox::PgDriver::new(self)))
+    fn extension(&self, ty: std::any::TypeId) -> Option<Box<dyn std::any::Any + Send>> {
+        type Driver = Arc<dyn datalayer_outbox::Driver>;
+        (ty == std::any::TypeId::of::<Driver>()).then(|| {
+            let d: Driver = Arc::new(crate::outbox::PgDriver::new(self));
+            Box::new(d) as Box<dyn std::any::Any + Send>
+        })
     }
 }
 

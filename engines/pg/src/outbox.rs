@@ -40,8 +40,8 @@ use crate::config::PgOptions;
 use crate::core::StmtKey;
 use crate::error::map_err;
 use async_trait::async_trait;
-use datalayer_core::outbox::{Claim, Driver};
 use datalayer_core::{Db, Error, Result};
+use datalayer_outbox::{Claim, Driver};
 use datalayer_sql::Dialect;
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -112,7 +112,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 ///
 /// Consumers on a [`PgEngine`] get one automatically; build one with
 /// [`PgDriver::new`] to pass it explicitly with
-/// [`ConsumerBuilder::driver`](datalayer_core::outbox::ConsumerBuilder::driver). It
+/// [`ConsumerBuilder::driver`](datalayer_outbox::ConsumerBuilder::driver). It
 /// works on the engine it was built from, whatever `Db` the consumer runs on.
 pub struct PgDriver {
     engine: PgEngine,

@@ -5,6 +5,7 @@ mod common;
 
 use common::Ns;
 use datalayer::outbox::{self, Claim, ConsumerBuilder, Driver, Event};
+use datalayer::prelude::*;
 use datalayer::{Db, Result};
 use datalayer_pg::{PgDriver, PgEngine};
 use std::collections::{BTreeMap, HashSet};

@@ -11,12 +11,12 @@ use super::window::Window;
 use super::{
     DEAD_LETTER_SUFFIX, check_capability, install, now_us, purge_partitions, validate_topic,
 };
-use crate::db::{Db, Executor};
-use crate::engine::{Op, Output};
-use crate::error::{Error, Result};
-use crate::repo::Repo;
-use crate::value::Value;
 use async_trait::async_trait;
+use datalayer_core::db::{Db, Executor};
+use datalayer_core::engine::{Op, Output};
+use datalayer_core::error::{Error, Result};
+use datalayer_core::repo::Repo;
+use datalayer_core::value::Value;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -207,7 +207,7 @@ async fn claim_free(db: &Db, req: &Claim<'_>) -> Result<Vec<(u32, i64)>> {
     Ok(got)
 }
 
-/// Builds and runs a consumer; from [`Db::consumer`].
+/// Builds and runs a consumer; from [`DbOutbox::consumer`](crate::DbOutbox::consumer).
 #[must_use = "call .run(handler, shutdown).await"]
 pub struct ConsumerBuilder {
     db: Db,
@@ -253,11 +253,17 @@ fn default_worker_id() -> String {
     )
 }
 
-impl Db {
-    /// A consumer of `topic` in consumer group `group`. Groups are independent: every
-    /// group receives every event, with its own per-partition position. Configure it,
-    /// then `.run(handler, shutdown)`.
-    pub fn consumer(&self, group: &str, topic: &str) -> ConsumerBuilder {
+impl crate::DbOutbox for Db {
+    fn emit(
+        &self,
+        topic: &str,
+        partition_key: impl AsRef<[u8]>,
+        payload: impl Into<Vec<u8>>,
+    ) -> crate::Emit<'_, Db> {
+        crate::emit::db_emit(self, topic, partition_key.as_ref(), payload.into())
+    }
+
+    fn consumer(&self, group: &str, topic: &str) -> ConsumerBuilder {
         ConsumerBuilder {
             db: self.clone(),
             group: group.to_owned(),
@@ -272,12 +278,18 @@ impl Db {
             worker_id: default_worker_id(),
             batch_size: 256,
             retention_interval: Duration::from_secs(30),
-            driver: self
-                .engine()
-                .outbox_driver()
-                .unwrap_or_else(|| Arc::new(Polling)),
+            driver: engine_driver(self).unwrap_or_else(|| Arc::new(Polling)),
         }
     }
+}
+
+/// The engine's own [`Driver`], asked for through
+/// [`Engine::extension`](datalayer_core::Engine::extension).
+fn engine_driver(db: &Db) -> Option<Arc<dyn Driver>> {
+    let ext = db
+        .engine()
+        .extension(std::any::TypeId::of::<Arc<dyn Driver>>())?;
+    ext.downcast::<Arc<dyn Driver>>().ok().map(|b| *b)
 }
 
 enum Outcome {
@@ -347,7 +359,7 @@ impl ConsumerBuilder {
         self
     }
     /// Replaces how the worker waits and claims (see [`Driver`]). Default: the engine's
-    /// [`Engine::outbox_driver`](crate::Engine::outbox_driver), else [`Polling`].
+    /// [`Engine::extension`](datalayer_core::Engine::extension), else [`Polling`].
     pub fn driver(mut self, d: Arc<dyn Driver>) -> Self {
         self.driver = d;
         self

@@ -12,7 +12,7 @@
 //! as small as the number of outstanding scheduled events (a far-future event never
 //! holds the window back, unlike a "committed prefix + done list" position).
 
-use crate::error::{Error, Result};
+use datalayer_core::error::{Error, Result};
 use std::collections::HashSet;
 
 /// A group's position in one partition.

@@ -3,6 +3,7 @@
 //!
 //! ```no_run
 //! # async fn demo(db: datalayer_core::Db) -> datalayer_core::Result<()> {
+//! use datalayer_outbox::{DbOutbox, TxOutbox};
 //! use std::time::Duration;
 //! // Producing: the event exists if and only if the transaction commits.
 //! let tx = db.begin().await?;
@@ -31,12 +32,17 @@
 //! # drop(stop); Ok(()) }
 //! ```
 //!
+//! # Methods on `Db` and `Tx`
+//! This crate sits above `datalayer-core`, so its methods on [`Db`] and [`Tx`] come
+//! from two extension traits, [`DbOutbox`] and [`TxOutbox`]; bring them into scope
+//! with `use datalayer::prelude::*` (or `use datalayer::outbox::{DbOutbox, TxOutbox}`).
+//!
 //! # Engines
 //! Everything here is written against datalayer's own tables and queries (the normal
-//! [`crate::Engine`] ops), so it runs on every engine with transactions: etch, SQLite,
+//! [`datalayer_core::Engine`] ops), so it runs on every engine with transactions: etch, SQLite,
 //! and later PostgreSQL, Redis and TiKV, with no engine code. An engine declares it
-//! with `Capability::outbox`; without it, [`crate::Tx::emit`] and
-//! [`crate::Db::consumer`] return `Unsupported`. An engine can replace how consumers
+//! with `Capability::outbox`; without it, [`TxOutbox::emit`] and
+//! [`DbOutbox::consumer`] return `Unsupported`. An engine can replace how consumers
 //! wait for events and claim partitions (LISTEN/NOTIFY, `SKIP LOCKED`) through
 //! [`Driver`].
 //!
@@ -96,17 +102,62 @@ mod window;
 
 pub use consumer::{Claim, ConsumerBuilder, DeadLetter, Driver, Event, Polling};
 pub use emit::{Emit, EventId, RepoEvents, TableEvent, TableOp};
+
+use datalayer_core::{Table, Tx};
 pub use hash::{fnv1a64, partition_of};
 pub use tables::is_internal_table;
 pub use window::Window;
 
-use crate::db::{Db, Executor};
-use crate::error::{Error, Result};
-use crate::query::QueryDef;
-use crate::repo::Repo;
+use datalayer_core::db::{Db, Executor};
+use datalayer_core::error::{Error, Result};
+use datalayer_core::query::QueryDef;
+use datalayer_core::repo::Repo;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tables::{EventRow, GroupRow};
+
+/// The outbox on a transaction: `tx.emit(..)` and `tx.with_events::<T>(..)`.
+pub trait TxOutbox {
+    /// Emits an event to `topic` in this transaction: it exists if and only if the
+    /// transaction commits. Events with the same `partition_key` go to the same
+    /// partition and are delivered in commit order. Add `.deliver_at(t)` to schedule it;
+    /// `.await` the returned [`Emit`] for the [`EventId`].
+    ///
+    /// # Errors
+    /// (when awaited) `Unsupported` without `Capability::outbox`; `InvalidInput` for a
+    /// bad topic name; the engine's errors (`Conflict` on engines with optimistic
+    /// concurrency: retry the transaction).
+    fn emit(
+        &self,
+        topic: &str,
+        partition_key: impl AsRef<[u8]>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Emit<'_, Tx>;
+
+    /// A repository for `T` whose writes also emit a [`TableEvent`] to `topic` in this
+    /// transaction (tito-style table events), partitioned by the row's primary key.
+    fn with_events<T: Table>(&self, topic: &str) -> RepoEvents<'_, T>;
+}
+
+/// The outbox on a database handle: `db.emit(..)` and `db.consumer(..)`.
+pub trait DbOutbox {
+    /// Emits an event to `topic` in a transaction of its own (see [`TxOutbox::emit`]).
+    ///
+    /// # Errors
+    /// (when awaited) as [`TxOutbox::emit`], plus the commit's errors.
+    fn emit(
+        &self,
+        topic: &str,
+        partition_key: impl AsRef<[u8]>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Emit<'_, Db>;
+
+    /// A consumer of `topic` in consumer group `group`. Groups are independent: every
+    /// group receives every event, with its own per-partition position. Configure it,
+    /// then `.run(handler, shutdown)`. Consumers use the engine's own [`Driver`] where
+    /// it offers one (PostgreSQL: LISTEN/NOTIFY and `SKIP LOCKED`), else [`Polling`].
+    fn consumer(&self, group: &str, topic: &str) -> ConsumerBuilder;
+}
 
 /// Partitions of a topic created without an explicit count (as in tito).
 pub const DEFAULT_PARTITIONS: u32 = 1024;
@@ -159,21 +210,26 @@ pub(crate) fn now_us() -> i64 {
     system_time_us(SystemTime::now())
 }
 
-/// The outbox's queries, for [`crate::DbBuilder::queries`] (see [`install`]).
+/// The outbox's queries, for [`datalayer_core::DbBuilder::queries`] (see [`install`]).
 pub struct OutboxQueries;
 
-impl crate::db::QueryGroup for OutboxQueries {
+impl datalayer_core::db::QueryGroup for OutboxQueries {
     fn queries() -> Vec<&'static QueryDef> {
         let q = tables::queries();
         vec![&q.bump_seq, &q.checkpoint, &q.acquire, &q.renew, &q.purge]
     }
 }
 
-impl crate::db::DbBuilder {
+/// The outbox on a [`DbBuilder`](datalayer_core::DbBuilder): `.outbox()`.
+pub trait BuilderOutbox {
     /// Registers the outbox's tables and queries at start-up, so engines create and
     /// prepare them once. Optional: consumers register them on start, and emitting
     /// into a database where they are missing creates them inside the transaction.
-    pub fn outbox(mut self) -> Self {
+    fn outbox(self) -> Self;
+}
+
+impl BuilderOutbox for datalayer_core::db::DbBuilder {
+    fn outbox(mut self) -> Self {
         for t in tables::schemas() {
             self = self.table_schema(t);
         }
@@ -189,7 +245,7 @@ impl crate::db::DbBuilder {
 /// The engine's errors.
 pub async fn install(db: &Db) -> Result<()> {
     let ts = tables::schemas();
-    let qs = <OutboxQueries as crate::db::QueryGroup>::queries();
+    let qs = <OutboxQueries as datalayer_core::db::QueryGroup>::queries();
     db.engine().register(&ts, &qs).await
 }
 
@@ -260,12 +316,12 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
             continue;
         }
         let params = [
-            crate::Value::String(topic.to_owned()),
-            crate::Value::I32(part),
-            crate::Value::I64(upto),
+            datalayer_core::Value::String(topic.to_owned()),
+            datalayer_core::Value::I32(part),
+            datalayer_core::Value::I64(upto),
         ];
-        if let crate::Output::Count(n) = db
-            .run(crate::Op::Query {
+        if let datalayer_core::Output::Count(n) = db
+            .run(datalayer_core::Op::Query {
                 query: q,
                 params: &params,
             })

@@ -1,31 +1,20 @@
 //! The outbox's own tables (hand-written [`Table`] impls) and the queries over them.
 //!
 //! All names start with `_dl_outbox`, a prefix reserved for datalayer (see
-//! [`crate::schema::validate_identifier`]); they are accepted by
-//! [`TableSchema::validate`] through [`is_internal_table`].
+//! [`datalayer_core::schema::validate_identifier`]); they are accepted by
+//! [`TableSchema::validate`] through [`is_internal_table`]; the names themselves live
+//! in [`datalayer_core::schema::internal`], the one list of reserved table names.
 
-use crate::error::{Error, Result};
-use crate::query::{ArithOp, CmpOp, Expr, QueryBuilder, QueryDef, QueryKind};
-use crate::schema::{ColumnDef, IndexDef, Table, TableSchema};
-use crate::value::{ColumnType, ColumnValue, Row, Value};
+use datalayer_core::error::{Error, Result};
+use datalayer_core::query::{ArithOp, CmpOp, Expr, QueryBuilder, QueryDef, QueryKind};
+use datalayer_core::schema::{ColumnDef, IndexDef, Table, TableSchema};
+use datalayer_core::value::{ColumnType, ColumnValue, Row, Value};
 use std::sync::OnceLock;
 
-/// Topics: `topic` → partition count (fixed at first use).
-pub const TOPICS: &str = "_dl_outbox_topics";
-/// Per-partition commit-order sequence: `(topic, part)` → last assigned seq.
-pub const SEQ: &str = "_dl_outbox_seq";
-/// Events: `(topic, part, seq)` → the event.
-pub const EVENTS: &str = "_dl_outbox";
-/// Consumer-group checkpoints and leases: `(grp, topic, part)`.
-pub const GROUPS: &str = "_dl_outbox_groups";
-/// Live workers of a group (heartbeats), for the fair share of partitions.
-pub const MEMBERS: &str = "_dl_outbox_members";
-
-/// Whether `name` is one of the outbox's internal tables (allowed despite the reserved
-/// `_dl_` prefix).
-pub fn is_internal_table(name: &str) -> bool {
-    [TOPICS, SEQ, EVENTS, GROUPS, MEMBERS].contains(&name)
-}
+pub use datalayer_core::schema::internal::{
+    OUTBOX_EVENTS as EVENTS, OUTBOX_GROUPS as GROUPS, OUTBOX_MEMBERS as MEMBERS, OUTBOX_SEQ as SEQ,
+    OUTBOX_TOPICS as TOPICS, is_internal_table,
+};
 
 fn col(name: &str, ty: ColumnType, nullable: bool) -> ColumnDef {
     ColumnDef {

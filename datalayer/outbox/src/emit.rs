@@ -3,12 +3,14 @@
 use super::hash::partition_of;
 use super::tables::{EventRow, SeqRow, TopicRow, queries};
 use super::{DEFAULT_PARTITIONS, check_capability, now_us, system_time_us, validate_topic};
-use crate::db::{Db, Executor, Tx};
-use crate::engine::{Op, Output};
-use crate::error::{Error, Result};
-use crate::repo::Repo;
-use crate::schema::Table;
-use crate::value::{Row, Value};
+use crate::TxOutbox;
+use datalayer_core::ChangeKind;
+use datalayer_core::db::{Db, Executor, Tx};
+use datalayer_core::engine::{Op, Output};
+use datalayer_core::error::{Error, Result};
+use datalayer_core::repo::Repo;
+use datalayer_core::schema::Table;
+use datalayer_core::value::{Row, Value};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -155,7 +157,7 @@ pub(crate) async fn emit_in(tx: &Tx, ev: NewEvent) -> Result<EventId> {
 }
 
 /// An event being emitted; `.await` it (on a [`Tx`]: part of that transaction; on a
-/// [`Db`]: in a transaction of its own). Returned by [`Tx::emit`] and [`Db::emit`].
+/// [`Db`]: in a transaction of its own). Returned by [`TxOutbox::emit`](crate::TxOutbox::emit) and [`DbOutbox::emit`](crate::DbOutbox::emit).
 #[must_use = "an Emit does nothing until awaited"]
 pub struct Emit<'a, E> {
     ex: &'a E,
@@ -222,16 +224,8 @@ impl<'a> IntoFuture for Emit<'a, Db> {
     }
 }
 
-impl Tx {
-    /// Emits an event to `topic` in this transaction: it exists if and only if the
-    /// transaction commits. Events with the same `partition_key` go to the same
-    /// partition and are delivered in commit order. Add `.deliver_at(t)` to schedule it.
-    ///
-    /// # Errors
-    /// `Unsupported` without `Capability::outbox`; `InvalidInput` for a bad topic name;
-    /// the engine's errors (`Conflict` on engines with optimistic concurrency: retry the
-    /// transaction).
-    pub fn emit(
+impl crate::TxOutbox for Tx {
+    fn emit(
         &self,
         topic: &str,
         partition_key: impl AsRef<[u8]>,
@@ -243,9 +237,7 @@ impl Tx {
         }
     }
 
-    /// A repository for `T` whose writes also emit a [`TableEvent`] to `topic` in this
-    /// transaction (tito-style table events), partitioned by the row's primary key.
-    pub fn with_events<T: Table>(&self, topic: &str) -> RepoEvents<'_, T> {
+    fn with_events<T: Table>(&self, topic: &str) -> RepoEvents<'_, T> {
         RepoEvents {
             tx: self,
             topic: topic.to_owned(),
@@ -254,31 +246,17 @@ impl Tx {
     }
 }
 
-impl Db {
-    /// Emits an event to `topic` in a transaction of its own (see [`Tx::emit`]).
-    pub fn emit(
-        &self,
-        topic: &str,
-        partition_key: impl AsRef<[u8]>,
-        payload: impl Into<Vec<u8>>,
-    ) -> Emit<'_, Db> {
-        Emit {
-            ex: self,
-            ev: new_event(topic, partition_key.as_ref(), payload.into()),
-        }
+/// `Db::emit`: an event in a transaction of its own.
+pub(crate) fn db_emit<'a>(db: &'a Db, topic: &str, key: &[u8], payload: Vec<u8>) -> Emit<'a, Db> {
+    Emit {
+        ex: db,
+        ev: new_event(topic, key, payload),
     }
 }
 
-/// The kind of write behind a [`TableEvent`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TableOp {
-    /// A row was inserted.
-    Insert,
-    /// A row was replaced.
-    Update,
-    /// A row was deleted.
-    Delete,
-}
+/// The kind of write behind a [`TableEvent`]: the same type as the change feed's
+/// [`ChangeKind`](datalayer_core::ChangeKind) (same variants, same encoding).
+pub type TableOp = datalayer_core::ChangeKind;
 
 /// The payload of a table event: which table, what happened, and the row's primary key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -286,7 +264,7 @@ pub struct TableEvent {
     /// The table name.
     pub table: String,
     /// What happened.
-    pub op: TableOp,
+    pub op: ChangeKind,
     /// The primary-key values of the row.
     pub key: Row,
 }
@@ -312,7 +290,7 @@ impl TableEvent {
 }
 
 /// Writes to `T` that also emit [`TableEvent`]s in the same transaction
-/// (see [`Tx::with_events`]).
+/// (see [`TxOutbox::with_events`](crate::TxOutbox::with_events)).
 pub struct RepoEvents<'a, T> {
     tx: &'a Tx,
     topic: String,
@@ -335,21 +313,21 @@ impl<T: Table> RepoEvents<'_, T> {
     /// [`Repo::insert`] plus an `Insert` event.
     pub async fn insert(&self, row: &T) -> Result<EventId> {
         self.repo().insert(row).await?;
-        self.event(TableOp::Insert, row.key()).await
+        self.event(ChangeKind::Insert, row.key()).await
     }
     /// [`Repo::insert_many`] plus one `Insert` event per row.
     pub async fn insert_many(&self, rows: &[T]) -> Result<Vec<EventId>> {
         self.repo().insert_many(rows).await?;
         let mut ids = Vec::with_capacity(rows.len());
         for r in rows {
-            ids.push(self.event(TableOp::Insert, r.key()).await?);
+            ids.push(self.event(ChangeKind::Insert, r.key()).await?);
         }
         Ok(ids)
     }
     /// [`Repo::update`] plus an `Update` event.
     pub async fn update(&self, row: &T) -> Result<EventId> {
         self.repo().update(row).await?;
-        self.event(TableOp::Update, row.key()).await
+        self.event(ChangeKind::Update, row.key()).await
     }
     /// [`Repo::upsert`] plus an `Insert` or `Update` event (whichever it was).
     pub async fn upsert(&self, row: &T) -> Result<EventId> {
@@ -357,17 +335,17 @@ impl<T: Table> RepoEvents<'_, T> {
         let existed = self.repo().get(key.clone()).await?.is_some();
         self.repo().upsert(row).await?;
         let op = if existed {
-            TableOp::Update
+            ChangeKind::Update
         } else {
-            TableOp::Insert
+            ChangeKind::Insert
         };
         self.event(op, key).await
     }
     /// [`Repo::delete`] plus a `Delete` event when the row existed.
-    pub async fn delete(&self, key: impl crate::value::Key) -> Result<Option<EventId>> {
+    pub async fn delete(&self, key: impl datalayer_core::value::Key) -> Result<Option<EventId>> {
         let key = key.into_key();
         if self.repo().delete(key.clone()).await? {
-            Ok(Some(self.event(TableOp::Delete, key).await?))
+            Ok(Some(self.event(ChangeKind::Delete, key).await?))
         } else {
             Ok(None)
         }
