@@ -6,7 +6,8 @@
 //! silent no-op, and the conformance suite checks that every declaration matches the
 //! behaviour.
 
-use crate::engine::Isolation;
+use crate::engine::{Isolation, TxOptions};
+use crate::error::{Error, Result};
 
 /// The capabilities of one engine. `Default` is "supports nothing optional".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,6 +44,28 @@ pub struct Capability {
 }
 
 impl Capability {
+    /// Checks transaction options against the declared capability: the one place this
+    /// check is made ([`crate::Db::begin_with`] calls it before any engine sees the
+    /// options, so engines need not repeat it).
+    ///
+    /// # Errors
+    /// `Unsupported` naming `engine` for an isolation level the engine does not declare,
+    /// or a read-only transaction without `read_only_tx`.
+    pub fn check_tx(&self, engine: &str, opts: TxOptions) -> Result<()> {
+        if let Some(level) = opts.isolation
+            && !self.supports_isolation(level)
+        {
+            return Err(Error::unsupported(
+                engine,
+                format!("isolation level {level:?}"),
+            ));
+        }
+        if opts.read_only && !self.read_only_tx {
+            return Err(Error::unsupported(engine, "read-only transactions"));
+        }
+        Ok(())
+    }
+
     /// Whether `level` can be requested on this engine.
     pub fn supports_isolation(&self, level: Isolation) -> bool {
         match level {

@@ -206,20 +206,7 @@ impl Db {
     /// read-only transactions.
     pub async fn begin_with(&self, opts: TxOptions) -> Result<Tx> {
         let cap = self.capability();
-        if let Some(level) = opts.isolation
-            && !cap.supports_isolation(level)
-        {
-            return Err(Error::unsupported(
-                self.engine_name(),
-                format!("isolation level {level:?}"),
-            ));
-        }
-        if opts.read_only && !cap.read_only_tx {
-            return Err(Error::unsupported(
-                self.engine_name(),
-                "read-only transactions",
-            ));
-        }
+        cap.check_tx(self.engine_name(), opts)?;
         let span = tracing::debug_span!(
             "datalayer.tx",
             engine = self.engine_name(),

@@ -259,10 +259,12 @@ pub trait Engine: Send + Sync + 'static {
     async fn run(&self, op: Op<'_>) -> Result<Output>;
     /// Runs ops in order, atomically.
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>>;
-    /// Begins a transaction.
+    /// Begins a transaction. `opts` has passed [`Capability::check_tx`] (the client API
+    /// checks it once, before any engine sees it).
     ///
     /// # Errors
-    /// `Unsupported` for an isolation level the engine does not declare.
+    /// `Timeout` when the engine cannot start a transaction in time; `ConnectionLost`
+    /// for an unreachable server.
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>>;
     /// The table schemas stored by the engine (its catalog), for migration.
     async fn catalog(&self) -> Result<Vec<TableSchema>>;

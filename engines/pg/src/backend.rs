@@ -835,14 +835,6 @@ impl Engine for crate::PgEngine {
     }
 
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>> {
-        if let Some(l) = opts.isolation
-            && !self.capability().supports_isolation(l)
-        {
-            return Err(Error::unsupported(
-                "postgres",
-                format!("isolation level {l:?}"),
-            ));
-        }
         let mut c = self.inner.pool.get().await?;
         c.tainted = true;
         if let Err(e) = c.client.batch_execute(&begin_sql(opts)).await {

@@ -738,14 +738,6 @@ impl Engine for crate::SqliteEngine {
     }
 
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>> {
-        if let Some(l) = opts.isolation
-            && !self.capability().supports_isolation(l)
-        {
-            return Err(Error::unsupported(
-                "sqlite",
-                format!("isolation level {l:?}"),
-            ));
-        }
         let read_only = opts.read_only;
         let chan = self
             .inner
