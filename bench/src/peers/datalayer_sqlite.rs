@@ -181,20 +181,38 @@ impl FlightsLoader for DatalayerSqliteFlights {
     }
 }
 
-/// Workload 7 on datalayer-sqlite: `Repo::insert_many` of all rows (one
-/// transaction) into a fresh `users` table, with `Db::enable_changes("users")`
-/// (the engine's AFTER INSERT/UPDATE/DELETE triggers into `_dl_cdc_log`) or without.
-pub struct DatalayerSqliteCdc;
+/// Workload 7 on a datalayer engine: `Repo::insert_many` of all rows (one
+/// transaction) into a fresh `users` table, with `Db::enable_changes("users")` (SQLite:
+/// the engine's AFTER INSERT/UPDATE/DELETE triggers into `_dl_cdc_log`; etch: the KV
+/// family's change records, written in the same transaction) or without.
+pub struct DatalayerCdc {
+    /// The target's name (`datalayer-sqlite`, `datalayer-etch`).
+    pub name: &'static str,
+    /// The engine URL of a fresh store under the given directory.
+    pub url: fn(&Path) -> String,
+}
 
-impl CdcInserter for DatalayerSqliteCdc {
+/// [`DatalayerCdc`] on SQLite (WAL, synchronous=FULL).
+pub const DATALAYER_SQLITE_CDC: DatalayerCdc = DatalayerCdc {
+    name: "datalayer-sqlite",
+    url: |dir| url(&dir.join("cdc.sqlite")),
+};
+
+/// [`DatalayerCdc`] on etch (fsync on every commit).
+pub const DATALAYER_ETCH_CDC: DatalayerCdc = DatalayerCdc {
+    name: "datalayer-etch",
+    url: |dir| format!("etch://{}", dir.join("cdc-etch").display()),
+};
+
+impl CdcInserter for DatalayerCdc {
     fn name(&self) -> String {
-        "datalayer-sqlite".into()
+        self.name.into()
     }
 
     fn insert(&self, dir: &Path, rows: &[User], cdc: bool) -> Duration {
         let rt = runtime();
         rt.block_on(async {
-            let db = datalayer::builder(url(&dir.join("cdc.sqlite")))
+            let db = datalayer::builder((self.url)(dir))
                 .table::<DlUser>()
                 .connect()
                 .await

@@ -62,8 +62,9 @@ pub fn flights_loaders() -> Vec<Box<dyn FlightsLoader>> {
 /// triggers datalayer-sqlite created (separates trigger cost from layer cost).
 pub fn cdc_inserters() -> Vec<Box<dyn CdcInserter>> {
     vec![
-        Box::new(datalayer_sqlite::DatalayerSqliteCdc),
+        Box::new(datalayer_sqlite::DATALAYER_SQLITE_CDC),
         Box::new(rusqlite::RusqliteCdc),
         Box::new(datalayer_sqlite::RawOnDatalayerSchemaCdc),
+        Box::new(datalayer_sqlite::DATALAYER_ETCH_CDC),
     ]
 }

@@ -95,6 +95,8 @@ pub fn all() -> Vec<Case> {
         case!(capability::declared_matches_behaviour),
         case!(cdc::captures_in_commit_order, [ChangeFeed]),
         case!(cdc::resume_and_trim, [ChangeFeed]),
+        case!(cdc::undone_writes_leave_no_change, [ChangeFeed, Savepoints]),
+        case!(cdc::changes_survive_reopen, [ChangeFeed, Durable]),
         case!(outbox::capability_matches),
         case!(outbox::rollback_leaves_no_event),
         case!(outbox::fifo_per_partition),

@@ -12,11 +12,17 @@
 //! 'u' <table> <index> <cols...>        → <pk...>   unique index entry (if any indexed
 //!                                                  column is NULL, <pk...> is appended
 //!                                                  to the key: NULLs never collide)
+//! 'f' <table>                          → (empty)   change capture is on for the table
+//! 's' <table>                          → u64 BE    the table's last change position
+//! 'h' <table> <position u64 BE>        → kind byte + the row image (postcard)
 //! ```
+//! Change kinds: 0 insert, 1 update, 2 delete; insert and update carry the new image,
+//! delete the old one. See `datalayer/kv/FORMAT.md` for the layout byte by byte.
 //! `<table>` and `<index>` are memcomparable strings; `<pk...>` is the encoded primary-key
 //! values ("key suffix"), also stored as the index entry's value so a row is found
 //! without decoding keys.
 
+use datalayer_core::ChangeKind;
 use datalayer_core::error::{Error, Result};
 use datalayer_core::schema::{IndexDef, TableSchema};
 use datalayer_core::value::{Row, Value};
@@ -30,6 +36,52 @@ pub const ROW: u8 = b'r';
 pub const INDEX: u8 = b'i';
 /// Unique index namespace.
 pub const UNIQUE: u8 = b'u';
+/// Change-capture flag namespace: `'f' <table>` exists while capture is on.
+pub const CAPTURE: u8 = b'f';
+/// Change-sequence namespace: `'s' <table>` holds the table's last change position.
+pub const CHANGE_SEQ: u8 = b's';
+/// Change-record namespace: `'h' <table> <position u64 big-endian>`.
+pub const CHANGE: u8 = b'h';
+
+/// The key of the change record of `table` at `position`: `'h' <table>` then the
+/// position as 8 big-endian bytes, so records sort by position.
+pub fn change_key(table: &str, position: u64) -> Vec<u8> {
+    let mut k = table_prefix(CHANGE, table);
+    k.extend_from_slice(&position.to_be_bytes());
+    k
+}
+
+/// Encodes a change record: one kind byte (0 insert, 1 update, 2 delete), then the row
+/// image already encoded by [`encode_row`] (the row is encoded once for both).
+pub fn encode_change(kind: ChangeKind, image: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + image.len());
+    v.push(match kind {
+        ChangeKind::Insert => 0u8,
+        ChangeKind::Update => 1,
+        ChangeKind::Delete => 2,
+    });
+    v.extend_from_slice(image);
+    v
+}
+
+/// Decodes a change record of `table` ([`encode_change`]).
+///
+/// # Errors
+/// `Corrupted` for an unknown kind byte or an undecodable image.
+pub fn decode_change(table: &TableSchema, bytes: &[u8]) -> Result<(ChangeKind, Row)> {
+    let kind = match bytes.first() {
+        Some(0) => ChangeKind::Insert,
+        Some(1) => ChangeKind::Update,
+        Some(2) => ChangeKind::Delete,
+        other => {
+            return Err(Error::corrupted(format!(
+                "table {}: change record with kind byte {other:?}",
+                table.name
+            )));
+        }
+    };
+    Ok((kind, decode_row(table, &bytes[1..])?))
+}
 
 fn mc<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
     let mut s = memcomparable::Serializer::new(buf);

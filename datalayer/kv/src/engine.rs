@@ -1,8 +1,10 @@
 //! [`KvEngine`]: the [`Engine`] of every KV-family store.
 
 use super::KvStore;
+use super::codec;
 use super::txn::{KvTx, point_get, point_query};
 use async_trait::async_trait;
+use datalayer_core::Change;
 use datalayer_core::capability::Capability;
 use datalayer_core::engine::{Engine, EngineTx, Op, Output, TxOptions};
 use datalayer_core::error::{Error, Result};
@@ -82,6 +84,18 @@ impl KvEngine {
         Ok(out)
     }
 
+    /// Opens a store transaction for an engine-level autocommit call.
+    async fn open(&self, read_only: bool) -> Result<KvTx> {
+        let txn = self
+            .store
+            .begin(TxOptions {
+                isolation: None,
+                read_only,
+            })
+            .await?;
+        Ok(KvTx::new(txn, read_only, self.store.capability(), false))
+    }
+
     /// Runs `ops` atomically; re-runs them on a `Conflict` where the store has
     /// concurrent writers (a single-writer store never conflicts, so its ops are not
     /// copied for a retry).
@@ -92,7 +106,7 @@ impl KvEngine {
         let mut attempt = 0;
         loop {
             match self.run_once(ops.clone()).await {
-                Err(e) if e.is_conflict() && attempt < AUTOCOMMIT_RETRIES => attempt += 1,
+                Err(e) if retry_conflict(&e, &mut attempt) => {}
                 r => return r,
             }
         }
@@ -105,8 +119,13 @@ impl Engine for KvEngine {
         self.store.name()
     }
 
+    /// The store's capability, plus what the family implements for every store: the
+    /// change feed (change records written in the same transaction as the rows).
     fn capability(&self) -> Capability {
-        self.store.capability()
+        Capability {
+            change_feed: true,
+            ..self.store.capability()
+        }
     }
 
     async fn register(&self, tables: &[&TableSchema], queries: &[&QueryDef]) -> Result<()> {
@@ -178,14 +197,6 @@ impl Engine for KvEngine {
 
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>> {
         let cap = self.store.capability();
-        if let Some(l) = opts.isolation
-            && !cap.supports_isolation(l)
-        {
-            return Err(Error::unsupported(
-                self.store.name(),
-                format!("isolation level {l:?}"),
-            ));
-        }
         let txn = self.store.begin(opts).await?;
         Ok(Box::new(KvEngineTx {
             tx: Some(KvTx::new(txn, opts.read_only, cap, true)),
@@ -214,6 +225,116 @@ impl Engine for KvEngine {
     async fn close(&self) -> Result<()> {
         self.store.close().await
     }
+
+    async fn enable_changes(&self, table: &str) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            let mut tx = self.open(false).await?;
+            let r = match table_schema(&mut tx, table).await {
+                Ok(_) => tx.enable_capture(table).await,
+                Err(e) => Err(e),
+            };
+            match finish(tx, r).await {
+                Err(e) if retry_conflict(&e, &mut attempt) => {}
+                r => return r,
+            }
+        }
+    }
+
+    async fn read_changes(&self, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
+        let mut tx = self.open(true).await?;
+        let r = read_changes_in(&mut tx, table, after, limit).await;
+        finish(tx, r).await
+    }
+
+    async fn trim_changes(&self, table: &str, upto: u64) -> Result<u64> {
+        let (mut total, mut attempt) = (0u64, 0);
+        loop {
+            // Bounded chunks keep each transaction's write set small.
+            let mut tx = self.open(false).await?;
+            let r = match tx.change_records(table, 0, Some(upto), TRIM_CHUNK).await {
+                Ok(recs) => {
+                    for (pos, _) in &recs {
+                        tx.delete_change(table, *pos);
+                    }
+                    Ok(recs.len())
+                }
+                Err(e) => Err(e),
+            };
+            match finish(tx, r).await {
+                Ok(n) => {
+                    total += n as u64;
+                    if n < TRIM_CHUNK {
+                        return Ok(total);
+                    }
+                }
+                Err(e) if retry_conflict(&e, &mut attempt) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Commits what `tx` wrote when `r` is `Ok` (rolls a transaction without writes
+/// back), or rolls back on `Err`.
+async fn finish<T>(tx: KvTx, r: Result<T>) -> Result<T> {
+    match r {
+        Ok(v) if tx.has_writes() => tx.commit().await.map(|()| v),
+        Ok(v) => tx.rollback().await.map(|()| v),
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The autocommit retry policy of the family: re-run on `Conflict`, at most
+/// [`AUTOCOMMIT_RETRIES`] times (counted in `attempt`).
+fn retry_conflict(e: &Error, attempt: &mut u32) -> bool {
+    let again = e.is_conflict() && *attempt < AUTOCOMMIT_RETRIES;
+    *attempt += u32::from(again);
+    again
+}
+
+/// The changes of `table` after `after` (at most `limit`), decoded with its schema.
+async fn read_changes_in(
+    tx: &mut KvTx,
+    table: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Change>> {
+    let schema = table_schema(tx, table).await?;
+    let columns: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+    tx.change_records(table, after, None, limit)
+        .await?
+        .into_iter()
+        .map(|(position, bytes)| {
+            let (kind, values) = codec::decode_change(&schema, &bytes)?;
+            Ok(Change {
+                position,
+                table: table.to_owned(),
+                kind,
+                columns: columns.clone(),
+                values,
+            })
+        })
+        .collect()
+}
+
+/// Change records deleted per transaction by `trim_changes`.
+const TRIM_CHUNK: usize = 4096;
+
+/// The stored schema of `table`.
+///
+/// # Errors
+/// `NotFound` for a table that is not in the catalog; `Corrupted` for an undecodable entry.
+async fn table_schema(tx: &mut KvTx, table: &str) -> Result<TableSchema> {
+    let bytes = tx
+        .catalog_get(table)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("no table named {table}")))?;
+    postcard::from_bytes(&bytes)
+        .map_err(|e| Error::corrupted(format!("catalog entry of {table}: {e}")))
 }
 
 /// A transaction of a [`KvEngine`].

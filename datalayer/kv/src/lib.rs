@@ -12,7 +12,9 @@
 //! consistent reads; savepoints and read-your-writes come for free.
 
 pub mod codec;
+pub mod contract;
 mod engine;
+pub mod mem;
 
 mod txn;
 

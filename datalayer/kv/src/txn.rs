@@ -6,6 +6,7 @@ use super::codec::{
     row_prefix,
 };
 use super::{Bytes, KvTxn};
+use datalayer_core::ChangeKind;
 use datalayer_core::capability::Capability;
 use datalayer_core::engine::{Op, Output, ScanRequest, WriteMode};
 use datalayer_core::error::{Error, Result};
@@ -34,6 +35,17 @@ pub(crate) struct KvTx {
     savepoints: Vec<(String, Overlay)>,
     read_only: bool,
     cap: Capability,
+    /// Whether change capture is on, per table written in this transaction (read
+    /// once per transaction from the table's `'f'` key).
+    capture: Vec<(String, bool)>,
+}
+
+/// Whether the range's start lies after its end (empty; `BTreeMap::range` panics on it).
+fn inverted(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    match (start, end) {
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => s > e,
+        _ => false,
+    }
 }
 
 fn as_slice(b: &Bound<Bytes>) -> Bound<&[u8]> {
@@ -59,6 +71,7 @@ impl KvTx {
             savepoints: Vec::new(),
             read_only,
             cap,
+            capture: Vec::new(),
         }
     }
 
@@ -137,13 +150,7 @@ impl KvTx {
         reverse: bool,
     ) -> Result<Vec<(Bytes, Bytes)>> {
         let (start, end) = (as_slice(&range.0), as_slice(&range.1));
-        let valid = match (&start, &end) {
-            (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => {
-                s <= e
-            }
-            _ => true,
-        };
-        if !valid || limit == 0 {
+        if inverted(start, end) || limit == 0 {
             return Ok(Vec::new());
         }
         let over: Vec<(Bytes, Option<Bytes>)> = self
@@ -304,6 +311,9 @@ impl KvTx {
     /// Counts the entries in `range` without decoding them.
     async fn count_range(&mut self, range: &KeyRange) -> Result<u64> {
         let (start, end) = (as_slice(&range.0), as_slice(&range.1));
+        if inverted(start, end) {
+            return Ok(0);
+        }
         if self.writes.range::<[u8], _>((start, end)).next().is_none() {
             return self.txn.count(start, end).await;
         }
@@ -399,22 +409,19 @@ impl KvTx {
                 self.set(k, Some(pk.to_vec()));
             }
         }
-        match new {
-            Some(r) => {
-                let bytes = encode_row(r);
-                if let Some(max) = self.cap.max_value_bytes
-                    && bytes.len() > max
-                {
-                    return Err(Error::invalid_input(format!(
-                        "{}: row of {} bytes exceeds the engine's limit of {max} bytes",
-                        table.name,
-                        bytes.len()
-                    )));
-                }
-                self.set(key.to_vec(), Some(bytes));
-            }
-            None => self.set(key.to_vec(), None),
+        let bytes = new.map(encode_row);
+        if let Some(b) = &bytes
+            && let Some(max) = self.cap.max_value_bytes
+            && b.len() > max
+        {
+            return Err(Error::invalid_input(format!(
+                "{}: row of {} bytes exceeds the engine's limit of {max} bytes",
+                table.name,
+                b.len()
+            )));
         }
+        self.capture(table, old, bytes.as_deref()).await?;
+        self.set(key.to_vec(), bytes);
         Ok(())
     }
 
@@ -688,6 +695,110 @@ impl KvTx {
                 Ok(Output::Count(n))
             }
         }
+    }
+
+    // ---- change capture ----------------------------------------------------------------
+
+    /// Appends the change record of a row write when capture is on for `table`: the
+    /// next position comes from the table's sequence key, which every capturing
+    /// transaction reads and writes. Stores with concurrent writers therefore see a
+    /// write-write conflict between two capturing transactions, so positions follow
+    /// commit order and none can appear below one a reader has passed (the late-commit
+    /// case); single-writer stores serialise them anyway. Both keys go through the
+    /// overlay, so savepoints and failed ops undo them with the row.
+    ///
+    /// `new` is the new row already encoded (`None` for a delete).
+    async fn capture(
+        &mut self,
+        table: &TableSchema,
+        old: Option<&Row>,
+        new: Option<&[u8]>,
+    ) -> Result<()> {
+        if (old.is_none() && new.is_none()) || !self.captures(&table.name).await? {
+            return Ok(());
+        }
+        let record = match (old, new) {
+            (None, Some(n)) => codec::encode_change(ChangeKind::Insert, n),
+            (Some(_), Some(n)) => codec::encode_change(ChangeKind::Update, n),
+            (Some(o), None) => codec::encode_change(ChangeKind::Delete, &encode_row(o)),
+            (None, None) => return Ok(()),
+        };
+        let seq_key = codec::table_prefix(codec::CHANGE_SEQ, &table.name);
+        let position = self.change_seq(&seq_key, &table.name).await? + 1;
+        self.set(seq_key, Some(position.to_be_bytes().to_vec()));
+        self.set(codec::change_key(&table.name, position), Some(record));
+        Ok(())
+    }
+
+    /// Whether change capture is on for `table` (cached for the transaction).
+    async fn captures(&mut self, table: &str) -> Result<bool> {
+        if let Some((_, on)) = self.capture.iter().find(|(t, _)| t == table) {
+            return Ok(*on);
+        }
+        let on = self
+            .get(&codec::table_prefix(codec::CAPTURE, table))
+            .await?
+            .is_some();
+        self.capture.push((table.to_owned(), on));
+        Ok(on)
+    }
+
+    /// The last change position of a table (0 before the first change).
+    async fn change_seq(&mut self, seq_key: &[u8], table: &str) -> Result<u64> {
+        match self.get(seq_key).await? {
+            None => Ok(0),
+            Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    Error::corrupted(format!(
+                        "table {table}: change sequence of {} bytes",
+                        b.len()
+                    ))
+                }),
+        }
+    }
+
+    /// Turns change capture on for `table` (idempotent).
+    pub(crate) async fn enable_capture(&mut self, table: &str) -> Result<()> {
+        let key = codec::table_prefix(codec::CAPTURE, table);
+        if self.get(&key).await?.is_none() {
+            self.set(key, Some(Vec::new()));
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` change records of `table` after `after`, as `(position, bytes)`.
+    pub(crate) async fn change_records(
+        &mut self,
+        table: &str,
+        after: u64,
+        upto: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Bytes)>> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let prefix = codec::table_prefix(codec::CHANGE, table);
+        let end = match upto {
+            Some(u) => Bound::Included(codec::change_key(table, u)),
+            None => end_of(&prefix),
+        };
+        let range = (Bound::Included(codec::change_key(table, first)), end);
+        self.scan(&range, limit, false)
+            .await?
+            .into_iter()
+            .map(|(k, v)| {
+                let pos = <[u8; 8]>::try_from(&k[prefix.len()..])
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| Error::corrupted(format!("table {table}: change key")))?;
+                Ok((pos, v))
+            })
+            .collect()
+    }
+
+    /// Deletes the change record of `table` at `position`.
+    pub(crate) fn delete_change(&mut self, table: &str, position: u64) {
+        self.set(codec::change_key(table, position), None);
     }
 
     /// Reads the catalog entry of `name`.

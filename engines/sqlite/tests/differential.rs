@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 async fn pair() -> (Db, Db) {
     let sql = memory().await;
-    let kv = Db::with_engine(Arc::new(kvmem::engine()))
+    let kv = Db::with_engine(Arc::new(datalayer_kv::mem::engine()))
         .table::<User>()
         .table::<Flight>()
         .connect()

@@ -1,8 +1,6 @@
 //! Hand-written tables and helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod kvmem;
-
 use datalayer_core::{
     CmpOp, ColumnDef, ColumnType, ColumnValue, Db, Expr, IndexDef, QueryDef, Result, Row, Table,
     TableSchema, Value,
