@@ -46,7 +46,13 @@ pub const CHANGE: u8 = b'h';
 /// The key of the change record of `table` at `position`: `'h' <table>` then the
 /// position as 8 big-endian bytes, so records sort by position.
 pub fn change_key(table: &str, position: u64) -> Vec<u8> {
-    let mut k = table_prefix(CHANGE, table);
+    change_key_at(&table_prefix(CHANGE, table), position)
+}
+
+/// [`change_key`] from the table's record prefix `'h' <table>` (encoded once).
+pub fn change_key_at(prefix: &[u8], position: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
     k.extend_from_slice(&position.to_be_bytes());
     k
 }

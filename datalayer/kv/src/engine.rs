@@ -53,16 +53,9 @@ impl KvEngine {
     }
 
     async fn run_once(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
-        let read_only = ops.iter().all(Op::is_read);
-        let txn = self
-            .store
-            .begin(TxOptions {
-                isolation: None,
-                read_only,
-            })
-            .await?;
-        let mut tx = KvTx::new(txn, read_only, self.store.capability(), false);
+        let mut tx = self.open(ops.iter().all(Op::is_read)).await?;
         let mut out = Vec::with_capacity(ops.len());
+        let mut r = Ok(());
         for op in ops {
             let plan = match &op {
                 Op::Query { query, .. } => Some(Self::plan_for(&self.plans, query)),
@@ -71,17 +64,12 @@ impl KvEngine {
             match tx.exec(op, plan.as_deref()).await {
                 Ok(o) => out.push(o),
                 Err(e) => {
-                    let _ = tx.rollback().await;
-                    return Err(e);
+                    r = Err(e);
+                    break;
                 }
             }
         }
-        if tx.has_writes() {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(out)
+        finish(tx, r.map(|()| out)).await
     }
 
     /// Opens a store transaction for an engine-level autocommit call.
@@ -129,8 +117,7 @@ impl Engine for KvEngine {
     }
 
     async fn register(&self, tables: &[&TableSchema], queries: &[&QueryDef]) -> Result<()> {
-        let txn = self.store.begin(TxOptions::default()).await?;
-        let mut tx = KvTx::new(txn, false, self.store.capability(), false);
+        let mut tx = self.open(false).await?;
         for t in tables {
             t.validate()?;
             let bytes =
@@ -205,21 +192,10 @@ impl Engine for KvEngine {
     }
 
     async fn catalog(&self) -> Result<Vec<TableSchema>> {
-        let txn = self
-            .store
-            .begin(TxOptions {
-                isolation: None,
-                read_only: true,
-            })
-            .await?;
-        let mut tx = KvTx::new(txn, true, self.store.capability(), false);
+        let mut tx = self.open(true).await?;
         let raw = tx.catalog_all().await;
-        let _ = tx.rollback().await;
-        raw?.iter()
-            .map(|b| {
-                postcard::from_bytes(b).map_err(|e| Error::corrupted(format!("catalog entry: {e}")))
-            })
-            .collect()
+        let raw = finish(tx, raw).await?;
+        raw.iter().map(|b| decode_schema("", b)).collect()
     }
 
     async fn close(&self) -> Result<()> {
@@ -254,10 +230,11 @@ impl Engine for KvEngine {
             let mut tx = self.open(false).await?;
             let r = match tx.change_records(table, 0, Some(upto), TRIM_CHUNK).await {
                 Ok(recs) => {
-                    for (pos, _) in &recs {
-                        tx.delete_change(table, *pos);
+                    let n = recs.len();
+                    for rec in recs {
+                        tx.delete_change(rec);
                     }
-                    Ok(recs.len())
+                    Ok(n)
                 }
                 Err(e) => Err(e),
             };
@@ -308,10 +285,10 @@ async fn read_changes_in(
     tx.change_records(table, after, None, limit)
         .await?
         .into_iter()
-        .map(|(position, bytes)| {
-            let (kind, values) = codec::decode_change(&schema, &bytes)?;
+        .map(|rec| {
+            let (kind, values) = codec::decode_change(&schema, &rec.bytes)?;
             Ok(Change {
-                position,
+                position: rec.position,
                 table: table.to_owned(),
                 kind,
                 columns: columns.clone(),
@@ -333,8 +310,7 @@ async fn table_schema(tx: &mut KvTx, table: &str) -> Result<TableSchema> {
         .catalog_get(table)
         .await?
         .ok_or_else(|| Error::not_found(format!("no table named {table}")))?;
-    postcard::from_bytes(&bytes)
-        .map_err(|e| Error::corrupted(format!("catalog entry of {table}: {e}")))
+    decode_schema(table, &bytes)
 }
 
 /// A transaction of a [`KvEngine`].
@@ -376,4 +352,12 @@ impl EngineTx for KvEngineTx {
     async fn rollback(mut self: Box<Self>) -> Result<()> {
         self.tx.take().expect("open").rollback().await
     }
+}
+
+/// Decodes a catalog entry (of `table`, when known, for the message).
+///
+/// # Errors
+/// `Corrupted` when the bytes are not a postcard `TableSchema`.
+fn decode_schema(table: &str, bytes: &[u8]) -> Result<TableSchema> {
+    postcard::from_bytes(bytes).map_err(|e| Error::corrupted(format!("catalog entry {table}: {e}")))
 }

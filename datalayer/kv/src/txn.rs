@@ -35,9 +35,24 @@ pub(crate) struct KvTx {
     savepoints: Vec<(String, Overlay)>,
     read_only: bool,
     cap: Capability,
-    /// Whether change capture is on, per table written in this transaction (read
-    /// once per transaction from the table's `'f'` key).
-    capture: Vec<(String, bool)>,
+    /// Change-capture state of each table written in this transaction (read once per
+    /// transaction from the table's `'f'` key).
+    capture: Vec<Captured>,
+}
+
+/// One stored change record: its key, position and encoded bytes.
+pub(crate) struct ChangeRecord {
+    key: Bytes,
+    pub(crate) position: u64,
+    pub(crate) bytes: Bytes,
+}
+
+/// A table's change-capture state: `keys` is `None` when capture is off, else the
+/// table's sequence key `'s' <table>` and its record prefix `'h' <table>`, encoded once
+/// per transaction rather than once per row.
+struct Captured {
+    table: String,
+    keys: Option<(Bytes, Bytes)>,
 }
 
 /// Whether the range's start lies after its end (empty; `BTreeMap::range` panics on it).
@@ -714,33 +729,46 @@ impl KvTx {
         old: Option<&Row>,
         new: Option<&[u8]>,
     ) -> Result<()> {
-        if (old.is_none() && new.is_none()) || !self.captures(&table.name).await? {
+        let Some(i) = self.captured(&table.name).await? else {
             return Ok(());
-        }
+        };
         let record = match (old, new) {
             (None, Some(n)) => codec::encode_change(ChangeKind::Insert, n),
             (Some(_), Some(n)) => codec::encode_change(ChangeKind::Update, n),
             (Some(o), None) => codec::encode_change(ChangeKind::Delete, &encode_row(o)),
             (None, None) => return Ok(()),
         };
-        let seq_key = codec::table_prefix(codec::CHANGE_SEQ, &table.name);
+        let (seq_key, prefix) = self.capture[i].keys.clone().expect("captured");
         let position = self.change_seq(&seq_key, &table.name).await? + 1;
         self.set(seq_key, Some(position.to_be_bytes().to_vec()));
-        self.set(codec::change_key(&table.name, position), Some(record));
+        self.set(codec::change_key_at(&prefix, position), Some(record));
         Ok(())
     }
 
-    /// Whether change capture is on for `table` (cached for the transaction).
-    async fn captures(&mut self, table: &str) -> Result<bool> {
-        if let Some((_, on)) = self.capture.iter().find(|(t, _)| t == table) {
-            return Ok(*on);
-        }
-        let on = self
-            .get(&codec::table_prefix(codec::CAPTURE, table))
-            .await?
-            .is_some();
-        self.capture.push((table.to_owned(), on));
-        Ok(on)
+    /// The position in `self.capture` of `table` when change capture is on for it
+    /// (read once per transaction), else `None`.
+    async fn captured(&mut self, table: &str) -> Result<Option<usize>> {
+        let i = match self.capture.iter().position(|c| c.table == table) {
+            Some(i) => i,
+            None => {
+                let on = self
+                    .get(&codec::table_prefix(codec::CAPTURE, table))
+                    .await?
+                    .is_some();
+                let keys = on.then(|| {
+                    (
+                        codec::table_prefix(codec::CHANGE_SEQ, table),
+                        codec::table_prefix(codec::CHANGE, table),
+                    )
+                });
+                self.capture.push(Captured {
+                    table: table.to_owned(),
+                    keys,
+                });
+                self.capture.len() - 1
+            }
+        };
+        Ok(self.capture[i].keys.as_ref().map(|_| i))
     }
 
     /// The last change position of a table (0 before the first change).
@@ -767,23 +795,23 @@ impl KvTx {
         Ok(())
     }
 
-    /// Up to `limit` change records of `table` after `after`, as `(position, bytes)`.
+    /// Up to `limit` change records of `table` after `after` (and up to `upto`).
     pub(crate) async fn change_records(
         &mut self,
         table: &str,
         after: u64,
         upto: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(u64, Bytes)>> {
+    ) -> Result<Vec<ChangeRecord>> {
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
         let prefix = codec::table_prefix(codec::CHANGE, table);
         let end = match upto {
-            Some(u) => Bound::Included(codec::change_key(table, u)),
+            Some(u) => Bound::Included(codec::change_key_at(&prefix, u)),
             None => end_of(&prefix),
         };
-        let range = (Bound::Included(codec::change_key(table, first)), end);
+        let range = (Bound::Included(codec::change_key_at(&prefix, first)), end);
         self.scan(&range, limit, false)
             .await?
             .into_iter()
@@ -791,14 +819,18 @@ impl KvTx {
                 let pos = <[u8; 8]>::try_from(&k[prefix.len()..])
                     .map(u64::from_be_bytes)
                     .map_err(|_| Error::corrupted(format!("table {table}: change key")))?;
-                Ok((pos, v))
+                Ok(ChangeRecord {
+                    key: k,
+                    position: pos,
+                    bytes: v,
+                })
             })
             .collect()
     }
 
-    /// Deletes the change record of `table` at `position`.
-    pub(crate) fn delete_change(&mut self, table: &str, position: u64) {
-        self.set(codec::change_key(table, position), None);
+    /// Deletes a change record read by [`KvTx::change_records`].
+    pub(crate) fn delete_change(&mut self, rec: ChangeRecord) {
+        self.set(rec.key, None);
     }
 
     /// Reads the catalog entry of `name`.
