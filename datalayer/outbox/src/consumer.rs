@@ -253,19 +253,12 @@ fn default_worker_id() -> String {
     )
 }
 
-impl crate::DbOutbox for Db {
-    fn emit(
-        &self,
-        topic: &str,
-        partition_key: impl AsRef<[u8]>,
-        payload: impl Into<Vec<u8>>,
-    ) -> crate::Emit<'_, Db> {
-        crate::emit::db_emit(self, topic, partition_key.as_ref(), payload.into())
-    }
-
-    fn consumer(&self, group: &str, topic: &str) -> ConsumerBuilder {
+impl ConsumerBuilder {
+    /// A consumer of `topic` in `group` on `db`, with the defaults documented on each
+    /// option.
+    pub(crate) fn new(db: &Db, group: &str, topic: &str) -> Self {
         ConsumerBuilder {
-            db: self.clone(),
+            db: db.clone(),
             group: group.to_owned(),
             topic: topic.to_owned(),
             concurrency: 1,
@@ -278,7 +271,7 @@ impl crate::DbOutbox for Db {
             worker_id: default_worker_id(),
             batch_size: 256,
             retention_interval: Duration::from_secs(30),
-            driver: engine_driver(self).unwrap_or_else(|| Arc::new(Polling)),
+            driver: engine_driver(db).unwrap_or_else(|| Arc::new(Polling)),
         }
     }
 }

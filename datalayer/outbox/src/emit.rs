@@ -224,33 +224,24 @@ impl<'a> IntoFuture for Emit<'a, Db> {
     }
 }
 
-impl crate::TxOutbox for Tx {
-    fn emit(
-        &self,
-        topic: &str,
-        partition_key: impl AsRef<[u8]>,
-        payload: impl Into<Vec<u8>>,
-    ) -> Emit<'_, Tx> {
+impl<'a, E> Emit<'a, E> {
+    /// An event to `topic` emitted through `ex` (a [`Tx`] or a [`Db`]).
+    pub(crate) fn new(ex: &'a E, topic: &str, key: &[u8], payload: Vec<u8>) -> Self {
         Emit {
-            ex: self,
-            ev: new_event(topic, partition_key.as_ref(), payload.into()),
-        }
-    }
-
-    fn with_events<T: Table>(&self, topic: &str) -> RepoEvents<'_, T> {
-        RepoEvents {
-            tx: self,
-            topic: topic.to_owned(),
-            _t: PhantomData,
+            ex,
+            ev: new_event(topic, key, payload),
         }
     }
 }
 
-/// `Db::emit`: an event in a transaction of its own.
-pub(crate) fn db_emit<'a>(db: &'a Db, topic: &str, key: &[u8], payload: Vec<u8>) -> Emit<'a, Db> {
-    Emit {
-        ex: db,
-        ev: new_event(topic, key, payload),
+impl<'a, T: Table> RepoEvents<'a, T> {
+    /// Writes of `T` in `tx` that also emit table events to `topic`.
+    pub(crate) fn new(tx: &'a Tx, topic: &str) -> Self {
+        RepoEvents {
+            tx,
+            topic: topic.to_owned(),
+            _t: PhantomData,
+        }
     }
 }
 

@@ -220,6 +220,36 @@ impl datalayer_core::db::QueryGroup for OutboxQueries {
     }
 }
 
+impl TxOutbox for Tx {
+    fn emit(
+        &self,
+        topic: &str,
+        partition_key: impl AsRef<[u8]>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Emit<'_, Tx> {
+        Emit::new(self, topic, partition_key.as_ref(), payload.into())
+    }
+
+    fn with_events<T: Table>(&self, topic: &str) -> RepoEvents<'_, T> {
+        RepoEvents::new(self, topic)
+    }
+}
+
+impl DbOutbox for Db {
+    fn emit(
+        &self,
+        topic: &str,
+        partition_key: impl AsRef<[u8]>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Emit<'_, Db> {
+        Emit::new(self, topic, partition_key.as_ref(), payload.into())
+    }
+
+    fn consumer(&self, group: &str, topic: &str) -> ConsumerBuilder {
+        ConsumerBuilder::new(self, group, topic)
+    }
+}
+
 /// The outbox on a [`DbBuilder`](datalayer_core::DbBuilder): `.outbox()`.
 pub trait BuilderOutbox {
     /// Registers the outbox's tables and queries at start-up, so engines create and
