@@ -261,7 +261,7 @@ impl Db {
 impl Executor for Db {
     async fn run(&self, op: Op<'_>) -> Result<Output> {
         let span = op_span(self.engine_name(), &op);
-        traced(span, self.inner.engine.run(op)).await
+        traced(span, async { self.inner.engine.run(op.checked()?).await }).await
     }
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
         let span = tracing::debug_span!(
@@ -269,6 +269,7 @@ impl Executor for Db {
             engine = self.engine_name(),
             ops = ops.len()
         );
+        let ops = checked_all(ops)?;
         self.inner.engine.run_batch(ops).instrument(span).await
     }
     fn capability(&self) -> Capability {
@@ -456,12 +457,14 @@ impl Executor for Tx {
     async fn run(&self, op: Op<'_>) -> Result<Output> {
         let span = op_span(self.engine, &op);
         let fut = async {
+            let op = op.checked()?;
             let mut g = self.inner.lock().await;
             g.as_mut().ok_or_else(finished)?.run(op).await
         };
         traced(span, fut).await
     }
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+        let ops = checked_all(ops)?;
         let mut g = self.inner.lock().await;
         g.as_mut().ok_or_else(finished)?.run_batch(ops).await
     }
@@ -471,4 +474,9 @@ impl Executor for Tx {
     fn engine_name(&self) -> &'static str {
         self.engine
     }
+}
+
+/// Every op of a batch through [`Op::checked`].
+fn checked_all(ops: Vec<Op<'_>>) -> Result<Vec<Op<'_>>> {
+    ops.into_iter().map(Op::checked).collect()
 }

@@ -200,6 +200,48 @@ impl Op<'_> {
         }
     }
 
+    /// The op checked and coerced against its table, as [`crate::Db`] and [`crate::Tx`]
+    /// hand it to an engine, so that no engine repeats the checks: rows fit the table
+    /// ([`TableSchema::check_row`]), keys are full primary keys of the key columns' types
+    /// ([`TableSchema::coerce_key`]), a scan is coerced ([`ScanRequest::coerce`]), a
+    /// query gets as many parameters as it declares and a parameter limit is a
+    /// non-negative integer.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the table (or query), the column and the offending value.
+    pub fn checked(self) -> Result<Self> {
+        let each = |rows: Vec<Row>, f: fn(&TableSchema, Row) -> Result<Row>, t: &TableSchema| {
+            rows.into_iter()
+                .map(|r| f(t, r))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(match self {
+            Op::Query { query, params } => {
+                query.check_params(params)?;
+                Op::Query { query, params }
+            }
+            Op::Insert { table, rows, mode } => Op::Insert {
+                rows: each(rows, TableSchema::check_row, table)?,
+                table,
+                mode,
+            },
+            Op::Update { table, rows } => Op::Update {
+                rows: each(rows, TableSchema::check_row, table)?,
+                table,
+            },
+            Op::Delete { table, keys } => Op::Delete {
+                keys: each(keys, TableSchema::coerce_key, table)?,
+                table,
+            },
+            Op::Get { table, keys } => Op::Get {
+                keys: each(keys, TableSchema::coerce_key, table)?,
+                table,
+            },
+            Op::Scan(req) => Op::Scan(req.coerce()?),
+            op @ Op::Count { .. } => op,
+        })
+    }
+
     /// Whether the op only reads.
     pub fn is_read(&self) -> bool {
         match self {
@@ -235,7 +277,30 @@ impl Output {
     }
 }
 
-/// A storage engine. Object-safe; held as `Arc<dyn Engine>`.
+/// How many times an autocommit op (or engine batch) is re-run after a `Conflict`
+/// before the conflict is returned: the one autocommit retry policy of every engine.
+pub const AUTOCOMMIT_RETRIES: u32 = 3;
+
+/// Runs `attempt` and re-runs it on `Conflict`, at most [`AUTOCOMMIT_RETRIES`] times.
+/// Only for autocommit work, where a conflict means nothing was applied; never re-runs
+/// any other error (`CommitUnknown` above all).
+///
+/// # Errors
+/// The last attempt's error.
+pub async fn retry_autocommit<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut n = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_conflict() && n < AUTOCOMMIT_RETRIES => n += 1,
+            r => return r,
+        }
+    }
+}
+
 ///
 /// # Behavior
 /// - `run` executes one op atomically outside any explicit transaction (autocommit).

@@ -29,7 +29,10 @@ pub use change::{Change, ChangeKind, ChangeOptions};
 pub use db::{
     Db, DbBuilder, EngineOpener, Executor, QueryGroup, Tx, TxBuilder, redact, register_engine,
 };
-pub use engine::{Engine, EngineTx, Isolation, Op, Output, ScanRequest, TxOptions, WriteMode};
+pub use engine::{
+    AUTOCOMMIT_RETRIES, Engine, EngineTx, Isolation, Op, Output, ScanRequest, TxOptions, WriteMode,
+    retry_autocommit,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use query::{
     ArithOp, CmpOp, Expr, Limit, OrderBy, ParamDef, QueryBuilder, QueryDef, QueryId, QueryKind,

@@ -212,6 +212,37 @@ pub struct QueryDef {
     pub params: Vec<ParamDef>,
 }
 
+impl QueryDef {
+    /// Checks the parameters of one call: as many as the query declares, and a
+    /// parameter limit ([`Limit::Param`]) that is a non-negative integer.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the query.
+    pub fn check_params(&self, params: &[crate::value::Value]) -> crate::Result<()> {
+        if params.len() != self.params.len() {
+            return Err(crate::Error::invalid_input(format!(
+                "query {} takes {} parameters, got {}",
+                self.name,
+                self.params.len(),
+                params.len()
+            )));
+        }
+        if let Some(Limit::Param(i)) = self.limit
+            && params
+                .get(i)
+                .and_then(crate::value::Value::as_i64)
+                .unwrap_or(-1)
+                < 0
+        {
+            return Err(crate::Error::invalid_input(format!(
+                "query {}: limit must be a non-negative integer",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Builds a [`QueryDef`] from field names; used by `#[query_group]` and by hand.
 ///
 /// Field names are resolved against the table when the builder is used; the macro has

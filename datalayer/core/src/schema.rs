@@ -109,6 +109,40 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
+    /// The schema as its catalog entry: postcard bytes, as every engine stores it (the KV
+    /// family under the catalog key, the SQL family in `_dl_catalog.schema`).
+    ///
+    /// # Errors
+    /// `Engine` when postcard cannot encode it (never for a validated schema).
+    pub fn catalog_bytes(&self) -> Result<Vec<u8>> {
+        postcard::to_allocvec(self).map_err(|e| Error::engine("postcard", e.to_string()))
+    }
+
+    /// Compares this (declared) schema with the catalog entry an engine has stored under
+    /// its name (`catalog_bytes` of the schema it was created with). The one
+    /// stored-vs-declared comparison of every engine.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the table and the stored columns when they differ ("migrate it
+    /// first").
+    pub fn check_stored(&self, stored: &[u8]) -> Result<()> {
+        if self.catalog_bytes()? == stored {
+            return Ok(());
+        }
+        let old: Option<TableSchema> = postcard::from_bytes(stored).ok();
+        Err(Error::invalid_input(format!(
+            "table {} is stored with a different schema ({}); migrate it first",
+            self.name,
+            match old {
+                Some(o) => format!(
+                    "stored columns {:?}",
+                    o.columns.iter().map(|c| &c.name).collect::<Vec<_>>()
+                ),
+                None => "undecodable".into(),
+            }
+        )))
+    }
+
     /// Position of the column whose field or column name is `name`.
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns

@@ -1,5 +1,9 @@
 //! The SQL engine family (SQLite, PostgreSQL).
 //!
+//! One executor, [`SqlEngine`], implements the engine contract for every SQL database
+//! over a [`SqlBackend`] (connections, dialect, value codec, error mapping, trigger
+//! SQL); see [`engine`].
+//!
 //! A SQL engine never builds SQL on the hot path. Everything here runs once: when a
 //! table is registered ([`render_ddl`], [`render_table`]), when a query is registered
 //! or first seen ([`render_query`]), and when a keyset scan of a new *shape* is first
@@ -31,14 +35,24 @@
 //! numbers, `NULL`, quote-doubled strings and hex blobs, so that the database can match
 //! partial indexes against query filters.
 
+pub mod cdc;
 mod ddl;
+pub mod engine;
+pub mod registry;
 mod render;
+pub mod work;
 
+pub use cdc::ChangeDecoder;
 pub use ddl::{index_name, render_ddl};
+pub use engine::{
+    OP_RELEASE, OP_ROLLBACK_TO, OP_SAVEPOINT, SqlBackend, SqlConn, SqlEngine, catalog_ddl,
+};
+pub use registry::{Registry, StmtDef, StmtKey, TableInfo, TableOp};
 pub use render::{
     Bind, BoundShape, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, TableSql,
     render_expr_inline, render_query, render_scan, render_table,
 };
+pub use work::{Fetch, Fetched, Work};
 
 use datalayer_core::error::{Error, Result};
 use datalayer_core::value::{ColumnType, Value};

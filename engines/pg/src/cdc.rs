@@ -59,13 +59,12 @@
 //! grows). The cost: each entry is written twice (insert, then its position), which is
 //! the price of a gap-free, commit-ordered feed without a server extension.
 
-use crate::backend::query;
-use crate::core::{PgConn, StmtKey};
+use crate::backend::{execute, query};
+use crate::conn::PgConn;
+use crate::dialect::PgDialect;
 use crate::error::map_err;
-use crate::render::PgDialect;
-use datalayer_core::{Change, ChangeKind, ColumnType, Error, Result, TableSchema, Value};
-use datalayer_sql::Dialect;
-use std::collections::HashMap;
+use datalayer_core::{Change, ColumnType, Error, Result, TableSchema, Value};
+use datalayer_sql::{ChangeDecoder, Dialect, StmtKey};
 use tokio_postgres::types::Type;
 
 const LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS _dl_cdc_log (
@@ -227,59 +226,6 @@ fn sql_type(decl: &str) -> Option<ColumnType> {
     })
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-fn special_float(s: &str) -> Option<f64> {
-    match s {
-        "NaN" => Some(f64::NAN),
-        "Infinity" => Some(f64::INFINITY),
-        "-Infinity" => Some(f64::NEG_INFINITY),
-        _ => None,
-    }
-}
-
-/// Decodes one JSON value of a row image as `ty` (`None`: by its JSON type).
-fn json_value(j: &serde_json::Value, ty: Option<ColumnType>) -> Result<Value> {
-    use serde_json::Value as J;
-    let bad = || Error::corrupted(format!("change log value {j} does not fit {ty:?}"));
-    Ok(match (j, ty) {
-        (J::Null, _) => Value::Null,
-        (J::Bool(b), Some(ColumnType::Bool) | None) => Value::Bool(*b),
-        (J::Number(n), Some(ColumnType::I16)) => Value::I16(
-            n.as_i64()
-                .and_then(|i| i16::try_from(i).ok())
-                .ok_or_else(bad)?,
-        ),
-        (J::Number(n), Some(ColumnType::I32)) => Value::I32(
-            n.as_i64()
-                .and_then(|i| i32::try_from(i).ok())
-                .ok_or_else(bad)?,
-        ),
-        (J::Number(n), Some(ColumnType::I64)) => Value::I64(n.as_i64().ok_or_else(bad)?),
-        (J::Number(n), Some(ColumnType::F32)) => Value::F32(n.as_f64().ok_or_else(bad)? as f32),
-        (J::Number(n), Some(ColumnType::F64)) => Value::F64(n.as_f64().ok_or_else(bad)?),
-        (J::String(s), Some(ColumnType::F32)) => {
-            Value::F32(special_float(s).ok_or_else(bad)? as f32)
-        }
-        (J::String(s), Some(ColumnType::F64)) => Value::F64(special_float(s).ok_or_else(bad)?),
-        (J::String(s), Some(ColumnType::String) | None) => Value::String(s.clone()),
-        (J::String(s), Some(ColumnType::Bytes)) => Value::Bytes(unhex(s).ok_or_else(bad)?),
-        (J::Number(n), None) => match n.as_i64() {
-            Some(i) => Value::I64(i),
-            None => Value::F64(n.as_f64().ok_or_else(bad)?),
-        },
-        _ => return Err(bad()),
-    })
-}
-
 /// Up to `limit` changes of `table` after `after`, in position (commit) order.
 pub(crate) async fn read(
     c: &mut PgConn,
@@ -291,16 +237,7 @@ pub(crate) async fn read(
     if !info.log_exists || limit == 0 {
         return Ok(Vec::new());
     }
-    let by_name: HashMap<&str, ColumnType> = info
-        .catalog
-        .as_ref()
-        .map(|s| s.columns.iter().map(|c| (c.name.as_str(), c.ty)).collect())
-        .unwrap_or_default();
-    let types: Vec<Option<ColumnType>> = info
-        .columns
-        .iter()
-        .map(|(n, decl)| by_name.get(n.as_str()).copied().or_else(|| sql_type(decl)))
-        .collect();
+    let decoder = ChangeDecoder::new(table, &info.columns, info.catalog.as_ref(), sql_type);
     let read = c
         .stmt(
             StmtKey::Fixed(READ),
@@ -331,34 +268,9 @@ pub(crate) async fn read(
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let position: i64 = r.try_get(0).map_err(map_err)?;
-        let op: String = r.try_get(1).map_err(map_err)?;
-        let image: String = r.try_get(2).map_err(map_err)?;
-        let kind = match op.as_str() {
-            "insert" => ChangeKind::Insert,
-            "update" => ChangeKind::Update,
-            "delete" => ChangeKind::Delete,
-            other => {
-                return Err(Error::corrupted(format!(
-                    "change log: unknown op {other:?}"
-                )));
-            }
-        };
-        let vals: Vec<serde_json::Value> = serde_json::from_str(&image)
-            .map_err(|e| Error::corrupted(format!("change log row {position}: {e}")))?;
-        let n = vals.len().min(info.columns.len());
-        let values = vals
-            .iter()
-            .take(n)
-            .zip(&types)
-            .map(|(j, ty)| json_value(j, *ty))
-            .collect::<Result<Vec<_>>>()?;
-        out.push(Change {
-            position: position as u64,
-            table: table.to_owned(),
-            kind,
-            columns: info.columns[..n].iter().map(|(n, _)| n.clone()).collect(),
-            values,
-        });
+        let op: &str = r.try_get(1).map_err(map_err)?;
+        let image: &str = r.try_get(2).map_err(map_err)?;
+        out.push(decoder.decode(position, op, image)?);
     }
     Ok(out)
 }
@@ -377,46 +289,5 @@ pub(crate) async fn trim(c: &mut PgConn, table: &str, upto: u64) -> Result<u64> 
         Value::String(table.to_owned()),
         Value::I64(i64::try_from(upto).unwrap_or(i64::MAX)),
     ];
-    let p: Vec<crate::value::PgValue<'_>> = vals.iter().map(crate::value::PgValue).collect();
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = p
-        .iter()
-        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    c.client.execute(&stmt, &refs).await.map_err(map_err)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_values_by_type() {
-        let j: Vec<serde_json::Value> =
-            serde_json::from_str(r#"[true, 0.1, "00ff", null, 70000, "NaN"]"#).unwrap();
-        assert_eq!(
-            json_value(&j[0], Some(ColumnType::Bool)).unwrap(),
-            Value::Bool(true)
-        );
-        assert_eq!(
-            json_value(&j[1], Some(ColumnType::F64)).unwrap(),
-            Value::F64(0.1)
-        );
-        assert_eq!(
-            json_value(&j[2], Some(ColumnType::Bytes)).unwrap(),
-            Value::Bytes(vec![0, 255])
-        );
-        assert_eq!(
-            json_value(&j[3], Some(ColumnType::I32)).unwrap(),
-            Value::Null
-        );
-        assert!(
-            json_value(&j[4], Some(ColumnType::I16))
-                .unwrap_err()
-                .is_corrupted()
-        );
-        assert!(
-            matches!(json_value(&j[5], Some(ColumnType::F64)).unwrap(), Value::F64(f) if f.is_nan())
-        );
-        assert_eq!(sql_type("character varying(10)"), Some(ColumnType::String));
-    }
+    execute(&c.client, &stmt, &vals).await
 }

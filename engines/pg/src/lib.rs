@@ -5,7 +5,7 @@
 //! - **Connections**: a deadpool pool of at most [`PgOptions::pool_size`] connections
 //!   (default 10), each working in the engine's schema ([`PgOptions::schema`],
 //!   `SET search_path` when it opens). A connection whose socket broke, or that was
-//!   abandoned inside a transaction, is discarded and replaced (see `core`).
+//!   abandoned inside a transaction, is discarded and replaced (see `conn`).
 //! - **Queries**: rendered to SQL once by `datalayer_sql` (see [`PgDialect`]),
 //!   prepared on every connection when it opens (queries registered later: at the
 //!   connection's next checkout; scan shapes: on first use), and afterwards run by id:
@@ -51,70 +51,32 @@
 mod backend;
 mod cdc;
 pub mod config;
-mod core;
+mod conn;
+pub mod dialect;
 mod error;
 mod outbox;
-pub mod render;
 #[cfg(feature = "tls")]
 mod tls;
 mod value;
 
+pub use backend::PgBackend;
 pub use config::PgOptions;
+pub use dialect::PgDialect;
 pub use outbox::PgDriver;
-pub use render::PgDialect;
 
-use backend::Inner;
 use datalayer_core::{Engine, Result};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
-/// The PostgreSQL engine. Cheap to clone (clones share the pool).
+/// The PostgreSQL engine: the SQL family's executor over [`PgBackend`]. Cheap to clone
+/// (clones share the pool).
 ///
-/// Open it with [`PgEngine::open`] (a URL) or [`PgEngine::open_with`], then hand it to
+/// Open it with `PgEngine::open(url)` or `PgEngine::open_with(PgOptions)` (see
+/// [`datalayer_sql::SqlEngine::open`]), then hand it to
 /// `Db::with_engine(Arc::new(engine))`, or call [`register`] once and use
-/// `Db::builder("postgres://...")`.
-#[derive(Clone)]
-pub struct PgEngine {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for PgEngine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgEngine")
-            .field("options", &self.inner.options)
-            .finish()
-    }
-}
-
-impl PgEngine {
-    /// Connects to the server named by `url` (`postgres://user@host:port/db`; see
-    /// [`PgOptions::from_url`] for parameters).
-    ///
-    /// # Errors
-    /// `InvalidInput` for a malformed URL; `ConnectionLost` when the server cannot be
-    /// reached; `Timeout` when connecting takes longer than `connect_timeout_ms`;
-    /// `Engine` (with the SQLSTATE) when the server refuses (authentication, unknown
-    /// database).
-    pub async fn open(url: &str) -> Result<PgEngine> {
-        Self::open_with(PgOptions::from_url(url)?).await
-    }
-
-    /// Connects with `options`: opens one connection, creates the schema (when one is
-    /// named) and the catalog table.
-    ///
-    /// # Errors
-    /// As [`PgEngine::open`].
-    pub async fn open_with(options: PgOptions) -> Result<PgEngine> {
-        let inner = Arc::new(Inner::new(Arc::new(options))?);
-        inner.init().await?;
-        Ok(PgEngine { inner })
-    }
-
-    /// The options the engine was opened with (the password stays hidden in `Debug`).
-    pub fn options(&self) -> &PgOptions {
-        &self.inner.options
-    }
-}
+/// `Db::builder("postgres://...")`. `engine.options()` gives the options it was opened
+/// with (the password stays hidden in `Debug`).
+pub type PgEngine = datalayer_sql::SqlEngine<PgBackend>;
 
 fn opener(url: String) -> BoxFuture<'static, Result<Arc<dyn Engine>>> {
     Box::pin(async move { Ok(Arc::new(PgEngine::open(&url).await?) as Arc<dyn Engine>) })

@@ -37,12 +37,12 @@
 
 use crate::PgEngine;
 use crate::config::PgOptions;
-use crate::core::StmtKey;
 use crate::error::map_err;
 use async_trait::async_trait;
 use datalayer_core::{Db, Error, Result};
 use datalayer_outbox::{Claim, Driver};
 use datalayer_sql::Dialect;
+use datalayer_sql::StmtKey;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -189,7 +189,7 @@ impl PgDriver {
         if !started {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(listen_loop(
-                self.engine.inner.options.clone(),
+                self.engine.backend().options.clone(),
                 self.shared.clone(),
                 rx,
             ));
@@ -224,7 +224,7 @@ impl Driver for PgDriver {
         if req.want == 0 {
             return Ok(Vec::new());
         }
-        let mut c = self.engine.inner.pool.get().await?;
+        let mut c = self.engine.backend().pool.get().await?;
         let stmt = c
             .stmt(StmtKey::Fixed(CLAIM_SQL), CLAIM_SQL, &CLAIM_TYPES)
             .await?;
@@ -300,7 +300,7 @@ async fn session(
         client
             .batch_execute(&format!(
                 "SET search_path TO {}",
-                crate::render::PgDialect.quote_ident(schema)
+                crate::dialect::PgDialect.quote_ident(schema)
             ))
             .await
             .map_err(map_err)?;

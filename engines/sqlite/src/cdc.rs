@@ -32,17 +32,16 @@
 //! when the change is written inside its transaction, so positions increase in commit
 //! order: a reader that has seen position `p` never later sees a new change below `p`.
 
-use crate::core::{Conn, atomically};
+use crate::conn::{Conn, atomically};
 use crate::error::map_err;
-use datalayer_core::{Change, ChangeKind, ColumnType, Error, Result, TableSchema, Value};
-use datalayer_sql::Dialect;
-use std::collections::HashMap;
+use datalayer_core::{Change, ColumnType, Error, Result, TableSchema};
+use datalayer_sql::{ChangeDecoder, Dialect};
 
 const LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS _dl_cdc_log (position INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, row TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS _dl_cdc_log_by_tbl ON _dl_cdc_log (tbl, position);";
 
 fn q(ident: &str) -> String {
-    crate::render::SqliteDialect.quote_ident(ident)
+    crate::dialect::SqliteDialect.quote_ident(ident)
 }
 
 /// The current columns of `table`: (name, declared type). `NotFound` if it does not exist.
@@ -117,53 +116,6 @@ fn declared_type(decl: &str) -> Option<ColumnType> {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Decodes one JSON value of a row image as `ty` (`None`: by its JSON type).
-fn json_value(j: &serde_json::Value, ty: Option<ColumnType>) -> Result<Value> {
-    use serde_json::Value as J;
-    let bad = || Error::corrupted(format!("change log value {j} does not fit {ty:?}"));
-    Ok(match (j, ty) {
-        (J::Null, _) => Value::Null,
-        (J::Number(n), Some(ColumnType::Bool)) => match n.as_i64() {
-            Some(0) => Value::Bool(false),
-            Some(1) => Value::Bool(true),
-            _ => return Err(bad()),
-        },
-        (J::Bool(b), Some(ColumnType::Bool)) => Value::Bool(*b),
-        (J::Number(n), Some(ColumnType::I16)) => Value::I16(
-            n.as_i64()
-                .and_then(|i| i16::try_from(i).ok())
-                .ok_or_else(bad)?,
-        ),
-        (J::Number(n), Some(ColumnType::I32)) => Value::I32(
-            n.as_i64()
-                .and_then(|i| i32::try_from(i).ok())
-                .ok_or_else(bad)?,
-        ),
-        (J::Number(n), Some(ColumnType::I64)) => Value::I64(n.as_i64().ok_or_else(bad)?),
-        (J::Number(n), Some(ColumnType::F32)) => Value::F32(n.as_f64().ok_or_else(bad)? as f32),
-        (J::Number(n), Some(ColumnType::F64)) => Value::F64(n.as_f64().ok_or_else(bad)?),
-        (J::String(s), Some(ColumnType::String)) => Value::String(s.clone()),
-        (J::String(s), Some(ColumnType::Bytes)) => Value::Bytes(unhex(s).ok_or_else(bad)?),
-        (J::Number(n), None) => match n.as_i64() {
-            Some(i) => Value::I64(i),
-            None => Value::F64(n.as_f64().ok_or_else(bad)?),
-        },
-        (J::String(s), None) => Value::String(s.clone()),
-        (J::Bool(b), None) => Value::Bool(*b),
-        _ => return Err(bad()),
-    })
-}
-
 /// Up to `limit` changes of `table` after `after`, in position order.
 pub(crate) fn read(c: &mut Conn<'_>, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
     let in_tx = c.in_tx();
@@ -180,19 +132,7 @@ pub(crate) fn read(c: &mut Conn<'_>, table: &str, after: u64, limit: usize) -> R
             )
             .ok()
             .and_then(|b| postcard::from_bytes(&b).ok());
-        let by_name: HashMap<&str, ColumnType> = schema
-            .as_ref()
-            .map(|s| s.columns.iter().map(|c| (c.name.as_str(), c.ty)).collect())
-            .unwrap_or_default();
-        let types: Vec<Option<ColumnType>> = cols
-            .iter()
-            .map(|(n, decl)| {
-                by_name
-                    .get(n.as_str())
-                    .copied()
-                    .or_else(|| declared_type(decl))
-            })
-            .collect();
+        let decoder = ChangeDecoder::new(table, &cols, schema.as_ref(), declared_type);
         let mut stmt = c
             .db
             .prepare_cached(
@@ -209,32 +149,7 @@ pub(crate) fn read(c: &mut Conn<'_>, table: &str, after: u64, limit: usize) -> R
             let position: i64 = r.get(0).map_err(map_err)?;
             let op: String = r.get(1).map_err(map_err)?;
             let image: String = r.get(2).map_err(map_err)?;
-            let kind = match op.as_str() {
-                "insert" => ChangeKind::Insert,
-                "update" => ChangeKind::Update,
-                "delete" => ChangeKind::Delete,
-                other => {
-                    return Err(Error::corrupted(format!(
-                        "change log: unknown op {other:?}"
-                    )));
-                }
-            };
-            let vals: Vec<serde_json::Value> = serde_json::from_str(&image)
-                .map_err(|e| Error::corrupted(format!("change log row {position}: {e}")))?;
-            let n = vals.len().min(cols.len());
-            let values = vals
-                .iter()
-                .take(n)
-                .zip(&types)
-                .map(|(j, ty)| json_value(j, *ty))
-                .collect::<Result<Vec<_>>>()?;
-            out.push(Change {
-                position: position as u64,
-                table: table.to_owned(),
-                kind,
-                columns: cols[..n].iter().map(|(name, _)| name.clone()).collect(),
-                values,
-            });
+            out.push(decoder.decode(position, &op, &image)?);
         }
         Ok(out)
     };
@@ -262,8 +177,6 @@ pub(crate) fn trim(c: &mut Conn<'_>, table: &str, upto: u64) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn sqlite_json_round_trips_reals() {
         let c = rusqlite::Connection::open_in_memory().unwrap();
@@ -282,33 +195,5 @@ mod tests {
             let back: Vec<f64> = serde_json::from_str(&s).unwrap();
             assert_eq!(back[0], x, "{s}");
         }
-    }
-
-    #[test]
-    fn json_values_by_type() {
-        let j: Vec<serde_json::Value> =
-            serde_json::from_str(r#"[1, 0.1, "00FF", null, 70000]"#).unwrap();
-        assert_eq!(
-            json_value(&j[0], Some(ColumnType::Bool)).unwrap(),
-            Value::Bool(true)
-        );
-        assert_eq!(
-            json_value(&j[1], Some(ColumnType::F64)).unwrap(),
-            Value::F64(0.1)
-        );
-        assert_eq!(
-            json_value(&j[2], Some(ColumnType::Bytes)).unwrap(),
-            Value::Bytes(vec![0, 255])
-        );
-        assert_eq!(
-            json_value(&j[3], Some(ColumnType::I32)).unwrap(),
-            Value::Null
-        );
-        assert!(
-            json_value(&j[4], Some(ColumnType::I16))
-                .unwrap_err()
-                .is_corrupted()
-        );
-        assert_eq!(json_value(&j[4], None).unwrap(), Value::I64(70000));
     }
 }

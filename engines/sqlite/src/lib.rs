@@ -40,113 +40,27 @@
 mod backend;
 mod cdc;
 pub mod config;
-mod core;
+mod conn;
+pub mod dialect;
 mod error;
-pub mod render;
 mod value;
 
+pub use backend::SqliteBackend;
 pub use config::{SqliteOptions, Synchronous};
-pub use render::SqliteDialect;
+pub use dialect::SqliteDialect;
 
-use backend::{CATALOG_DDL, Inner};
-use datalayer_core::{Engine, Error, Result};
+use datalayer_core::{Engine, Result};
 use futures::future::BoxFuture;
-use rusqlite::{Connection, OpenFlags};
 use std::sync::Arc;
 
-/// The SQLite engine. Cheap to clone (clones share the connections).
+/// The SQLite engine: the SQL family's executor over [`SqliteBackend`]. Cheap to clone
+/// (clones share the connections).
 ///
-/// Open it with [`SqliteEngine::open`] (a URL) or [`SqliteEngine::open_with`], then hand
-/// it to `Db::with_engine(Arc::new(engine))`, or call [`register`] once and use
+/// Open it with `SqliteEngine::open(url)` or `SqliteEngine::open_with(SqliteOptions)`
+/// (see [`datalayer_sql::SqlEngine::open`]; opening runs on a blocking thread), then
+/// hand it to `Db::with_engine(Arc::new(engine))`, or call [`register`] once and use
 /// `Db::builder("sqlite://...")`.
-#[derive(Clone)]
-pub struct SqliteEngine {
-    inner: Arc<Inner>,
-    options: Arc<SqliteOptions>,
-}
-
-impl std::fmt::Debug for SqliteEngine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteEngine")
-            .field("options", &self.options)
-            .finish()
-    }
-}
-
-impl SqliteEngine {
-    /// Opens the database named by `url` (`sqlite://path/to/file.db`,
-    /// `sqlite::memory:`; see [`SqliteOptions::from_url`] for parameters).
-    ///
-    /// # Errors
-    /// `InvalidInput` for a malformed URL; `Io` when the file cannot be opened or
-    /// created; `Corrupted` when it is not a SQLite database.
-    pub async fn open(url: &str) -> Result<SqliteEngine> {
-        Self::open_with(SqliteOptions::from_url(url)?).await
-    }
-
-    /// Opens a database with `options`. Opening runs on a blocking thread.
-    ///
-    /// # Errors
-    /// As [`SqliteEngine::open`].
-    pub async fn open_with(options: SqliteOptions) -> Result<SqliteEngine> {
-        let o = options.clone();
-        let pool = tokio::task::spawn_blocking(move || open_pool(&o))
-            .await
-            .map_err(|e| {
-                Error::engine("join", format!("opening the sqlite database panicked: {e}"))
-            })??;
-        Ok(SqliteEngine {
-            inner: Arc::new(Inner::new(pool, !options.is_memory())),
-            options: Arc::new(options),
-        })
-    }
-
-    /// The options the engine was opened with.
-    pub fn options(&self) -> &SqliteOptions {
-        &self.options
-    }
-}
-
-fn open_pool(o: &SqliteOptions) -> Result<core::Pool> {
-    let map = error::map_err;
-    let Some(path) = &o.path else {
-        let w = Connection::open_in_memory().map_err(map)?;
-        w.pragma_update(None, "foreign_keys", true).map_err(map)?;
-        w.execute_batch(CATALOG_DDL).map_err(map)?;
-        return core::Pool::start(w, Vec::new(), o.busy_timeout);
-    };
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    let w =
-        Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_CREATE).map_err(map)?;
-    w.busy_timeout(o.busy_timeout).map_err(map)?;
-    let mode: String = w
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(map)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::engine(
-            "journal_mode",
-            format!("could not switch {path:?} to WAL mode (got {mode})"),
-        ));
-    }
-    let sync = match o.synchronous {
-        Synchronous::Normal => "NORMAL",
-        Synchronous::Full => "FULL",
-    };
-    w.pragma_update(None, "synchronous", sync).map_err(map)?;
-    w.pragma_update(None, "foreign_keys", true).map_err(map)?;
-    w.execute_batch(CATALOG_DDL).map_err(map)?;
-    let mut readers = Vec::new();
-    for _ in 0..o.readers.max(1) {
-        let r = Connection::open_with_flags(path, flags).map_err(map)?;
-        r.busy_timeout(o.busy_timeout).map_err(map)?;
-        r.pragma_update(None, "foreign_keys", true).map_err(map)?;
-        r.pragma_update(None, "query_only", true).map_err(map)?;
-        readers.push(r);
-    }
-    core::Pool::start(w, readers, o.busy_timeout)
-}
+pub type SqliteEngine = datalayer_sql::SqlEngine<SqliteBackend>;
 
 fn opener(url: String) -> BoxFuture<'static, Result<Arc<dyn Engine>>> {
     Box::pin(async move { Ok(Arc::new(SqliteEngine::open(&url).await?) as Arc<dyn Engine>) })

@@ -26,8 +26,8 @@
 
 use crate::error::map_err;
 use crossbeam_channel::{Receiver, Sender};
-use datalayer_core::{Error, ErrorKind, QueryId, Result};
-use datalayer_sql::ScanShape;
+use datalayer_core::{Error, ErrorKind, Result};
+use datalayer_sql::{StmtDef, StmtKey};
 use rusqlite::{Connection, Statement};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -35,30 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
-
-/// A repository operation of one table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum TableOp {
-    Insert,
-    Upsert,
-    Update,
-    Delete,
-    Get,
-    Count,
-}
-
-/// What a prepared statement is, per connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum StmtKey {
-    /// A registered query.
-    Query(QueryId),
-    /// A repository op of the table with this registry id.
-    Table(u32, TableOp),
-    /// A keyset scan of the table with this registry id.
-    Scan(u32, ScanShape),
-    /// Fixed SQL (BEGIN, COMMIT, SAVEPOINT _dl_op, ...).
-    Fixed(&'static str),
-}
 
 /// One connection and its prepared statements, owned by the connection's thread.
 pub(crate) struct Conn<'c> {
@@ -74,6 +50,11 @@ impl<'c> Conn<'c> {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => v.insert(db.prepare(sql).map_err(map_err)?),
         })
+    }
+
+    /// The statement of `def`, preparing it on first use on this connection.
+    pub(crate) fn prepared(&mut self, def: &StmtDef) -> Result<&mut Statement<'c>> {
+        self.stmt(def.key, &def.sql)
     }
 
     /// Whether `key` is prepared on this connection.
@@ -136,9 +117,6 @@ pub(crate) fn atomically<R>(
 /// State of an explicit transaction, kept on its connection's thread.
 #[derive(Debug, Default)]
 pub(crate) struct TxState {
-    pub(crate) read_only: bool,
-    /// User savepoints, oldest first.
-    pub(crate) savepoints: Vec<String>,
     /// SQLite rolled the transaction back by itself after an error (SQLITE_FULL,
     /// IOERR, BUSY, NOMEM): every later op fails.
     pub(crate) aborted: bool,
@@ -377,11 +355,7 @@ impl Pool {
                 let _ = c.rollback();
                 return;
             }
-            let st = TxState {
-                read_only,
-                ..TxState::default()
-            };
-            tx_loop(c, rx, st);
+            tx_loop(c, rx, TxState::default());
         })
         .await?;
         Ok(tx)

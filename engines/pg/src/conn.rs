@@ -22,8 +22,9 @@
 
 use crate::config::PgOptions;
 use crate::error::{map_err, map_pool_err};
-use datalayer_core::{Error, QueryId, Result};
-use datalayer_sql::{Dialect, ScanShape};
+use crate::value::pg_type;
+use datalayer_core::{Error, Result};
+use datalayer_sql::{Dialect, StmtDef, StmtKey};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -31,38 +32,6 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
-
-/// A repository operation of one table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum TableOp {
-    Insert,
-    Upsert,
-    Update,
-    Delete,
-    Get,
-    Count,
-}
-
-/// What a prepared statement is, per connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum StmtKey {
-    /// A registered query.
-    Query(QueryId),
-    /// A repository op of the table with this registry id.
-    Table(u32, TableOp),
-    /// A keyset scan of the table with this registry id.
-    Scan(u32, ScanShape),
-    /// Fixed SQL of the engine (catalog, change log).
-    Fixed(&'static str),
-}
-
-/// A statement to prepare: its key, SQL and parameter types.
-#[derive(Clone, Debug)]
-pub(crate) struct StmtDef {
-    pub(crate) key: StmtKey,
-    pub(crate) sql: Arc<str>,
-    pub(crate) types: Arc<[Type]>,
-}
 
 /// The statements every connection prepares when it opens (or at its next checkout
 /// after more were registered).
@@ -125,6 +94,15 @@ impl PgConn {
         Ok(s)
     }
 
+    /// The statement of `def`, preparing it on first use on this connection.
+    pub(crate) async fn prepared(&mut self, def: &StmtDef) -> Result<Statement> {
+        if let Some(s) = self.stmts.get(&def.key) {
+            return Ok(s.clone());
+        }
+        let types: Vec<Type> = def.params.iter().map(|&t| pg_type(t)).collect();
+        self.stmt(def.key, &def.sql, &types).await
+    }
+
     /// Prepares every statement of `defs` not yet prepared, pipelined.
     async fn prepare_all(&mut self, defs: &[StmtDef]) -> Result<()> {
         let missing: Vec<&StmtDef> = defs
@@ -135,11 +113,10 @@ impl PgConn {
             return Ok(());
         }
         let client = &self.client;
-        let prepared = futures::future::try_join_all(
-            missing
-                .iter()
-                .map(|d| client.prepare_typed(&d.sql, &d.types)),
-        )
+        let prepared = futures::future::try_join_all(missing.iter().map(|d| {
+            let types: Vec<Type> = d.params.iter().map(|&t| pg_type(t)).collect();
+            async move { client.prepare_typed(&d.sql, &types).await }
+        }))
         .await
         .map_err(map_err)?;
         for (d, s) in missing.into_iter().zip(prepared) {
@@ -272,7 +249,7 @@ impl managed::Manager for Manager {
             client
                 .batch_execute(&format!(
                     "SET search_path TO {}",
-                    crate::render::PgDialect.quote_ident(schema)
+                    crate::dialect::PgDialect.quote_ident(schema)
                 ))
                 .await
                 .map_err(map_err)?;
