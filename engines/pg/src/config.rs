@@ -13,7 +13,8 @@ use tokio_postgres::config::{Host, SslMode};
 #[derive(Clone)]
 pub struct PgOptions {
     /// Server address, user, password, database, `sslmode`, `application_name`, ...:
-    /// everything tokio-postgres understands. The password is never printed.
+    /// everything tokio-postgres understands. The password is never printed. Default:
+    /// none, it is required (from the URL, or [`PgOptions::new`]).
     pub config: tokio_postgres::Config,
     /// The schema every connection works in (`SET search_path TO "<schema>"` when the
     /// connection opens; created if missing when the engine opens). `None`: the

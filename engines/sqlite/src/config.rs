@@ -23,6 +23,7 @@ pub enum Synchronous {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SqliteOptions {
     /// The database file; `None` = a private in-memory database (`sqlite::memory:`).
+    /// Default: `None`.
     pub path: Option<PathBuf>,
     /// Durability of commits. Default: [`Synchronous::Normal`].
     pub synchronous: Synchronous,
