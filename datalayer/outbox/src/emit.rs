@@ -1,7 +1,7 @@
 //! Producing: `tx.emit(..)`, `db.emit(..)` and table events (`tx.with_events::<T>(..)`).
 
 use super::hash::partition_of;
-use super::tables::{EventRow, SeqRow, TopicRow, queries};
+use super::tables::{EventRow, SeqRow, TopicRow};
 use super::{DEFAULT_PARTITIONS, check_capability, now_us, system_time_us, validate_topic};
 use crate::TxOutbox;
 use datalayer_core::ChangeKind;
@@ -94,7 +94,7 @@ async fn next_seq(tx: &Tx, topic: &str, part: i32) -> Result<i64> {
     let seqs = Repo::<SeqRow, Tx>::new(tx);
     for _ in 0..3 {
         let op = Op::Query {
-            query: &queries().bump_seq,
+            query: SeqRow::bump_seq_query(),
             params: &params,
         };
         match tx.run(op).await? {
