@@ -101,7 +101,7 @@ pub mod tables;
 mod window;
 
 pub use consumer::{Claim, ConsumerBuilder, DeadLetter, Driver, Event, Polling};
-pub use emit::{Emit, EventId, RepoEvents, TableEvent, TableOp};
+pub use emit::{Emit, EventId, RepoEvents, TableEvent};
 
 use datalayer_core::{Table, Tx};
 pub use hash::{fnv1a64, partition_of};
