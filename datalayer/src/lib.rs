@@ -15,7 +15,7 @@ pub use datalayer_macros::{Table, query_group};
 /// The transactional outbox: see [`datalayer_outbox`].
 pub use datalayer_outbox as outbox;
 pub use datalayer_outbox::{
-    BuilderOutbox, ConsumerBuilder, DbOutbox, Event, EventId, TableEvent, TableOp, TxOutbox,
+    BuilderOutbox, ConsumerBuilder, DbOutbox, Event, EventId, TableEvent, TxOutbox,
 };
 /// The SQL engine family (SQLite, PostgreSQL): see [`datalayer_sql`].
 pub use datalayer_sql as sql;

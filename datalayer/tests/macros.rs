@@ -662,6 +662,56 @@ fn async_methods_take_any_executor() {
     let _ = check_send;
 }
 
+// ---------------------------------------------------------------- crate = "..."
+
+/// `Team` with the generated code rooted at `datalayer_core`: the facade re-exports
+/// core's paths, so either root generates the same table and queries.
+#[derive(datalayer::Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = "teams")]
+struct CoreTeam {
+    #[pk]
+    id: i64,
+    title: String,
+}
+
+/// The same, rooted at an explicit `datalayer` (no leading `::`).
+#[derive(datalayer::Table, Clone, Debug, PartialEq)]
+#[table(name = "teams", crate = "datalayer")]
+struct FacadeTeam {
+    #[pk]
+    id: i64,
+    title: String,
+}
+
+#[query_group(crate = "datalayer_core")]
+impl CoreTeam {
+    fn titled(title: &str) -> Vec<CoreTeam> {
+        Self::filter(|t| t.title == title && t.id > 0)
+    }
+}
+
+#[query_group(crate = "datalayer")]
+impl FacadeTeam {
+    fn titled(title: &str) -> Vec<FacadeTeam> {
+        Self::filter(|t| t.title == title && t.id > 0)
+    }
+}
+
+#[test]
+fn crate_path_roots_the_same_code() {
+    assert_eq!(CoreTeam::schema(), Team::schema());
+    assert_eq!(FacadeTeam::schema(), Team::schema());
+    let (c, f) = (CoreTeam::titled_query(), FacadeTeam::titled_query());
+    assert_eq!(c.kind, f.kind);
+    assert_eq!(c.filter, f.filter);
+    assert_eq!(c.params, f.params);
+    let t = CoreTeam {
+        id: 1,
+        title: "a".into(),
+    };
+    assert_eq!(CoreTeam::from_row(t.to_row()).unwrap(), t);
+}
+
 // ------------------------------------------------ running on an in-memory executor
 
 /// A tiny executor that evaluates queries over rows in memory with `datalayer::eval`,

@@ -8,9 +8,9 @@
 use crate::Ctx;
 use crate::model::User;
 use anyhow::{Context, bail, ensure};
-use datalayer::outbox::{self, Event, TableEvent, TableOp};
+use datalayer::outbox::{self, Event, TableEvent};
 use datalayer::prelude::*;
-use datalayer::{Db, ErrorKind};
+use datalayer::{ChangeKind, Db, ErrorKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -622,7 +622,7 @@ pub async fn table_events_in_tx(cx: &mut Ctx) -> anyhow::Result<()> {
         })
         .await;
     ensure!(r.is_err());
-    let mut got: Vec<(TableOp, i64, i64)> = outbox::stored_events(&cx.db, "users")
+    let mut got: Vec<(ChangeKind, i64, i64)> = outbox::stored_events(&cx.db, "users")
         .await?
         .iter()
         .map(|e| {
@@ -634,14 +634,14 @@ pub async fn table_events_in_tx(cx: &mut Ctx) -> anyhow::Result<()> {
         .collect();
     // Per key, in commit order (keys may share a partition).
     got.sort_by_key(|&(_, k, s)| (k, s));
-    let ops: Vec<(TableOp, i64)> = got.iter().map(|&(o, k, _)| (o, k)).collect();
+    let ops: Vec<(ChangeKind, i64)> = got.iter().map(|&(o, k, _)| (o, k)).collect();
     assert_eq!(
         ops,
         vec![
-            (TableOp::Insert, 1),
-            (TableOp::Update, 1),
-            (TableOp::Delete, 1),
-            (TableOp::Insert, 2),
+            (ChangeKind::Insert, 1),
+            (ChangeKind::Update, 1),
+            (ChangeKind::Delete, 1),
+            (ChangeKind::Insert, 2),
         ]
     );
     let counts: HashMap<i64, usize> = ops.iter().fold(HashMap::new(), |mut m, &(_, k)| {

@@ -43,6 +43,10 @@ pub use schema::{BelongsTo, ColumnDef, IdList, IndexDef, Table, TableSchema, val
 pub use stmt::{Batch, Stmt, decode};
 pub use value::{ColumnType, ColumnValue, Key, Row, ToValue, Value};
 
+// The root exposes every path `#[derive(Table)]` and `#[query_group]` generate, under the
+// same names as the facade (which re-exports it with `*`), so that crates below the facade
+// derive with `crate = "datalayer_core"` (`tests/derive.rs` uses each construct once).
+
 /// Re-exports used by macro-generated code; not a stable API.
 #[doc(hidden)]
 pub mod __private {

@@ -1,6 +1,57 @@
 //! Small helpers for attributes and names.
 
-use syn::{Attribute, GenericArgument, PathArguments, Type};
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::meta::ParseNestedMeta;
+use syn::{Attribute, GenericArgument, LitStr, PathArguments, Type};
+
+/// The path every item of the generated code is reached through: `::datalayer` (the
+/// facade), or the path given by `crate = "..."` (`datalayer_core`, `crate`), as serde's
+/// `#[serde(crate = "...")]`. Core and the facade expose the same paths under their root.
+#[derive(Clone)]
+pub struct Root(TokenStream);
+
+impl Default for Root {
+    fn default() -> Self {
+        Root(quote!(::datalayer))
+    }
+}
+
+impl Root {
+    /// Parses the value of `crate = "path"` in a nested attribute.
+    pub fn parse(meta: &ParseNestedMeta) -> syn::Result<Root> {
+        let expected =
+            "datalayer: `crate` takes a path in a string, like `crate = \"datalayer_core\"`";
+        let value = meta.value()?;
+        let lit: LitStr = value
+            .parse()
+            .map_err(|e| syn::Error::new(e.span(), expected))?;
+        let path = lit
+            .parse_with(syn::Path::parse_mod_style)
+            .map_err(|_| syn::Error::new(lit.span(), expected))?;
+        Ok(Root(path.to_token_stream()))
+    }
+
+    /// The path with every token at `span`: generated code placed at the user's tokens
+    /// (type checks) reports errors there, whatever the root. A mod-style path has no
+    /// groups, so respanning its top-level tokens is enough.
+    pub fn at(&self, span: Span) -> TokenStream {
+        self.0
+            .clone()
+            .into_iter()
+            .map(|mut t| {
+                t.set_span(span);
+                t
+            })
+            .collect::<TokenStream>()
+    }
+}
+
+impl ToTokens for Root {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.extend(self.0.clone());
+    }
+}
 
 /// `UserProfile` → `user_profile`, `HTTPLog` → `http_log`.
 pub fn snake_case(name: &str) -> String {

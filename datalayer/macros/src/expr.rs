@@ -3,13 +3,14 @@
 //!
 //! A closure body such as `u.age >= min && u.email.is_some()` is parsed into a [`Node`]
 //! tree. A node is then
-//! - lowered to tokens that build a `::datalayer::Expr` ([`Node::lower`]), with columns
+//! - lowered to tokens that build an `Expr` of the root crate ([`Node::lower`]), with columns
 //!   resolved by the caller (by field name at run time for queries, to positions at
 //!   macro time for indexes);
 //! - turned into type-check calls ([`Node::checks`]) placed at the user's tokens, so that
 //!   the compiler reports a wrong field or a mismatched type at the user's expression;
 //! - described as SQL-like text for generated doc comments ([`Node::describe`]).
 
+use crate::attrs::Root;
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -40,14 +41,14 @@ pub enum Cmp {
 }
 
 impl Cmp {
-    fn tokens(self) -> TokenStream {
+    fn tokens(self, dl: &Root) -> TokenStream {
         match self {
-            Cmp::Eq => quote!(::datalayer::CmpOp::Eq),
-            Cmp::Ne => quote!(::datalayer::CmpOp::Ne),
-            Cmp::Lt => quote!(::datalayer::CmpOp::Lt),
-            Cmp::Le => quote!(::datalayer::CmpOp::Le),
-            Cmp::Gt => quote!(::datalayer::CmpOp::Gt),
-            Cmp::Ge => quote!(::datalayer::CmpOp::Ge),
+            Cmp::Eq => quote!(#dl::CmpOp::Eq),
+            Cmp::Ne => quote!(#dl::CmpOp::Ne),
+            Cmp::Lt => quote!(#dl::CmpOp::Lt),
+            Cmp::Le => quote!(#dl::CmpOp::Le),
+            Cmp::Gt => quote!(#dl::CmpOp::Gt),
+            Cmp::Ge => quote!(#dl::CmpOp::Ge),
         }
     }
     fn sql(self) -> &'static str {
@@ -76,7 +77,7 @@ pub enum LitValue {
 }
 
 impl LitValue {
-    fn value_tokens(&self, span: Span) -> syn::Result<TokenStream> {
+    fn value_tokens(&self, dl: &Root, span: Span) -> syn::Result<TokenStream> {
         let out_of_range = || syn::Error::new(span, "datalayer: integer literal out of range");
         let mut lit = match self {
             LitValue::Int(v, suffix) => match suffix.as_str() {
@@ -87,9 +88,9 @@ impl LitValue {
             LitValue::Float(v, suffix) if suffix == "f32" => Literal::f32_suffixed(*v as f32),
             LitValue::Float(v, _) => Literal::f64_suffixed(*v),
             LitValue::Str(s) => {
-                return Ok(quote!(::datalayer::Value::String(::std::string::String::from(#s))));
+                return Ok(quote!(#dl::Value::String(::std::string::String::from(#s))));
             }
-            LitValue::Bool(b) => return Ok(quote!(::datalayer::Value::Bool(#b))),
+            LitValue::Bool(b) => return Ok(quote!(#dl::Value::Bool(#b))),
         };
         lit.set_span(span);
         let variant = match self {
@@ -99,7 +100,7 @@ impl LitValue {
             LitValue::Float(_, s) if s == "f32" => quote!(F32),
             _ => quote!(F64),
         };
-        Ok(quote!(::datalayer::Value::#variant(#lit)))
+        Ok(quote!(#dl::Value::#variant(#lit)))
     }
 
     fn describe(&self) -> String {
@@ -425,9 +426,9 @@ fn lit_value(l: &Lit, negate: bool) -> syn::Result<LitValue> {
 
 /// How a lowering resolves columns to tokens.
 pub trait Columns {
-    /// Tokens evaluating to the `::datalayer::Expr` of column `field`.
+    /// Tokens evaluating to the `Expr` of column `field`.
     fn expr(&self, field: &Ident) -> TokenStream;
-    /// Tokens evaluating to `Option<::datalayer::ColumnType>` for column `field`.
+    /// Tokens evaluating to `Option<ColumnType>` for column `field`.
     fn ty(&self, field: &Ident) -> TokenStream;
 }
 
@@ -450,62 +451,68 @@ impl Node {
         }
     }
 
-    /// Tokens building the `::datalayer::Expr`; `ctx` is the column a literal is next to.
-    pub fn lower(&self, cols: &dyn Columns, ctx: Option<&Ident>) -> syn::Result<TokenStream> {
+    /// Tokens building the `Expr` (of the crate at `dl`); `ctx` is the column a literal
+    /// is next to.
+    pub fn lower(
+        &self,
+        dl: &Root,
+        cols: &dyn Columns,
+        ctx: Option<&Ident>,
+    ) -> syn::Result<TokenStream> {
         let pair =
             |a: &Node, b: &Node, cols: &dyn Columns| -> syn::Result<(TokenStream, TokenStream)> {
                 let ctx = self.first_column().or(ctx);
-                Ok((a.lower(cols, ctx)?, b.lower(cols, ctx)?))
+                Ok((a.lower(dl, cols, ctx)?, b.lower(dl, cols, ctx)?))
             };
         Ok(match self {
             Node::Column(f, _) => cols.expr(f),
-            Node::Param(i, _) => quote!(::datalayer::Expr::Param(#i)),
+            Node::Param(i, _) => quote!(#dl::Expr::Param(#i)),
             Node::Lit(v, _, span) => {
-                let value = v.value_tokens(*span)?;
+                let value = v.value_tokens(dl, *span)?;
                 let ty = match ctx {
                     Some(c) => cols.ty(c),
                     None => quote!(::std::option::Option::None),
                 };
-                quote!(::datalayer::check::literal(#value, #ty))
+                quote!(#dl::check::literal(#value, #ty))
             }
-            Node::Null(_) => quote!(::datalayer::Expr::Literal(::datalayer::Value::Null)),
+            Node::Null(_) => quote!(#dl::Expr::Literal(#dl::Value::Null)),
             Node::Cmp(op, a, b, _) => {
-                let op = op.tokens();
+                let op = op.tokens(dl);
                 let (a, b) = pair(a, b, cols)?;
-                quote!(::datalayer::Expr::cmp(#op, #a, #b))
+                quote!(#dl::Expr::cmp(#op, #a, #b))
             }
             Node::And(v) | Node::Or(v) => {
                 let items = v
                     .iter()
-                    .map(|n| n.lower(cols, ctx))
+                    .map(|n| n.lower(dl, cols, ctx))
                     .collect::<syn::Result<Vec<_>>>()?;
                 let variant = if matches!(self, Node::And(_)) {
                     quote!(And)
                 } else {
                     quote!(Or)
                 };
-                quote!(::datalayer::Expr::#variant(::std::vec![#(#items),*]))
+                quote!(#dl::Expr::#variant(::std::vec![#(#items),*]))
             }
             Node::Not(a) => {
-                let a = a.lower(cols, ctx)?;
-                quote!(::datalayer::Expr::Not(::std::boxed::Box::new(#a)))
+                let a = a.lower(dl, cols, ctx)?;
+                quote!(#dl::Expr::Not(::std::boxed::Box::new(#a)))
             }
             Node::IsNull(a, _) => {
-                let a = a.lower(cols, ctx)?;
-                quote!(::datalayer::Expr::IsNull(::std::boxed::Box::new(#a)))
+                let a = a.lower(dl, cols, ctx)?;
+                quote!(#dl::Expr::IsNull(::std::boxed::Box::new(#a)))
             }
             Node::StartsWith(a, b, _) => {
                 let (a, b) = pair(a, b, cols)?;
-                quote!(::datalayer::Expr::StartsWith(::std::boxed::Box::new(#a), ::std::boxed::Box::new(#b)))
+                quote!(#dl::Expr::StartsWith(::std::boxed::Box::new(#a), ::std::boxed::Box::new(#b)))
             }
             Node::Arith(add, a, b, _) => {
                 let op = if *add {
-                    quote!(::datalayer::ArithOp::Add)
+                    quote!(#dl::ArithOp::Add)
                 } else {
-                    quote!(::datalayer::ArithOp::Sub)
+                    quote!(#dl::ArithOp::Sub)
                 };
                 let (a, b) = pair(a, b, cols)?;
-                quote!(::datalayer::Expr::arith(#op, #a, #b))
+                quote!(#dl::Expr::arith(#op, #a, #b))
             }
         })
     }
@@ -535,27 +542,39 @@ impl Node {
         }
     }
 
-    /// Type-check statements for the compiler, spanned at the user's tokens; `row` is
-    /// the `&Table` parameter of the check fn.
-    pub fn checks(&self, row: &Ident, out: &mut Vec<TokenStream>) {
+    /// Type-check statements for the compiler (calls into the crate at `dl`), spanned at
+    /// the user's tokens; `row` is the `&Table` parameter of the check fn.
+    pub fn checks(&self, dl: &Root, row: &Ident, out: &mut Vec<TokenStream>) {
         match self {
             Node::Column(..) | Node::Param(..) | Node::Lit(..) | Node::Null(_) => {}
             Node::Cmp(_, a, b, tokens) => {
                 let (c, v) = if a.has_column() { (a, b) } else { (b, a) };
-                out.push(check_call("cmp", c.operand(row), v.operand(row), tokens));
-                a.checks(row, out);
-                b.checks(row, out);
+                out.push(check_call(
+                    dl,
+                    "cmp",
+                    c.operand(row),
+                    v.operand(row),
+                    tokens,
+                ));
+                a.checks(dl, row, out);
+                b.checks(dl, row, out);
             }
-            Node::And(v) | Node::Or(v) => v.iter().for_each(|n| n.checks(row, out)),
-            Node::Not(a) => a.checks(row, out),
+            Node::And(v) | Node::Or(v) => v.iter().for_each(|n| n.checks(dl, row, out)),
+            Node::Not(a) => a.checks(dl, row, out),
             Node::IsNull(a, tokens) => {
                 let c = a.operand(row);
                 let span = first_span(tokens);
-                let amp_c = amp(&c);
-                out.push(quote_spanned!(span=> ::datalayer::check::nullable(#amp_c #c);));
+                let (amp_c, dl) = (amp(&c), dl.at(span));
+                out.push(quote_spanned!(span=> #dl::check::nullable(#amp_c #c);));
             }
             Node::StartsWith(a, b, tokens) => {
-                out.push(check_call("text", a.operand(row), b.operand(row), tokens));
+                out.push(check_call(
+                    dl,
+                    "text",
+                    a.operand(row),
+                    b.operand(row),
+                    tokens,
+                ));
             }
             Node::Arith(_, a, b, tokens) => {
                 let (c, v) = if a.has_column() || !b.has_column() {
@@ -563,9 +582,15 @@ impl Node {
                 } else {
                     (b, a)
                 };
-                out.push(check_call("arith", c.operand(row), v.operand(row), tokens));
-                a.checks(row, out);
-                b.checks(row, out);
+                out.push(check_call(
+                    dl,
+                    "arith",
+                    c.operand(row),
+                    v.operand(row),
+                    tokens,
+                ));
+                a.checks(dl, row, out);
+                b.checks(dl, row, out);
             }
         }
     }
@@ -611,14 +636,14 @@ pub fn first_span(tokens: &TokenStream) -> Span {
         .map_or_else(Span::call_site, |t| t.span())
 }
 
-/// `::datalayer::check::f(&column, &value);` with the callee at the user's operator and
+/// `<root>::check::f(&column, &value);` with the callee at the user's operator and
 /// each operand at its own tokens, so that the compiler reports a mismatch at the user's
 /// operand and names the operator as the call that required it.
-fn check_call(f: &str, c: TokenStream, v: TokenStream, op: &TokenStream) -> TokenStream {
+fn check_call(dl: &Root, f: &str, c: TokenStream, v: TokenStream, op: &TokenStream) -> TokenStream {
     let span = first_span(op);
-    let f = Ident::new(f, span);
+    let (f, dl) = (Ident::new(f, span), dl.at(span));
     let (amp_c, amp_v) = (amp(&c), amp(&v));
-    quote_spanned!(span=> ::datalayer::check::#f(#amp_c #c, #amp_v #v);)
+    quote_spanned!(span=> #dl::check::#f(#amp_c #c, #amp_v #v);)
 }
 
 /// A `&` spanned at the start of `operand`.

@@ -6,6 +6,11 @@
 //! selected column in a query becomes a call into `datalayer::check`, placed at the
 //! user's expression.
 //!
+//! `crate = "path"` (`#[table(crate = "datalayer_core")]`, `#[query_group(crate =
+//! "datalayer_core")]`) roots every generated path at `path` instead of `::datalayer`,
+//! as serde's `#[serde(crate = "...")]`: crates below the facade (the outbox) derive
+//! their own tables. `datalayer_core` exposes the same paths as the facade.
+//!
 //! - `table`: the derive (schema, row codec, relationships).
 //! - `query`: `#[query_group]` (one `QueryDef`, `Stmt` builder and async
 //!   method per query fn).
@@ -24,6 +29,7 @@ mod table;
 /// ```ignore
 /// #[derive(Table)]
 /// #[table(name = "users")]                                   // default: snake_case type name
+///                                                            // (or a `&str` const: `name = USERS`)
 /// #[index(name = "by_email", fields(email), unique)]
 /// #[index(name = "adults", fields(age), when = |u| u.age >= 18)] // conditional index
 /// struct User {
@@ -36,6 +42,9 @@ mod table;
 ///     #[relation(ids = song_ids)] songs: Vec<Song>,          // not a column
 /// }
 /// ```
+///
+/// `#[table(crate = "datalayer_core")]` makes the generated code use `datalayer_core::..`
+/// instead of `::datalayer::..` (default), for crates that do not depend on the facade.
 #[proc_macro_derive(Table, attributes(table, pk, index, column, belongs_to, relation))]
 pub fn derive_table(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
@@ -58,16 +67,23 @@ pub fn derive_table(input: TokenStream) -> TokenStream {
 ///     fn bump(id: i64) -> u64 { Self::filter(|u| u.id == id).update(|u| u.age = u.age + 1) }
 /// }
 /// ```
+///
+/// `#[query_group(crate = "datalayer_core")]` makes the generated code use
+/// `datalayer_core::..` instead of `::datalayer::..` (default).
 #[proc_macro_attribute]
 pub fn query_group(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new_spanned(attr, "datalayer: #[query_group] takes no arguments")
-            .into_compile_error()
-            .into();
-    }
+    let mut dl = attrs::Root::default();
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("crate") {
+            dl = attrs::Root::parse(&meta)?;
+            Ok(())
+        } else {
+            Err(meta.error("datalayer: the only argument of #[query_group] is `crate = \"path\"`"))
+        }
+    });
+    syn::parse_macro_input!(attr with parser);
     let item = syn::parse_macro_input!(item as syn::ItemImpl);
-    query::expand(item)
+    query::expand(item, &dl)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

@@ -1,6 +1,6 @@
 //! `#[query_group]`.
 
-use crate::attrs::{docs, generic_arg, is_ident_type};
+use crate::attrs::{Root, docs, generic_arg, is_ident_type};
 use crate::expr::{Columns, Node, Scope, closure, first_span};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
@@ -64,8 +64,9 @@ struct Shape {
     item: Option<Type>,
 }
 
-/// Expands `#[query_group]` on an inherent `impl`.
-pub fn expand(item: ItemImpl) -> syn::Result<TokenStream> {
+/// Expands `#[query_group]` on an inherent `impl`; the generated code reaches datalayer
+/// through `dl`.
+pub fn expand(item: ItemImpl, dl: &Root) -> syn::Result<TokenStream> {
     if let Some((_, path, _)) = &item.trait_ {
         return Err(syn::Error::new_spanned(
             path,
@@ -96,7 +97,8 @@ pub fn expand(item: ItemImpl) -> syn::Result<TokenStream> {
     for it in &item.items {
         match it {
             ImplItem::Fn(f) => {
-                match parse_query(f, &type_name).and_then(|q| generate(&q, self_ty, &type_name)) {
+                match parse_query(f, &type_name).and_then(|q| generate(&q, dl, self_ty, &type_name))
+                {
                     Ok(tokens) => {
                         out.push(tokens);
                         query_fns.push(format_ident!("{}_query", f.sig.ident));
@@ -104,7 +106,7 @@ pub fn expand(item: ItemImpl) -> syn::Result<TokenStream> {
                     Err(e) => {
                         // Keep the fn's generated API so that callers do not add errors of their own.
                         if f.sig.receiver().is_none() {
-                            out.push(stub(f));
+                            out.push(stub(f, dl));
                         }
                         query_fns.push(format_ident!("{}_query", f.sig.ident));
                         match &mut errors {
@@ -127,8 +129,8 @@ pub fn expand(item: ItemImpl) -> syn::Result<TokenStream> {
             #(#out)*
         }
 
-        impl ::datalayer::QueryGroup for #self_ty {
-            fn queries() -> ::std::vec::Vec<&'static ::datalayer::QueryDef> {
+        impl #dl::QueryGroup for #self_ty {
+            fn queries() -> ::std::vec::Vec<&'static #dl::QueryDef> {
                 ::std::vec![#(Self::#query_fns()),*]
             }
         }
@@ -137,7 +139,7 @@ pub fn expand(item: ItemImpl) -> syn::Result<TokenStream> {
 
 /// Stand-ins for the items of a query fn that failed to expand (its error is reported
 /// once, by the macro).
-fn stub(f: &ImplItemFn) -> TokenStream {
+fn stub(f: &ImplItemFn, dl: &Root) -> TokenStream {
     let name = &f.sig.ident;
     let query_fn = format_ident!("{}_query", name);
     let stmt_fn = format_ident!("{}_stmt", name);
@@ -149,17 +151,17 @@ fn stub(f: &ImplItemFn) -> TokenStream {
     quote! {
         #[doc(hidden)]
         #[allow(unused)]
-        pub fn #query_fn() -> &'static ::datalayer::QueryDef {
+        pub fn #query_fn() -> &'static #dl::QueryDef {
             ::std::unreachable!()
         }
         #[doc(hidden)]
         #[allow(unused)]
-        pub fn #stmt_fn(#inputs) -> ::datalayer::Stmt<#ret> {
+        pub fn #stmt_fn(#inputs) -> #dl::Stmt<#ret> {
             ::std::unreachable!()
         }
         #[doc(hidden)]
         #[allow(unused)]
-        pub async fn #name<E: ::datalayer::Executor + ?Sized>(ex: &E, #inputs) -> ::datalayer::Result<#ret> {
+        pub async fn #name<E: #dl::Executor + ?Sized>(ex: &E, #inputs) -> #dl::Result<#ret> {
             ::std::unreachable!()
         }
     }
@@ -563,7 +565,7 @@ fn assign_target_error(lhs: &Expr) -> syn::Error {
 }
 
 /// Decides the result shape from the declared return type.
-fn shape(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<Shape> {
+fn shape(q: &Query, dl: &Root, self_ty: &Type, type_name: &Ident) -> syn::Result<Shape> {
     let ret = &q.ret;
     let is_self = |t: &Type| {
         is_ident_type(t, "Self") || is_ident_type(t, &type_name.to_string()) || t == self_ty
@@ -572,7 +574,7 @@ fn shape(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<Shape> {
         if is_ident_type(ret, "u64") {
             Ok(Shape {
                 returns: quote!(),
-                decode: quote!(::datalayer::decode::count),
+                decode: quote!(#dl::decode::count),
                 item: None,
             })
         } else {
@@ -590,15 +592,11 @@ fn shape(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<Shape> {
         Kind::Delete => return count_like("delete()"),
         Kind::Select(None) => {
             if let Some(t) = generic_arg(ret, "Option").filter(|t| is_self(t)) {
-                (
-                    "Optional",
-                    quote!(::datalayer::decode::optional::<#t>),
-                    None,
-                )
+                ("Optional", quote!(#dl::decode::optional::<#t>), None)
             } else if let Some(t) = generic_arg(ret, "Vec").filter(|t| is_self(t)) {
-                ("Many", quote!(::datalayer::decode::many::<#t>), None)
+                ("Many", quote!(#dl::decode::many::<#t>), None)
             } else if is_self(ret) {
-                ("One", quote!(::datalayer::decode::one::<#ret>), None)
+                ("One", quote!(#dl::decode::one::<#ret>), None)
             } else {
                 return Err(syn::Error::new_spanned(
                     ret,
@@ -612,19 +610,15 @@ fn shape(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<Shape> {
             if let Some(t) = generic_arg(ret, "Option") {
                 (
                     "Optional",
-                    quote!(::datalayer::decode::scalar_optional::<#t>),
+                    quote!(#dl::decode::scalar_optional::<#t>),
                     Some(ret.clone()),
                 )
             } else if let Some(t) = generic_arg(ret, "Vec") {
-                (
-                    "Many",
-                    quote!(::datalayer::decode::scalars::<#t>),
-                    Some(t.clone()),
-                )
+                ("Many", quote!(#dl::decode::scalars::<#t>), Some(t.clone()))
             } else {
                 (
                     "One",
-                    quote!(::datalayer::decode::scalar::<#ret>),
+                    quote!(#dl::decode::scalar::<#ret>),
                     Some(ret.clone()),
                 )
             }
@@ -653,7 +647,7 @@ fn shape(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<Shape> {
     }
     let returns = Ident::new(returns, Span::call_site());
     Ok(Shape {
-        returns: quote!(::datalayer::Returns::#returns),
+        returns: quote!(#dl::Returns::#returns),
         decode,
         item,
     })
@@ -713,8 +707,8 @@ fn describe(q: &Query, type_name: &Ident) -> String {
     s
 }
 
-fn generate(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<TokenStream> {
-    let shape = shape(q, self_ty, type_name)?;
+fn generate(q: &Query, dl: &Root, self_ty: &Type, type_name: &Ident) -> syn::Result<TokenStream> {
+    let shape = shape(q, dl, self_ty, type_name)?;
     let name = &q.name;
     let query_fn = format_ident!("{}_query", name);
     let stmt_fn = format_ident!("{}_stmt", name);
@@ -727,14 +721,14 @@ fn generate(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<TokenSt
     // Building the QueryDef.
     let params_decl = q.params.iter().map(|p| {
         let (pname, ty) = (p.ident.to_string(), &p.ty);
-        quote!(__b.param(#pname, <#ty as ::datalayer::ToValue>::TYPE, <#ty as ::datalayer::ToValue>::NULLABLE);)
+        quote!(__b.param(#pname, <#ty as #dl::ToValue>::TYPE, <#ty as #dl::ToValue>::NULLABLE);)
     });
     let mut build = Vec::new();
     let mut checks = Vec::new();
     if let Some(f) = &q.filter {
-        let e = f.lower(&BuilderColumns, None)?;
+        let e = f.lower(dl, &BuilderColumns, None)?;
         build.push(quote!(let __filter = #e; __b.filter(__filter);));
-        f.checks(&row, &mut checks);
+        f.checks(dl, &row, &mut checks);
     }
     for (c, desc) in &q.order_by {
         let cname = c.to_string();
@@ -744,37 +738,38 @@ fn generate(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<TokenSt
         checks.push(quote_spanned!(span=> let _ = &#r.#c;));
     }
     match &q.limit {
-        Some(LimitSpec::Const(n)) => build.push(quote!(__b.limit(::datalayer::Limit::Const(#n));)),
+        Some(LimitSpec::Const(n)) => build.push(quote!(__b.limit(#dl::Limit::Const(#n));)),
         Some(LimitSpec::Param(i, p)) => {
-            build.push(quote!(__b.limit(::datalayer::Limit::Param(#i));));
-            checks.push(quote_spanned!(p.span()=> ::datalayer::check::limit(&#p);));
+            build.push(quote!(__b.limit(#dl::Limit::Param(#i));));
+            let dl = dl.at(p.span());
+            checks.push(quote_spanned!(p.span()=> #dl::check::limit(&#p);));
         }
         None => {}
     }
     let returns = &shape.returns;
     match &q.kind {
         Kind::Select(None) => build.push(quote! {
-            __b.kind(::datalayer::QueryKind::Select { projection: ::std::option::Option::None, returns: #returns });
+            __b.kind(#dl::QueryKind::Select { projection: ::std::option::Option::None, returns: #returns });
         }),
         Kind::Select(Some(c)) => {
             let cname = c.to_string();
             build.push(quote!(__b.select(#cname, #returns);));
             let item = shape.item.as_ref().expect("select has an item type");
             let span = c.span();
-            let r = Ident::new("__row", span);
-            checks.push(quote_spanned!(span=> ::datalayer::check::select::<#item, _>(&#r.#c);));
+            let (r, dl) = (Ident::new("__row", span), dl.at(span));
+            checks.push(quote_spanned!(span=> #dl::check::select::<#item, _>(&#r.#c);));
         }
-        Kind::Count => build.push(quote!(__b.kind(::datalayer::QueryKind::Count);)),
-        Kind::Delete => build.push(quote!(__b.kind(::datalayer::QueryKind::Delete);)),
+        Kind::Count => build.push(quote!(__b.kind(#dl::QueryKind::Count);)),
+        Kind::Delete => build.push(quote!(__b.kind(#dl::QueryKind::Delete);)),
         Kind::Update(assigns) => {
             let mut pairs = Vec::new();
             for a in assigns {
                 let cname = a.column.to_string();
-                let value = a.value.lower(&BuilderColumns, Some(&a.column))?;
+                let value = a.value.lower(dl, &BuilderColumns, Some(&a.column))?;
                 pairs.push(quote! {
                     (
                         match __b.col(#cname) {
-                            ::datalayer::Expr::Column(i) => i,
+                            #dl::Expr::Column(i) => i,
                             _ => ::std::unreachable!(),
                         },
                         #value,
@@ -787,19 +782,21 @@ fn generate(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<TokenSt
                     quote_spanned!(first_span(&target)=> &),
                     quote_spanned!(first_span(&v)=> &),
                 );
-                checks.push(quote_spanned!(span=> ::datalayer::check::assign(#amp_t #target, #amp_v #v);));
-                a.value.checks(&row, &mut checks);
+                let dl_at = dl.at(span);
+                checks.push(quote_spanned!(span=> #dl_at::check::assign(#amp_t #target, #amp_v #v);));
+                a.value.checks(dl, &row, &mut checks);
                 let col_span = a.column.span();
+                let dl_at = dl.at(col_span);
                 checks.push(quote_spanned! {col_span=>
-                    const _: () = ::datalayer::check::not_primary_key(
-                        <#self_ty as ::datalayer::check::PrimaryKeyFields>::FIELDS,
+                    const _: () = #dl_at::check::not_primary_key(
+                        <#self_ty as #dl_at::check::PrimaryKeyFields>::FIELDS,
                         #cname,
                     );
                 });
             }
             build.push(quote! {
                 let __assignments = ::std::vec![#(#pairs),*];
-                __b.kind(::datalayer::QueryKind::Update { assignments: __assignments });
+                __b.kind(#dl::QueryKind::Update { assignments: __assignments });
             });
         }
     }
@@ -836,14 +833,14 @@ fn generate(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<TokenSt
 
     Ok(quote! {
         #[doc = #query_doc]
-        pub fn #query_fn() -> &'static ::datalayer::QueryDef {
-            static QUERY: ::datalayer::__private::OnceLock<::datalayer::QueryDef> =
-                ::datalayer::__private::OnceLock::new();
+        pub fn #query_fn() -> &'static #dl::QueryDef {
+            static QUERY: #dl::__private::OnceLock<#dl::QueryDef> =
+                #dl::__private::OnceLock::new();
             QUERY.get_or_init(|| {
-                let __s: &'static ::datalayer::TableSchema = <#self_ty as ::datalayer::Table>::schema();
+                let __s: &'static #dl::TableSchema = <#self_ty as #dl::Table>::schema();
                 #[allow(unused_variables)]
                 let __ty = |f: &str| __s.column_index(f).map(|i| __s.columns[i].ty);
-                let mut __b = ::datalayer::QueryBuilder::new(#qualified, __s);
+                let mut __b = #dl::QueryBuilder::new(#qualified, __s);
                 #(#params_decl)*
                 #(#build)*
                 __b.build().expect(#expect_msg)
@@ -851,10 +848,10 @@ fn generate(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<TokenSt
         }
 
         #[doc = #stmt_doc]
-        pub fn #stmt_fn(#(#param_sig),*) -> ::datalayer::Stmt<#ret> {
-            ::datalayer::Stmt::new(
+        pub fn #stmt_fn(#(#param_sig),*) -> #dl::Stmt<#ret> {
+            #dl::Stmt::new(
                 Self::#query_fn(),
-                ::std::vec![#(::datalayer::ToValue::param_value(&#param_names)),*],
+                ::std::vec![#(#dl::ToValue::param_value(&#param_names)),*],
                 #decode,
             )
         }
@@ -862,7 +859,9 @@ fn generate(q: &Query, self_ty: &Type, type_name: &Ident) -> syn::Result<TokenSt
         #(#user_docs)*
         #sep
         #[doc = #runs_doc]
-        pub async fn #name<E: ::datalayer::Executor + ?Sized>(#ex: &E, #(#param_sig),*) -> ::datalayer::Result<#ret> {
+        // One argument more than the user's fn (`ex`): the user's count is linted on `_stmt`.
+        #[allow(clippy::too_many_arguments)]
+        pub async fn #name<E: #dl::Executor + ?Sized>(#ex: &E, #(#param_sig),*) -> #dl::Result<#ret> {
             Self::#stmt_fn(#(#param_names),*).run(#ex).await
         }
 

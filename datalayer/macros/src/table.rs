@@ -1,6 +1,6 @@
 //! `#[derive(Table)]`.
 
-use crate::attrs::{check_identifier, generic_arg, snake_case};
+use crate::attrs::{Root, check_identifier, generic_arg, snake_case};
 use crate::expr::{Columns, Scope};
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -56,18 +56,36 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     }
 
     // Struct attributes.
-    let mut table_name = (snake_case(&ident.to_string()), ident.span());
+    let mut table_name = LitStr::new(&snake_case(&ident.to_string()), ident.span());
+    // `name = SOME_CONST`: checked when the schema is validated, not here.
+    let mut name_const: Option<Path> = None;
+    let mut dl = Root::default();
     let mut indexes = Vec::new();
     let mut belongs = Vec::new();
     for attr in &input.attrs {
         if attr.path().is_ident("table") {
             attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("name") {
-                    let s: LitStr = meta.value()?.parse()?;
-                    table_name = (s.value(), s.span());
+                    let value = meta.value()?;
+                    if value.peek(LitStr) {
+                        table_name = value.parse()?;
+                        name_const = None;
+                    } else {
+                        name_const = Some(value.parse().map_err(|e| {
+                            syn::Error::new(
+                                e.span(),
+                                "datalayer: `name` takes a string (`name = \"users\"`) or a `&str` constant (`name = USERS`)",
+                            )
+                        })?);
+                    }
+                    Ok(())
+                } else if meta.path.is_ident("crate") {
+                    dl = Root::parse(&meta)?;
                     Ok(())
                 } else {
-                    Err(meta.error("datalayer: expected `#[table(name = \"...\")]`"))
+                    Err(meta.error(
+                        "datalayer: expected `#[table(name = \"...\")]` or `#[table(crate = \"path\")]`",
+                    ))
                 }
             })?;
         } else if attr.path().is_ident("index") {
@@ -83,7 +101,9 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             belongs.push(b);
         }
     }
-    check_identifier("table", &table_name.0, table_name.1)?;
+    if name_const.is_none() {
+        check_identifier("table", &table_name.value(), table_name.span())?;
+    }
 
     // Fields.
     let mut fields = Vec::new();
@@ -213,20 +233,24 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     };
 
     // Schema.
-    let table_lit = &table_name.0;
+    let name_expr = match &name_const {
+        Some(path) => quote!(#path),
+        None => quote!(#table_name),
+    };
     let column_defs = columns.iter().map(|f| {
         let (name, field, ty) = (&f.column, f.ident.to_string(), &f.ty);
         quote! {
-            ::datalayer::ColumnDef {
+            #dl::ColumnDef {
                 name: ::std::string::String::from(#name),
                 field: ::std::string::String::from(#field),
-                ty: <#ty as ::datalayer::ColumnValue>::TYPE,
-                nullable: <#ty as ::datalayer::ColumnValue>::NULLABLE,
+                ty: <#ty as #dl::ColumnValue>::TYPE,
+                nullable: <#ty as #dl::ColumnValue>::NULLABLE,
             }
         }
     });
     let pk_positions: Vec<usize> = pk.iter().map(|f| position[&f.ident.to_string()]).collect();
     let cols = PositionColumns {
+        dl: &dl,
         position: &position,
         columns: &columns,
     };
@@ -266,13 +290,13 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                 let node = scope.predicate(body)?;
                 check_node_columns(&node, &resolve)?;
                 let row_param = Ident::new("__row", Span::call_site());
-                node.checks(&row_param, &mut when_checks);
-                let e = node.lower(&cols, None)?;
+                node.checks(&dl, &row_param, &mut when_checks);
+                let e = node.lower(&dl, &cols, None)?;
                 quote!(::std::option::Option::Some(#e))
             }
         };
         index_defs.push(quote! {
-            ::datalayer::IndexDef {
+            #dl::IndexDef {
                 name: ::std::string::String::from(#name),
                 columns: ::std::vec![#(#positions),*],
                 unique: #unique,
@@ -285,18 +309,18 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let n = columns.len();
     let to_values = columns.iter().map(|f| {
         let fi = &f.ident;
-        quote!(::datalayer::ColumnValue::to_value(&self.#fi))
+        quote!(#dl::ColumnValue::to_value(&self.#fi))
     });
     let key_values = pk.iter().map(|f| {
         let fi = &f.ident;
-        quote!(::datalayer::ColumnValue::to_value(&self.#fi))
+        quote!(#dl::ColumnValue::to_value(&self.#fi))
     });
     let decoders = columns.iter().map(|f| {
         let (fi, ty) = (&f.ident, &f.ty);
-        let context = format!("column {}.{}", table_lit, f.column);
+        let column = &f.column;
         quote! {
-            let #fi = <#ty as ::datalayer::ColumnValue>::from_value(__values.next().unwrap_or_default())
-                .map_err(|e| ::datalayer::Error::invalid_input(::std::format!("{}: {}", #context, e.message())))?;
+            let #fi = <#ty as #dl::ColumnValue>::from_value(__values.next().unwrap_or_default())
+                .map_err(|e| #dl::Error::invalid_input(::std::format!("column {}.{}: {}", #name_expr, #column, e.message())))?;
         }
     });
     let inits = fields.iter().map(|f| {
@@ -307,7 +331,6 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             quote!(#fi)
         }
     });
-    let arity_msg = format!("table {table_lit} has {n} columns, the row has {{}}");
     let pk_fields = pk.iter().map(|f| f.ident.to_string());
 
     // Relationships.
@@ -321,13 +344,14 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         let values = b
             .fields
             .iter()
-            .map(|f| quote!(::datalayer::ColumnValue::to_value(&self.#f)));
+            .map(|f| quote!(#dl::ColumnValue::to_value(&self.#f)));
+        let dl = dl.at(parent.span());
         rel_impls.push(quote_spanned! {parent.span()=>
-            impl ::datalayer::BelongsTo<#parent> for #ident {
+            impl #dl::BelongsTo<#parent> for #ident {
                 const FOREIGN_KEY: &'static [&'static str] = &[#(#names),*];
-                fn parent_key(&self) -> ::std::option::Option<::datalayer::Row> {
-                    let key: ::datalayer::Row = ::std::vec![#(#values),*];
-                    if key.iter().any(::datalayer::Value::is_null) {
+                fn parent_key(&self) -> ::std::option::Option<#dl::Row> {
+                    let key: #dl::Row = ::std::vec![#(#values),*];
+                    if key.iter().any(#dl::Value::is_null) {
                         ::std::option::Option::None
                     } else {
                         ::std::option::Option::Some(key)
@@ -341,12 +365,13 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         resolve(ids)?;
         let related = generic_arg(&f.ty, "Vec").expect("checked above");
         let fi = &f.ident;
+        let dl = dl.at(fi.span());
         rel_impls.push(quote_spanned! {fi.span()=>
-            impl ::datalayer::IdList<#related> for #ident {
-                fn related_keys(&self) -> ::std::vec::Vec<::datalayer::Row> {
+            impl #dl::IdList<#related> for #ident {
+                fn related_keys(&self) -> ::std::vec::Vec<#dl::Row> {
                     self.#ids
                         .iter()
-                        .map(|k| ::datalayer::Key::into_key(::std::clone::Clone::clone(k)))
+                        .map(|k| #dl::Key::into_key(::std::clone::Clone::clone(k)))
                         .collect()
                 }
                 fn fill_related(&mut self, rows: ::std::vec::Vec<#related>) {
@@ -370,36 +395,36 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     };
 
     Ok(quote! {
-        impl ::datalayer::Table for #ident {
-            fn schema() -> &'static ::datalayer::TableSchema {
-                static SCHEMA: ::datalayer::__private::OnceLock<::datalayer::TableSchema> =
-                    ::datalayer::__private::OnceLock::new();
-                SCHEMA.get_or_init(|| ::datalayer::TableSchema {
-                    name: ::std::string::String::from(#table_lit),
+        impl #dl::Table for #ident {
+            fn schema() -> &'static #dl::TableSchema {
+                static SCHEMA: #dl::__private::OnceLock<#dl::TableSchema> =
+                    #dl::__private::OnceLock::new();
+                SCHEMA.get_or_init(|| #dl::TableSchema {
+                    name: ::std::string::String::from(#name_expr),
                     columns: ::std::vec![#(#column_defs),*],
                     primary_key: ::std::vec![#(#pk_positions),*],
                     indexes: ::std::vec![#(#index_defs),*],
                 })
             }
-            fn to_row(&self) -> ::datalayer::Row {
+            fn to_row(&self) -> #dl::Row {
                 ::std::vec![#(#to_values),*]
             }
-            fn from_row(row: ::datalayer::Row) -> ::datalayer::Result<Self> {
+            fn from_row(row: #dl::Row) -> #dl::Result<Self> {
                 if row.len() != #n {
-                    return ::std::result::Result::Err(::datalayer::Error::invalid_input(
-                        ::std::format!(#arity_msg, row.len()),
+                    return ::std::result::Result::Err(#dl::Error::invalid_input(
+                        ::std::format!("table {} has {} columns, the row has {}", #name_expr, #n, row.len()),
                     ));
                 }
                 let mut __values = row.into_iter();
                 #(#decoders)*
                 ::std::result::Result::Ok(#ident { #(#inits),* })
             }
-            fn key(&self) -> ::datalayer::Row {
+            fn key(&self) -> #dl::Row {
                 ::std::vec![#(#key_values),*]
             }
         }
 
-        impl ::datalayer::check::PrimaryKeyFields for #ident {
+        impl #dl::check::PrimaryKeyFields for #ident {
             const FIELDS: &'static [&'static str] = &[#(#pk_fields),*];
         }
 
@@ -429,18 +454,19 @@ fn check_node_columns(
 
 /// Columns resolved to positions at macro time (`Expr::Column(i)`), typed by the field.
 struct PositionColumns<'a> {
+    dl: &'a Root,
     position: &'a HashMap<String, usize>,
     columns: &'a [&'a Field],
 }
 
 impl Columns for PositionColumns<'_> {
     fn expr(&self, field: &Ident) -> TokenStream {
-        let i = self.position[&field.to_string()];
-        quote!(::datalayer::Expr::Column(#i))
+        let (i, dl) = (self.position[&field.to_string()], self.dl);
+        quote!(#dl::Expr::Column(#i))
     }
     fn ty(&self, field: &Ident) -> TokenStream {
-        let ty = &self.columns[self.position[&field.to_string()]].ty;
-        quote!(::std::option::Option::Some(<#ty as ::datalayer::ColumnValue>::TYPE))
+        let (ty, dl) = (&self.columns[self.position[&field.to_string()]].ty, self.dl);
+        quote!(::std::option::Option::Some(<#ty as #dl::ColumnValue>::TYPE))
     }
 }
 

@@ -6,7 +6,7 @@
 //! fencing token).
 
 use super::emit::{NewEvent, emit_in, topic_partitions};
-use super::tables::{EventRow, GroupRow, MemberRow, SeqRow, queries};
+use super::tables::{EventRow, GroupRow, MemberRow, SeqRow};
 use super::window::Window;
 use super::{
     DEAD_LETTER_SUFFIX, check_capability, install, now_us, purge_partitions, validate_topic,
@@ -194,7 +194,7 @@ async fn claim_free(db: &Db, req: &Claim<'_>) -> Result<Vec<(u32, i64)>> {
     let ops = params
         .iter()
         .map(|p| Op::Query {
-            query: &queries().acquire,
+            query: GroupRow::acquire_query(),
             params: p,
         })
         .collect();
@@ -524,7 +524,7 @@ impl Worker {
                     Value::I64(r.fencing),
                 ];
                 let op = Op::Query {
-                    query: &queries().acquire,
+                    query: GroupRow::acquire_query(),
                     params: &params,
                 };
                 if count(self.db().run(op).await?)? == 1 {
@@ -565,7 +565,7 @@ impl Worker {
         let ops = params
             .iter()
             .map(|p| Op::Query {
-                query: &queries().renew,
+                query: GroupRow::renew_query(),
                 params: p,
             })
             .collect();
@@ -882,7 +882,7 @@ impl Worker {
             Value::I64(fencing),
         ];
         let op = Op::Query {
-            query: &queries().checkpoint,
+            query: GroupRow::checkpoint_query(),
             params: &params,
         };
         let r = async {

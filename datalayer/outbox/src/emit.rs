@@ -1,7 +1,7 @@
 //! Producing: `tx.emit(..)`, `db.emit(..)` and table events (`tx.with_events::<T>(..)`).
 
 use super::hash::partition_of;
-use super::tables::{EventRow, SeqRow, TopicRow, queries};
+use super::tables::{EventRow, SeqRow, TopicRow};
 use super::{DEFAULT_PARTITIONS, check_capability, now_us, system_time_us, validate_topic};
 use crate::TxOutbox;
 use datalayer_core::ChangeKind;
@@ -94,7 +94,7 @@ async fn next_seq(tx: &Tx, topic: &str, part: i32) -> Result<i64> {
     let seqs = Repo::<SeqRow, Tx>::new(tx);
     for _ in 0..3 {
         let op = Op::Query {
-            query: &queries().bump_seq,
+            query: SeqRow::bump_seq_query(),
             params: &params,
         };
         match tx.run(op).await? {
@@ -245,16 +245,12 @@ impl<'a, T: Table> RepoEvents<'a, T> {
     }
 }
 
-/// The kind of write behind a [`TableEvent`]: the same type as the change feed's
-/// [`ChangeKind`](datalayer_core::ChangeKind) (same variants, same encoding).
-pub type TableOp = datalayer_core::ChangeKind;
-
 /// The payload of a table event: which table, what happened, and the row's primary key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableEvent {
     /// The table name.
     pub table: String,
-    /// What happened.
+    /// What happened: the change feed's [`ChangeKind`] (insert, update or delete).
     pub op: ChangeKind,
     /// The primary-key values of the row.
     pub key: Row,
@@ -289,7 +285,7 @@ pub struct RepoEvents<'a, T> {
 }
 
 impl<T: Table> RepoEvents<'_, T> {
-    async fn event(&self, op: TableOp, key: Row) -> Result<EventId> {
+    async fn event(&self, op: ChangeKind, key: Row) -> Result<EventId> {
         let ev = TableEvent {
             table: T::schema().name.clone(),
             op,

@@ -101,7 +101,7 @@ pub mod tables;
 mod window;
 
 pub use consumer::{Claim, ConsumerBuilder, DeadLetter, Driver, Event, Polling};
-pub use emit::{Emit, EventId, RepoEvents, TableEvent, TableOp};
+pub use emit::{Emit, EventId, RepoEvents, TableEvent};
 
 use datalayer_core::{Table, Tx};
 pub use hash::{fnv1a64, partition_of};
@@ -215,8 +215,8 @@ pub struct OutboxQueries;
 
 impl datalayer_core::db::QueryGroup for OutboxQueries {
     fn queries() -> Vec<&'static QueryDef> {
-        let q = tables::queries();
-        vec![&q.bump_seq, &q.checkpoint, &q.acquire, &q.renew, &q.purge]
+        use tables::SeqRow;
+        [SeqRow::queries(), GroupRow::queries(), EventRow::queries()].concat()
     }
 }
 
@@ -339,7 +339,7 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
             .and_modify(|m| *m = (*m).min(p))
             .or_insert(p);
     }
-    let q = &tables::queries().purge;
+    let q = EventRow::purge_query();
     let mut deleted = 0;
     for (part, upto) in passed {
         if upto <= 0 {

@@ -1,131 +1,62 @@
-//! The outbox's own tables (hand-written [`Table`] impls) and the queries over them.
+//! The outbox's own tables and the queries over them, declared with `#[derive(Table)]`
+//! and `#[query_group]` rooted at `datalayer_core` (this crate sits below the facade).
 //!
 //! All names start with `_dl_outbox`, a prefix reserved for datalayer (see
 //! [`datalayer_core::schema::validate_identifier`]); they are accepted by
-//! [`TableSchema::validate`] through [`is_internal_table`]; the names themselves live
-//! in [`datalayer_core::schema::internal`], the one list of reserved table names.
+//! [`TableSchema::validate`](datalayer_core::TableSchema::validate) through
+//! [`is_internal_table`]; the names themselves live in
+//! [`datalayer_core::schema::internal`], the one list of reserved table names.
+//!
+//! The schemas are part of every engine's stored format: table, column and index names,
+//! column types, keys and column order never change (a unit test pins them).
 
-use datalayer_core::error::{Error, Result};
-use datalayer_core::query::{ArithOp, CmpOp, Expr, QueryBuilder, QueryDef, QueryKind};
-use datalayer_core::schema::{ColumnDef, IndexDef, Table, TableSchema};
-use datalayer_core::value::{ColumnType, ColumnValue, Row, Value};
-use std::sync::OnceLock;
+use datalayer_core::TableSchema;
+use datalayer_core::schema::Table as _;
+use datalayer_macros::{Table, query_group};
 
 pub use datalayer_core::schema::internal::{
     OUTBOX_EVENTS as EVENTS, OUTBOX_GROUPS as GROUPS, OUTBOX_MEMBERS as MEMBERS, OUTBOX_SEQ as SEQ,
     OUTBOX_TOPICS as TOPICS, is_internal_table,
 };
 
-fn col(name: &str, ty: ColumnType, nullable: bool) -> ColumnDef {
-    ColumnDef {
-        name: name.into(),
-        field: name.into(),
-        ty,
-        nullable,
-    }
-}
-
-fn bad_row(table: &str, row: &Row) -> Error {
-    Error::invalid_input(format!("{table}: unexpected row shape {row:?}"))
-}
-
-fn take<T: ColumnValue>(it: &mut std::vec::IntoIter<Value>) -> Result<T> {
-    T::from_value(it.next().unwrap_or(Value::Null))
-}
-
-macro_rules! table_schema {
-    ($name:expr, [$($c:expr),* $(,)?], pk = [$($k:expr),*], indexes = [$($ix:expr),*]) => {{
-        static S: OnceLock<TableSchema> = OnceLock::new();
-        S.get_or_init(|| TableSchema {
-            name: $name.into(),
-            columns: vec![$($c),*],
-            primary_key: vec![$($k),*],
-            indexes: vec![$($ix),*],
-        })
-    }};
-}
-
 /// A row of [`TOPICS`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = TOPICS)]
 pub(crate) struct TopicRow {
+    #[pk]
     pub topic: String,
     pub partitions: i32,
 }
 
-impl Table for TopicRow {
-    fn schema() -> &'static TableSchema {
-        table_schema!(
-            TOPICS,
-            [
-                col("topic", ColumnType::String, false),
-                col("partitions", ColumnType::I32, false)
-            ],
-            pk = [0],
-            indexes = []
-        )
-    }
-    fn to_row(&self) -> Row {
-        vec![self.topic.to_value(), self.partitions.to_value()]
-    }
-    fn from_row(row: Row) -> Result<Self> {
-        if row.len() != 2 {
-            return Err(bad_row(TOPICS, &row));
-        }
-        let mut it = row.into_iter();
-        Ok(TopicRow {
-            topic: take(&mut it)?,
-            partitions: take(&mut it)?,
-        })
-    }
-}
-
 /// A row of [`SEQ`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = SEQ)]
 pub(crate) struct SeqRow {
+    #[pk]
     pub topic: String,
+    #[pk]
     pub part: i32,
     /// The last seq assigned in this partition (0: none yet).
     pub last: i64,
 }
 
-impl Table for SeqRow {
-    fn schema() -> &'static TableSchema {
-        table_schema!(
-            SEQ,
-            [
-                col("topic", ColumnType::String, false),
-                col("part", ColumnType::I32, false),
-                col("last", ColumnType::I64, false)
-            ],
-            pk = [0, 1],
-            indexes = []
-        )
-    }
-    fn to_row(&self) -> Row {
-        vec![
-            self.topic.to_value(),
-            self.part.to_value(),
-            self.last.to_value(),
-        ]
-    }
-    fn from_row(row: Row) -> Result<Self> {
-        if row.len() != 3 {
-            return Err(bad_row(SEQ, &row));
-        }
-        let mut it = row.into_iter();
-        Ok(SeqRow {
-            topic: take(&mut it)?,
-            part: take(&mut it)?,
-            last: take(&mut it)?,
-        })
+#[query_group(crate = "datalayer_core")]
+impl SeqRow {
+    /// Takes the partition's next seq (the row lock orders concurrent emitters).
+    fn bump_seq(topic: &str, part: i32) -> u64 {
+        Self::filter(|s| s.topic == topic && s.part == part).update(|s| s.last += 1)
     }
 }
 
 /// A row of [`EVENTS`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = EVENTS)]
 pub(crate) struct EventRow {
+    #[pk]
     pub topic: String,
+    #[pk]
     pub part: i32,
+    #[pk]
     pub seq: i64,
     pub deliver_at_us: i64,
     pub id: String,
@@ -139,65 +70,24 @@ pub(crate) struct EventRow {
     pub error: Option<String>,
 }
 
-impl Table for EventRow {
-    fn schema() -> &'static TableSchema {
-        table_schema!(
-            EVENTS,
-            [
-                col("topic", ColumnType::String, false),
-                col("part", ColumnType::I32, false),
-                col("seq", ColumnType::I64, false),
-                col("deliver_at_us", ColumnType::I64, false),
-                col("id", ColumnType::String, false),
-                col("key", ColumnType::Bytes, false),
-                col("payload", ColumnType::Bytes, false),
-                col("origin", ColumnType::String, true),
-                col("attempts", ColumnType::I32, false),
-                col("error", ColumnType::String, true),
-            ],
-            pk = [0, 1, 2],
-            indexes = []
-        )
-    }
-    fn to_row(&self) -> Row {
-        vec![
-            self.topic.to_value(),
-            self.part.to_value(),
-            self.seq.to_value(),
-            self.deliver_at_us.to_value(),
-            self.id.to_value(),
-            self.key.to_value(),
-            self.payload.to_value(),
-            self.origin.to_value(),
-            self.attempts.to_value(),
-            self.error.to_value(),
-        ]
-    }
-    fn from_row(row: Row) -> Result<Self> {
-        if row.len() != 10 {
-            return Err(bad_row(EVENTS, &row));
-        }
-        let mut it = row.into_iter();
-        Ok(EventRow {
-            topic: take(&mut it)?,
-            part: take(&mut it)?,
-            seq: take(&mut it)?,
-            deliver_at_us: take(&mut it)?,
-            id: take(&mut it)?,
-            key: take(&mut it)?,
-            payload: take(&mut it)?,
-            origin: take(&mut it)?,
-            attempts: take(&mut it)?,
-            error: take(&mut it)?,
-        })
+#[query_group(crate = "datalayer_core")]
+impl EventRow {
+    /// Retention: deletes a partition's events up to seq `upto`.
+    fn purge(topic: &str, part: i32, upto: i64) -> u64 {
+        Self::filter(|e| e.topic == topic && e.part == part && e.seq <= upto).delete()
     }
 }
 
 /// A row of [`GROUPS`]: one consumer group's checkpoint and lease on one partition.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = GROUPS)]
+#[index(name = "by_topic", fields(topic, part))]
 pub(crate) struct GroupRow {
+    #[pk]
     pub grp: String,
+    #[pk]
     pub topic: String,
+    #[pk]
     pub part: i32,
     /// Every seq `<= high` was seen: processed, or listed in `pending`.
     pub high: i64,
@@ -209,102 +99,65 @@ pub(crate) struct GroupRow {
     pub fencing: i64,
 }
 
-impl Table for GroupRow {
-    fn schema() -> &'static TableSchema {
-        table_schema!(
-            GROUPS,
-            [
-                col("grp", ColumnType::String, false),
-                col("topic", ColumnType::String, false),
-                col("part", ColumnType::I32, false),
-                col("high", ColumnType::I64, false),
-                col("pending", ColumnType::Bytes, false),
-                col("lease_owner", ColumnType::String, false),
-                col("lease_until_us", ColumnType::I64, false),
-                col("fencing", ColumnType::I64, false),
-            ],
-            pk = [0, 1, 2],
-            indexes = [IndexDef {
-                name: "by_topic".into(),
-                columns: vec![1, 2],
-                unique: false,
-                when: None,
-            }]
-        )
-    }
-    fn to_row(&self) -> Row {
-        vec![
-            self.grp.to_value(),
-            self.topic.to_value(),
-            self.part.to_value(),
-            self.high.to_value(),
-            self.pending.to_value(),
-            self.lease_owner.to_value(),
-            self.lease_until_us.to_value(),
-            self.fencing.to_value(),
-        ]
-    }
-    fn from_row(row: Row) -> Result<Self> {
-        if row.len() != 8 {
-            return Err(bad_row(GROUPS, &row));
-        }
-        let mut it = row.into_iter();
-        Ok(GroupRow {
-            grp: take(&mut it)?,
-            topic: take(&mut it)?,
-            part: take(&mut it)?,
-            high: take(&mut it)?,
-            pending: take(&mut it)?,
-            lease_owner: take(&mut it)?,
-            lease_until_us: take(&mut it)?,
-            fencing: take(&mut it)?,
+#[query_group(crate = "datalayer_core")]
+impl GroupRow {
+    /// Conditional checkpoint: only the lease holder with this fencing value moves it.
+    fn checkpoint(
+        high: i64,
+        pending: Vec<u8>,
+        grp: &str,
+        topic: &str,
+        part: i32,
+        owner: &str,
+        fencing: i64,
+    ) -> u64 {
+        Self::filter(|g| {
+            g.grp == grp
+                && g.topic == topic
+                && g.part == part
+                && g.lease_owner == owner
+                && g.fencing == fencing
         })
+        .update(|g| {
+            g.high = high;
+            g.pending = pending;
+        })
+    }
+
+    /// Lease acquisition, conditional on the fencing value read when choosing.
+    fn acquire(owner: &str, until: i64, grp: &str, topic: &str, part: i32, fencing: i64) -> u64 {
+        Self::filter(|g| g.grp == grp && g.topic == topic && g.part == part && g.fencing == fencing)
+            .update(|g| {
+                g.lease_owner = owner;
+                g.lease_until_us = until;
+                g.fencing += 1;
+            })
+    }
+
+    /// Lease renewal or release (`until` 0) by the holder.
+    fn renew(until: i64, grp: &str, topic: &str, part: i32, owner: &str, fencing: i64) -> u64 {
+        Self::filter(|g| {
+            g.grp == grp
+                && g.topic == topic
+                && g.part == part
+                && g.lease_owner == owner
+                && g.fencing == fencing
+        })
+        .update(|g| g.lease_until_us = until)
     }
 }
 
 /// A row of [`MEMBERS`]: a worker's heartbeat.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = MEMBERS)]
 pub(crate) struct MemberRow {
+    #[pk]
     pub grp: String,
+    #[pk]
     pub topic: String,
+    #[pk]
     pub worker: String,
     pub until_us: i64,
-}
-
-impl Table for MemberRow {
-    fn schema() -> &'static TableSchema {
-        table_schema!(
-            MEMBERS,
-            [
-                col("grp", ColumnType::String, false),
-                col("topic", ColumnType::String, false),
-                col("worker", ColumnType::String, false),
-                col("until_us", ColumnType::I64, false),
-            ],
-            pk = [0, 1, 2],
-            indexes = []
-        )
-    }
-    fn to_row(&self) -> Row {
-        vec![
-            self.grp.to_value(),
-            self.topic.to_value(),
-            self.worker.to_value(),
-            self.until_us.to_value(),
-        ]
-    }
-    fn from_row(row: Row) -> Result<Self> {
-        if row.len() != 4 {
-            return Err(bad_row(MEMBERS, &row));
-        }
-        let mut it = row.into_iter();
-        Ok(MemberRow {
-            grp: take(&mut it)?,
-            topic: take(&mut it)?,
-            worker: take(&mut it)?,
-            until_us: take(&mut it)?,
-        })
-    }
 }
 
 /// Every internal table.
@@ -318,148 +171,108 @@ pub(crate) fn schemas() -> Vec<&'static TableSchema> {
     ]
 }
 
-/// The queries of the outbox, built once.
-pub(crate) struct Queries {
-    /// `last = last + 1 WHERE topic = $0 AND part = $1`.
-    pub bump_seq: QueryDef,
-    /// Conditional checkpoint: `high = $0, pending = $1 WHERE pk = ($2, $3, $4) AND
-    /// lease_owner = $5 AND fencing = $6`.
-    pub checkpoint: QueryDef,
-    /// Lease acquisition: `lease_owner = $0, lease_until_us = $1, fencing = fencing + 1
-    /// WHERE pk = ($2, $3, $4) AND fencing = $5` (the fencing value read when choosing).
-    pub acquire: QueryDef,
-    /// Lease renewal or release: `lease_until_us = $0 WHERE pk = ($1, $2, $3) AND
-    /// lease_owner = $4 AND fencing = $5`.
-    pub renew: QueryDef,
-    /// Retention: `DELETE WHERE topic = $0 AND part = $1 AND seq <= $2`.
-    pub purge: QueryDef,
-}
-
-fn eq(a: Expr, b: Expr) -> Expr {
-    Expr::cmp(CmpOp::Eq, a, b)
-}
-
-fn group_pk(b: &mut QueryBuilder) -> Vec<Expr> {
-    let (g, t, p) = (b.col("grp"), b.col("topic"), b.col("part"));
-    let pg = b.param("grp", ColumnType::String, false);
-    let pt = b.param("topic", ColumnType::String, false);
-    let pp = b.param("part", ColumnType::I32, false);
-    vec![eq(g, pg), eq(t, pt), eq(p, pp)]
-}
-
-fn build() -> Result<Queries> {
-    let bump_seq = {
-        let mut b = QueryBuilder::new("outbox::bump_seq", SeqRow::schema());
-        let (t, p, last) = (b.col("topic"), b.col("part"), b.col("last"));
-        let pt = b.param("topic", ColumnType::String, false);
-        let pp = b.param("part", ColumnType::I32, false);
-        b.filter(Expr::And(vec![eq(t, pt), eq(p, pp)]));
-        let last_col = b.col("last");
-        let Expr::Column(li) = last_col else {
-            unreachable!()
-        };
-        b.kind(QueryKind::Update {
-            assignments: vec![(
-                li,
-                Expr::arith(ArithOp::Add, last, Expr::Literal(Value::I64(1))),
-            )],
-        });
-        b.build()?
-    };
-    let checkpoint = {
-        let mut b = QueryBuilder::new("outbox::checkpoint", GroupRow::schema());
-        let ph = b.param("high", ColumnType::I64, false);
-        let pn = b.param("pending", ColumnType::Bytes, false);
-        let mut f = group_pk(&mut b);
-        let (o, fe) = (b.col("lease_owner"), b.col("fencing"));
-        let po = b.param("owner", ColumnType::String, false);
-        let pf = b.param("fencing", ColumnType::I64, false);
-        f.extend([eq(o, po), eq(fe, pf)]);
-        b.filter(Expr::And(f));
-        let (Expr::Column(hi), Expr::Column(ni)) = (b.col("high"), b.col("pending")) else {
-            unreachable!()
-        };
-        b.kind(QueryKind::Update {
-            assignments: vec![(hi, ph), (ni, pn)],
-        });
-        b.build()?
-    };
-    let acquire = {
-        let mut b = QueryBuilder::new("outbox::acquire", GroupRow::schema());
-        let po = b.param("owner", ColumnType::String, false);
-        let pu = b.param("until", ColumnType::I64, false);
-        let mut f = group_pk(&mut b);
-        let fe = b.col("fencing");
-        let pf = b.param("fencing", ColumnType::I64, false);
-        f.push(eq(fe.clone(), pf));
-        b.filter(Expr::And(f));
-        let (Expr::Column(oi), Expr::Column(ui), Expr::Column(fi)) =
-            (b.col("lease_owner"), b.col("lease_until_us"), fe)
-        else {
-            unreachable!()
-        };
-        b.kind(QueryKind::Update {
-            assignments: vec![
-                (oi, po),
-                (ui, pu),
-                (
-                    fi,
-                    Expr::arith(ArithOp::Add, Expr::Column(fi), Expr::Literal(Value::I64(1))),
-                ),
-            ],
-        });
-        b.build()?
-    };
-    let renew = {
-        let mut b = QueryBuilder::new("outbox::renew", GroupRow::schema());
-        let pu = b.param("until", ColumnType::I64, false);
-        let mut f = group_pk(&mut b);
-        let (o, fe) = (b.col("lease_owner"), b.col("fencing"));
-        let po = b.param("owner", ColumnType::String, false);
-        let pf = b.param("fencing", ColumnType::I64, false);
-        f.extend([eq(o, po), eq(fe, pf)]);
-        b.filter(Expr::And(f));
-        let Expr::Column(ui) = b.col("lease_until_us") else {
-            unreachable!()
-        };
-        b.kind(QueryKind::Update {
-            assignments: vec![(ui, pu)],
-        });
-        b.build()?
-    };
-    let purge = {
-        let mut b = QueryBuilder::new("outbox::purge", EventRow::schema());
-        let (t, p, s) = (b.col("topic"), b.col("part"), b.col("seq"));
-        let pt = b.param("topic", ColumnType::String, false);
-        let pp = b.param("part", ColumnType::I32, false);
-        let ps = b.param("upto", ColumnType::I64, false);
-        b.filter(Expr::And(vec![
-            eq(t, pt),
-            eq(p, pp),
-            Expr::cmp(CmpOp::Le, s, ps),
-        ]));
-        b.kind(QueryKind::Delete);
-        b.build()?
-    };
-    Ok(Queries {
-        bump_seq,
-        checkpoint,
-        acquire,
-        renew,
-        purge,
-    })
-}
-
-/// The outbox's queries (built on first use; the builder cannot fail for these fixed
-/// definitions, which a unit test checks).
-pub(crate) fn queries() -> &'static Queries {
-    static Q: OnceLock<Queries> = OnceLock::new();
-    Q.get_or_init(|| build().expect("the outbox's fixed queries are valid"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datalayer_core::query::{ArithOp, CmpOp, Expr, ParamDef, QueryDef, QueryKind};
+    use datalayer_core::schema::{ColumnDef, IndexDef};
+    use datalayer_core::value::{ColumnType, Value};
+
+    /// The stored format: what the hand-written impls declared before the derive.
+    #[test]
+    fn schemas_are_the_stored_format() {
+        use ColumnType::{Bytes, I32, I64, String as Str};
+        fn schema(
+            name: &str,
+            cols: &[(&str, ColumnType, bool)],
+            pk: &[usize],
+            indexes: Vec<IndexDef>,
+        ) -> TableSchema {
+            TableSchema {
+                name: name.into(),
+                columns: cols
+                    .iter()
+                    .map(|&(c, ty, nullable)| ColumnDef {
+                        name: c.into(),
+                        field: c.into(),
+                        ty,
+                        nullable,
+                    })
+                    .collect(),
+                primary_key: pk.to_vec(),
+                indexes,
+            }
+        }
+        let by_topic = IndexDef {
+            name: "by_topic".into(),
+            columns: vec![1, 2],
+            unique: false,
+            when: None,
+        };
+        let want = [
+            schema(
+                "_dl_outbox_topics",
+                &[("topic", Str, false), ("partitions", I32, false)],
+                &[0],
+                vec![],
+            ),
+            schema(
+                "_dl_outbox_seq",
+                &[
+                    ("topic", Str, false),
+                    ("part", I32, false),
+                    ("last", I64, false),
+                ],
+                &[0, 1],
+                vec![],
+            ),
+            schema(
+                "_dl_outbox",
+                &[
+                    ("topic", Str, false),
+                    ("part", I32, false),
+                    ("seq", I64, false),
+                    ("deliver_at_us", I64, false),
+                    ("id", Str, false),
+                    ("key", Bytes, false),
+                    ("payload", Bytes, false),
+                    ("origin", Str, true),
+                    ("attempts", I32, false),
+                    ("error", Str, true),
+                ],
+                &[0, 1, 2],
+                vec![],
+            ),
+            schema(
+                "_dl_outbox_groups",
+                &[
+                    ("grp", Str, false),
+                    ("topic", Str, false),
+                    ("part", I32, false),
+                    ("high", I64, false),
+                    ("pending", Bytes, false),
+                    ("lease_owner", Str, false),
+                    ("lease_until_us", I64, false),
+                    ("fencing", I64, false),
+                ],
+                &[0, 1, 2],
+                vec![by_topic],
+            ),
+            schema(
+                "_dl_outbox_members",
+                &[
+                    ("grp", Str, false),
+                    ("topic", Str, false),
+                    ("worker", Str, false),
+                    ("until_us", I64, false),
+                ],
+                &[0, 1, 2],
+                vec![],
+            ),
+        ];
+        let got: Vec<TableSchema> = schemas().into_iter().cloned().collect();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn schemas_validate_and_queries_build() {
@@ -467,8 +280,78 @@ mod tests {
             s.validate().unwrap();
             assert!(is_internal_table(&s.name));
         }
-        build().unwrap();
+        // Each `_query()` builds its definition and panics if the builder refuses it.
+        let queries = <crate::OutboxQueries as datalayer_core::QueryGroup>::queries();
+        assert_eq!(queries.len(), 5);
         assert!(!is_internal_table("_dl_catalog"));
+    }
+
+    /// The queries the hand-built definitions had: callers pass parameters by position.
+    #[test]
+    fn queries_are_the_hand_built_ones() {
+        use Expr::{Column as C, Param as P};
+        fn eq(a: Expr, b: Expr) -> Expr {
+            Expr::cmp(CmpOp::Eq, a, b)
+        }
+        fn params(q: &QueryDef) -> Vec<(&str, ColumnType)> {
+            assert!(q.params.iter().all(|p: &ParamDef| !p.nullable));
+            q.params.iter().map(|p| (p.name.as_str(), p.ty)).collect()
+        }
+        let plus_one = |c| Expr::arith(ArithOp::Add, C(c), Expr::Literal(Value::I64(1)));
+        let update = |assignments| QueryKind::Update { assignments };
+        let (s, i, l, b) = (
+            ColumnType::String,
+            ColumnType::I32,
+            ColumnType::I64,
+            ColumnType::Bytes,
+        );
+
+        let q = SeqRow::bump_seq_query();
+        assert_eq!(params(q), [("topic", s), ("part", i)]);
+        assert_eq!(
+            q.filter,
+            Some(Expr::And(vec![eq(C(0), P(0)), eq(C(1), P(1))]))
+        );
+        assert_eq!(q.kind, update(vec![(2, plus_one(2))]));
+
+        // (grp, topic, part) = ($a, $b, $c)
+        let pk = |a, b, c| vec![eq(C(0), P(a)), eq(C(1), P(b)), eq(C(2), P(c))];
+        let q = GroupRow::checkpoint_query();
+        let want = [("high", l), ("pending", b), ("grp", s), ("topic", s)];
+        assert_eq!(params(q)[..4], want);
+        assert_eq!(params(q)[4..], [("part", i), ("owner", s), ("fencing", l)]);
+        let mut f = pk(2, 3, 4);
+        f.extend([eq(C(5), P(5)), eq(C(7), P(6))]);
+        assert_eq!(q.filter, Some(Expr::And(f)));
+        assert_eq!(q.kind, update(vec![(3, P(0)), (4, P(1))]));
+
+        let q = GroupRow::acquire_query();
+        let want = [("owner", s), ("until", l), ("grp", s), ("topic", s)];
+        assert_eq!(params(q)[..4], want);
+        assert_eq!(params(q)[4..], [("part", i), ("fencing", l)]);
+        let mut f = pk(2, 3, 4);
+        f.push(eq(C(7), P(5)));
+        assert_eq!(q.filter, Some(Expr::And(f)));
+        assert_eq!(q.kind, update(vec![(5, P(0)), (6, P(1)), (7, plus_one(7))]));
+
+        let q = GroupRow::renew_query();
+        let want = [("until", l), ("grp", s), ("topic", s), ("part", i)];
+        assert_eq!(params(q)[..4], want);
+        assert_eq!(params(q)[4..], [("owner", s), ("fencing", l)]);
+        let mut f = pk(1, 2, 3);
+        f.extend([eq(C(5), P(4)), eq(C(7), P(5))]);
+        assert_eq!(q.filter, Some(Expr::And(f)));
+        assert_eq!(q.kind, update(vec![(6, P(0))]));
+
+        let q = EventRow::purge_query();
+        assert_eq!(params(q), [("topic", s), ("part", i), ("upto", l)]);
+        let f = vec![
+            eq(C(0), P(0)),
+            eq(C(1), P(1)),
+            Expr::cmp(CmpOp::Le, C(2), P(2)),
+        ];
+        assert_eq!(q.filter, Some(Expr::And(f)));
+        assert_eq!(q.kind, QueryKind::Delete);
     }
 
     #[test]
@@ -497,5 +380,44 @@ mod tests {
             error: Some("x".into()),
         };
         assert_eq!(EventRow::from_row(e.to_row()).unwrap(), e);
+        assert_eq!(
+            e.key(),
+            [Value::String("t".into()), Value::I32(1), Value::I64(2)]
+        );
+        let t = TopicRow {
+            topic: "t".into(),
+            partitions: 4,
+        };
+        assert_eq!(TopicRow::from_row(t.to_row()).unwrap(), t);
+        let s = SeqRow {
+            topic: "t".into(),
+            part: 1,
+            last: 7,
+        };
+        assert_eq!(SeqRow::from_row(s.to_row()).unwrap(), s);
+        let m = MemberRow {
+            grp: "g".into(),
+            topic: "t".into(),
+            worker: "w".into(),
+            until_us: 8,
+        };
+        assert_eq!(MemberRow::from_row(m.to_row()).unwrap(), m);
+        assert_eq!(m.key(), m.to_row()[..3]);
+    }
+
+    #[test]
+    fn a_bad_row_names_the_table() {
+        let e = TopicRow::from_row(vec![Value::String("t".into())]).unwrap_err();
+        assert!(e.is_invalid_input());
+        assert_eq!(
+            e.message(),
+            "table _dl_outbox_topics has 2 columns, the row has 1"
+        );
+        let e = TopicRow::from_row(vec![Value::String("t".into()), Value::String("x".into())])
+            .unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("column _dl_outbox_topics.partitions: ")
+        );
     }
 }
