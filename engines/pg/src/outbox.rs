@@ -32,7 +32,8 @@
 //!   so newly owned partitions are looked at at once.
 //!
 //! [`crate::PgEngine`] hands a new `PgDriver` to every consumer
-//! ([`Engine::outbox_driver`](datalayer_core::Engine::outbox_driver)), so each
+//! ([`Engine::extension`](datalayer_core::Engine::extension) for
+//! `Arc<dyn datalayer_outbox::Driver>`), so each
 //! consumer has its own listening connection.
 
 use crate::PgEngine;
