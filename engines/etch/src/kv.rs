@@ -11,7 +11,7 @@
 use crate::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions, WriteTxn};
 use async_trait::async_trait;
 use datalayer_core::{Capability, Error, Result, TxOptions};
-use datalayer_kv::{Bytes, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};
+use datalayer_kv::{Bytes, KvCapability, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,6 +167,16 @@ impl KvStore for EtchKv {
             // The generic outbox (core::outbox) runs on any transactional engine.
             outbox: true,
             ..Capability::default()
+        }
+    }
+
+    fn kv_capability(&self) -> KvCapability {
+        // Read-only transactions read one snapshot; a read-write one reads the base it
+        // took with the single writer lock.
+        KvCapability {
+            snapshot_reads: true,
+            concurrent_writers: false,
+            ..KvCapability::default()
         }
     }
 
