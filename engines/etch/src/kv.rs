@@ -8,7 +8,7 @@
 //! [`EtchOptions::lock_timeout`] (then `ErrorKind::Timeout`), so a transaction that
 //! waits on another one held by the same task fails instead of hanging.
 
-use crate::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions, WriteTxn};
+use crate::storage::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions, WriteTxn};
 use async_trait::async_trait;
 use datalayer_core::{Capability, Error, Result, TxOptions};
 use datalayer_kv::{Bytes, KvCapability, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};

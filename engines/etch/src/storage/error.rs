@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in [`Store`](crate::Store).
+/// Everything that can go wrong in [`Store`](crate::storage::Store).
 ///
 /// Classification contract (for adapters mapping this onto a portable error kind):
 /// - [`StoreError::Io`]: the operating system refused a read, write, fsync, rename or
@@ -11,13 +11,13 @@ use std::path::PathBuf;
 /// - [`StoreError::Corrupted`]: a checksum or structural check failed while reading a
 ///   file on open. Never retryable; the files need attention.
 /// - [`StoreError::TooLarge`]: the caller's input breaks a size limit; nothing was applied.
-/// - [`StoreError::Closed`]: [`Store::close`](crate::Store::close) was called.
+/// - [`StoreError::Closed`]: [`Store::close`](crate::storage::Store::close) was called.
 /// - [`StoreError::Poisoned`]: an earlier write-ahead-log append or fsync failed, so the
 ///   store refuses every further commit rather than risk a hole in the log. Reopen it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// An I/O error from the operating system (or from the [`Dir`](crate::io::Dir)
+    /// An I/O error from the operating system (or from the [`Dir`](crate::storage::io::Dir)
     /// backend in use).
     #[error("etch: I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -36,7 +36,7 @@ pub enum StoreError {
     #[error("etch: {what} of {size_bytes} bytes is over the limit of {limit_bytes} bytes")]
     TooLarge {
         /// What was too large: `"value"` (see
-        /// [`StoreOptions::max_value_bytes`](crate::StoreOptions::max_value_bytes)) or
+        /// [`StoreOptions::max_value_bytes`](crate::storage::StoreOptions::max_value_bytes)) or
         /// `"commit record"` (a record's payload must fit in a `u32`).
         what: &'static str,
         /// Its size, in bytes.
@@ -44,7 +44,7 @@ pub enum StoreError {
         /// The limit, in bytes.
         limit_bytes: u64,
     },
-    /// The store was closed with [`Store::close`](crate::Store::close); it accepts no
+    /// The store was closed with [`Store::close`](crate::storage::Store::close); it accepts no
     /// more commits.
     #[error("etch: the store is closed")]
     Closed,

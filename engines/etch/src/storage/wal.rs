@@ -8,14 +8,14 @@
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::error::StoreError;
+use super::error::StoreError;
 
 /// Bytes of the record header: length + CRC.
 pub(crate) const HEADER_BYTES: usize = 8;
 /// The smallest possible payload: a 1-byte seq varint and a 1-byte op-count varint.
 const MIN_PAYLOAD_BYTES: usize = 2;
 
-/// The writes of one commit, as given to [`WriteTxn::commit`](crate::WriteTxn::commit).
+/// The writes of one commit, as given to [`WriteTxn::commit`](crate::storage::WriteTxn::commit).
 pub(crate) type Writes = [(Vec<u8>, Option<Vec<u8>>)];
 
 struct BytesOut<'a>(&'a [u8]);
