@@ -48,7 +48,7 @@ pub enum FlushPolicy {
 }
 
 /// Options for [`Store::open`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// When commits are fsynced. Default: [`FlushPolicy::EveryCommit`].
     pub flush: FlushPolicy,

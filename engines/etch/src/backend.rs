@@ -1,6 +1,7 @@
 //! The etch store as a datalayer engine: [`EtchKv`] implements the KV family's
-//! [`KvStore`], and [`KvEngine`] supplies everything above it (rows, indexes, queries,
-//! savepoints, catalog).
+//! [`KvStore`], [`KvTxn`] and [`KvSnapshot`] over the [`storage`](crate::storage)
+//! layer, and [`KvEngine`] supplies everything above it (rows, indexes, queries,
+//! savepoints, catalog). [`open`] and [`memory`] make the engine.
 //!
 //! Transactions: read-only ones read one [`Snapshot`] (no lock). Read-write ones take the
 //! single writer lock at `begin` and read the latest state, so they are serializable by
@@ -8,48 +9,18 @@
 //! [`EtchOptions::lock_timeout`] (then `ErrorKind::Timeout`), so a transaction that
 //! waits on another one held by the same task fails instead of hanging.
 
-use crate::storage::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions, WriteTxn};
+use crate::config::{EtchOptions, parse_url};
+use crate::error::{join_error, lock_timeout, map_error};
+use crate::storage::{Snapshot, Store, WriteTxn};
 use async_trait::async_trait;
 use datalayer_core::{Capability, Error, Result, TxOptions};
 use datalayer_kv::{Bytes, KvCapability, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-/// Options of the etch engine.
-#[derive(Debug, Clone)]
-pub struct EtchOptions {
-    /// The store's options (flush policy, compaction threshold, value limit).
-    /// Default: [`StoreOptions::default`] (fsync every commit, 64 MiB compaction, 16 MiB values).
-    pub store: StoreOptions,
-    /// How long a read-write transaction waits for the writer lock.
-    /// Default: 30 seconds.
-    pub lock_timeout: Duration,
-}
-
-impl Default for EtchOptions {
-    fn default() -> Self {
-        EtchOptions {
-            store: StoreOptions::default(),
-            lock_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Maps store errors to the portable kinds (the one place this engine does so).
-pub fn map_error(e: StoreError) -> Error {
-    match e {
-        StoreError::Io(io) => Error::from(io),
-        e @ StoreError::Corrupted { .. } => Error::corrupted(e.to_string()),
-        e @ StoreError::TooLarge { .. } => Error::invalid_input(e.to_string()),
-        e @ StoreError::Closed => Error::invalid_input(e.to_string()),
-        e => Error::new(datalayer_core::ErrorKind::Io, e.to_string()),
-    }
-}
-
-/// [`KvStore`] over an etch [`Store`].
-#[derive(Clone)]
+/// [`KvStore`] over an etch [`Store`]: what [`open`] and [`memory`] wrap in a
+/// [`KvEngine`]. Cheap to clone (clones share the store).
+#[derive(Clone, Debug)]
 pub struct EtchKv {
     store: Store,
     durable: bool,
@@ -60,6 +31,11 @@ impl EtchKv {
     /// The underlying store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The options the engine was opened with.
+    pub fn options(&self) -> &EtchOptions {
+        &self.opts
     }
 }
 
@@ -73,7 +49,7 @@ pub async fn open(dir: impl AsRef<Path>, opts: EtchOptions) -> Result<KvEngine> 
     let store_opts = opts.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_opts))
         .await
-        .map_err(|e| Error::engine("join", e.to_string()))?
+        .map_err(|e| join_error("opening the store", e))?
         .map_err(map_error)?;
     Ok(KvEngine::new(EtchKv {
         store,
@@ -82,66 +58,26 @@ pub async fn open(dir: impl AsRef<Path>, opts: EtchOptions) -> Result<KvEngine> 
     }))
 }
 
-/// An etch engine with no files at all (state lives and dies with the process).
+/// Opens the engine an etch URL names: [`memory`] for `etch::memory:`, else [`open`]
+/// on its directory with its options (the URL forms are in [`parse_url`]).
+///
+/// # Errors
+/// `InvalidInput` for a malformed URL (see [`parse_url`]); otherwise as [`open`].
+pub async fn open_url(url: &str) -> Result<KvEngine> {
+    match parse_url(url)? {
+        (None, _) => Ok(memory()),
+        (Some(dir), opts) => open(dir, opts).await,
+    }
+}
+
+/// An etch engine with no files at all (state lives and dies with the process), with
+/// [`EtchOptions::default`].
 pub fn memory() -> KvEngine {
     KvEngine::new(EtchKv {
         store: Store::memory(),
         durable: false,
         opts: EtchOptions::default(),
     })
-}
-
-/// Parses an etch URL: `etch::memory:` or `etch://<dir>[?flush=every_commit|never|<ms>ms]`.
-///
-/// # Errors
-/// `InvalidInput` for another scheme or an unknown option.
-pub fn parse_url(url: &str) -> Result<(Option<PathBuf>, EtchOptions)> {
-    let mut opts = EtchOptions::default();
-    if url == "etch::memory:" || url == "etch://:memory:" {
-        return Ok((None, opts));
-    }
-    let rest = url.strip_prefix("etch://").ok_or_else(|| {
-        Error::invalid_input(format!(
-            "not an etch URL: {url:?} (use etch://<dir> or etch::memory:)"
-        ))
-    })?;
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path.is_empty() {
-        return Err(Error::invalid_input("etch URL without a directory"));
-    }
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("flush", "every_commit")) => opts.store.flush = FlushPolicy::EveryCommit,
-            Some(("flush", "never")) => opts.store.flush = FlushPolicy::Never,
-            Some(("flush", ms)) if ms.ends_with("ms") => {
-                let n: u64 = ms
-                    .trim_end_matches("ms")
-                    .parse()
-                    .map_err(|_| Error::invalid_input(format!("bad flush interval {ms:?}")))?;
-                opts.store.flush = FlushPolicy::Interval(Duration::from_millis(n));
-            }
-            _ => {
-                return Err(Error::invalid_input(format!(
-                    "unknown etch URL option {pair:?}"
-                )));
-            }
-        }
-    }
-    Ok((Some(PathBuf::from(path)), opts))
-}
-
-/// Registers the `etch:` URL scheme with datalayer's engine registry.
-pub fn register() {
-    datalayer_core::register_engine("etch:", |url| {
-        Box::pin(async move {
-            let (dir, opts) = parse_url(&url)?;
-            let engine: Arc<dyn datalayer_core::Engine> = match dir {
-                None => Arc::new(memory()),
-                Some(d) => Arc::new(open(d, opts).await?),
-            };
-            Ok(engine)
-        })
-    });
 }
 
 #[async_trait]
@@ -186,13 +122,7 @@ impl KvStore for EtchKv {
         }
         match tokio::time::timeout(self.opts.lock_timeout, self.store.begin_write()).await {
             Ok(w) => Ok(Box::new(EtchTxn::Write(w))),
-            Err(_) => Err(Error::new(
-                datalayer_core::ErrorKind::Timeout,
-                format!(
-                    "etch: waited {:?} for the writer lock (is a transaction open on this task?)",
-                    self.opts.lock_timeout
-                ),
-            )),
+            Err(_) => Err(lock_timeout(self.opts.lock_timeout)),
         }
     }
 
@@ -204,7 +134,7 @@ impl KvStore for EtchKv {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
-            .map_err(|e| Error::engine("join", e.to_string()))?
+            .map_err(|e| join_error("closing the store", e))?
             .map_err(map_error)
     }
 }
@@ -272,23 +202,5 @@ impl KvTxn for EtchTxn {
 
     async fn rollback(self: Box<Self>) -> Result<()> {
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert!(parse_url("etch::memory:").unwrap().0.is_none());
-        let (d, o) = parse_url("etch://./data?flush=5ms").unwrap();
-        assert_eq!(d.unwrap(), PathBuf::from("./data"));
-        assert_eq!(
-            o.store.flush,
-            FlushPolicy::Interval(Duration::from_millis(5))
-        );
-        assert!(parse_url("etch://x?flush=sometimes").is_err());
-        assert!(parse_url("sqlite://x").is_err());
     }
 }
