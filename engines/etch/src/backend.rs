@@ -42,9 +42,11 @@ impl EtchKv {
 /// Opens (or creates) an etch engine in `dir`, recovering from its write-ahead log.
 ///
 /// # Errors
-/// `Corrupted` when a snapshot or a WAL record before the tail fails its checksum;
-/// `Io` for file-system errors.
+/// `InvalidInput` for options that fail [`EtchOptions::validate`]; `Corrupted` when a
+/// snapshot or a WAL record before the tail fails its checksum; `Io` for file-system
+/// errors (including `dir` being open in another store).
 pub async fn open(dir: impl AsRef<Path>, opts: EtchOptions) -> Result<KvEngine> {
+    opts.validate()?;
     let dir: PathBuf = dir.as_ref().to_owned();
     let store_opts = opts.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_opts))
@@ -108,11 +110,13 @@ impl KvStore for EtchKv {
 
     fn kv_capability(&self) -> KvCapability {
         // Read-only transactions read one snapshot; a read-write one reads the base it
-        // took with the single writer lock.
+        // took with the single writer lock. No key locks: the writer lock covers every
+        // key from `begin`.
         KvCapability {
             snapshot_reads: true,
+            pessimistic_locks: false,
+            max_txn_bytes: Some(self.opts.max_txn_bytes),
             concurrent_writers: false,
-            ..KvCapability::default()
         }
     }
 
@@ -121,7 +125,10 @@ impl KvStore for EtchKv {
             return Ok(Box::new(EtchTxn::Read(self.store.snapshot())));
         }
         match tokio::time::timeout(self.opts.lock_timeout, self.store.begin_write()).await {
-            Ok(w) => Ok(Box::new(EtchTxn::Write(w))),
+            Ok(txn) => Ok(Box::new(EtchTxn::Write {
+                txn,
+                cap: self.kv_capability(),
+            })),
             Err(_) => Err(lock_timeout(self.opts.lock_timeout)),
         }
     }
@@ -150,14 +157,18 @@ impl KvSnapshot for EtchSnapshot {
 
 enum EtchTxn {
     Read(Snapshot),
-    Write(WriteTxn),
+    /// Holds the writer lock; `cap` carries the write-set limit.
+    Write {
+        txn: WriteTxn,
+        cap: KvCapability,
+    },
 }
 
 impl EtchTxn {
     fn snapshot(&self) -> &Snapshot {
         match self {
             EtchTxn::Read(s) => s,
-            EtchTxn::Write(w) => w.base(),
+            EtchTxn::Write { txn, .. } => txn.base(),
         }
     }
 }
@@ -194,7 +205,11 @@ impl KvTxn for EtchTxn {
 
     async fn commit(self: Box<Self>, writes: WriteSet) -> Result<()> {
         match *self {
-            EtchTxn::Write(w) => w.commit(writes).await.map(|_| ()).map_err(map_error),
+            EtchTxn::Write { txn, cap } => {
+                // Over the limit: the writer lock is released as `txn` drops.
+                cap.check_write_set("etch", &writes)?;
+                txn.commit(writes).await.map(|_| ()).map_err(map_error)
+            }
             EtchTxn::Read(_) if writes.is_empty() => Ok(()),
             EtchTxn::Read(_) => Err(Error::invalid_input("write in a read-only transaction")),
         }

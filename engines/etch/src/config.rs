@@ -1,6 +1,6 @@
 //! Options of the etch engine, and the URL forms that set them.
 
-use crate::storage::{FlushPolicy, StoreOptions};
+use crate::storage::{FlushPolicy, MAX_COMMIT_BYTES, StoreOptions};
 use datalayer_core::{Error, Result};
 use std::fmt;
 use std::path::PathBuf;
@@ -22,6 +22,13 @@ pub struct EtchOptions {
     /// How long a read-write transaction waits for the single writer lock before its
     /// `begin` fails with `Timeout`. Default: 30 seconds.
     pub lock_timeout: Duration,
+    /// The largest write set one transaction may commit, in bytes (the sum of its keys'
+    /// and values' lengths, as `datalayer_kv::write_set_bytes` counts them), declared
+    /// as the store's `KvCapability::max_txn_bytes`: a larger one fails the commit
+    /// with `InvalidInput` and nothing is applied. At most
+    /// [`MAX_COMMIT_BYTES`](crate::storage::MAX_COMMIT_BYTES) (a commit record must fit
+    /// its `u32` length field). Default: 256 MiB (`256 * 1024 * 1024`).
+    pub max_txn_bytes: usize,
 }
 
 impl Default for EtchOptions {
@@ -29,7 +36,26 @@ impl Default for EtchOptions {
         EtchOptions {
             store: StoreOptions::default(),
             lock_timeout: Duration::from_secs(30),
+            max_txn_bytes: 256 * 1024 * 1024,
         }
+    }
+}
+
+impl EtchOptions {
+    /// Checks the options (the engine checks them when it opens).
+    ///
+    /// # Errors
+    /// `InvalidInput` when [`EtchOptions::max_txn_bytes`] is over
+    /// [`MAX_COMMIT_BYTES`](crate::storage::MAX_COMMIT_BYTES).
+    pub fn validate(&self) -> Result<()> {
+        if self.max_txn_bytes > MAX_COMMIT_BYTES {
+            return Err(Error::invalid_input(format!(
+                "etch: max_txn_bytes of {} bytes is over the largest commit etch can log \
+                 ({MAX_COMMIT_BYTES} bytes)",
+                self.max_txn_bytes
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -40,6 +66,7 @@ impl fmt::Debug for EtchOptions {
             .field("compact_after_bytes", &self.store.compact_after_bytes)
             .field("max_value_bytes", &self.store.max_value_bytes)
             .field("lock_timeout_ms", &self.lock_timeout.as_millis())
+            .field("max_txn_bytes", &self.max_txn_bytes)
             .finish()
     }
 }
@@ -53,11 +80,12 @@ impl fmt::Debug for EtchOptions {
 /// - optional query parameters, each setting one option:
 ///   `flush=every_commit|never|<n>ms` ([`StoreOptions::flush`]),
 ///   `compact_after_bytes=<n>`, `max_value_bytes=<n>`,
-///   `lock_timeout_ms=<milliseconds>` — e.g. `etch://data?flush=5ms&lock_timeout_ms=500`.
+///   `lock_timeout_ms=<milliseconds>`, `max_txn_bytes=<n>` — e.g.
+///   `etch://data?flush=5ms&lock_timeout_ms=500`.
 ///
 /// # Errors
-/// `InvalidInput` for another scheme, a URL without a directory, an unknown parameter
-/// or a value that does not parse.
+/// `InvalidInput` for another scheme, a URL without a directory, an unknown parameter,
+/// a value that does not parse, or options that fail [`EtchOptions::validate`].
 pub fn parse_url(url: &str) -> Result<(Option<PathBuf>, EtchOptions)> {
     let mut opts = EtchOptions::default();
     if url == "etch::memory:" || url == "etch://:memory:" {
@@ -96,14 +124,16 @@ pub fn parse_url(url: &str) -> Result<(Option<PathBuf>, EtchOptions)> {
             "lock_timeout_ms" => {
                 opts.lock_timeout = Duration::from_millis(v.parse().map_err(|_| bad())?);
             }
+            "max_txn_bytes" => opts.max_txn_bytes = v.parse().map_err(|_| bad())?,
             _ => {
                 return Err(Error::invalid_input(format!(
                     "unknown etch URL option {pair:?} (known: flush, compact_after_bytes, \
-                     max_value_bytes, lock_timeout_ms)"
+                     max_value_bytes, lock_timeout_ms, max_txn_bytes)"
                 )));
             }
         }
     }
+    opts.validate()?;
     Ok((Some(PathBuf::from(path)), opts))
 }
 
@@ -127,7 +157,7 @@ mod tests {
     #[test]
     fn every_option_from_a_url() {
         let (d, o) = parse_url(
-            "etch:///abs/d?flush=never&compact_after_bytes=1024&max_value_bytes=77&lock_timeout_ms=250",
+            "etch:///abs/d?flush=never&compact_after_bytes=1024&max_value_bytes=77&lock_timeout_ms=250&max_txn_bytes=4096",
         )
         .unwrap();
         assert_eq!(d, Some(PathBuf::from("/abs/d")));
@@ -135,6 +165,16 @@ mod tests {
         assert_eq!(o.store.compact_after_bytes, 1024);
         assert_eq!(o.store.max_value_bytes, 77);
         assert_eq!(o.lock_timeout, Duration::from_millis(250));
+        assert_eq!(o.max_txn_bytes, 4096);
+        let too_big = format!("etch://d?max_txn_bytes={}", MAX_COMMIT_BYTES + 1);
+        assert!(
+            parse_url(&too_big)
+                .unwrap_err()
+                .message()
+                .contains("max_txn_bytes")
+        );
+        let (_, o) = parse_url(&format!("etch://d?max_txn_bytes={MAX_COMMIT_BYTES}")).unwrap();
+        o.validate().unwrap();
         assert_eq!(parse_url("etch://:memory:").unwrap().0, None);
         for bad in [
             "etch://",
@@ -152,5 +192,7 @@ mod tests {
         let s = format!("{:?}", EtchOptions::default());
         assert!(s.contains("lock_timeout_ms: 30000"), "{s}");
         assert!(s.contains("max_value_bytes: 16777216"), "{s}");
+        assert!(s.contains("max_txn_bytes: 268435456"), "{s}");
+        EtchOptions::default().validate().unwrap();
     }
 }

@@ -14,3 +14,18 @@ mod disk {
         (engine, dir)
     });
 }
+
+mod small_txn_limit {
+    // A write-set limit small enough for the max_txn_bytes case to test.
+    datalayer_kv::kv_contract_tests!(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = datalayer_etch::EtchOptions {
+            max_txn_bytes: 4099,
+            ..Default::default()
+        };
+        let engine = datalayer_etch::open(dir.path(), opts)
+            .await
+            .expect("open etch");
+        (engine, dir)
+    });
+}

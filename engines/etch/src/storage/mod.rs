@@ -22,3 +22,4 @@ mod wal;
 pub use error::StoreError;
 pub use snapshot::{RangeIter, Snapshot};
 pub use store::{FlushPolicy, Store, StoreOptions, WriteTxn};
+pub use wal::MAX_COMMIT_BYTES;
