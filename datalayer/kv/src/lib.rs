@@ -46,7 +46,7 @@ pub trait KvStore: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Capabilities of the engine built on this store. `max_value_bytes` and
     /// `max_key_bytes` are enforced by [`KvEngine`] before anything reaches the store.
-    /// [`KvEngine::capability`] derives `concurrent_writers`, `snapshot` and
+    /// [`KvEngine`]'s `Engine::capability` derives `concurrent_writers`, `snapshot` and
     /// `repeatable_read` from [`KvStore::kv_capability`] (see there), whatever this
     /// declares for them.
     fn capability(&self) -> Capability;

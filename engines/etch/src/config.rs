@@ -26,7 +26,7 @@ pub struct EtchOptions {
     /// and values' lengths, as `datalayer_kv::write_set_bytes` counts them), declared
     /// as the store's `KvCapability::max_txn_bytes`: a larger one fails the commit
     /// with `InvalidInput` and nothing is applied. At most
-    /// [`MAX_COMMIT_BYTES`](crate::storage::MAX_COMMIT_BYTES) (a commit record must fit
+    /// [`MAX_COMMIT_BYTES`] (a commit record must fit
     /// its `u32` length field). Default: 256 MiB (`256 * 1024 * 1024`).
     pub max_txn_bytes: usize,
 }
@@ -46,7 +46,7 @@ impl EtchOptions {
     ///
     /// # Errors
     /// `InvalidInput` when [`EtchOptions::max_txn_bytes`] is over
-    /// [`MAX_COMMIT_BYTES`](crate::storage::MAX_COMMIT_BYTES).
+    /// [`MAX_COMMIT_BYTES`].
     pub fn validate(&self) -> Result<()> {
         if self.max_txn_bytes > MAX_COMMIT_BYTES {
             return Err(Error::invalid_input(format!(
