@@ -12,7 +12,7 @@ struct MemoryNs;
 #[async_trait]
 impl Namespace for MemoryNs {
     async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
-        Ok(Arc::new(datalayer_etch::kv::memory()))
+        Ok(Arc::new(datalayer_etch::memory()))
     }
     fn reopenable(&self) -> bool {
         false
@@ -28,7 +28,7 @@ impl Target for Memory {
         Ok(Box::new(MemoryNs))
     }
     fn capability(&self) -> Capability {
-        datalayer::Engine::capability(&datalayer_etch::kv::memory())
+        datalayer::Engine::capability(&datalayer_etch::memory())
     }
     fn reopenable(&self) -> bool {
         false
@@ -46,7 +46,7 @@ struct DiskNs {
 impl Namespace for DiskNs {
     async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
         Ok(Arc::new(
-            datalayer_etch::kv::open(&self.dir, Default::default()).await?,
+            datalayer_etch::open(&self.dir, Default::default()).await?,
         ))
     }
     fn reopenable(&self) -> bool {
@@ -66,7 +66,7 @@ impl Target for Disk {
         Ok(Box::new(DiskNs { dir }))
     }
     fn capability(&self) -> Capability {
-        let mut c = datalayer::Engine::capability(&datalayer_etch::kv::memory());
+        let mut c = datalayer::Engine::capability(&datalayer_etch::memory());
         c.durable = true;
         c
     }

@@ -52,7 +52,7 @@ pub fn install_engines() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(feature = "etch")]
-        datalayer_etch::kv::register();
+        datalayer_etch::register();
         #[cfg(feature = "sqlite")]
         datalayer_sqlite::register();
         #[cfg(feature = "postgres")]

@@ -7,13 +7,18 @@
 //! succeed fails. A case never closes the store.
 //!
 //! Cases ([`cases`] lists them in this order):
-//! - [`snapshot_reads`]: a transaction reads one consistent state; a commit made after
-//!   its first read is not seen; a new transaction sees the latest commit.
+//! - [`snapshot_reads`]: where the store declares
+//!   [`KvCapability::snapshot_reads`](crate::KvCapability::snapshot_reads), a
+//!   transaction reads one consistent state and a commit made after its first read is
+//!   not seen; where it does not, a transaction whose read changed before its commit
+//!   fails that commit with `Conflict` (backward validation). Either way a new
+//!   transaction sees the latest commit.
 //! - [`committed_writes_visible`]: puts, overwrites and deletes are visible to every
 //!   transaction begun after the commit; an empty write set and deleting a missing key
 //!   are no-ops.
 //! - [`atomic_commit`]: a write set is applied all at once (a reader that began before
-//!   sees none of it, one begun after sees all of it), or not at all when the commit fails.
+//!   sees none of it where the store has snapshot reads, one begun after sees all of
+//!   it), or not at all when the commit fails.
 //! - [`write_conflict`]: two concurrent read-modify-writes of one key never both succeed
 //!   on a store that declares snapshot, repeatable-read or serializable isolation: the
 //!   loser fails with `Conflict` (or, on a single-writer store, waits for the winner or
@@ -28,13 +33,26 @@
 //! - [`empty_key_and_value`]: the empty key and the empty value are ordinary (an empty
 //!   value is not a missing one).
 //! - [`large_value`]: a 1 MiB value round-trips (skipped when the store declares a
-//!   smaller `max_value_bytes`).
+//!   smaller `max_value_bytes` or `max_txn_bytes`).
 //! - [`count_ranges`]: `count` agrees with the model for every bound combination.
 //! - [`batch_get_order`]: one result per key, in the order asked, duplicates and missing
 //!   keys included.
 //! - [`rollback_discards`]: `rollback` changes nothing and releases the transaction (a
 //!   read-write one can begin again afterwards).
 //! - [`drop_discards`]: dropping a transaction without `commit` does the same.
+//! - [`lock_keys`]: where the store declares
+//!   [`KvCapability::pessimistic_locks`](crate::KvCapability::pessimistic_locks), a
+//!   locked key fails another transaction's `lock` and `commit` of it with `Conflict`,
+//!   and locks are released at commit, rollback and drop; where it does not, `lock`
+//!   returns `Unsupported`.
+//! - [`max_txn_bytes`]: where the store declares
+//!   [`KvCapability::max_txn_bytes`](crate::KvCapability::max_txn_bytes) (up to 64 MiB),
+//!   a write set of exactly that many bytes commits and one byte more fails with
+//!   `InvalidInput`, applying nothing.
+//! - [`concurrent_writers`]: where the store declares
+//!   [`KvCapability::concurrent_writers`](crate::KvCapability::concurrent_writers), a
+//!   second read-write transaction begins while one is open and both commit disjoint
+//!   writes; where it does not, the second does not begin until the first finishes.
 //!
 //! Not checked, because the trait does not promise it: that a read-only transaction
 //! refuses a non-empty write set (the `read_only_tx` capability is enforced by
@@ -137,6 +155,9 @@ macro_rules! __kv_contract_list {
             batch_get_order
             rollback_discards
             drop_discards
+            lock_keys
+            max_txn_bytes
+            concurrent_writers
         }
     };
 }
@@ -464,9 +485,11 @@ async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
 
 // ---- the cases ----------------------------------------------------------------------------
 
-/// Consistent reads within a transaction.
+/// Consistent reads within a transaction, as the store declares them.
 ///
-/// A read-only transaction that has read once does not see a commit made afterwards
+/// Without [`KvCapability::snapshot_reads`](crate::KvCapability::snapshot_reads), see
+/// [`validated_reads`] (what is checked instead). With it:
+/// a read-only transaction that has read once does not see a commit made afterwards
 /// (`get`, `batch_get`, `scan` forward and reverse, `count`); a transaction begun before
 /// a two-key commit and reading after it sees both keys or neither; a read-write
 /// transaction likewise where the store declares `concurrent_writers` (on a
@@ -476,6 +499,9 @@ async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
 /// # Errors
 /// The store's error when an operation fails.
 pub async fn snapshot_reads(store: &dyn KvStore) -> Result<()> {
+    if !store.kv_capability().snapshot_reads {
+        return validated_reads(store).await;
+    }
     put(store, &[("a", "1"), ("b", "1")]).await?;
 
     let mut r = store.begin(ro()).await?;
@@ -542,7 +568,7 @@ pub async fn snapshot_reads(store: &dyn KvStore) -> Result<()> {
     }
     r.rollback().await?;
 
-    if store.capability().concurrent_writers {
+    if store.kv_capability().concurrent_writers {
         let mut w = store.begin(rw()).await?;
         expect(
             store,
@@ -566,7 +592,7 @@ pub async fn snapshot_reads(store: &dyn KvStore) -> Result<()> {
         w.rollback().await?;
     }
 
-    let latest = if store.capability().concurrent_writers {
+    let latest = if store.kv_capability().concurrent_writers {
         entries(&[("a", "4"), ("b", "4"), ("c", "2"), ("d", "4")])
     } else {
         entries(&[("a", "3"), ("b", "3"), ("c", "2")])
@@ -575,6 +601,128 @@ pub async fn snapshot_reads(store: &dyn KvStore) -> Result<()> {
         store,
         &dump(store).await?,
         &latest,
+        "a transaction begun after the commits does not see all of them",
+    );
+    Ok(())
+}
+
+/// What [`snapshot_reads`] checks on a store without
+/// [`KvCapability::snapshot_reads`](crate::KvCapability::snapshot_reads): every read is
+/// validated at commit (backward validation).
+///
+/// - A read-only transaction whose `get` of a key was followed by a commit changing
+///   that key fails its commit (with an empty write set) with `Conflict`; likewise a
+///   read-write one after `batch_get`, and one after a `scan` or a `count` whose range
+///   gained a key; a failed commit applies nothing of its write set.
+/// - A transaction whose reads did not change commits (empty and non-empty write
+///   sets), and a new transaction sees the latest commit.
+///
+/// # Errors
+/// The store's error when an operation fails.
+pub async fn validated_reads(store: &dyn KvStore) -> Result<()> {
+    put(store, &[("a", "1"), ("b", "1")]).await?;
+    let must_conflict = |what: &str, r: Result<()>| match r {
+        Err(e) if e.kind() == ErrorKind::Conflict => {}
+        Err(e) => violated(
+            store,
+            &format!(
+                "{what}: the commit failed with {e}, not Conflict (a store without \
+                 snapshot reads must validate its reads at commit)"
+            ),
+        ),
+        Ok(()) => violated(
+            store,
+            &format!(
+                "{what}: the commit succeeded (a store without snapshot reads must \
+                 validate its reads at commit and fail with Conflict)"
+            ),
+        ),
+    };
+
+    // get, read-only, empty write set.
+    let mut t = store.begin(ro()).await?;
+    expect(
+        store,
+        &t.get(b"a").await?,
+        &Some(b("1")),
+        "get before a commit",
+    );
+    put(store, &[("a", "2")]).await?;
+    must_conflict(
+        "a read-only transaction read a, then a commit changed a",
+        t.commit(Vec::new()).await,
+    );
+
+    // batch_get, read-write, non-empty write set: nothing applied.
+    let mut t = store.begin(rw()).await?;
+    expect(
+        store,
+        &t.batch_get(&[b("a"), b("b")]).await?,
+        &vec![Some(b("2")), Some(b("1"))],
+        "batch_get before a commit",
+    );
+    put(store, &[("b", "2")]).await?;
+    must_conflict(
+        "a read-write transaction read b (batch_get), then a commit changed b",
+        t.commit(vec![(b("x"), Some(b("from t")))]).await,
+    );
+    expect(
+        store,
+        &dump(store).await?,
+        &entries(&[("a", "2"), ("b", "2")]),
+        "state after a commit that failed validation",
+    );
+
+    // scan and count: a key appears in the range read.
+    let mut t = store.begin(rw()).await?;
+    expect(
+        store,
+        &scan_all(t.as_mut()).await?,
+        &entries(&[("a", "2"), ("b", "2")]),
+        "scan before a commit",
+    );
+    put(store, &[("c", "3")]).await?;
+    must_conflict(
+        "a transaction scanned everything, then a commit added c",
+        t.commit(Vec::new()).await,
+    );
+    let mut t = store.begin(ro()).await?;
+    expect(
+        store,
+        &t.count(Bound::Unbounded, Bound::Unbounded).await?,
+        &3,
+        "count before a commit",
+    );
+    put(store, &[("d", "4")]).await?;
+    must_conflict(
+        "a transaction counted everything, then a commit added d",
+        t.commit(Vec::new()).await,
+    );
+
+    // Unchanged reads commit.
+    let mut t = store.begin(rw()).await?;
+    expect(
+        store,
+        &t.get(b"a").await?,
+        &Some(b("2")),
+        "get of an unchanged key",
+    );
+    put(store, &[("z", "9")]).await?;
+    t.commit(vec![(b("y"), Some(b("from t")))]).await?;
+    let mut t = store.begin(ro()).await?;
+    t.get(b"b").await?;
+    t.commit(Vec::new()).await?;
+    expect(
+        store,
+        &dump(store).await?,
+        &entries(&[
+            ("a", "2"),
+            ("b", "2"),
+            ("c", "3"),
+            ("d", "4"),
+            ("y", "from t"),
+            ("z", "9"),
+        ]),
         "a transaction begun after the commits does not see all of them",
     );
     Ok(())
@@ -663,8 +811,10 @@ pub async fn committed_writes_visible(store: &dyn KvStore) -> Result<()> {
 }
 
 /// Atomic commit: a write set of 300 puts, overwrites and deletes is seen all at once —
-/// a read-only transaction that read before the commit sees none of it, a transaction
-/// begun after sees all of it. Where the store declares `max_value_bytes` (up to
+/// a read-only transaction that read before the commit sees none of it (where the store
+/// declares snapshot reads; without them it would see the commit, and
+/// [`snapshot_reads`] checks that its commit then fails), a transaction begun after
+/// sees all of it. Where the store declares `max_value_bytes` (up to
 /// 64 MiB), a write set holding one value over the limit is committed: if that fails,
 /// none of the write set may be applied; if it succeeds, all of it. (The failure side is
 /// also checked by [`write_conflict`] on stores with concurrent writers.)
@@ -705,18 +855,20 @@ pub async fn atomic_commit(store: &dyn KvStore) -> Result<()> {
     commit(store, writes).await?;
 
     let before_v: Vec<(Bytes, Bytes)> = before.into_iter().collect();
-    expect(
-        store,
-        &scan_all(r.as_mut()).await?,
-        &before_v,
-        "a transaction that read before a commit saw part or all of it",
-    );
-    expect(
-        store,
-        &r.count(Bound::Unbounded, Bound::Unbounded).await?,
-        &(before_v.len() as u64),
-        "a transaction that read before a commit counted part or all of it",
-    );
+    if store.kv_capability().snapshot_reads {
+        expect(
+            store,
+            &scan_all(r.as_mut()).await?,
+            &before_v,
+            "a transaction that read before a commit saw part or all of it",
+        );
+        expect(
+            store,
+            &r.count(Bound::Unbounded, Bound::Unbounded).await?,
+            &(before_v.len() as u64),
+            "a transaction that read before a commit counted part or all of it",
+        );
+    }
     r.rollback().await?;
     let after_v: Vec<(Bytes, Bytes)> = after.into_iter().collect();
     expect(
@@ -808,6 +960,7 @@ fn markers(who: char) -> Vec<Bytes> {
 pub async fn write_conflict(store: &dyn KvStore) -> Result<()> {
     let cap = store.capability();
     let isolated = cap.snapshot || cap.serializable || cap.repeatable_read;
+    let concurrent = store.kv_capability().concurrent_writers;
     put(store, &[("n", "0")]).await?;
     let (ra, rb) = join2(increment(store, 'a'), increment(store, 'b')).await;
 
@@ -837,9 +990,7 @@ pub async fn write_conflict(store: &dyn KvStore) -> Result<()> {
             }
             Err((step, e)) => {
                 let allowed = e.kind() == ErrorKind::Conflict
-                    || (step == "begin"
-                        && e.kind() == ErrorKind::Timeout
-                        && !cap.concurrent_writers);
+                    || (step == "begin" && e.kind() == ErrorKind::Timeout && !concurrent);
                 if !allowed {
                     return Err(e);
                 }
@@ -1087,13 +1238,18 @@ pub async fn empty_key_and_value(store: &dyn KvStore) -> Result<()> {
 
 /// A 1 MiB value (a non-repeating byte pattern) round-trips through `get`, `batch_get`
 /// and `scan`, between two small neighbours. Skipped when the store declares a smaller
-/// `max_value_bytes`.
+/// `max_value_bytes`, or a `max_txn_bytes` too small for the write set.
 ///
 /// # Errors
 /// The store's error when an operation fails.
 pub async fn large_value(store: &dyn KvStore) -> Result<()> {
     const SIZE: usize = 1 << 20;
-    if store.capability().max_value_bytes.is_some_and(|m| m < SIZE) {
+    if store.capability().max_value_bytes.is_some_and(|m| m < SIZE)
+        || store
+            .kv_capability()
+            .max_txn_bytes
+            .is_some_and(|m| m < SIZE + 64)
+    {
         return Ok(());
     }
     let big: Bytes = (0..SIZE).map(|i| (i % 251) as u8).collect();
@@ -1288,6 +1444,340 @@ pub async fn drop_discards(store: &dyn KvStore) -> Result<()> {
         &dump(store).await?,
         &entries(&[("a", "1"), ("b", "2")]),
         "a commit after dropped transactions",
+    );
+    Ok(())
+}
+
+/// Panics unless `r` is an error of `kind`, naming the store and the property.
+#[track_caller]
+fn expect_err<T>(store: &dyn KvStore, r: Result<T>, kind: ErrorKind, what: &str) {
+    match r {
+        Err(e) if e.kind() == kind => {}
+        Err(e) => violated(
+            store,
+            &format!("{what}: failed with {e}, expected an error of kind {kind:?}"),
+        ),
+        Ok(_) => violated(
+            store,
+            &format!("{what}: succeeded, expected an error of kind {kind:?}"),
+        ),
+    }
+}
+
+/// Pessimistic locks, as declared by
+/// [`KvCapability::pessimistic_locks`](crate::KvCapability::pessimistic_locks).
+///
+/// Without the declaration: `lock` in a read-write transaction returns `Unsupported`.
+/// With it:
+/// - a transaction locks two keys, one of them again, no keys, and a missing key;
+/// - where the store also declares `concurrent_writers`: while it is open, another
+///   transaction's `lock` of one of its keys fails with `Conflict`, and a commit of a
+///   write set holding one of them fails with `Conflict` and applies nothing;
+/// - the locks are released when the holder commits, and a lock taken afterwards is
+///   released by `rollback` and by dropping the transaction (each checked by locking
+///   the keys again in a new transaction);
+/// - `lock` in a read-only transaction fails with `InvalidInput`;
+/// - a lock writes nothing: the locked missing key is still missing.
+///
+/// # Errors
+/// The store's error when an operation the contract says must succeed fails.
+pub async fn lock_keys(store: &dyn KvStore) -> Result<()> {
+    let cap = store.kv_capability();
+    put(store, &[("k1", "0"), ("k2", "0")]).await?;
+    let (k1, k2, missing) = (b("k1"), b("k2"), b("missing"));
+    if !cap.pessimistic_locks {
+        let mut t = store.begin(rw()).await?;
+        expect_err(
+            store,
+            t.lock(std::slice::from_ref(&k1)).await,
+            ErrorKind::Unsupported,
+            "lock on a store that does not declare pessimistic_locks",
+        );
+        t.rollback().await?;
+        return Ok(());
+    }
+    let relock = |what: &'static str| async move {
+        let mut t = store.begin(rw()).await?;
+        if let Err(e) = t.lock(&[b("k1"), b("k2"), b("missing")]).await {
+            violated(
+                store,
+                &format!("locking k1, k2 and a missing key again {what} failed: {e}"),
+            );
+        }
+        Ok::<_, Error>(t)
+    };
+
+    let mut a = store.begin(rw()).await?;
+    a.lock(&[k1.clone(), k2.clone()]).await?;
+    a.lock(std::slice::from_ref(&k1)).await?;
+    a.lock(&[]).await?;
+    a.lock(std::slice::from_ref(&missing)).await?;
+    if cap.concurrent_writers {
+        let mut other = store.begin(rw()).await?;
+        expect_err(
+            store,
+            other.lock(std::slice::from_ref(&k2)).await,
+            ErrorKind::Conflict,
+            "lock of a key another open transaction has locked",
+        );
+        other.rollback().await?;
+        let other = store.begin(rw()).await?;
+        expect_err(
+            store,
+            other
+                .commit(vec![
+                    (k1.clone(), Some(b("other"))),
+                    (b("z"), Some(b("other"))),
+                ])
+                .await,
+            ErrorKind::Conflict,
+            "commit of a write set holding a key another open transaction has locked",
+        );
+        expect(
+            store,
+            &dump(store).await?,
+            &entries(&[("k1", "0"), ("k2", "0")]),
+            "state after a commit refused for a locked key (nothing may be applied)",
+        );
+    }
+    a.commit(vec![(k1.clone(), Some(b("a")))]).await?;
+
+    let t = relock("after the holder committed").await?;
+    t.rollback().await?;
+    let t = relock("after the holder rolled back").await?;
+    drop(t);
+    let t = relock("after the holder was dropped").await?;
+    t.commit(vec![(k2.clone(), Some(b("t")))]).await?;
+
+    let mut r = store.begin(ro()).await?;
+    expect_err(
+        store,
+        r.lock(std::slice::from_ref(&k1)).await,
+        ErrorKind::InvalidInput,
+        "lock in a read-only transaction",
+    );
+    r.rollback().await?;
+    expect(
+        store,
+        &dump(store).await?,
+        &entries(&[("k1", "a"), ("k2", "t")]),
+        "state after the lock case (a lock must write nothing)",
+    );
+    Ok(())
+}
+
+/// A sorted write set of puts under keys starting with `prefix` whose size, as
+/// [`write_set_bytes`](crate::write_set_bytes) counts it, is exactly `n`; no value
+/// is longer than `max_value` (at least 1) or 64 KiB.
+fn sized_write_set(prefix: char, n: usize, max_value: usize) -> WriteSet {
+    const KEY: usize = 5; // prefix + 4 digits
+    let chunk = max_value.clamp(1, 64 << 10);
+    let mut out: WriteSet = Vec::new();
+    let mut rest = n;
+    while rest >= KEY {
+        let v = (rest - KEY).min(chunk);
+        out.push((
+            format!("{prefix}{:04}", out.len()).into_bytes(),
+            Some(vec![b'v'; v]),
+        ));
+        rest -= KEY + v;
+    }
+    if rest > 0 {
+        // Fewer bytes left than a key: lengthen the last key (it stays the largest).
+        match out.last_mut() {
+            Some((k, _)) => k.extend(std::iter::repeat_n(b'~', rest)),
+            None => {
+                let mut k = vec![prefix as u8];
+                k.extend(std::iter::repeat_n(b'~', rest - 1));
+                out.push((k, Some(Vec::new())));
+            }
+        }
+    }
+    out
+}
+
+/// The write-set limit, as declared by
+/// [`KvCapability::max_txn_bytes`](crate::KvCapability::max_txn_bytes): a write set of
+/// exactly that many bytes (keys plus values) commits and is visible; one byte more
+/// fails with `InvalidInput` and applies nothing. Skipped when the store declares no
+/// limit, or one over 64 MiB (too large to build here).
+///
+/// # Errors
+/// The store's error when an operation the contract says must succeed fails (other
+/// than the commit at the limit, which is a violation).
+pub async fn max_txn_bytes(store: &dyn KvStore) -> Result<()> {
+    let Some(max) = store.kv_capability().max_txn_bytes else {
+        return Ok(());
+    };
+    if max > 64 << 20 {
+        return Ok(());
+    }
+    let max_value = store.capability().max_value_bytes.unwrap_or(usize::MAX);
+    let at = sized_write_set('a', max, max_value);
+    debug_assert_eq!(crate::write_set_bytes(&at), max);
+    if let Err(e) = commit(store, at.clone()).await {
+        violated(
+            store,
+            &format!("a write set of exactly max_txn_bytes ({max}) bytes failed: {e}"),
+        );
+    }
+    let want: Vec<(Bytes, Bytes)> = at
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect();
+    expect(
+        store,
+        &dump(store).await?,
+        &want,
+        &format!("state after committing a write set of max_txn_bytes ({max}) bytes"),
+    );
+    let over = sized_write_set('b', max + 1, max_value);
+    expect_err(
+        store,
+        commit(store, over).await,
+        ErrorKind::InvalidInput,
+        &format!(
+            "commit of a write set of {} bytes, over max_txn_bytes",
+            max + 1
+        ),
+    );
+    expect(
+        store,
+        &dump(store).await?,
+        &want,
+        "state after a commit over max_txn_bytes was refused (nothing may be applied)",
+    );
+    Ok(())
+}
+
+/// A future that is ready once `after` has passed (a thread sleeps and wakes it), so
+/// a case can bound a wait on any runtime.
+struct Deadline {
+    after: std::time::Duration,
+    state: Option<Arc<std::sync::Mutex<Timer>>>,
+}
+
+/// What a [`Deadline`] shares with its thread: whether the time has passed, and whom
+/// to wake then.
+type Timer = (bool, Option<std::task::Waker>);
+
+fn deadline(after: std::time::Duration) -> Deadline {
+    Deadline { after, state: None }
+}
+
+impl Future for Deadline {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let after = self.after;
+        let state = self.state.get_or_insert_with(|| {
+            let state: Arc<std::sync::Mutex<Timer>> =
+                Arc::new(std::sync::Mutex::new((false, None)));
+            let timer = Arc::clone(&state);
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                let mut s = timer.lock().unwrap_or_else(|e| e.into_inner());
+                s.0 = true;
+                if let Some(w) = s.1.take() {
+                    w.wake();
+                }
+            });
+            state
+        });
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0 {
+            Poll::Ready(())
+        } else {
+            s.1 = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// Polls `fut` until it is ready or `after` has passed (`None`).
+async fn within<F: Future>(fut: Pin<&mut F>, after: std::time::Duration) -> Option<F::Output> {
+    let mut fut = fut;
+    let mut timer = pin!(deadline(after));
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Concurrent writers, as declared by
+/// [`KvCapability::concurrent_writers`](crate::KvCapability::concurrent_writers).
+///
+/// A read-write transaction A begins and reads. With the declaration: a second one, B,
+/// begins while A is open (within 10 s), and both commit writes of disjoint keys
+/// after reading disjoint keys. Without it: B's `begin` does not succeed while A is
+/// open (it waits — checked for 100 ms — or fails); once A has committed, B begins
+/// (the pending `begin`, or a new one if it failed) and commits.
+///
+/// # Errors
+/// The store's error when an operation the contract says must succeed fails.
+pub async fn concurrent_writers(store: &dyn KvStore) -> Result<()> {
+    let concurrent = store.kv_capability().concurrent_writers;
+    put(store, &[("a", "0"), ("b", "0")]).await?;
+    let mut a = store.begin(rw()).await?;
+    a.get(b"a").await?;
+    let mut begin_b = pin!(store.begin(rw()));
+    let wait = if concurrent {
+        std::time::Duration::from_secs(10)
+    } else {
+        std::time::Duration::from_millis(100)
+    };
+    let early = within(begin_b.as_mut(), wait).await;
+    let mut b_txn = if concurrent {
+        match early {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => violated(
+                store,
+                &format!(
+                    "a second read-write begin failed ({e}) while another read-write \
+                     transaction was open, though the store declares concurrent_writers"
+                ),
+            ),
+            None => violated(
+                store,
+                "a second read-write begin did not complete within 10 s while another \
+                 read-write transaction was open, though the store declares \
+                 concurrent_writers",
+            ),
+        }
+    } else {
+        if let Some(Ok(_)) = early {
+            violated(
+                store,
+                "two read-write transactions were open at once, though the store does \
+                 not declare concurrent_writers (one writer at a time)",
+            );
+        }
+        a.commit(vec![(b("a"), Some(b("A")))]).await?;
+        let b_txn = match early {
+            None => begin_b.await?,
+            Some(_) => store.begin(rw()).await?,
+        };
+        b_txn.commit(vec![(b("b"), Some(b("B")))]).await?;
+        return check_disjoint_writes(store).await;
+    };
+    b_txn.get(b"b").await?;
+    a.commit(vec![(b("a"), Some(b("A")))]).await?;
+    b_txn.commit(vec![(b("b"), Some(b("B")))]).await?;
+    check_disjoint_writes(store).await
+}
+
+/// The end state of [`concurrent_writers`].
+async fn check_disjoint_writes(store: &dyn KvStore) -> Result<()> {
+    expect(
+        store,
+        &dump(store).await?,
+        &entries(&[("a", "A"), ("b", "B")]),
+        "state after two writers of disjoint keys committed",
     );
     Ok(())
 }

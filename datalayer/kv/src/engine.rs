@@ -1,8 +1,8 @@
 //! [`KvEngine`]: the [`Engine`] of every KV-family store.
 
-use super::KvStore;
 use super::codec;
-use super::txn::{KvTx, point_get, point_query};
+use super::txn::{Caps, KvTx, point_get, point_query};
+use super::{KvCapability, KvStore};
 use async_trait::async_trait;
 use datalayer_core::Change;
 use datalayer_core::capability::Capability;
@@ -23,18 +23,48 @@ const AUTOCOMMIT_RETRIES: u32 = 3;
 
 /// An [`Engine`] over any [`KvStore`]: the whole data model of datalayer (rows, indexes,
 /// queries, transactions, savepoints, catalog) on an ordered transactional KV store.
+///
+/// It adapts to the store's [`KvCapability`] (read once, in [`KvEngine::new`]):
+/// - `pessimistic_locks`: every key about to be written (row key, old and new index
+///   and unique entries, change-capture keys, catalog entries) is locked with
+///   [`KvTxn::lock`](crate::KvTxn::lock) before it enters the write set — a row's keys
+///   in one call, before its unique entries are checked. There is no per-transaction
+///   switch: on a store that declares locks, every read-write transaction locks.
+/// - `max_txn_bytes`: a write set over the limit fails the commit with `InvalidInput`
+///   naming the limit, before the store sees it (the store transaction is rolled back).
+/// - `snapshot_reads`: without it, a transaction that only read is committed (not
+///   rolled back) so the store validates its reads, and an index entry whose row is
+///   missing is a `Conflict` (retryable), not `Corrupted`.
+/// - `concurrent_writers`: reported as [`Capability::concurrent_writers`];
+///   autocommit operations are re-run on `Conflict` only with it.
 #[derive(Clone)]
 pub struct KvEngine {
     store: Arc<dyn KvStore>,
+    kv: KvCapability,
     plans: Plans,
 }
 
 impl KvEngine {
     /// Wraps a store.
     pub fn new(store: impl KvStore) -> Self {
+        let kv = store.kv_capability();
         KvEngine {
             store: Arc::new(store),
+            kv,
             plans: Arc::default(),
+        }
+    }
+
+    /// The store's capability, as read when the engine was made.
+    pub fn kv_capability(&self) -> KvCapability {
+        self.kv
+    }
+
+    fn caps(&self) -> Caps {
+        Caps {
+            store: self.store.name(),
+            engine: self.store.capability(),
+            kv: self.kv,
         }
     }
 
@@ -81,14 +111,14 @@ impl KvEngine {
                 read_only,
             })
             .await?;
-        Ok(KvTx::new(txn, read_only, self.store.capability(), false))
+        Ok(KvTx::new(txn, read_only, self.caps(), false))
     }
 
     /// Runs `ops` atomically; re-runs them on a `Conflict` where the store has
     /// concurrent writers (a single-writer store never conflicts, so its ops are not
     /// copied for a retry).
     async fn run_retrying(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
-        if !self.store.capability().concurrent_writers {
+        if !self.kv.concurrent_writers {
             return self.run_once(ops).await;
         }
         let mut attempt = 0;
@@ -107,12 +137,20 @@ impl Engine for KvEngine {
         self.store.name()
     }
 
-    /// The store's capability, plus what the family implements for every store: the
-    /// change feed (change records written in the same transaction as the rows).
+    /// The store's capability, plus what the family implements for every store (the
+    /// change feed: change records written in the same transaction as the rows), and
+    /// what follows from the store's [`KvCapability`]: `concurrent_writers` as the
+    /// store declares it there; the `Snapshot` and `RepeatableRead` isolation levels
+    /// only with snapshot reads (without them two reads of a transaction may see
+    /// different states).
     fn capability(&self) -> Capability {
+        let store = self.store.capability();
         Capability {
             change_feed: true,
-            ..self.store.capability()
+            concurrent_writers: self.kv.concurrent_writers,
+            snapshot: store.snapshot && self.kv.snapshot_reads,
+            repeatable_read: store.repeatable_read && self.kv.snapshot_reads,
+            ..store
         }
     }
 
@@ -123,7 +161,7 @@ impl Engine for KvEngine {
             let bytes =
                 postcard::to_allocvec(*t).map_err(|e| Error::engine("postcard", e.to_string()))?;
             match tx.catalog_get(&t.name).await? {
-                None => tx.catalog_put(&t.name, bytes),
+                None => tx.catalog_put(&t.name, bytes).await?,
                 Some(stored) if stored == bytes => {}
                 Some(stored) => {
                     let old: Option<TableSchema> = postcard::from_bytes(&stored).ok();
@@ -142,11 +180,7 @@ impl Engine for KvEngine {
                 }
             }
         }
-        if tx.has_writes() {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
+        tx.commit().await?;
         for q in queries {
             Self::plan_for(&self.plans, q);
         }
@@ -183,10 +217,10 @@ impl Engine for KvEngine {
     }
 
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>> {
-        let cap = self.store.capability();
+        let caps = self.caps();
         let txn = self.store.begin(opts).await?;
         Ok(Box::new(KvEngineTx {
-            tx: Some(KvTx::new(txn, opts.read_only, cap, true)),
+            tx: Some(KvTx::new(txn, opts.read_only, caps, true)),
             plans: self.plans.clone(),
         }))
     }
@@ -231,10 +265,7 @@ impl Engine for KvEngine {
             let r = match tx.change_records(table, 0, Some(upto), TRIM_CHUNK).await {
                 Ok(recs) => {
                     let n = recs.len();
-                    for rec in recs {
-                        tx.delete_change(rec);
-                    }
-                    Ok(n)
+                    tx.delete_changes(recs).await.map(|()| n)
                 }
                 Err(e) => Err(e),
             };
@@ -252,12 +283,11 @@ impl Engine for KvEngine {
     }
 }
 
-/// Commits what `tx` wrote when `r` is `Ok` (rolls a transaction without writes
-/// back), or rolls back on `Err`.
+/// Commits `tx` when `r` is `Ok` ([`KvTx::commit`] rolls a transaction without writes
+/// back where the store has snapshot reads), or rolls back on `Err`.
 async fn finish<T>(tx: KvTx, r: Result<T>) -> Result<T> {
     match r {
-        Ok(v) if tx.has_writes() => tx.commit().await.map(|()| v),
-        Ok(v) => tx.rollback().await.map(|()| v),
+        Ok(v) => tx.commit().await.map(|()| v),
         Err(e) => {
             let _ = tx.rollback().await;
             Err(e)

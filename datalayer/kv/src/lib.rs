@@ -10,7 +10,12 @@
 //! Writes are buffered here (an overlay over the store's snapshot) and handed to the
 //! store in one piece at commit, so a store only needs atomic multi-key commit and
 //! consistent reads; savepoints and read-your-writes come for free.
+//!
+//! What a store can do beyond that minimum — snapshot reads, pessimistic locks, a
+//! write-set limit, concurrent writers — it declares in a [`KvCapability`], and
+//! [`KvEngine`] adapts to it.
 
+mod capability;
 pub mod codec;
 pub mod contract;
 mod engine;
@@ -18,12 +23,13 @@ pub mod mem;
 
 mod txn;
 
+pub use capability::{KvCapability, write_set_bytes};
 pub use engine::KvEngine;
 
 use async_trait::async_trait;
 use datalayer_core::capability::Capability;
 use datalayer_core::engine::TxOptions;
-use datalayer_core::error::Result;
+use datalayer_core::error::{Error, Result};
 use std::ops::Bound;
 
 /// One key or value.
@@ -40,15 +46,28 @@ pub trait KvStore: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Capabilities of the engine built on this store. `max_value_bytes` and
     /// `max_key_bytes` are enforced by [`KvEngine`] before anything reaches the store.
+    /// [`KvEngine`]'s `Engine::capability` derives `concurrent_writers`, `snapshot` and
+    /// `repeatable_read` from [`KvStore::kv_capability`] (see there), whatever this
+    /// declares for them.
     fn capability(&self) -> Capability;
-    /// Begins a transaction. Reads inside it must see one consistent state (a snapshot)
-    /// plus nothing of other uncommitted transactions.
+    /// What the store itself can do: snapshot reads, pessimistic locks, the largest
+    /// write set, concurrent writers (see [`KvCapability`]). Constant for the life of
+    /// the store. The contract suite ([`contract`]) checks each declaration against
+    /// the store's behaviour.
+    fn kv_capability(&self) -> KvCapability;
+    /// Begins a transaction. Its reads see nothing of other uncommitted transactions;
+    /// with [`KvCapability::snapshot_reads`] they see one consistent state (a snapshot),
+    /// without it each read may see a later committed state and the commit validates
+    /// them.
     ///
     /// # Errors
     /// `Timeout` when the store cannot start a transaction in time (etch: the writer
     /// lock); `ConnectionLost` for a server store that is unreachable.
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn KvTxn>>;
     /// Flushes and closes the store.
+    ///
+    /// # Errors
+    /// The store's own errors (etch: `Io` when the final fsync fails).
     async fn close(&self) -> Result<()>;
 
     /// A consistent, committed, read-only view that can be read without awaiting, for
@@ -66,19 +85,30 @@ pub trait KvSnapshot: Send + Sync {
     fn get(&self, key: &[u8]) -> Option<&[u8]>;
 }
 
-/// A transaction on a [`KvStore`]. Reads only; writes arrive all at once in `commit`.
+/// A transaction on a [`KvStore`]. Reads (and, where declared, locks) only; writes
+/// arrive all at once in `commit`.
 ///
 /// # Behavior
 /// - `scan` returns entries with `start <= key < end` (per the bounds) in ascending key
 ///   order, or descending if `reverse`, at most `limit` of them.
 /// - `commit` applies the write set atomically or not at all; a conflict with a
-///   concurrent transaction is `Conflict` (retryable).
-/// - Dropping a transaction without `commit` discards it.
+///   concurrent transaction is `Conflict` (retryable). A write set over
+///   [`KvCapability::max_txn_bytes`] is `InvalidInput`, and nothing is applied.
+/// - A store without [`KvCapability::snapshot_reads`] validates at `commit` every key
+///   and range the transaction read, even when the write set is empty: one that changed
+///   after it was read fails the commit with `Conflict`.
+/// - Dropping a transaction without `commit` discards it (and releases its locks).
 #[async_trait]
 pub trait KvTxn: Send {
     /// The value at `key`.
+    ///
+    /// # Errors
+    /// The store's own errors (`ConnectionLost`, `Timeout` for a server store).
     async fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>>;
     /// The values at `keys`, in order, in one round trip where the store can.
+    ///
+    /// # Errors
+    /// As [`KvTxn::get`].
     async fn batch_get(&mut self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>> {
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
@@ -87,6 +117,9 @@ pub trait KvTxn: Send {
         Ok(out)
     }
     /// Entries in `[start, end)` per the bounds, in key order (reversed if `reverse`).
+    ///
+    /// # Errors
+    /// As [`KvTxn::get`].
     async fn scan(
         &mut self,
         start: Bound<&[u8]>,
@@ -96,6 +129,9 @@ pub trait KvTxn: Send {
     ) -> Result<Vec<(Bytes, Bytes)>>;
     /// The number of entries in `[start, end)` per the bounds. The default scans in
     /// chunks; stores that can count without copying values should override it.
+    ///
+    /// # Errors
+    /// As [`KvTxn::get`].
     async fn count(&mut self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<u64> {
         let mut n = 0u64;
         let mut from: Option<Bytes> = None;
@@ -112,8 +148,44 @@ pub trait KvTxn: Send {
             from = chunk.last().map(|(k, _)| k.clone());
         }
     }
+    /// Locks `keys` for this transaction until it commits, rolls back or is dropped
+    /// (pessimistic locking, as TiKV's pessimistic transactions). Needs
+    /// [`KvCapability::pessimistic_locks`]; [`KvEngine`] calls it with the keys it is
+    /// about to write, before they enter the write set.
+    ///
+    /// # Behavior
+    /// - While a key is locked, another transaction's `lock` of it, and its `commit` of
+    ///   a write set that contains it, fail with `Conflict` (a store may first wait for
+    ///   the holder, up to its lock-wait timeout).
+    /// - When a call fails, some of `keys` may be locked all the same; they are
+    ///   released with the transaction.
+    /// - Locking a key this transaction already holds succeeds; so does an empty `keys`;
+    ///   a key need not exist.
+    /// - A lock changes nothing the transaction reads and writes nothing by itself.
+    ///
+    /// # Errors
+    /// `Unsupported` when the store does not declare `pessimistic_locks` (the default
+    /// implementation); `Conflict` (retryable) when another open transaction holds one
+    /// of the keys; `InvalidInput` in a read-only transaction.
+    async fn lock(&mut self, keys: &[Bytes]) -> Result<()> {
+        let _ = keys;
+        Err(Error::unsupported(
+            "key-value",
+            "pessimistic locks (KvTxn::lock)",
+        ))
+    }
     /// Commits the write set atomically.
+    ///
+    /// # Errors
+    /// `Conflict` when the transaction lost a race with a concurrent one (or, without
+    /// snapshot reads, something it read changed); `InvalidInput` for a write set over
+    /// [`KvCapability::max_txn_bytes`] or a non-empty one in a read-only transaction;
+    /// the store's own errors (`Io`, `ConnectionLost`, `CommitUnknown`) otherwise.
     async fn commit(self: Box<Self>, writes: WriteSet) -> Result<()>;
-    /// Discards the transaction.
+    /// Discards the transaction (and releases its locks).
+    ///
+    /// # Errors
+    /// The store's own errors (a server store's `ConnectionLost`); the transaction is
+    /// discarded all the same.
     async fn rollback(self: Box<Self>) -> Result<()>;
 }

@@ -5,7 +5,7 @@ use super::codec::{
     self, TableKeys, decode_row, encode_row, encode_values, index_key, index_prefix, prefix_end,
     row_prefix,
 };
-use super::{Bytes, KvTxn};
+use super::{Bytes, KvCapability, KvTxn, WriteSet};
 use datalayer_core::ChangeKind;
 use datalayer_core::capability::Capability;
 use datalayer_core::engine::{Op, Output, ScanRequest, WriteMode};
@@ -16,7 +16,7 @@ use datalayer_core::query::{Expr, Limit, QueryDef, QueryKind};
 use datalayer_core::schema::TableSchema;
 use datalayer_core::value::{Row, Value};
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 type Overlay = BTreeMap<Bytes, Option<Bytes>>;
@@ -24,6 +24,17 @@ type KeyRange = (Bound<Bytes>, Bound<Bytes>);
 
 /// Largest number of entries read per scan round trip.
 const MAX_CHUNK: usize = 4096;
+
+/// What a [`KvTx`] needs to know about its engine and store.
+#[derive(Clone, Copy)]
+pub(crate) struct Caps {
+    /// The store's name, for messages.
+    pub(crate) store: &'static str,
+    /// The engine's capability (key and value limits).
+    pub(crate) engine: Capability,
+    /// The store's capability (locks, snapshot reads, write-set limit).
+    pub(crate) kv: KvCapability,
+}
 
 pub(crate) struct KvTx {
     txn: Box<dyn KvTxn>,
@@ -35,6 +46,11 @@ pub(crate) struct KvTx {
     savepoints: Vec<(String, Overlay)>,
     read_only: bool,
     cap: Capability,
+    kv: KvCapability,
+    store: &'static str,
+    /// Keys locked in the store ([`KvCapability::pessimistic_locks`]), so each is
+    /// locked once.
+    locked: BTreeSet<Bytes>,
     /// Change-capture state of each table written in this transaction (read once per
     /// transaction from the table's `'f'` key).
     capture: Vec<Captured>,
@@ -75,7 +91,7 @@ impl KvTx {
     pub(crate) fn new(
         txn: Box<dyn KvTxn>,
         read_only: bool,
-        cap: Capability,
+        caps: Caps,
         undo_enabled: bool,
     ) -> Self {
         KvTx {
@@ -85,20 +101,32 @@ impl KvTx {
             undo_enabled,
             savepoints: Vec::new(),
             read_only,
-            cap,
+            cap: caps.engine,
+            kv: caps.kv,
+            store: caps.store,
+            locked: BTreeSet::new(),
             capture: Vec::new(),
         }
     }
 
-    pub(crate) fn has_writes(&self) -> bool {
-        !self.writes.is_empty()
-    }
-
+    /// Commits the write set. A transaction without writes is rolled back on a store
+    /// with snapshot reads (there is nothing to apply or check); without snapshot reads
+    /// it is committed with an empty write set, so the store validates what it read.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a write set over the store's `max_txn_bytes` (checked here,
+    /// before the store sees it; the store transaction is rolled back); the store's
+    /// commit errors (`Conflict`, ...).
     pub(crate) async fn commit(self) -> Result<()> {
-        if self.writes.is_empty() {
+        if self.writes.is_empty() && self.kv.snapshot_reads {
             return self.txn.rollback().await;
         }
-        self.txn.commit(self.writes.into_iter().collect()).await
+        let writes: WriteSet = self.writes.into_iter().collect();
+        if let Err(e) = self.kv.check_write_set(self.store, &writes) {
+            let _ = self.txn.rollback().await;
+            return Err(e);
+        }
+        self.txn.commit(writes).await
     }
 
     pub(crate) async fn rollback(self) -> Result<()> {
@@ -213,6 +241,27 @@ impl KvTx {
             }
         }
         Ok(out)
+    }
+
+    /// Locks `keys` in the store before they are written, where the store declares
+    /// [`KvCapability::pessimistic_locks`] (a no-op otherwise); keys this transaction
+    /// has locked already are not sent again.
+    async fn lock(&mut self, keys: impl IntoIterator<Item = Bytes>) -> Result<()> {
+        if !self.kv.pessimistic_locks {
+            return Ok(());
+        }
+        let mut fresh: Vec<Bytes> = keys
+            .into_iter()
+            .filter(|k| !self.locked.contains(k))
+            .collect();
+        fresh.sort();
+        fresh.dedup();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.txn.lock(&fresh).await?;
+        self.locked.extend(fresh);
+        Ok(())
     }
 
     fn set(&mut self, key: Bytes, value: Option<Bytes>) {
@@ -390,6 +439,19 @@ impl KvTx {
                 key.len()
             )));
         }
+        let bytes = new.map(encode_row);
+        if let Some(b) = &bytes
+            && let Some(max) = self.cap.max_value_bytes
+            && b.len() > max
+        {
+            return Err(Error::invalid_input(format!(
+                "{}: row of {} bytes exceeds the engine's limit of {max} bytes",
+                table.name,
+                b.len()
+            )));
+        }
+        // The index entries that change: (index, old entry, new entry).
+        let mut changed = Vec::new();
         for (ix, prefix) in table.indexes.iter().zip(&keys.indexes) {
             let entry = |r: Option<&Row>| -> Result<Option<Bytes>> {
                 match r {
@@ -400,9 +462,21 @@ impl KvTx {
                 }
             };
             let (before, after) = (entry(old)?, entry(new)?);
-            if before == after {
-                continue;
+            if before != after {
+                changed.push((ix, before, after));
             }
+        }
+        // Pessimistic stores: lock the row key and every index entry written (the new
+        // unique entries before they are checked) in one call.
+        if self.kv.pessimistic_locks {
+            let entries = changed.iter().flat_map(|(_, b, a)| b.iter().chain(a));
+            let all: Vec<Bytes> = std::iter::once(key)
+                .chain(entries.map(Vec::as_slice))
+                .map(<[u8]>::to_vec)
+                .collect();
+            self.lock(all).await?;
+        }
+        for (ix, before, after) in changed {
             if let Some(k) = before {
                 self.set(k, None);
             }
@@ -423,17 +497,6 @@ impl KvTx {
                 }
                 self.set(k, Some(pk.to_vec()));
             }
-        }
-        let bytes = new.map(encode_row);
-        if let Some(b) = &bytes
-            && let Some(max) = self.cap.max_value_bytes
-            && b.len() > max
-        {
-            return Err(Error::invalid_input(format!(
-                "{}: row of {} bytes exceeds the engine's limit of {max} bytes",
-                table.name,
-                b.len()
-            )));
         }
         self.capture(table, old, bytes.as_deref()).await?;
         self.set(key.to_vec(), bytes);
@@ -474,13 +537,8 @@ impl KvTx {
                         .await?
                         .into_iter()
                         .map(|v| {
-                            v.ok_or_else(|| {
-                                Error::corrupted(format!(
-                                    "{}: index entry without a row",
-                                    table.name
-                                ))
-                            })
-                            .and_then(|b| decode_row(table, &b))
+                            v.ok_or_else(|| self.missing_row(table))
+                                .and_then(|b| decode_row(table, &b))
                         })
                         .collect::<Result<_>>()?
                 }
@@ -499,6 +557,24 @@ impl KvTx {
                 range.0 = Bound::Excluded(last);
             }
             chunk = (chunk * 4).min(MAX_CHUNK);
+        }
+    }
+
+    /// The error for an index entry whose row is missing. On a store with snapshot
+    /// reads the entry and the row were read from one state, in which every index
+    /// entry has its row: the data is `Corrupted`. Without snapshot reads the row was
+    /// read from a later state than the entry — a concurrent transaction deleted it or
+    /// moved it to another key — which the store cannot vouch for and would refuse at
+    /// commit: a retryable `Conflict`.
+    fn missing_row(&self, table: &TableSchema) -> Error {
+        if self.kv.snapshot_reads {
+            Error::corrupted(format!("{}: index entry without a row", table.name))
+        } else {
+            Error::conflict(format!(
+                "{}: index entry without a row: the row changed after the index was read \
+                 (the {} store has no snapshot reads); re-run the transaction",
+                table.name, self.store
+            ))
         }
     }
 
@@ -739,9 +815,14 @@ impl KvTx {
             (None, None) => return Ok(()),
         };
         let (seq_key, prefix) = self.capture[i].keys.clone().expect("captured");
+        // Pessimistic stores: the sequence key is locked before it is read (once per
+        // transaction), the record's key once its position is known.
+        self.lock([seq_key.clone()]).await?;
         let position = self.change_seq(&seq_key, &table.name).await? + 1;
+        let change_key = codec::change_key_at(&prefix, position);
+        self.lock([change_key.clone()]).await?;
         self.set(seq_key, Some(position.to_be_bytes().to_vec()));
-        self.set(codec::change_key_at(&prefix, position), Some(record));
+        self.set(change_key, Some(record));
         Ok(())
     }
 
@@ -790,6 +871,7 @@ impl KvTx {
     pub(crate) async fn enable_capture(&mut self, table: &str) -> Result<()> {
         let key = codec::table_prefix(codec::CAPTURE, table);
         if self.get(&key).await?.is_none() {
+            self.lock([key.clone()]).await?;
             self.set(key, Some(Vec::new()));
         }
         Ok(())
@@ -828,9 +910,14 @@ impl KvTx {
             .collect()
     }
 
-    /// Deletes a change record read by [`KvTx::change_records`].
-    pub(crate) fn delete_change(&mut self, rec: ChangeRecord) {
-        self.set(rec.key, None);
+    /// Deletes change records read by [`KvTx::change_records`] (locking their keys
+    /// first on a pessimistic store).
+    pub(crate) async fn delete_changes(&mut self, recs: Vec<ChangeRecord>) -> Result<()> {
+        self.lock(recs.iter().map(|r| r.key.clone())).await?;
+        for rec in recs {
+            self.set(rec.key, None);
+        }
+        Ok(())
     }
 
     /// Reads the catalog entry of `name`.
@@ -838,9 +925,13 @@ impl KvTx {
         self.get(&codec::catalog_key(name)).await
     }
 
-    /// Writes the catalog entry of `name`.
-    pub(crate) fn catalog_put(&mut self, name: &str, bytes: Bytes) {
-        self.set(codec::catalog_key(name), Some(bytes));
+    /// Writes the catalog entry of `name` (locking its key first on a pessimistic
+    /// store).
+    pub(crate) async fn catalog_put(&mut self, name: &str, bytes: Bytes) -> Result<()> {
+        let key = codec::catalog_key(name);
+        self.lock([key.clone()]).await?;
+        self.set(key, Some(bytes));
+        Ok(())
     }
 
     /// Every catalog entry.

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use datalayer_core::{Capability, Result, TxOptions};
 use datalayer_kv::contract::{self, StoreUnderTest};
-use datalayer_kv::mem::MemKv;
-use datalayer_kv::{Bytes, KvStore, KvTxn, WriteSet};
+use datalayer_kv::mem::{MemKv, MemOptions};
+use datalayer_kv::{Bytes, KvCapability, KvStore, KvTxn, WriteSet};
 use std::ops::Bound;
 
 // Every case, one test each, on a fresh MemKv.
@@ -14,6 +14,45 @@ datalayer_kv::kv_contract_tests!(async { MemKv::new() });
 mod via_engine {
     // The same through `mem::engine()` (a KvEngine is a StoreUnderTest too).
     datalayer_kv::kv_contract_tests!(async { datalayer_kv::mem::engine() });
+}
+
+/// The other modes of MemKv: each optional part of the contract on and off.
+mod no_snapshot_reads {
+    datalayer_kv::kv_contract_tests!(async {
+        datalayer_kv::mem::MemKv::with_options(datalayer_kv::mem::MemOptions {
+            snapshot_reads: false,
+            ..Default::default()
+        })
+    });
+}
+
+mod pessimistic_locks {
+    datalayer_kv::kv_contract_tests!(async {
+        datalayer_kv::mem::MemKv::with_options(datalayer_kv::mem::MemOptions {
+            pessimistic_locks: true,
+            ..Default::default()
+        })
+    });
+}
+
+mod max_txn_bytes {
+    datalayer_kv::kv_contract_tests!(async {
+        datalayer_kv::mem::MemKv::with_options(datalayer_kv::mem::MemOptions {
+            max_txn_bytes: Some(4096),
+            ..Default::default()
+        })
+    });
+}
+
+mod every_option {
+    // No snapshot reads, locks and a limit that is not a round number.
+    datalayer_kv::kv_contract_tests!(async {
+        datalayer_kv::mem::MemKv::with_options(datalayer_kv::mem::MemOptions {
+            snapshot_reads: false,
+            pessimistic_locks: true,
+            max_txn_bytes: Some(3001),
+        })
+    });
 }
 
 #[tokio::test]
@@ -36,6 +75,9 @@ async fn cases_list_runs_every_case() {
             "batch_get_order",
             "rollback_discards",
             "drop_discards",
+            "lock_keys",
+            "max_txn_bytes",
+            "concurrent_writers",
         ]
     );
     for case in cases {
@@ -61,6 +103,54 @@ enum Fault {
     NoConflicts,
     /// Applies only the first entry of the write set.
     FirstWriteOnly,
+    /// Declares pessimistic locks, but `lock` locks nothing.
+    LockIgnored,
+    /// Does not declare pessimistic locks, but `lock` succeeds.
+    LockUndeclared,
+    /// Declares a write-set limit of 1000 bytes, but enforces none.
+    TxnLimitIgnored,
+    /// Declares a write-set limit of 1000 bytes, but refuses write sets over 999.
+    TxnLimitTooLow,
+    /// Has no snapshot reads, and commits without validating reads.
+    NoReadValidation,
+    /// Declares one writer at a time, but lets two read-write transactions open.
+    ClaimsOneWriter,
+}
+
+impl Fault {
+    /// The options of the MemKv under the fault.
+    fn options(self) -> MemOptions {
+        match self {
+            Fault::LockIgnored => MemOptions {
+                pessimistic_locks: true,
+                ..MemOptions::default()
+            },
+            Fault::TxnLimitTooLow => MemOptions {
+                max_txn_bytes: Some(999),
+                ..MemOptions::default()
+            },
+            Fault::NoReadValidation => MemOptions {
+                snapshot_reads: false,
+                ..MemOptions::default()
+            },
+            _ => MemOptions::default(),
+        }
+    }
+
+    /// What the faulty store declares, given what its MemKv declares.
+    fn declared(self, inner: KvCapability) -> KvCapability {
+        match self {
+            Fault::TxnLimitIgnored | Fault::TxnLimitTooLow => KvCapability {
+                max_txn_bytes: Some(1000),
+                ..inner
+            },
+            Fault::ClaimsOneWriter => KvCapability {
+                concurrent_writers: false,
+                ..inner
+            },
+            _ => inner,
+        }
+    }
 }
 
 /// MemKv with one fault.
@@ -82,6 +172,9 @@ impl KvStore for Faulty {
     }
     fn capability(&self) -> Capability {
         self.inner.capability()
+    }
+    fn kv_capability(&self) -> KvCapability {
+        self.fault.declared(self.inner.kv_capability())
     }
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn KvTxn>> {
         Ok(Box::new(FaultyTxn {
@@ -133,9 +226,15 @@ impl KvTxn for FaultyTxn {
             None => self.inner.scan(start, end, limit, reverse).await,
         }
     }
+    async fn lock(&mut self, keys: &[Bytes]) -> Result<()> {
+        match self.fault {
+            Fault::LockIgnored | Fault::LockUndeclared => Ok(()),
+            _ => self.inner.lock(keys).await,
+        }
+    }
     async fn commit(self: Box<Self>, mut writes: WriteSet) -> Result<()> {
         match self.fault {
-            Fault::NoConflicts => {
+            Fault::NoConflicts | Fault::NoReadValidation | Fault::TxnLimitIgnored => {
                 // A fresh transaction has nothing to conflict with.
                 let t = self.store.begin(TxOptions::default()).await?;
                 t.commit(writes).await
@@ -162,7 +261,7 @@ async fn violation(fault: Fault, case: &str) -> String {
         .run;
     let outcome = tokio::spawn(async move {
         let store = Faulty {
-            inner: MemKv::new(),
+            inner: MemKv::with_options(fault.options()),
             fault,
         };
         run(&store).await
@@ -215,4 +314,60 @@ async fn contract_catches_partial_commits() {
     assert!(m.contains("kv contract violated by store faulty"), "{m}");
     let m = violation(Fault::FirstWriteOnly, "committed_writes_visible").await;
     assert!(m.contains("a committed put, read by get"), "{m}");
+}
+
+#[tokio::test]
+async fn contract_catches_ignored_locks() {
+    let m = violation(Fault::LockIgnored, "lock_keys").await;
+    assert!(
+        m.contains("lock of a key another open transaction has locked: succeeded"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn contract_catches_undeclared_locks() {
+    let m = violation(Fault::LockUndeclared, "lock_keys").await;
+    assert!(
+        m.contains(
+            "does not declare pessimistic_locks: succeeded, expected an error of kind Unsupported"
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn contract_catches_an_unenforced_txn_limit() {
+    let m = violation(Fault::TxnLimitIgnored, "max_txn_bytes").await;
+    assert!(
+        m.contains("1001 bytes, over max_txn_bytes: succeeded"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn contract_catches_a_txn_limit_below_the_declared_one() {
+    let m = violation(Fault::TxnLimitTooLow, "max_txn_bytes").await;
+    assert!(
+        m.contains("a write set of exactly max_txn_bytes (1000) bytes failed"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn contract_catches_unvalidated_reads() {
+    let m = violation(Fault::NoReadValidation, "snapshot_reads").await;
+    assert!(
+        m.contains("then a commit changed a: the commit succeeded"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn contract_catches_a_false_single_writer_claim() {
+    let m = violation(Fault::ClaimsOneWriter, "concurrent_writers").await;
+    assert!(
+        m.contains("two read-write transactions were open at once"),
+        "{m}"
+    );
 }

@@ -1,85 +1,88 @@
-//! The one error type of the store.
+//! The one place where etch's native errors become datalayer errors.
+//!
+//! | native error                                             | [`ErrorKind`]          |
+//! |----------------------------------------------------------|------------------------|
+//! | [`StoreError::Io`]                                        | as `std::io::Error` converts: `TimedOut` → `Timeout`, anything else → `Io` |
+//! | [`StoreError::Corrupted`] (a checksum or structural check failed on open) | `Corrupted` |
+//! | [`StoreError::TooLarge`] (a value over `max_value_bytes`, a record over 4 GiB) | `InvalidInput` |
+//! | [`StoreError::Closed`] (a commit after `close`)          | `InvalidInput`         |
+//! | [`StoreError::Poisoned`] (an earlier WAL write or fsync failed) | `Io`            |
+//! | the writer lock not acquired within `lock_timeout`       | `Timeout` (retryable)  |
+//! | a blocking task (open, close) that panicked              | `Engine`, code `join`  |
+//!
+//! A write set over the engine's `max_txn_bytes` is `InvalidInput`, made by
+//! `datalayer_kv::KvCapability::check_write_set` (the same message for every KV store).
+//! etch never reports `Conflict`: one writer at a time, so a transaction never loses
+//! a race; and never `CommitUnknown`: a commit that returns an error was not applied,
+//! except after a failed fsync under `FlushPolicy::EveryCommit` (`Poisoned`: the
+//! commit's durability is unknown, and the store refuses further commits until it is
+//! reopened; recovery then decides).
 
-use std::path::PathBuf;
+use crate::storage::StoreError;
+use datalayer_core::{Error, ErrorKind};
+use std::time::Duration;
 
-/// Everything that can go wrong in [`Store`](crate::Store).
-///
-/// Classification contract (for adapters mapping this onto a portable error kind):
-/// - [`StoreError::Io`]: the operating system refused a read, write, fsync, rename or
-///   directory operation. Not retryable as such; if it happened on the write-ahead log
-///   the store is poisoned afterwards (see [`StoreError::Poisoned`]).
-/// - [`StoreError::Corrupted`]: a checksum or structural check failed while reading a
-///   file on open. Never retryable; the files need attention.
-/// - [`StoreError::TooLarge`]: the caller's input breaks a size limit; nothing was applied.
-/// - [`StoreError::Closed`]: [`Store::close`](crate::Store::close) was called.
-/// - [`StoreError::Poisoned`]: an earlier write-ahead-log append or fsync failed, so the
-///   store refuses every further commit rather than risk a hole in the log. Reopen it.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// An I/O error from the operating system (or from the [`Dir`](crate::io::Dir)
-    /// backend in use).
-    #[error("etch: I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    /// A file failed a checksum or structural check.
-    #[error("etch: corrupted file {}: at byte offset {offset}: {reason}", file.display())]
-    Corrupted {
-        /// The file, as `<store dir>/<file name>`.
-        file: PathBuf,
-        /// Byte offset from the start of the file where the bad data starts
-        /// (for a WAL record: the offset of the record's length field).
-        offset: u64,
-        /// What check failed, in words.
-        reason: String,
-    },
-    /// A value (or a whole commit record) is over its size limit. Nothing was applied.
-    #[error("etch: {what} of {size_bytes} bytes is over the limit of {limit_bytes} bytes")]
-    TooLarge {
-        /// What was too large: `"value"` (see
-        /// [`StoreOptions::max_value_bytes`](crate::StoreOptions::max_value_bytes)) or
-        /// `"commit record"` (a record's payload must fit in a `u32`).
-        what: &'static str,
-        /// Its size, in bytes.
-        size_bytes: u64,
-        /// The limit, in bytes.
-        limit_bytes: u64,
-    },
-    /// The store was closed with [`Store::close`](crate::Store::close); it accepts no
-    /// more commits.
-    #[error("etch: the store is closed")]
-    Closed,
-    /// An earlier write-ahead-log write or fsync failed; the store refuses further
-    /// commits until it is reopened (recovery then cuts any torn record off the log).
-    #[error("etch: the store refuses commits after a write-ahead-log failure: {reason}")]
-    Poisoned {
-        /// The failure that poisoned the store.
-        reason: String,
-    },
+/// Maps a storage error.
+pub(crate) fn map_error(e: StoreError) -> Error {
+    match e {
+        StoreError::Io(io) => Error::from(io),
+        e @ StoreError::Corrupted { .. } => Error::corrupted(e.to_string()).with_source(e),
+        e @ (StoreError::TooLarge { .. } | StoreError::Closed) => {
+            Error::invalid_input(e.to_string()).with_source(e)
+        }
+        e => Error::new(ErrorKind::Io, e.to_string()).with_source(e),
+    }
 }
 
-impl StoreError {
-    /// True for [`StoreError::Io`].
-    pub fn is_io(&self) -> bool {
-        matches!(self, StoreError::Io(_))
-    }
+/// The writer lock was not acquired within `waited`.
+pub(crate) fn lock_timeout(waited: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "etch: waited {} ms for the writer lock (is a transaction open on this task?)",
+            waited.as_millis()
+        ),
+    )
+}
 
-    /// True for [`StoreError::Corrupted`].
-    pub fn is_corrupted(&self) -> bool {
-        matches!(self, StoreError::Corrupted { .. })
-    }
+/// A blocking task (`what`: opening or closing the store) failed to complete.
+pub(crate) fn join_error(what: &str, e: tokio::task::JoinError) -> Error {
+    Error::engine(
+        "join",
+        format!("etch: {what} panicked or was cancelled: {e}"),
+    )
+}
 
-    /// True for [`StoreError::TooLarge`].
-    pub fn is_too_large(&self) -> bool {
-        matches!(self, StoreError::TooLarge { .. })
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// True for [`StoreError::Closed`].
-    pub fn is_closed(&self) -> bool {
-        matches!(self, StoreError::Closed)
-    }
-
-    /// True for [`StoreError::Poisoned`].
-    pub fn is_poisoned(&self) -> bool {
-        matches!(self, StoreError::Poisoned { .. })
+    #[test]
+    fn kinds() {
+        let too_large = StoreError::TooLarge {
+            what: "value",
+            size_bytes: 10,
+            limit_bytes: 5,
+        };
+        assert_eq!(map_error(too_large).kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            map_error(StoreError::Closed).kind(),
+            ErrorKind::InvalidInput
+        );
+        let corrupted = StoreError::Corrupted {
+            file: "d/wal-1.log".into(),
+            offset: 8,
+            reason: "crc".into(),
+        };
+        let e = map_error(corrupted);
+        assert!(e.is_corrupted() && e.message().contains("wal-1.log"), "{e}");
+        let poisoned = StoreError::Poisoned {
+            reason: "fsync".into(),
+        };
+        assert_eq!(map_error(poisoned).kind(), ErrorKind::Io);
+        let io = StoreError::Io(std::io::Error::other("disk"));
+        assert_eq!(map_error(io).kind(), ErrorKind::Io);
+        let t = lock_timeout(Duration::from_millis(250));
+        assert!(t.is_retryable() && t.message().contains("250 ms"), "{t}");
     }
 }

@@ -1,21 +1,50 @@
-//! `datalayer-etch`: the storage layer of datalayer's embedded engine.
+//! # datalayer-etch
 //!
-//! An embedded, ordered, transactional key-value store: the whole state lives in
-//! memory as a persistent B-tree ([`Snapshot`], O(1) to clone), made durable by a
-//! write-ahead log (one CRC-checked record per commit) and periodic snapshot files.
-//! One writer at a time ([`Store::begin_write`]), any number of readers
-//! ([`Store::snapshot`]), group commit under [`FlushPolicy::EveryCommit`].
+//! datalayer's embedded engine: an in-process, ordered, transactional key-value store
+//! with a write-ahead log, running datalayer's data model through the KV family
+//! (`datalayer_kv::KvEngine`).
 //!
-//! The on-disk format, the recovery rules and what a commit guarantees under each
-//! [`FlushPolicy`] are specified in `FORMAT.md` beside this crate.
+//! - **Storage** ([`storage`]): the whole state in memory as a persistent B-tree, made
+//!   durable by a write-ahead log (one CRC-checked record per commit, group commit)
+//!   and periodic snapshot files. Its on-disk format, recovery rules and commit
+//!   guarantees are in `src/storage/FORMAT.md`.
+//! - **Binding** (`backend.rs`): [`EtchKv`], the KV family's `KvStore` over the store;
+//!   [`open`], [`open_url`] and [`memory`] make the engine.
+//! - **Transactions**: one writer at a time (a read-write transaction holds the writer
+//!   lock from `begin`, bounded by [`EtchOptions::lock_timeout`]), any number of
+//!   readers, each on one snapshot. Every isolation level is served as serializable.
+//! - **Options** ([`config`]): [`EtchOptions`], set directly or from the URL
+//!   ([`parse_url`]).
+//! - **Errors** (`error.rs`): every native error is mapped to a portable `ErrorKind` in
+//!   one place; see that module's table.
+//!
+//! ```no_run
+//! # async fn demo() -> datalayer_core::Result<()> {
+//! datalayer_etch::register();
+//! let db = datalayer_core::Db::builder("etch://data").connect().await?;
+//! # let _ = db; Ok(()) }
+//! ```
 
-pub mod error;
-pub mod io;
-pub mod kv;
-pub mod snapshot;
-pub mod store;
-mod wal;
+mod backend;
+pub mod config;
+mod error;
+pub mod storage;
 
-pub use error::StoreError;
-pub use snapshot::{RangeIter, Snapshot};
-pub use store::{FlushPolicy, Store, StoreOptions, WriteTxn};
+pub use backend::{EtchKv, memory, open, open_url};
+pub use config::{EtchOptions, parse_url};
+pub use storage::{FlushPolicy, StoreOptions};
+
+use datalayer_core::Engine;
+use std::sync::Arc;
+
+/// The URL scheme this engine registers: `etch:` (`etch://<dir>`, `etch::memory:`).
+pub const SCHEME: &str = "etch:";
+
+/// Registers this engine for `etch:` URLs with [`datalayer_core::register_engine`], so
+/// that `Db::builder("etch://data")` and `Db::builder("etch::memory:")` open it (URL
+/// forms in [`parse_url`]). Idempotent.
+pub fn register() {
+    datalayer_core::register_engine(SCHEME, |url| {
+        Box::pin(async move { Ok(Arc::new(open_url(&url).await?) as Arc<dyn Engine>) })
+    });
+}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::CrashFs;
-use datalayer_etch::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions};
+use datalayer_etch::storage::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use common::CrashFs;
-use datalayer_etch::{FlushPolicy, Snapshot, Store, StoreOptions};
+use datalayer_etch::storage::{FlushPolicy, Snapshot, Store, StoreOptions};
 use proptest::prelude::*;
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;

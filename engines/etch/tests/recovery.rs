@@ -6,7 +6,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use datalayer_etch::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions};
+use datalayer_etch::storage::{FlushPolicy, Snapshot, Store, StoreError, StoreOptions};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use datalayer_etch::io::{Dir, WalFile};
+use datalayer_etch::storage::io::{Dir, WalFile};
 use rand::Rng;
 
 #[derive(Default, Clone)]

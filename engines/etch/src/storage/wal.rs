@@ -8,14 +8,14 @@
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::error::StoreError;
+use super::error::StoreError;
 
 /// Bytes of the record header: length + CRC.
 pub(crate) const HEADER_BYTES: usize = 8;
 /// The smallest possible payload: a 1-byte seq varint and a 1-byte op-count varint.
 const MIN_PAYLOAD_BYTES: usize = 2;
 
-/// The writes of one commit, as given to [`WriteTxn::commit`](crate::WriteTxn::commit).
+/// The writes of one commit, as given to [`WriteTxn::commit`](crate::storage::WriteTxn::commit).
 pub(crate) type Writes = [(Vec<u8>, Option<Vec<u8>>)];
 
 struct BytesOut<'a>(&'a [u8]);
@@ -61,6 +61,17 @@ pub(crate) struct Record<'a> {
     #[serde(borrow)]
     pub ops: Vec<(&'a [u8], Option<&'a [u8]>)>,
 }
+
+/// The largest write set, in bytes (the sum of its keys' and values' lengths), whose
+/// commit record always fits the record's `u32` length field: 341 MiB and a bit.
+///
+/// A payload is a seq varint and an op-count varint (at most 10 bytes each), then per
+/// op a key-length varint, an option tag and a value-length varint (at most
+/// 5 + 1 + 5 = 11 bytes for lengths under 2^35) beside the key and value bytes. A write
+/// set holds each key once, so at most one key is empty and `ops <= bytes + 1`; the
+/// payload is therefore at most `20 + 11 * (bytes + 1) + bytes = 31 + 12 * bytes`,
+/// which is at most `u32::MAX` up to this many bytes.
+pub const MAX_COMMIT_BYTES: usize = (u32::MAX as usize - 31) / 12;
 
 /// Encode one commit as a complete framed record, ready for a single `write`.
 ///
@@ -176,6 +187,36 @@ pub(crate) fn valid_record_after(data: &[u8], from: usize, last_seq: u64) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_is_within_the_bound_behind_max_commit_bytes() {
+        type WriteOp = (Vec<u8>, Option<Vec<u8>>);
+        // The worst cases for overhead per byte: empty and 1-byte keys, empty values
+        // and deletes; and ordinary ones. payload <= 31 + 12 * bytes.
+        let mut sets: Vec<Vec<WriteOp>> = vec![
+            vec![],
+            vec![(Vec::new(), None)],
+            vec![(Vec::new(), Some(Vec::new()))],
+            (0..=255u8).map(|b| (vec![b], None)).collect(),
+            (0..=255u8).map(|b| (vec![b], Some(Vec::new()))).collect(),
+            (0..200u32)
+                .map(|i| (i.to_be_bytes().to_vec(), Some(vec![7; i as usize * 3])))
+                .collect(),
+        ];
+        sets[3].insert(0, (Vec::new(), Some(Vec::new())));
+        for (i, writes) in sets.iter().enumerate() {
+            let bytes: usize = writes
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum();
+            let payload = encode_record(u64::MAX, writes).unwrap().len() - HEADER_BYTES;
+            assert!(
+                payload <= 31 + 12 * bytes,
+                "set {i}: {payload} > 31 + 12 * {bytes}"
+            );
+        }
+        assert!(31 + 12 * MAX_COMMIT_BYTES as u64 <= u64::from(u32::MAX));
+    }
 
     #[test]
     fn round_trip_and_postcard_compatible() {

@@ -4,8 +4,8 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::error::StoreError;
-use crate::io::Dir;
+use super::error::StoreError;
+use super::io::Dir;
 
 /// The ordered map behind every [`Snapshot`]: a persistent B-tree whose clones share
 /// structure, so taking a snapshot is O(1) and a commit copies O(log n) nodes.
@@ -17,10 +17,10 @@ type ImblRange<'a> =
 /// An immutable view of the store at one commit sequence number.
 ///
 /// Cloning is O(1) (reference counted); a `Snapshot` never changes, whatever is
-/// committed after it was taken. From [`Store::snapshot`](crate::Store::snapshot) it
+/// committed after it was taken. From [`Store::snapshot`](crate::storage::Store::snapshot) it
 /// holds the committed, *visible* state (under
-/// [`FlushPolicy::EveryCommit`](crate::FlushPolicy::EveryCommit): only durable
-/// commits); from [`WriteTxn::base`](crate::WriteTxn::base) the latest committed state.
+/// [`FlushPolicy::EveryCommit`](crate::storage::FlushPolicy::EveryCommit): only durable
+/// commits); from [`WriteTxn::base`](crate::storage::WriteTxn::base) the latest committed state.
 #[derive(Clone, Default)]
 pub struct Snapshot {
     map: Map,

@@ -17,10 +17,10 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::{OwnedMutexGuard, watch};
 
-use crate::error::StoreError;
-use crate::io::{Dir, OsDir, WalFile};
-use crate::snapshot::{Snapshot, read_snapshot_file, write_snapshot_file};
-use crate::wal::{decode_at, encode_record, valid_record_after};
+use super::error::StoreError;
+use super::io::{Dir, OsDir, WalFile};
+use super::snapshot::{Snapshot, read_snapshot_file, write_snapshot_file};
+use super::wal::{decode_at, encode_record, valid_record_after};
 
 /// When a commit's WAL record is fsynced, and so when the commit is acknowledged and
 /// becomes visible to readers.
@@ -48,7 +48,7 @@ pub enum FlushPolicy {
 }
 
 /// Options for [`Store::open`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// When commits are fsynced. Default: [`FlushPolicy::EveryCommit`].
     pub flush: FlushPolicy,
@@ -102,7 +102,7 @@ fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
 /// # Example
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use datalayer_etch::{Store, StoreOptions};
+/// use datalayer_etch::storage::{Store, StoreOptions};
 /// let dir = tempfile::tempdir().unwrap();
 /// let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
 /// let txn = store.begin_write().await;

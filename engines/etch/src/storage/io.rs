@@ -43,7 +43,7 @@ pub trait WalFile: Send + Sync {
 /// - `create`, `rename` and `remove` are durable only after [`Dir::sync_dir`].
 /// - `read` of a missing file fails with [`io::ErrorKind::NotFound`].
 pub trait Dir: Send + Sync {
-    /// The directory's path, used in error messages ([`StoreError::Corrupted`](crate::StoreError::Corrupted)).
+    /// The directory's path, used in error messages ([`StoreError::Corrupted`](crate::storage::StoreError::Corrupted)).
     fn path(&self) -> &Path;
     /// Names of all files in the directory, in any order.
     fn list(&self) -> io::Result<Vec<String>>;
@@ -61,12 +61,12 @@ pub trait Dir: Send + Sync {
     fn sync_dir(&self) -> io::Result<()>;
 
     /// Releases the directory's lock so another store may open it. Called by
-    /// [`Store::close`](crate::Store::close) once nothing more will be written.
+    /// [`Store::close`](crate::storage::Store::close) once nothing more will be written.
     /// Default: nothing to release.
     fn unlock(&self) {}
 }
 
-/// The real file system: a directory on disk, locked against a second [`Store`](crate::Store)
+/// The real file system: a directory on disk, locked against a second [`Store`](crate::storage::Store)
 /// (in this or another process) for as long as this value lives.
 pub struct OsDir {
     path: PathBuf,
