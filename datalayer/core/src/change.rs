@@ -5,6 +5,43 @@
 //! same transaction as the data. Every change has a `position`, strictly increasing in
 //! commit order within one engine; a reader resumes after the last position it
 //! processed, and may trim the log up to it.
+//!
+//! # Examples
+//!
+//! ```
+//! # extern crate datalayer_core as datalayer;
+//! # use datalayer::{ChangeKind, Db, Value};
+//! # #[derive(datalayer_macros::Table, Clone, Debug, PartialEq)]
+//! # #[table(name = "users")]
+//! # struct User { #[pk] id: i64, name: String }
+//! # async fn memory_db() -> datalayer::Result<Db> {
+//! #     let engine = std::sync::Arc::new(datalayer_etch::memory());
+//! #     Db::with_engine(engine).table::<User>().connect().await
+//! # }
+//! # #[tokio::main]
+//! # async fn main() -> datalayer::Result<()> {
+//! let db = memory_db().await?;
+//! db.enable_changes("users").await?;
+//!
+//! let users = db.repo::<User>();
+//! users.insert(&User { id: 1, name: "ann".into() }).await?;
+//! users.update(&User { id: 1, name: "ann b".into() }).await?;
+//! users.delete(1).await?;
+//!
+//! let log = db.read_changes("users", 0, 100).await?;
+//! let kinds: Vec<_> = log.iter().map(|c| c.kind).collect();
+//! assert_eq!(kinds, [ChangeKind::Insert, ChangeKind::Update, ChangeKind::Delete]);
+//! assert_eq!(log[1].get("name"), Some(&Value::String("ann b".into())));
+//!
+//! // A reader that processed the first change resumes after its position ...
+//! let rest = db.read_changes("users", log[0].position, 100).await?;
+//! assert_eq!(rest, log[1..]);
+//! // ... and trims the log up to it.
+//! assert_eq!(db.trim_changes("users", log[0].position).await?, 1);
+//! assert_eq!(db.read_changes("users", 0, 100).await?, rest);
+//! # Ok(())
+//! # }
+//! ```
 
 use crate::db::Db;
 use crate::error::Result;
@@ -74,7 +111,9 @@ impl Db {
     /// later raw-SQL writes are captured as well.
     ///
     /// # Errors
-    /// `Unsupported` without `Capability::change_feed`; `NotFound` for an unknown table.
+    /// `Unsupported` without `Capability::change_feed`; `NotFound` for an unknown table;
+    /// `InvalidInput` for a name that is not a valid identifier (SQL engines); the
+    /// errors of any write (see [`Executor`](crate::Executor)).
     pub async fn enable_changes(&self, table: &str) -> Result<()> {
         self.engine().enable_changes(table).await
     }
@@ -82,19 +121,69 @@ impl Db {
     /// Reads up to `limit` changes of `table` after `after`, in commit order.
     ///
     /// # Errors
-    /// `Unsupported` without `Capability::change_feed`.
+    /// `Unsupported` without `Capability::change_feed`; `NotFound` for an unknown table;
+    /// `InvalidInput` for a name that is not a valid identifier (SQL engines);
+    /// `Corrupted` for a change record that cannot be decoded; the errors of any read
+    /// (see [`Executor`](crate::Executor)). A table without capture has no changes (not
+    /// an error).
     pub async fn read_changes(&self, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
         self.engine().read_changes(table, after, limit).await
     }
 
     /// Deletes the changes of `table` up to and including `upto` (what a consumer has
-    /// processed); returns how many were removed.
+    /// processed); returns how many were removed (0 for a table with no changes).
+    ///
+    /// # Errors
+    /// `Unsupported` without `Capability::change_feed`; `InvalidInput` for a name that
+    /// is not a valid identifier (SQL engines); the errors of any write (see
+    /// [`Executor`](crate::Executor)).
     pub async fn trim_changes(&self, table: &str, upto: u64) -> Result<u64> {
         self.engine().trim_changes(table, upto).await
     }
 
     /// An endless stream of the changes of `table` after `opts.after`, in commit order,
     /// polling every `opts.poll_interval` when idle. Stop by dropping the stream.
+    ///
+    /// # Errors
+    /// An item is `Err` when a read fails, with the errors of [`Db::read_changes`]; the
+    /// stream ends after it. To go on, open a new stream after the position of the last
+    /// change handled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # extern crate datalayer_core as datalayer;
+    /// # use datalayer::{ChangeKind, ChangeOptions, Db, Value};
+    /// # #[derive(datalayer_macros::Table, Clone, Debug, PartialEq)]
+    /// # #[table(name = "users")]
+    /// # struct User { #[pk] id: i64, name: String }
+    /// # async fn memory_db() -> datalayer::Result<Db> {
+    /// #     let engine = std::sync::Arc::new(datalayer_etch::memory());
+    /// #     Db::with_engine(engine).table::<User>().connect().await
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> datalayer::Result<()> {
+    /// use futures::StreamExt;
+    ///
+    /// let db = memory_db().await?;
+    /// db.enable_changes("users").await?;
+    /// let users = db.repo::<User>();
+    /// users.insert(&User { id: 1, name: "ann".into() }).await?;
+    /// users.insert(&User { id: 2, name: "bob".into() }).await?;
+    ///
+    /// let mut feed = std::pin::pin!(db.changes("users", ChangeOptions::default()));
+    /// let first = feed.next().await.expect("endless")?;
+    /// assert_eq!(first.kind, ChangeKind::Insert);
+    /// assert_eq!(first.get("id"), Some(&Value::I64(1)));
+    ///
+    /// // Resume after the last change handled (a position kept by the consumer).
+    /// let opts = ChangeOptions { after: first.position, ..Default::default() };
+    /// let mut feed = std::pin::pin!(db.changes("users", opts));
+    /// let next = feed.next().await.expect("endless")?;
+    /// assert_eq!(next.get("name"), Some(&Value::String("bob".into())));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn changes(
         &self,
         table: &str,

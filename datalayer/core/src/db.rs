@@ -14,11 +14,43 @@ use tracing::{Instrument, Span, field};
 
 /// Something queries run on: a [`Db`] (each call atomic on its own) or a [`Tx`].
 /// Generated query methods and [`Repo`] take any executor.
+///
+/// # Errors
+/// What running any op can fail with, on every engine. The methods built on an
+/// executor ([`Repo`], [`Stmt::run`](crate::Stmt::run), [`Batch::run`](crate::Batch::run),
+/// generated query methods) refer to this list and name only what they add.
+/// - `InvalidInput`: the op does not fit its table or query ([`Op::checked`]: a row of
+///   the wrong arity or types, NULL in a non-nullable column, a key of the wrong arity,
+///   a wrong number of query parameters, a negative limit parameter), a row over
+///   [`Capability::max_value_bytes`], a write in a read-only transaction, or arithmetic
+///   overflow in an update (engines that evaluate updates themselves, the KV family).
+/// - `AlreadyExists`: a write violates the primary key or a unique index.
+/// - `Conflict` (retryable): a write conflict or serialization failure. On a `Db`,
+///   autocommit work is re-run up to [`AUTOCOMMIT_RETRIES`](crate::AUTOCOMMIT_RETRIES)
+///   times before the conflict is returned; in a `Tx`, re-run the whole transaction
+///   ([`TxBuilder::retry`]).
+/// - `Timeout` (retryable): the engine could not start the work in time (etch: a write
+///   waits for the single writer lock, which an open `Tx` holds; server engines: a
+///   free connection).
+/// - `ConnectionLost` (retryable): a server engine's connection broke before a commit was
+///   sent; nothing was applied.
+/// - `CommitUnknown` (never retried): on a `Db`, a server engine lost the connection
+///   while committing an autocommit write; it may or may not be applied.
+/// - `Corrupted`: stored bytes failed a checksum or could not be decoded.
+/// - `Io`, `Engine`: an operating-system error, or another native engine error (its code
+///   in [`Error::code`]).
 #[async_trait]
 pub trait Executor: Send + Sync {
     /// Runs one op.
+    ///
+    /// # Errors
+    /// See the [trait docs](Executor#errors).
     async fn run(&self, op: Op<'_>) -> Result<Output>;
     /// Runs ops in order as one atomic unit (on a `Db`) or inside the transaction.
+    ///
+    /// # Errors
+    /// The first failing op's error (see the [trait docs](Executor#errors)); on a `Db`
+    /// nothing of the batch is kept.
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>>;
     /// The engine's capabilities.
     fn capability(&self) -> Capability;
@@ -133,6 +165,50 @@ struct DbInner {
 /// A handle to one database on one engine. Cheap to clone; share it freely.
 ///
 /// Each call on a `Db` is atomic on its own; use [`Db::tx`] for more.
+///
+/// # Examples
+///
+/// Open a database on the in-memory etch engine, write through a [`Repo`] and run a
+/// query of a `#[query_group]`:
+///
+/// ```
+/// # extern crate datalayer_core as datalayer;
+/// use datalayer::Db;
+/// use datalayer_macros::{Table, query_group};
+///
+/// #[derive(Table, Clone, Debug, PartialEq)]
+/// struct User {
+///     #[pk]
+///     id: i64,
+///     name: String,
+///     age: i32,
+/// }
+///
+/// #[query_group]
+/// impl User {
+///     fn adults(n: i64) -> Vec<User> {
+///         Self::filter(|u| u.age >= 18).order_by(|u| u.age.desc()).limit(n)
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> datalayer::Result<()> {
+/// let engine = datalayer_etch::memory();
+/// let db = Db::with_engine(std::sync::Arc::new(engine))
+///     .table::<User>()
+///     .queries::<User>()
+///     .connect()
+///     .await?;
+///
+/// let users = db.repo::<User>();
+/// users.insert(&User { id: 1, name: "ann".into(), age: 36 }).await?;
+/// users.insert(&User { id: 2, name: "bob".into(), age: 12 }).await?;
+///
+/// let adults = User::adults(&db, 10).await?;
+/// assert_eq!(adults.iter().map(|u| u.id).collect::<Vec<_>>(), [1]);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<DbInner>,
@@ -195,7 +271,14 @@ impl Db {
         Repo::new(self)
     }
     /// Begins a transaction with default options; the returned guard rolls back when
-    /// dropped without [`Tx::commit`].
+    /// dropped without [`Tx::commit`]. See [`Tx`] for an example.
+    ///
+    /// # Errors
+    /// `Timeout` when the engine cannot start a transaction in time (etch: another
+    /// transaction holds the single writer lock for longer than its lock timeout, 30 s
+    /// by default, as happens to a second `begin` on a task that still holds a `Tx`);
+    /// `ConnectionLost` or `Timeout` when a server engine is unreachable or has no free
+    /// connection in time.
     pub async fn begin(&self) -> Result<Tx> {
         self.begin_with(TxOptions::default()).await
     }
@@ -203,7 +286,7 @@ impl Db {
     ///
     /// # Errors
     /// `Unsupported` when the engine does not declare the requested isolation level or
-    /// read-only transactions.
+    /// read-only transactions; otherwise as [`Db::begin`].
     pub async fn begin_with(&self, opts: TxOptions) -> Result<Tx> {
         let cap = self.capability();
         cap.check_tx(self.engine_name(), opts)?;
@@ -229,6 +312,10 @@ impl Db {
     }
     /// Runs `f` in a transaction: commits when it returns `Ok`, rolls back on `Err` or
     /// panic (the guard's drop). Not retried; see [`Db::tx_with`].
+    ///
+    /// # Errors
+    /// The errors of [`Db::begin`]; the error `f` returns, unchanged (the transaction is
+    /// rolled back first); the errors of [`Tx::commit`] (`Conflict`, `CommitUnknown`, ...).
     pub async fn tx<R>(&self, f: impl AsyncFnOnce(&Tx) -> Result<R>) -> Result<R> {
         let tx = self.begin().await?;
         match f(&tx).await {
@@ -243,6 +330,42 @@ impl Db {
         }
     }
     /// A transaction builder: isolation level, read-only, retries.
+    ///
+    /// # Examples
+    ///
+    /// Re-run a transaction that fails with a retryable error (here a simulated
+    /// `Conflict` on the first attempt, which is rolled back):
+    ///
+    /// ```
+    /// # extern crate datalayer_core as datalayer;
+    /// # use datalayer::{Db, Error};
+    /// # #[derive(datalayer_macros::Table, Clone, Debug, PartialEq)]
+    /// # struct User { #[pk] id: i64, name: String }
+    /// # async fn memory_db() -> datalayer::Result<Db> {
+    /// #     let engine = std::sync::Arc::new(datalayer_etch::memory());
+    /// #     Db::with_engine(engine).table::<User>().connect().await
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> datalayer::Result<()> {
+    /// let db = memory_db().await?;
+    /// let mut attempts = 0;
+    /// let count = db
+    ///     .tx_with()
+    ///     .retry(3)
+    ///     .run(async |tx| {
+    ///         attempts += 1;
+    ///         let users = tx.repo::<User>();
+    ///         users.insert(&User { id: 1, name: "ann".into() }).await?;
+    ///         if attempts == 1 {
+    ///             return Err(Error::conflict("lost a race"));
+    ///         }
+    ///         users.count().await
+    ///     })
+    ///     .await?;
+    /// assert_eq!((attempts, count), (2, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn tx_with(&self) -> TxBuilder<'_> {
         TxBuilder {
             db: self,
@@ -251,7 +374,12 @@ impl Db {
             backoff: Duration::from_millis(2),
         }
     }
-    /// Closes the engine (flushes what is pending).
+    /// Closes the engine (flushes what is pending). Later writes fail (etch:
+    /// `InvalidInput`).
+    ///
+    /// # Errors
+    /// `Io` when the final flush fails (etch: the last fsync of the write-ahead log);
+    /// `Engine` when a server connection does not close cleanly.
     pub async fn close(&self) -> Result<()> {
         self.inner.engine.close().await
     }
@@ -318,6 +446,12 @@ impl TxBuilder<'_> {
     }
     /// Runs `f` in a transaction with these options; commits on `Ok`, rolls back on
     /// `Err` or panic, and re-runs it on retryable errors as configured.
+    ///
+    /// # Errors
+    /// `Unsupported` for an isolation level or read-only transaction the engine does not
+    /// declare (never retried); the errors of [`Db::begin`] (not retried); otherwise the
+    /// error of `f` or of the commit, once it is not retryable or the retries are used
+    /// up. `CommitUnknown` is returned at once.
     pub async fn run<R>(self, mut f: impl AsyncFnMut(&Tx) -> Result<R>) -> Result<R> {
         let mut attempt = 0u32;
         loop {
@@ -347,6 +481,37 @@ impl TxBuilder<'_> {
 ///
 /// Dropping a `Tx` without [`Tx::commit`] rolls it back (the engine's drop behaviour),
 /// which is what happens when a `db.tx(..)` closure returns `Err` or panics.
+///
+/// # Examples
+///
+/// ```
+/// # extern crate datalayer_core as datalayer;
+/// # use datalayer::Db;
+/// # #[derive(datalayer_macros::Table, Clone, Debug, PartialEq)]
+/// # struct User { #[pk] id: i64, name: String }
+/// # async fn memory_db() -> datalayer::Result<Db> {
+/// #     let engine = std::sync::Arc::new(datalayer_etch::memory());
+/// #     Db::with_engine(engine).table::<User>().connect().await
+/// # }
+/// # #[tokio::main]
+/// # async fn main() -> datalayer::Result<()> {
+/// let db = memory_db().await?;
+///
+/// let tx = db.begin().await?;
+/// tx.repo::<User>().insert(&User { id: 1, name: "ann".into() }).await?;
+/// assert_eq!(db.repo::<User>().get(1).await?, None, "not visible before commit");
+/// tx.commit().await?;
+/// assert!(db.repo::<User>().get(1).await?.is_some());
+///
+/// {
+///     let tx = db.begin().await?;
+///     tx.repo::<User>().insert(&User { id: 2, name: "bob".into() }).await?;
+///     // dropped without commit: rolled back
+/// }
+/// assert_eq!(db.repo::<User>().count().await?, 1);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Tx {
     inner: tokio::sync::Mutex<Option<Box<dyn EngineTx>>>,
     engine: &'static str,
@@ -390,13 +555,48 @@ impl Tx {
     /// Undoes everything since savepoint `name` (the savepoint stays).
     ///
     /// # Errors
-    /// `NotFound` for an unknown savepoint.
+    /// `NotFound` for an unknown savepoint; as [`Tx::savepoint`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # extern crate datalayer_core as datalayer;
+    /// # use datalayer::{Db, ErrorKind};
+    /// # #[derive(datalayer_macros::Table, Clone, Debug, PartialEq)]
+    /// # struct User { #[pk] id: i64, name: String }
+    /// # async fn memory_db() -> datalayer::Result<Db> {
+    /// #     let engine = std::sync::Arc::new(datalayer_etch::memory());
+    /// #     Db::with_engine(engine).table::<User>().connect().await
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> datalayer::Result<()> {
+    /// let db = memory_db().await?;
+    /// let tx = db.begin().await?;
+    /// let users = tx.repo::<User>();
+    /// users.insert(&User { id: 1, name: "ann".into() }).await?;
+    /// tx.savepoint("before_bob").await?;
+    /// users.insert(&User { id: 2, name: "bob".into() }).await?;
+    /// tx.rollback_to("before_bob").await?;
+    /// assert_eq!(users.count().await?, 1);
+    ///
+    /// let err = tx.rollback_to("nowhere").await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::NotFound);
+    ///
+    /// tx.commit().await?;
+    /// assert_eq!(db.repo::<User>().get(2).await?, None);
+    /// assert!(db.repo::<User>().get(1).await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn rollback_to(&self, name: &str) -> Result<()> {
         self.check_savepoint(name)?;
         let mut g = self.inner.lock().await;
         g.as_mut().ok_or_else(finished)?.rollback_to(name).await
     }
-    /// Releases savepoint `name`, keeping its changes.
+    /// Releases savepoint `name` (and any created after it), keeping the changes.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown savepoint; as [`Tx::savepoint`].
     pub async fn release(&self, name: &str) -> Result<()> {
         self.check_savepoint(name)?;
         let mut g = self.inner.lock().await;
@@ -404,6 +604,11 @@ impl Tx {
     }
     /// Runs `f` inside a savepoint: released on `Ok`, rolled back to on `Err` (the
     /// outer transaction goes on either way).
+    ///
+    /// # Errors
+    /// The errors of [`Tx::savepoint`] (`InvalidInput`, `Unsupported`); the error `f`
+    /// returns, after its changes are undone; an error of undoing or releasing the
+    /// savepoint (a server engine's `ConnectionLost`).
     pub async fn nested<R>(&self, name: &str, f: impl AsyncFnOnce(&Tx) -> Result<R>) -> Result<R> {
         self.savepoint(name).await?;
         match f(self).await {
@@ -428,14 +633,22 @@ impl Tx {
     /// Commits.
     ///
     /// # Errors
-    /// `Conflict` when the engine detects a serialization failure at commit (retryable).
+    /// `Conflict` when the engine detects a serialization failure at commit (retryable);
+    /// `ConnectionLost` when a server connection broke before the commit was sent
+    /// (nothing applied, retryable); `CommitUnknown` when it broke after (the
+    /// transaction may or may not be applied; see [`crate::error`]); `Io` when a local
+    /// engine cannot write its log.
     pub async fn commit(self) -> Result<()> {
         let tx = self.inner.lock().await.take().ok_or_else(finished)?;
         let r = tx.commit().instrument(self.span.clone()).await;
         self.finish(if r.is_ok() { "commit" } else { "commit_failed" });
         r
     }
-    /// Rolls back.
+    /// Rolls back. Dropping the `Tx` does the same without waiting for the outcome.
+    ///
+    /// # Errors
+    /// `ConnectionLost` when a server connection is gone (the server then rolls the
+    /// transaction back by itself). Either way nothing of the transaction is applied.
     pub async fn rollback(self) -> Result<()> {
         let tx = self.inner.lock().await.take().ok_or_else(finished)?;
         let r = tx.rollback().instrument(self.span.clone()).await;

@@ -321,8 +321,15 @@ pub trait Engine: Send + Sync + 'static {
     /// `InvalidInput` for a schema that fails validation or differs from the stored one.
     async fn register(&self, tables: &[&TableSchema], queries: &[&QueryDef]) -> Result<()>;
     /// Runs one op atomically.
+    ///
+    /// # Errors
+    /// The kinds listed on [`crate::Executor`], classified as in [`crate::error`]; a
+    /// `Conflict` only after the autocommit re-runs ([`AUTOCOMMIT_RETRIES`]).
     async fn run(&self, op: Op<'_>) -> Result<Output>;
     /// Runs ops in order, atomically.
+    ///
+    /// # Errors
+    /// As [`Engine::run`], for the first failing op; nothing of the batch is kept.
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>>;
     /// Begins a transaction. `opts` has passed [`Capability::check_tx`] (the client API
     /// checks it once, before any engine sees it).
@@ -332,11 +339,23 @@ pub trait Engine: Send + Sync + 'static {
     /// for an unreachable server.
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>>;
     /// The table schemas stored by the engine (its catalog), for migration.
+    ///
+    /// # Errors
+    /// `Corrupted` for a catalog entry that cannot be decoded; `ConnectionLost` or
+    /// `Timeout` for an unreachable server.
     async fn catalog(&self) -> Result<Vec<TableSchema>>;
     /// Flushes and closes; later calls fail.
+    ///
+    /// # Errors
+    /// `Io` when the final flush fails; `Engine` when a connection does not close
+    /// cleanly.
     async fn close(&self) -> Result<()>;
 
     /// Installs change capture on `table` (idempotent). Needs `Capability::change_feed`.
+    ///
+    /// # Errors
+    /// `Unsupported` without `Capability::change_feed` (the default); `NotFound` for an
+    /// unknown table.
     async fn enable_changes(&self, table: &str) -> Result<()> {
         let _ = table;
         Err(crate::Error::unsupported(
@@ -345,6 +364,10 @@ pub trait Engine: Send + Sync + 'static {
         ))
     }
     /// Up to `limit` changes of `table` after position `after`, in commit order.
+    ///
+    /// # Errors
+    /// `Unsupported` without `Capability::change_feed` (the default); `NotFound` for an
+    /// unknown table; `Corrupted` for an undecodable change record.
     async fn read_changes(
         &self,
         table: &str,
@@ -358,6 +381,9 @@ pub trait Engine: Send + Sync + 'static {
         ))
     }
     /// Deletes changes of `table` up to and including `upto`; returns how many.
+    ///
+    /// # Errors
+    /// `Unsupported` without `Capability::change_feed` (the default).
     async fn trim_changes(&self, table: &str, upto: u64) -> Result<u64> {
         let _ = (table, upto);
         Err(crate::Error::unsupported(
@@ -390,8 +416,15 @@ pub trait Engine: Send + Sync + 'static {
 #[async_trait]
 pub trait EngineTx: Send {
     /// Runs one op inside the transaction.
+    ///
+    /// # Errors
+    /// The kinds listed on [`crate::Executor`]; `InvalidInput` for a write in a read-only
+    /// transaction. Never retried inside the transaction.
     async fn run(&mut self, op: Op<'_>) -> Result<Output>;
     /// Runs ops in order inside the transaction (pipelined where the engine can).
+    ///
+    /// # Errors
+    /// As [`EngineTx::run`], for the first failing op.
     async fn run_batch(&mut self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
@@ -400,13 +433,31 @@ pub trait EngineTx: Send {
         Ok(out)
     }
     /// Creates a savepoint.
+    ///
+    /// # Errors
+    /// `Unsupported` without `Capability::savepoints` ([`crate::Tx`] checks the
+    /// capability and the name before calling); a server's `ConnectionLost`.
     async fn savepoint(&mut self, name: &str) -> Result<()>;
     /// Undoes everything since the savepoint (which stays, as in SQL).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown savepoint; as [`EngineTx::savepoint`].
     async fn rollback_to(&mut self, name: &str) -> Result<()>;
     /// Forgets the savepoint (and any after it), keeping the changes.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown savepoint; as [`EngineTx::savepoint`].
     async fn release(&mut self, name: &str) -> Result<()>;
     /// Commits.
+    ///
+    /// # Errors
+    /// `Conflict` for a serialization failure or write conflict; `ConnectionLost` when
+    /// the connection broke before the commit was sent; `CommitUnknown` when it broke
+    /// after (see [`crate::Error::at_commit`]); `Io` when the log cannot be written.
     async fn commit(self: Box<Self>) -> Result<()>;
     /// Rolls back.
+    ///
+    /// # Errors
+    /// `ConnectionLost` when the connection is gone (the server rolls back by itself).
     async fn rollback(self: Box<Self>) -> Result<()>;
 }

@@ -124,7 +124,12 @@ fn arith(op: ArithOp, a: Value, b: Value) -> Result<Value> {
     }
 }
 
-/// Whether a filter keeps `row`: true only when it evaluates to `true`.
+/// Whether a filter keeps `row`: true only when it evaluates to `true` (false for
+/// `false` and for NULL, SQL's unknown). No filter keeps every row.
+///
+/// # Errors
+/// As [`eval`]: `InvalidInput` for arithmetic overflow or arithmetic on non-numeric
+/// values, or a column/parameter position out of range.
 pub fn matches(filter: Option<&Expr>, row: &[Value], params: &[Value]) -> Result<bool> {
     match filter {
         None => Ok(true),

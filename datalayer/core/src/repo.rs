@@ -13,6 +13,41 @@ use std::ops::Bound;
 
 /// Typed access to one table through an executor (`db.repo::<User>()`,
 /// `tx.repo::<User>()`, or `Repo::<User, _>::new(&db)`).
+///
+/// The errors every method can return besides its own are listed on [`Executor`].
+///
+/// # Examples
+///
+/// ```
+/// # extern crate datalayer_core as datalayer;
+/// # use datalayer::{Db, ErrorKind};
+/// #[derive(datalayer_macros::Table, Clone, Debug, PartialEq)]
+/// struct User {
+///     #[pk]
+///     id: i64,
+///     name: String,
+/// }
+/// # #[tokio::main]
+/// # async fn main() -> datalayer::Result<()> {
+/// # let engine = std::sync::Arc::new(datalayer_etch::memory());
+/// # let db = Db::with_engine(engine).table::<User>().connect().await?;
+/// let users = db.repo::<User>();
+///
+/// let mut ann = User { id: 1, name: "ann".into() };
+/// users.insert(&ann).await?;
+/// let err = users.insert(&ann).await.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+///
+/// ann.name = "ann b".into();
+/// users.update(&ann).await?;
+/// assert_eq!(users.get(1).await?, Some(ann));
+///
+/// assert!(users.delete(1).await?);
+/// assert!(!users.delete(1).await?, "deleting a missing key succeeds");
+/// assert_eq!(users.get(1).await?, None);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Repo<'e, T, E: ?Sized> {
     ex: &'e E,
     _t: PhantomData<fn() -> T>,
@@ -136,7 +171,12 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
         }
     }
 
-    /// Deletes the row with key `key`; returns whether it existed.
+    /// Deletes the row with key `key`; returns whether it existed (deleting a missing
+    /// key is not an error).
+    ///
+    /// # Errors
+    /// `InvalidInput` when the key has the wrong number of values or a value that does
+    /// not fit its key column; the errors of any write (see [`Executor`]).
     pub async fn delete(&self, key: impl Key) -> Result<bool> {
         let op = Op::Delete {
             table: self.schema(),
@@ -148,13 +188,19 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     /// The row with primary key `key` (a value, or a tuple for composite keys).
     ///
     /// # Errors
-    /// `InvalidInput` when the key has the wrong number of values.
+    /// As [`Repo::get_many`].
     pub async fn get(&self, key: impl Key) -> Result<Option<T>> {
         let mut v = self.get_many([key]).await?;
         Ok(v.pop().flatten())
     }
 
     /// The rows with these keys, one entry per key in order, in one batched read.
+    ///
+    /// # Errors
+    /// `InvalidInput` when a key has the wrong number of values or a value that does not
+    /// fit its key column, or when a stored row does not decode into `T` (a column of
+    /// another type); `Corrupted` for undecodable stored bytes; the errors of any read
+    /// (see [`Executor`]).
     pub async fn get_many<K: Key>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -181,6 +227,9 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     }
 
     /// The number of rows in the table.
+    ///
+    /// # Errors
+    /// Only the errors of any read (see [`Executor`]).
     pub async fn count(&self) -> Result<u64> {
         count(
             self.ex
@@ -217,6 +266,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
 
     /// Every row in primary-key order, read in pages of `page_size` rows (keyset
     /// pagination: memory stays bounded and each page is its own atomic read).
+    ///
+    /// # Errors
+    /// An item is `Err` when reading a page fails, with the errors of [`Find::page`];
+    /// the stream ends after it.
     pub fn stream(&self, page_size: usize) -> impl Stream<Item = Result<T>> + 'e {
         let ex = self.ex;
         let page_size = page_size.max(1);
@@ -243,6 +296,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     }
 
     /// For each child, its parent of type `P` (the belongs-to side), in one batched read.
+    /// A NULL foreign key, or one with no parent row, gives `None`.
+    ///
+    /// # Errors
+    /// As [`Repo::get_many`] on `P` with the children's foreign keys.
     pub async fn belongs_to<P: Table + Clone>(&self, children: &[T]) -> Result<Vec<Option<P>>>
     where
         T: BelongsTo<P>,
@@ -317,6 +374,9 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
 
     /// Fills the id-list relation `R` of every row with one batched read of all the
     /// ids (duplicates read once; ids with no row are left out).
+    ///
+    /// # Errors
+    /// As [`Repo::get_many`] on `R` with the ids; on error no row is changed.
     pub async fn load_ids<R: Table + Clone>(&self, rows: &mut [T]) -> Result<()>
     where
         T: IdList<R>,
@@ -483,6 +543,47 @@ impl<'e, T: Table, E: Executor + ?Sized> Find<'e, T, E> {
 
     /// Runs the scan; returns the rows and the cursor of the next page (present when the
     /// page is full, i.e. more rows may follow).
+    ///
+    /// # Errors
+    /// `InvalidInput` for an unknown index name (given to [`Repo::find`]), a scan that
+    /// fixes more columns than the index has, a cursor that is not one of
+    /// [`Page::next`] or belongs to another index, a value that does not fit its
+    /// column, or a stored row that does not decode into `T`; `Corrupted` for
+    /// undecodable stored bytes; the errors of any read (see [`Executor`]).
+    ///
+    /// # Examples
+    ///
+    /// Keyset pagination: each page continues after the cursor of the one before.
+    ///
+    /// ```
+    /// # extern crate datalayer_core as datalayer;
+    /// # use datalayer::Db;
+    /// # #[derive(datalayer_macros::Table, Clone, Debug, PartialEq)]
+    /// # struct User { #[pk] id: i64, name: String }
+    /// # async fn memory_db() -> datalayer::Result<Db> {
+    /// #     let engine = std::sync::Arc::new(datalayer_etch::memory());
+    /// #     Db::with_engine(engine).table::<User>().connect().await
+    /// # }
+    /// # #[tokio::main]
+    /// # async fn main() -> datalayer::Result<()> {
+    /// let db = memory_db().await?;
+    /// let users = db.repo::<User>();
+    /// for (id, name) in [(1, "ann"), (2, "bob"), (3, "cid")] {
+    ///     users.insert(&User { id, name: name.into() }).await?;
+    /// }
+    ///
+    /// let first = users.scan().limit(2).page().await?;
+    /// assert_eq!(first.rows.iter().map(|u| u.id).collect::<Vec<_>>(), [1, 2]);
+    /// let cursor = first.next.expect("a full page has a next cursor");
+    ///
+    /// // The cursor is URL-safe text, to hand to a client and take back.
+    /// let cursor = datalayer::Cursor::from_text(cursor.as_str());
+    /// let second = users.scan().limit(2).after(&cursor).page().await?;
+    /// assert_eq!(second.rows.iter().map(|u| u.id).collect::<Vec<_>>(), [3]);
+    /// assert!(second.next.is_none(), "the last page");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn page(self) -> Result<Page<T>> {
         let req = self.request()?;
         let rows = match self.ex.run(Op::Scan(req)).await? {
@@ -506,11 +607,17 @@ impl<'e, T: Table, E: Executor + ?Sized> Find<'e, T, E> {
     }
 
     /// Runs the scan and returns every row (up to the limit).
+    ///
+    /// # Errors
+    /// As [`Find::page`].
     pub async fn all(self) -> Result<Vec<T>> {
         Ok(self.page().await?.rows)
     }
 
     /// The number of rows the scan would return (up to the limit).
+    ///
+    /// # Errors
+    /// As [`Find::page`], except that rows are not decoded into `T`.
     pub async fn count(self) -> Result<u64> {
         let req = self.request()?;
         match self.ex.run(Op::Scan(req)).await? {
