@@ -10,16 +10,13 @@ use datalayer_core::engine::{Engine, EngineTx, Op, Output, TxOptions};
 use datalayer_core::error::{Error, Result};
 use datalayer_core::plan::{Access, Plan, plan};
 use datalayer_core::query::{QueryDef, QueryId};
+use datalayer_core::retry_autocommit;
 use datalayer_core::schema::TableSchema;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 type Plans = Arc<RwLock<HashMap<QueryId, Arc<Plan>>>>;
-
-/// Autocommit ops re-run this many times on a retryable `Conflict` (they are atomic
-/// and have no client-side effects, so re-running is safe).
-const AUTOCOMMIT_RETRIES: u32 = 3;
 
 /// An [`Engine`] over any [`KvStore`]: the whole data model of datalayer (rows, indexes,
 /// queries, transactions, savepoints, catalog) on an ordered transactional KV store.
@@ -121,13 +118,7 @@ impl KvEngine {
         if !self.kv.concurrent_writers {
             return self.run_once(ops).await;
         }
-        let mut attempt = 0;
-        loop {
-            match self.run_once(ops.clone()).await {
-                Err(e) if retry_conflict(&e, &mut attempt) => {}
-                r => return r,
-            }
-        }
+        retry_autocommit(|| self.run_once(ops.clone())).await
     }
 }
 
@@ -158,26 +149,13 @@ impl Engine for KvEngine {
         let mut tx = self.open(false).await?;
         for t in tables {
             t.validate()?;
-            let bytes =
-                postcard::to_allocvec(*t).map_err(|e| Error::engine("postcard", e.to_string()))?;
-            match tx.catalog_get(&t.name).await? {
-                None => tx.catalog_put(&t.name, bytes).await?,
-                Some(stored) if stored == bytes => {}
-                Some(stored) => {
-                    let old: Option<TableSchema> = postcard::from_bytes(&stored).ok();
-                    let _ = tx.rollback().await;
-                    return Err(Error::invalid_input(format!(
-                        "table {} is stored with a different schema ({}); migrate it first",
-                        t.name,
-                        match old {
-                            Some(o) => format!(
-                                "stored columns {:?}",
-                                o.columns.iter().map(|c| &c.name).collect::<Vec<_>>()
-                            ),
-                            None => "undecodable".into(),
-                        }
-                    )));
-                }
+            let r = match tx.catalog_get(&t.name).await? {
+                None => tx.catalog_put(&t.name, t.catalog_bytes()?).await,
+                Some(stored) => t.check_stored(&stored),
+            };
+            if let Err(e) = r {
+                let _ = tx.rollback().await;
+                return Err(e);
             }
         }
         tx.commit().await?;
@@ -237,18 +215,15 @@ impl Engine for KvEngine {
     }
 
     async fn enable_changes(&self, table: &str) -> Result<()> {
-        let mut attempt = 0;
-        loop {
+        retry_autocommit(|| async {
             let mut tx = self.open(false).await?;
             let r = match table_schema(&mut tx, table).await {
                 Ok(_) => tx.enable_capture(table).await,
                 Err(e) => Err(e),
             };
-            match finish(tx, r).await {
-                Err(e) if retry_conflict(&e, &mut attempt) => {}
-                r => return r,
-            }
-        }
+            finish(tx, r).await
+        })
+        .await
     }
 
     async fn read_changes(&self, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
@@ -258,26 +233,24 @@ impl Engine for KvEngine {
     }
 
     async fn trim_changes(&self, table: &str, upto: u64) -> Result<u64> {
-        let (mut total, mut attempt) = (0u64, 0);
+        let mut total = 0u64;
         loop {
             // Bounded chunks keep each transaction's write set small.
-            let mut tx = self.open(false).await?;
-            let r = match tx.change_records(table, 0, Some(upto), TRIM_CHUNK).await {
-                Ok(recs) => {
-                    let n = recs.len();
-                    tx.delete_changes(recs).await.map(|()| n)
-                }
-                Err(e) => Err(e),
-            };
-            match finish(tx, r).await {
-                Ok(n) => {
-                    total += n as u64;
-                    if n < TRIM_CHUNK {
-                        return Ok(total);
+            let n = retry_autocommit(|| async {
+                let mut tx = self.open(false).await?;
+                let r = match tx.change_records(table, 0, Some(upto), TRIM_CHUNK).await {
+                    Ok(recs) => {
+                        let n = recs.len();
+                        tx.delete_changes(recs).await.map(|()| n)
                     }
-                }
-                Err(e) if retry_conflict(&e, &mut attempt) => {}
-                Err(e) => return Err(e),
+                    Err(e) => Err(e),
+                };
+                finish(tx, r).await
+            })
+            .await?;
+            total += n as u64;
+            if n < TRIM_CHUNK {
+                return Ok(total);
             }
         }
     }
@@ -293,14 +266,6 @@ async fn finish<T>(tx: KvTx, r: Result<T>) -> Result<T> {
             Err(e)
         }
     }
-}
-
-/// The autocommit retry policy of the family: re-run on `Conflict`, at most
-/// [`AUTOCOMMIT_RETRIES`] times (counted in `attempt`).
-fn retry_conflict(e: &Error, attempt: &mut u32) -> bool {
-    let again = e.is_conflict() && *attempt < AUTOCOMMIT_RETRIES;
-    *attempt += u32::from(again);
-    again
 }
 
 /// The changes of `table` after `after` (at most `limit`), decoded with its schema.

@@ -322,7 +322,6 @@ impl KvTx {
                 let mut n = 0;
                 let keys = TableKeys::new(table);
                 for row in rows {
-                    let row = table.check_row(row)?;
                     let key = keys.row_key(table, &row);
                     if let Some(old) = self.get(&key).await? {
                         let old = decode_row(table, &old)?;
@@ -402,7 +401,6 @@ impl KvTx {
         row: Row,
         mode: WriteMode,
     ) -> Result<()> {
-        let row = table.check_row(row)?;
         let key = keys.row_key(table, &row);
         let old = match self.get(&key).await? {
             Some(_) if mode == WriteMode::Insert => {
@@ -578,8 +576,8 @@ impl KvTx {
         }
     }
 
+    /// A keyset scan; `req` is coerced by core ([`Op::checked`]).
     async fn scan_request(&mut self, req: ScanRequest<'_>) -> Result<Vec<Row>> {
-        let req = req.coerce()?;
         let t = req.table;
         let (prefix, lower, upper) = (&req.prefix, &req.lower, &req.upper);
         let mut range = key_range(t, req.index, prefix, lower.as_ref(), upper.as_ref());
@@ -670,29 +668,10 @@ impl KvTx {
         Ok(out)
     }
 
+    /// Runs a registered query; its parameters are checked by core
+    /// ([`QueryDef::check_params`]).
     async fn query(&mut self, q: &QueryDef, params: &[Value], plan: &Plan) -> Result<Output> {
-        if params.len() != q.params.len() {
-            return Err(Error::invalid_input(format!(
-                "query {} takes {} parameters, got {}",
-                q.name,
-                q.params.len(),
-                params.len()
-            )));
-        }
-        let limit = match q.limit {
-            None => None,
-            Some(Limit::Const(n)) => Some(n as usize),
-            Some(Limit::Param(i)) => {
-                let n = params.get(i).and_then(Value::as_i64).unwrap_or(-1);
-                if n < 0 {
-                    return Err(Error::invalid_input(format!(
-                        "query {}: limit must be a non-negative integer",
-                        q.name
-                    )));
-                }
-                Some(n as usize)
-            }
-        };
+        let limit = resolve_limit(q, params);
         let stop_at = if plan.ordered { limit } else { None };
         match &q.kind {
             QueryKind::Select { projection, .. } => {
@@ -1003,22 +982,17 @@ fn access_range(
     )))
 }
 
-/// The query's row limit with its parameter bound.
-fn resolve_limit(q: &QueryDef, params: &[Value]) -> Result<Option<usize>> {
-    Ok(match q.limit {
+/// The query's row limit with its parameter bound (a non-negative integer: checked by
+/// core, [`QueryDef::check_params`]).
+fn resolve_limit(q: &QueryDef, params: &[Value]) -> Option<usize> {
+    match q.limit {
         None => None,
         Some(Limit::Const(n)) => Some(n as usize),
         Some(Limit::Param(i)) => {
-            let n = params.get(i).and_then(Value::as_i64).unwrap_or(-1);
-            if n < 0 {
-                return Err(Error::invalid_input(format!(
-                    "query {}: limit must be a non-negative integer",
-                    q.name
-                )));
-            }
-            Some(n as usize)
+            let n = params.get(i).and_then(Value::as_i64).unwrap_or(0);
+            Some(usize::try_from(n).unwrap_or(0))
         }
-    })
+    }
 }
 
 /// Runs a select or count whose plan is a primary-key point read against a synchronous
@@ -1037,7 +1011,7 @@ pub(crate) fn point_query(
         return Ok(None); // the general path reports the error
     }
     let t = q.table;
-    let limit = resolve_limit(q, params)?;
+    let limit = resolve_limit(q, params);
     let mut rows = Vec::new();
     if limit != Some(0)
         && let Some(vals) = eval_key(t, &t.primary_key, exprs, params)?
