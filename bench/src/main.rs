@@ -36,6 +36,7 @@ mod peers;
 #[cfg(feature = "pg")]
 mod pg;
 mod report;
+mod stats;
 mod workloads;
 
 // One allocator for every target in the process (Rust allocations only; SQLite's C

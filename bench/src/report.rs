@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::workloads::{CdcResult, Stat, TargetResults, Workload};
+use crate::stats::Stat;
+use crate::workloads::{CdcResult, TargetResults, Workload};
 
 /// The aims, as time ratios: point read through datalayer-sqlite vs raw
 /// rusqlite, and inserts with change capture vs without on datalayer-sqlite.

@@ -18,6 +18,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::stats::Stat;
+
 /// Ages are drawn uniformly from `0..AGE_SPAN`, so a window of `w` ages holds
 /// about `n * w / AGE_SPAN` of `n` rows. The span is wide (think "age in
 /// months") so that a range scan over 100,000 rows can return ~100 of them.
@@ -269,59 +271,6 @@ impl Workload {
             Workload::Commit8 => 3,
             Workload::Batch => 4,
             Workload::RangeScan => 5,
-        }
-    }
-}
-
-/// Throughput of one workload over its repetitions, in operations (or rows)
-/// per second.
-#[derive(Debug, Clone, Copy)]
-pub struct Stat {
-    /// Median over repetitions.
-    pub median: f64,
-    /// Median absolute deviation from `median` (robust to a single slow rep).
-    pub mad: f64,
-    /// Slowest repetition.
-    pub min: f64,
-    /// Fastest repetition.
-    pub max: f64,
-}
-
-/// Median of a non-empty, sorted slice.
-fn median_sorted(xs: &[f64]) -> f64 {
-    let mid = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[mid]
-    } else {
-        (xs[mid - 1] + xs[mid]) / 2.0
-    }
-}
-
-impl Stat {
-    /// Summarise per-repetition samples of `ops` operations taking `times`.
-    pub(crate) fn from_samples(ops: usize, times: &[Duration]) -> Self {
-        let mut rates: Vec<f64> = times
-            .iter()
-            .map(|t| ops as f64 / t.as_secs_f64().max(1e-9))
-            .collect();
-        rates.sort_by(f64::total_cmp);
-        let median = median_sorted(&rates);
-        let mut dev: Vec<f64> = rates.iter().map(|r| (r - median).abs()).collect();
-        dev.sort_by(f64::total_cmp);
-        Self {
-            median,
-            mad: median_sorted(&dev),
-            min: rates[0],
-            max: rates[rates.len() - 1],
-        }
-    }
-
-    /// Median absolute deviation as a fraction of the median.
-    pub fn spread(&self) -> f64 {
-        if self.median > 0.0 {
-            self.mad / self.median
-        } else {
-            0.0
         }
     }
 }

@@ -39,7 +39,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::runtime::Runtime;
 
-use crate::workloads::{Stat, User};
+use crate::stats::Stat;
+use crate::workloads::User;
 
 pub use report::pg_table;
 
