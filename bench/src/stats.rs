@@ -62,6 +62,11 @@ impl Stat {
         Self::from_values(&rates)
     }
 
+    /// One measurement (a single repetition): median, min and max are `x`, MAD 0.
+    pub fn single(x: f64) -> Self {
+        Self::from_values(&[x])
+    }
+
     /// Median absolute deviation as a fraction of the median.
     pub fn spread(&self) -> f64 {
         if self.median > 0.0 {
@@ -102,5 +107,11 @@ mod tests {
         assert_eq!((s.min, s.max), (100.0, 200.0));
         assert_eq!(s.median, 150.0);
         assert_eq!(s.mad, 50.0);
+    }
+
+    #[test]
+    fn one_sample_has_no_spread() {
+        let s = Stat::single(7.5);
+        assert_eq!((s.median, s.mad, s.min, s.max), (7.5, 0.0, 7.5, 7.5));
     }
 }
