@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p datalayer-bench -- [--quick] [--only etchdb,redb] [--no-flights] [--no-cdc]
-//!     [--no-outbox | --outbox] [--json FILE] [--pg | --pg-only]
+//!     [--no-outbox | --outbox] [--url NAME=URL].. [--json FILE] [--pg | --pg-only]
 //! ```
 //!
 //! Every system is a [`targets::Target`]; a workload asks each target whether it
@@ -86,7 +86,7 @@ const PG_RUN: [Workload; 5] = [
     after_help = "Examples:
   datalayer-bench --quick                                  # every default table, under a minute
   datalayer-bench --only etchdb,redb --no-flights --no-cdc
-  datalayer-bench --quick --json /tmp/b.json
+  datalayer-bench --quick --url mem=etch::memory: --json /tmp/b.json
   datalayer-bench --outbox                                 # the outbox workload only
   datalayer-bench --quick --pg                             # + PostgreSQL section (--features pg)"
 )]
@@ -112,6 +112,13 @@ struct Args {
     /// Skip workload 8 (outbox end to end), also in the PostgreSQL section.
     #[arg(long)]
     no_outbox: bool,
+    /// Also run datalayer on this URL in the default tables, as `NAME=URL` or
+    /// `URL` (named `datalayer-<scheme>`). Repeatable. In the URL, `{dir}` is a
+    /// fresh temporary directory and `{schema}` a fresh schema on the server of
+    /// `DATALAYER_PG_URL` (added to a `postgres://` URL that has none). Example:
+    /// `--url mem=etch::memory:`, `--url 'etch-lazy=etch://{dir}/e?flush=10ms'`.
+    #[arg(long, value_name = "[NAME=]URL")]
+    url: Vec<String>,
     /// Write every figure to FILE as a JSON array of
     /// `{"workload", "target", "unit", "median", "mad", "min", "max"}` records.
     #[arg(long, value_name = "FILE")]
@@ -167,12 +174,13 @@ fn main() -> anyhow::Result<()> {
              (cargo run --release -p datalayer-bench --features pg -- --pg)"
         );
     }
+    let urls = parse_urls(&args.url)?;
     let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     #[allow(unused_mut)]
     let mut scratch = Scratch::new(parent.clone());
 
     #[cfg(feature = "pg")]
-    let server = if want_pg {
+    let server = if want_pg || urls.iter().any(|(_, u)| u.contains("{schema}")) {
         let s = pg::PgServer::connect()?;
         scratch = scratch.with_server(s.clone());
         Some(s)
@@ -183,7 +191,7 @@ fn main() -> anyhow::Result<()> {
     let embedded = if args.pg_only {
         Vec::new()
     } else {
-        targets::embedded(&scratch)?
+        targets::embedded(&scratch, &urls)?
     };
     #[cfg(feature = "pg")]
     let postgres = match &server {
@@ -220,6 +228,47 @@ fn main() -> anyhow::Result<()> {
         write_json(path, &records)?;
     }
     Ok(())
+}
+
+/// Parses the `--url [NAME=]URL` values into `(name, url template)` pairs; a
+/// `postgres://` URL without `{schema}` gets `schema={schema}`.
+///
+/// # Errors
+/// Two URLs end up with the same name.
+fn parse_urls(values: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for v in values {
+        let (name, url) = match v.split_once('=') {
+            Some((n, u)) if !n.is_empty() && !n.contains([':', '/', '?']) => {
+                (n.to_owned(), u.to_owned())
+            }
+            _ => {
+                let scheme = v.split(':').next().unwrap_or("url");
+                let base = format!("datalayer-{scheme}");
+                let mut name = base.clone();
+                let mut i = 2;
+                while name == "datalayer-etch"
+                    || name == "datalayer-sqlite"
+                    || out.iter().any(|(n, _)| *n == name)
+                {
+                    name = format!("{base}-{i}");
+                    i += 1;
+                }
+                (name, v.clone())
+            }
+        };
+        let url = if url.starts_with("postgres") && !url.contains("{schema}") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}schema={{schema}}")
+        } else {
+            url
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            bail!("two --url targets are named {name:?}");
+        }
+        out.push((name, url));
+    }
+    Ok(out)
 }
 
 /// Writes `records` to `path` as a JSON array.

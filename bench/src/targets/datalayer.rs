@@ -1,7 +1,7 @@
 //! Ours: datalayer on any URL, through the public API (`Repo`, a registered
 //! `#[query_group]` query, `db.tx`, `enable_changes`, the outbox). One type for
 //! every engine: the URL is the only difference, so a new engine (Redis, TiKV)
-//! joins the benchmark with a URL and no code here.
+//! joins the benchmark with `--url name=redis://..` and no code here.
 //!
 //! The URL is a template, rendered once per fresh store ([`Place`]):
 //! `{dir}` becomes the place's empty temporary directory and `{schema}` a fresh

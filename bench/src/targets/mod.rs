@@ -15,7 +15,7 @@
 //! [`Target`] (and, for the `users` workloads, a [`UsersTable`]), declare the
 //! module below and add it to [`embedded`] (or [`postgres`]). The first target of
 //! a list is the baseline of its table's ratio columns, so datalayer goes first.
-//! Another engine of datalayer needs no file: add a `Datalayer` on its URL.
+//! Another engine of datalayer needs no file: pass its URL (`--url`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -339,13 +339,16 @@ impl Place {
 
 /// The targets of the default comparison, baseline first: datalayer on etch
 /// (`etch://{dir}/etch`, fsync per commit) and on SQLite (WAL,
-/// `synchronous=full`), then etchdb, redb, rusqlite and the control target
-/// `rusqlite-on-dl-schema`.
+/// `synchronous=full`), datalayer on every extra `(name, url)` of `urls`, then
+/// etchdb, redb, rusqlite and the control target `rusqlite-on-dl-schema`.
 ///
 /// # Errors
 /// A datalayer URL cannot be opened.
-pub fn embedded(scratch: &Scratch) -> anyhow::Result<Vec<Box<dyn Target>>> {
-    Ok(vec![
+pub fn embedded(
+    scratch: &Scratch,
+    urls: &[(String, String)],
+) -> anyhow::Result<Vec<Box<dyn Target>>> {
+    let mut out: Vec<Box<dyn Target>> = vec![
         Box::new(datalayer::Datalayer::new(
             "datalayer-etch",
             datalayer::ETCH_URL,
@@ -356,11 +359,19 @@ pub fn embedded(scratch: &Scratch) -> anyhow::Result<Vec<Box<dyn Target>>> {
             datalayer::SQLITE_URL,
             scratch,
         )?),
-        Box::new(etchdb::Etchdb),
-        Box::new(redb::Redb),
-        Box::new(rusqlite::Rusqlite),
-        Box::new(rusqlite::RusqliteOnDlSchema),
-    ])
+    ];
+    for (name, url) in urls {
+        out.push(Box::new(datalayer::Datalayer::new(
+            name.clone(),
+            url.clone(),
+            scratch,
+        )?));
+    }
+    out.push(Box::new(etchdb::Etchdb));
+    out.push(Box::new(redb::Redb));
+    out.push(Box::new(rusqlite::Rusqlite));
+    out.push(Box::new(rusqlite::RusqliteOnDlSchema));
+    Ok(out)
 }
 
 /// The targets of the PostgreSQL section, baseline first: datalayer on the
