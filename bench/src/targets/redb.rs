@@ -13,21 +13,55 @@
 //! keyed by `id`; the age index is a second table `(age, id) -> ()` written in
 //! the same transaction.
 
-use std::path::Path;
+use ::redb::{
+    Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 
-use ::redb::{Database, Durability, ReadableDatabase, TableDefinition, WriteTransaction};
-
-use crate::workloads::{Target, User};
+use super::{Place, Target, UsersTable};
+use crate::workloads::{User, Workload};
 
 const USERS: TableDefinition<i64, (&str, &str, i32)> = TableDefinition::new("users");
 const BY_AGE: TableDefinition<(i32, i64), ()> = TableDefinition::new("users_by_age");
 
-/// redb in `<dir>/bench.redb`, `Durability::Immediate` on every commit.
-pub struct Redb {
+/// redb in `<dir>/bench.redb`, `Durability::Immediate` on every commit; runs the
+/// embedded `users` workloads (point read, range scan, commits, one batch).
+pub struct Redb;
+
+impl Target for Redb {
+    fn name(&self) -> &str {
+        "redb"
+    }
+
+    fn supports(&self, w: Workload) -> bool {
+        matches!(
+            w,
+            Workload::PointRead
+                | Workload::RangeScan
+                | Workload::Commit1
+                | Workload::Commit8
+                | Workload::Batch
+        )
+    }
+
+    fn open(&self, place: &Place, rows: &[User]) -> anyhow::Result<Box<dyn UsersTable>> {
+        let db = Database::create(place.dir().join("bench.redb"))?;
+        let this = RedbUsers { db };
+        // Create both tables even when `rows` is empty.
+        this.insert_all(&[]);
+        for chunk in rows.chunks(10_000) {
+            this.insert_all(chunk);
+        }
+        Ok(Box::new(this))
+    }
+}
+
+/// The open redb database.
+struct RedbUsers {
     db: Database,
 }
 
-impl Redb {
+impl RedbUsers {
     fn begin_durable(&self) -> WriteTransaction {
         let mut tx = self.db.begin_write().expect("redb begin_write");
         tx.set_durability(Durability::Immediate)
@@ -60,22 +94,7 @@ fn decode(id: i64, (name, email, age): (&str, &str, i32)) -> User {
     }
 }
 
-impl Target for Redb {
-    fn name(&self) -> String {
-        "redb".into()
-    }
-
-    fn setup(dir: &Path, rows: &[User]) -> Self {
-        let db = Database::create(dir.join("bench.redb")).expect("redb create");
-        let this = Self { db };
-        // Create both tables even when `rows` is empty.
-        this.insert_all(&[]);
-        for chunk in rows.chunks(10_000) {
-            this.insert_all(chunk);
-        }
-        this
-    }
-
+impl UsersTable for RedbUsers {
     fn point_read(&self, id: i64) -> Option<User> {
         let tx = self.db.begin_read().expect("redb begin_read");
         let users = tx.open_table(USERS).expect("redb open users");
@@ -89,7 +108,7 @@ impl Target for Redb {
         self.insert_all(std::slice::from_ref(u));
     }
 
-    fn batch(&self, rows: &[User]) {
+    fn insert_many(&self, rows: &[User]) {
         self.insert_all(rows);
     }
 
@@ -111,5 +130,11 @@ impl Target for Redb {
             })
             .collect();
         rows.len()
+    }
+
+    fn count(&self) -> i64 {
+        let tx = self.db.begin_read().expect("redb begin_read");
+        let users = tx.open_table(USERS).expect("redb open users");
+        users.len().expect("redb len") as i64
     }
 }

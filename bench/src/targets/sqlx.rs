@@ -1,6 +1,6 @@
-//! sqlx 0.8 (`postgres` + `runtime-tokio`, no TLS): a `PgPool` of at most 10
-//! connections (datalayer's default pool size), `search_path` set to this
-//! target's schema in the startup options. `sqlx::query` statements are
+//! Peer: sqlx 0.8 (PostgreSQL section; `postgres` + `runtime-tokio`, no TLS): a
+//! `PgPool` of at most 10 connections (datalayer's default pool size),
+//! `search_path` set to the place's schema in the startup options. `sqlx::query` statements are
 //! prepared once per connection and cached (sqlx's default).
 //!
 //! - point read: `query_as::<_, (i64, String, String, i32)>(SELECT).bind(id)
@@ -21,19 +21,20 @@ use sqlx::{Postgres, QueryBuilder};
 use tokio::runtime::Runtime;
 use tokio_postgres::config::Host;
 
-use super::{Conn, INSERT_ROWS, INSERT_SQL, PgTarget, SELECT_SQL, USERS_DDL};
-use crate::workloads::User;
+use super::{Place, Target, UsersTable, runtime};
+use crate::pg::{INSERT_SQL, PgServer, SELECT_SQL, USERS_DDL};
+use crate::workloads::{BATCH_ROWS, User, Workload};
 
 /// The UNNEST bulk insert.
 const UNNEST_SQL: &str = "INSERT INTO users (id, name, email, age) \
                           SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int4[])";
 
-/// sqlx connect options for the server of `c`, working in `c.schema`.
-pub fn connect_options(c: &Conn) -> PgConnectOptions {
-    let cfg = &c.config;
+/// sqlx connect options for `server`, working in `schema`.
+pub fn connect_options(server: &PgServer, schema: &str) -> PgConnectOptions {
+    let cfg = &server.config;
     let mut o = PgConnectOptions::new_without_pgpass()
         .ssl_mode(PgSslMode::Disable)
-        .options([("search_path", c.schema.as_str())]);
+        .options([("search_path", schema)]);
     match cfg.get_hosts().first() {
         Some(Host::Tcp(h)) => o = o.host(h),
         Some(Host::Unix(p)) => o = o.socket(p),
@@ -54,46 +55,62 @@ pub fn connect_options(c: &Conn) -> PgConnectOptions {
     o
 }
 
-/// A pool of at most 10 connections for `c` (untimed; one connection opened now).
+/// A pool of at most 10 connections to `server` in `schema` (untimed; one
+/// connection opened now).
 ///
 /// # Errors
 /// The server refuses the connection.
-pub async fn pool(c: &Conn) -> anyhow::Result<PgPool> {
+pub async fn pool(server: &PgServer, schema: &str) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(10)
         .min_connections(1)
-        .connect_with(connect_options(c))
+        .connect_with(connect_options(server, schema))
         .await?)
 }
 
-/// sqlx on a pool.
-pub struct Sqlx {
+/// sqlx; runs the PostgreSQL section's `users` rows except `COPY`.
+pub struct Sqlx;
+
+impl Target for Sqlx {
+    fn name(&self) -> &str {
+        "sqlx"
+    }
+
+    fn supports(&self, w: Workload) -> bool {
+        matches!(
+            w,
+            Workload::PointRead
+                | Workload::Batch
+                | Workload::InsertSequential
+                | Workload::InsertBatched
+        )
+    }
+
+    /// Connects, creates `users` and its index, preloads `rows` (UNNEST, 1,000
+    /// per statement).
+    fn open(&self, place: &Place, rows: &[User]) -> anyhow::Result<Box<dyn UsersTable>> {
+        let (server, schema) = (place.server()?, place.schema()?);
+        let rt = runtime();
+        let pool = rt.block_on(async {
+            let pool = pool(server, &schema).await?;
+            sqlx::raw_sql(USERS_DDL).execute(&pool).await?;
+            anyhow::Ok(pool)
+        })?;
+        let t = SqlxUsers { rt, pool };
+        for chunk in rows.chunks(BATCH_ROWS) {
+            t.insert_many(chunk);
+        }
+        Ok(Box::new(t))
+    }
+}
+
+/// The pool of [`Sqlx`].
+struct SqlxUsers {
     rt: Arc<Runtime>,
     pool: PgPool,
 }
 
-/// Connects, creates `users` and its index, preloads `rows` (UNNEST, 1,000 per
-/// statement).
-///
-/// # Errors
-/// Connecting or creating fails.
-pub fn setup(c: &Conn, rows: &[User]) -> anyhow::Result<Box<dyn PgTarget>> {
-    let pool = c.rt.block_on(async {
-        let pool = pool(c).await?;
-        sqlx::raw_sql(USERS_DDL).execute(&pool).await?;
-        anyhow::Ok(pool)
-    })?;
-    let t = Sqlx {
-        rt: c.rt.clone(),
-        pool,
-    };
-    for chunk in rows.chunks(INSERT_ROWS) {
-        t.insert_many(chunk);
-    }
-    Ok(Box::new(t))
-}
-
-impl Sqlx {
+impl SqlxUsers {
     async fn read(&self, id: i64) -> Option<User> {
         sqlx::query_as::<_, (i64, String, String, i32)>(SELECT_SQL)
             .bind(id)
@@ -109,11 +126,7 @@ impl Sqlx {
     }
 }
 
-impl PgTarget for Sqlx {
-    fn name(&self) -> &'static str {
-        "sqlx"
-    }
-
+impl UsersTable for SqlxUsers {
     fn point_read(&self, id: i64) -> Option<User> {
         self.rt.block_on(self.read(id))
     }
@@ -146,7 +159,7 @@ impl PgTarget for Sqlx {
             .expect("sqlx sequential inserts");
     }
 
-    fn insert_batch(&self, rows: &[User]) {
+    fn insert_batched(&self, rows: &[User]) {
         self.rt
             .block_on(async {
                 let mut tx = self.pool.begin().await?;
