@@ -152,6 +152,9 @@ async fn open_db(ns: &dyn Namespace, calls: &Arc<AtomicU64>) -> anyhow::Result<D
 
 impl Ctx {
     /// Closes the database and opens the same namespace again.
+    ///
+    /// # Errors
+    /// The engine's error from `close` or from opening it again.
     pub async fn reopen(&mut self) -> anyhow::Result<()> {
         self.db.close().await?;
         self.db = open_db(self.ns.as_ref(), &self.calls).await?;
@@ -181,6 +184,9 @@ pub struct Case {
 }
 
 /// Runs `case` against a fresh namespace of `target`, destroying it afterwards.
+///
+/// # Errors
+/// The namespace could not be created or opened, or the case failed (its error).
 pub async fn run_case(target: &dyn Target, case: &Case) -> anyhow::Result<()> {
     let ns = target.namespace().await?;
     let calls = Arc::new(AtomicU64::new(0));

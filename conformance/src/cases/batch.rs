@@ -6,6 +6,9 @@ use crate::model::User;
 use datalayer::{Batch, ErrorKind};
 
 /// Case: Results in order.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn results_in_order(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 10).await?;
     let ids = [7i64, 2, 9, 2];
@@ -32,6 +35,9 @@ pub async fn results_in_order(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Batch is atomic.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn batch_is_atomic(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 3).await?;
     let mut b = Batch::new();
@@ -55,6 +61,9 @@ pub async fn batch_is_atomic(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Batch in tx.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn batch_in_tx(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 3).await?;
     let tx = cx.db.begin().await?;

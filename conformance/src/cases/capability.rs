@@ -14,6 +14,9 @@ fn unsupported<T>(r: datalayer::Result<T>, what: &str) -> anyhow::Result<()> {
 }
 
 /// Case: Declared matches behaviour.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn declared_matches_behaviour(cx: &mut Ctx) -> anyhow::Result<()> {
     let cap = cx.cap();
     for level in [

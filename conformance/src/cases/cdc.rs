@@ -6,6 +6,9 @@ use datalayer::{ChangeKind, ChangeOptions, Value};
 use futures::StreamExt;
 
 /// Case: Captures in commit order.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn captures_in_commit_order(cx: &mut Ctx) -> anyhow::Result<()> {
     cx.db.enable_changes("users").await?;
     cx.db.enable_changes("users").await?; // idempotent
@@ -40,6 +43,9 @@ pub async fn captures_in_commit_order(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Resume and trim.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn resume_and_trim(cx: &mut Ctx) -> anyhow::Result<()> {
     cx.db.enable_changes("users").await?;
     let repo = cx.db.repo::<User>();
@@ -67,6 +73,9 @@ pub async fn resume_and_trim(cx: &mut Ctx) -> anyhow::Result<()> {
 
 /// Case: A savepoint rolled back, or a failed write, leaves no change (and no gap in
 /// the positions a later commit gets).
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn undone_writes_leave_no_change(cx: &mut Ctx) -> anyhow::Result<()> {
     cx.db.enable_changes("users").await?;
     let repo = cx.db.repo::<User>();
@@ -99,6 +108,9 @@ pub async fn undone_writes_leave_no_change(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Changes survive reopening, and positions go on increasing after it.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn changes_survive_reopen(cx: &mut Ctx) -> anyhow::Result<()> {
     cx.db.enable_changes("users").await?;
     let repo = cx.db.repo::<User>();

@@ -7,6 +7,9 @@ use anyhow::ensure;
 use datalayer::ErrorKind;
 
 /// Case: Insert get.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn insert_get(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     let u = User::sample(7);
@@ -16,6 +19,9 @@ pub async fn insert_get(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Insert duplicate key.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn insert_duplicate_key(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     repo.insert(&User::sample(1)).await?;
@@ -32,12 +38,18 @@ pub async fn insert_duplicate_key(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Get missing.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn get_missing(cx: &mut Ctx) -> anyhow::Result<()> {
     assert_eq!(cx.db.repo::<User>().get(404i64).await?, None);
     Ok(())
 }
 
 /// Case: Update existing and missing.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn update_existing_and_missing(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     seed_users(&cx.db, 3).await?;
@@ -56,6 +68,9 @@ pub async fn update_existing_and_missing(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Upsert inserts then replaces.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn upsert_inserts_then_replaces(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     let mut u = User::sample(5);
@@ -72,6 +87,9 @@ pub async fn upsert_inserts_then_replaces(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Delete existing and missing.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn delete_existing_and_missing(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     seed_users(&cx.db, 3).await?;
@@ -88,6 +106,9 @@ pub async fn delete_existing_and_missing(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Insert many is atomic.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn insert_many_is_atomic(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     repo.insert(&User::sample(3)).await?;
@@ -109,6 +130,9 @@ pub async fn insert_many_is_atomic(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Get many in key order.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn get_many_in_key_order(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 5).await?;
     let got = cx.db.repo::<User>().get_many([4i64, 99, 1, 4]).await?;
@@ -141,6 +165,9 @@ fn kinds(id: i64) -> Kinds {
 }
 
 /// Case: Every column type round trips.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn every_column_type_round_trips(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<Kinds>();
     let rows: Vec<Kinds> = (1..=6).map(kinds).collect();
@@ -159,6 +186,9 @@ pub async fn every_column_type_round_trips(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Count rows.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn count_rows(cx: &mut Ctx) -> anyhow::Result<()> {
     assert_eq!(cx.db.repo::<User>().count().await?, 0);
     seed_users(&cx.db, 42).await?;
@@ -176,6 +206,9 @@ fn member(org: &str, user_id: i64, role: &str, since: i64) -> Membership {
 }
 
 /// Case: Composite primary key.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn composite_primary_key(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<Membership>();
     repo.insert_many(&[

@@ -5,6 +5,9 @@ use crate::Ctx;
 use crate::model::User;
 
 /// Case: Reopen keeps committed.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn reopen_keeps_committed(cx: &mut Ctx) -> anyhow::Result<()> {
     let users = seed_users(&cx.db, 30).await?;
     cx.db
@@ -35,6 +38,9 @@ pub async fn reopen_keeps_committed(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Reopen drops uncommitted.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn reopen_drops_uncommitted(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 2).await?;
     {

@@ -6,6 +6,9 @@ use crate::model::User;
 use datalayer::ErrorKind;
 
 /// Case: Unique violation on insert and update.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn unique_violation_on_insert_and_update(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     seed_users(&cx.db, 2).await?;
@@ -35,6 +38,9 @@ pub async fn unique_violation_on_insert_and_update(cx: &mut Ctx) -> anyhow::Resu
 }
 
 /// Case: Unique allows many nulls.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn unique_allows_many_nulls(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     for id in 1..=3 {
@@ -49,6 +55,9 @@ pub async fn unique_allows_many_nulls(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Unique value freed by update and delete.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn unique_value_freed_by_update_and_delete(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     seed_users(&cx.db, 2).await?;
@@ -72,6 +81,9 @@ pub async fn unique_value_freed_by_update_and_delete(cx: &mut Ctx) -> anyhow::Re
 }
 
 /// Case: Composite index prefix and range.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn composite_index_prefix_and_range(cx: &mut Ctx) -> anyhow::Result<()> {
     let all = seed_users(&cx.db, 90).await?;
     let repo = cx.db.repo::<User>();
@@ -98,6 +110,9 @@ pub async fn composite_index_prefix_and_range(cx: &mut Ctx) -> anyhow::Result<()
 }
 
 /// Case: Conditional index holds only matching rows.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn conditional_index_holds_only_matching_rows(cx: &mut Ctx) -> anyhow::Result<()> {
     let all = seed_users(&cx.db, 20).await?;
     let repo = cx.db.repo::<User>();

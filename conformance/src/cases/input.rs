@@ -6,6 +6,9 @@ use crate::model::{Kinds, User};
 use datalayer::{Cursor, ErrorKind, Executor, Op, Table, Value, WriteMode};
 
 /// Case: Bad identifiers and keys.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn bad_identifiers_and_keys(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 3).await?;
     let repo = cx.db.repo::<User>();
@@ -39,6 +42,9 @@ pub async fn bad_identifiers_and_keys(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Oversize value.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn oversize_value(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     repo.insert(&User::sample(1)).await?;
@@ -69,6 +75,9 @@ pub async fn oversize_value(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Wrong types rejected.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn wrong_types_rejected(cx: &mut Ctx) -> anyhow::Result<()> {
     let mut row = User::sample(1).to_row();
     row[3] = Value::String("not an age".into());

@@ -110,6 +110,9 @@ pub fn all() -> Vec<Case> {
 }
 
 /// Inserts `User::sample(1..=n)`.
+///
+/// # Errors
+/// The engine's error from `insert_many`.
 pub async fn seed_users(db: &Db, n: i64) -> anyhow::Result<Vec<User>> {
     let users: Vec<User> = (1..=n).map(User::sample).collect();
     db.repo::<User>().insert_many(&users).await?;

@@ -134,6 +134,9 @@ async fn declared(cx: &Ctx) -> anyhow::Result<bool> {
 }
 
 /// Case: the capability matches behaviour (emit works iff declared).
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn capability_matches(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());
@@ -154,6 +157,9 @@ pub async fn capability_matches(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: nothing from a rolled-back transaction is stored or delivered.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn rollback_leaves_no_event(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());
@@ -196,6 +202,9 @@ pub async fn rollback_leaves_no_event(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: events of one partition are delivered in commit order.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn fifo_per_partition(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());
@@ -251,6 +260,9 @@ pub async fn fifo_per_partition(cx: &mut Ctx) -> anyhow::Result<()> {
 
 /// Case: a scheduled event is never delivered before its time; later immediate
 /// events of its partition are not held back by it.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn scheduled_not_early(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());
@@ -309,6 +321,9 @@ pub async fn scheduled_not_early(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: two consumer groups both see every event; retention waits for both.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn two_groups_see_everything(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());
@@ -383,6 +398,9 @@ pub async fn two_groups_see_everything(cx: &mut Ctx) -> anyhow::Result<()> {
 
 /// Case: three workers share the partitions through leases; a killed worker's
 /// partitions are taken over after the TTL and no event is lost.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn workers_share_and_take_over(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());
@@ -475,6 +493,9 @@ pub async fn workers_share_and_take_over(cx: &mut Ctx) -> anyhow::Result<()> {
 /// On single-writer engines B waits for A; on engines with concurrent writers B's
 /// seq waits for A's (the seq row lock) or conflicts. Whatever the engine does, A's
 /// event must arrive, and the order must be the commit order of the seqs.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn late_commit_is_delivered(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());
@@ -534,6 +555,9 @@ fn payloads_of(log: &[(String, Event, SystemTime)]) -> Vec<String> {
 
 /// Case: an event whose handler always fails is retried, then goes to the dead-letter
 /// topic after `max_attempts`, and its partition goes on.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn poison_event_dead_lettered(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());
@@ -594,6 +618,9 @@ pub async fn poison_event_dead_lettered(cx: &mut Ctx) -> anyhow::Result<()> {
 
 /// Case: repository writes with events emit Insert / Update / Delete with the key, in
 /// the same transaction.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn table_events_in_tx(cx: &mut Ctx) -> anyhow::Result<()> {
     if !declared(cx).await? {
         return Ok(());

@@ -16,6 +16,9 @@ fn expect(n: i64, filter: impl Fn(&User) -> bool) -> Vec<User> {
 }
 
 /// Case: One or not found.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn one_or_not_found(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 3).await?;
     assert_eq!(User::by_id(&cx.db, 2).await?, User::sample(2));
@@ -25,6 +28,9 @@ pub async fn one_or_not_found(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Optional and unique lookup.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn optional_and_unique_lookup(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 3).await?;
     assert_eq!(User::find_id(&cx.db, 3).await?, Some(User::sample(3)));
@@ -38,6 +44,9 @@ pub async fn optional_and_unique_lookup(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Filter order limit.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn filter_order_limit(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 40).await?;
     let mut want = expect(40, |u| u.team_id == Some(1));
@@ -55,6 +64,9 @@ pub async fn filter_order_limit(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Range and condition.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn range_and_condition(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 60).await?;
     let mut want = expect(60, |u| u.active && (25..=30).contains(&u.age));
@@ -71,6 +83,9 @@ pub async fn range_and_condition(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Starts with and null checks.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn starts_with_and_null_checks(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 12).await?;
     let repo = cx.db.repo::<User>();
@@ -96,6 +111,9 @@ pub async fn starts_with_and_null_checks(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Projection and scalar.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn projection_and_scalar(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 9).await?;
     let mut names: Vec<String> = expect(9, |u| u.team_id == Some(2))
@@ -113,6 +131,9 @@ pub async fn projection_and_scalar(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Count queries.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn count_queries(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 25).await?;
     assert_eq!(
@@ -124,6 +145,9 @@ pub async fn count_queries(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Update with arithmetic.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn update_with_arithmetic(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 9).await?;
     assert_eq!(User::birthday(&cx.db, 4, 3).await?, 1);
@@ -147,6 +171,9 @@ pub async fn update_with_arithmetic(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Update literals and nulls.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn update_literals_and_nulls(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 10).await?;
     let n = User::deactivate_younger(&cx.db, 26).await?;
@@ -173,6 +200,9 @@ pub async fn update_literals_and_nulls(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Delete query.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn delete_query(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 10).await?;
     let gone = expect(10, |u| u.team_id == Some(0));
@@ -184,6 +214,9 @@ pub async fn delete_query(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Or not and ne.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn or_not_and_ne(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 30).await?;
     let want = expect(30, |u| (u.age < 25 || u.age > 45) && u.active);
@@ -196,6 +229,9 @@ pub async fn or_not_and_ne(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Nulls never match comparisons.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn nulls_never_match_comparisons(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     let mut u = User::sample(1);
@@ -217,6 +253,9 @@ pub async fn nulls_never_match_comparisons(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Order without index.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn order_without_index(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 20).await?;
     let mut want = expect(20, |_| true);
@@ -227,6 +266,9 @@ pub async fn order_without_index(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Small int params.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn small_int_params(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 5).await?;
     // i32 parameters against i32 columns, values at the type's edges.

@@ -5,6 +5,9 @@ use crate::Ctx;
 use crate::model::{Playlist, Song, Team, User};
 
 /// Case: Belongs to batched.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn belongs_to_batched(cx: &mut Ctx) -> anyhow::Result<()> {
     let teams = vec![
         Team {
@@ -30,6 +33,9 @@ pub async fn belongs_to_batched(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Has many batched.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn has_many_batched(cx: &mut Ctx) -> anyhow::Result<()> {
     let teams: Vec<Team> = (0..4)
         .map(|id| Team {
@@ -52,6 +58,9 @@ pub async fn has_many_batched(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Id list.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn id_list(cx: &mut Ctx) -> anyhow::Result<()> {
     let songs: Vec<Song> = (1..=5)
         .map(|id| Song {

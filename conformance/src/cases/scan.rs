@@ -8,6 +8,9 @@ use futures::TryStreamExt;
 use std::collections::HashSet;
 
 /// Case: Keyset pages cover everything once.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn keyset_pages_cover_everything_once(cx: &mut Ctx) -> anyhow::Result<()> {
     let all = seed_users(&cx.db, 53).await?;
     let repo = cx.db.repo::<User>();
@@ -37,6 +40,9 @@ pub async fn keyset_pages_cover_everything_once(cx: &mut Ctx) -> anyhow::Result<
 }
 
 /// Case: Reverse pages.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn reverse_pages(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 25).await?;
     let repo = cx.db.repo::<User>();
@@ -83,6 +89,9 @@ pub async fn reverse_pages(cx: &mut Ctx) -> anyhow::Result<()> {
 
 /// Case: Range bounds.
 #[allow(clippy::reversed_empty_ranges)] // an empty range is part of the case
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn range_bounds(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 20).await?;
     let repo = cx.db.repo::<User>();
@@ -109,6 +118,9 @@ pub async fn range_bounds(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Primary key scan and composite prefix.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn primary_key_scan_and_composite_prefix(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<Membership>();
     let mut rows = Vec::new();
@@ -146,6 +158,9 @@ pub async fn primary_key_scan_and_composite_prefix(cx: &mut Ctx) -> anyhow::Resu
 }
 
 /// Case: Cursor with null index values.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn cursor_with_null_index_values(cx: &mut Ctx) -> anyhow::Result<()> {
     let repo = cx.db.repo::<User>();
     let mut all = Vec::new();
@@ -185,6 +200,9 @@ pub async fn cursor_with_null_index_values(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Stream all rows.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn stream_all_rows(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 37).await?;
     let rows: Vec<User> = cx.db.repo::<User>().stream(8).try_collect().await?;

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Case: Commit makes visible.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn commit_makes_visible(cx: &mut Ctx) -> anyhow::Result<()> {
     let n = cx
         .db
@@ -25,6 +28,9 @@ pub async fn commit_makes_visible(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Err rolls back.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn err_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
     let r: datalayer::Result<()> = cx
         .db
@@ -42,6 +48,9 @@ pub async fn err_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Panic rolls back.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn panic_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
     let db = cx.db.clone();
     let r = std::panic::AssertUnwindSafe(async move {
@@ -66,6 +75,9 @@ pub async fn panic_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Dropped guard rolls back.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn dropped_guard_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
     {
         let tx = cx.db.begin().await?;
@@ -79,6 +91,9 @@ pub async fn dropped_guard_rolls_back(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Guard commit and rollback.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn guard_commit_and_rollback(cx: &mut Ctx) -> anyhow::Result<()> {
     let tx = cx.db.begin().await?;
     tx.repo::<User>().insert(&User::sample(1)).await?;
@@ -100,6 +115,9 @@ pub async fn guard_commit_and_rollback(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Read your writes.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn read_your_writes(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 5).await?;
     let tx = cx.db.begin().await?;
@@ -123,6 +141,9 @@ pub async fn read_your_writes(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Failed op keeps tx usable.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn failed_op_keeps_tx_usable(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 2).await?;
     let tx = cx.db.begin().await?;
@@ -150,6 +171,9 @@ pub async fn failed_op_keeps_tx_usable(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Retry reruns on retryable error.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn retry_reruns_on_retryable_error(cx: &mut Ctx) -> anyhow::Result<()> {
     let attempts = Arc::new(AtomicU32::new(0));
     let counter = attempts.clone();
@@ -200,6 +224,9 @@ pub async fn retry_reruns_on_retryable_error(cx: &mut Ctx) -> anyhow::Result<()>
 }
 
 /// Case: Savepoints.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn savepoints(cx: &mut Ctx) -> anyhow::Result<()> {
     let tx = cx.db.begin().await?;
     let repo = tx.repo::<User>();
@@ -234,6 +261,9 @@ pub async fn savepoints(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Nested savepoint closure.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn nested_savepoint_closure(cx: &mut Ctx) -> anyhow::Result<()> {
     cx.db
         .tx(async |tx| {
@@ -266,6 +296,9 @@ pub async fn nested_savepoint_closure(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Read only rejects writes.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn read_only_rejects_writes(cx: &mut Ctx) -> anyhow::Result<()> {
     seed_users(&cx.db, 2).await?;
     let n = cx
@@ -288,6 +321,9 @@ pub async fn read_only_rejects_writes(cx: &mut Ctx) -> anyhow::Result<()> {
 }
 
 /// Case: Concurrent increments are serializable.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
 pub async fn concurrent_increments_are_serializable(cx: &mut Ctx) -> anyhow::Result<()> {
     let mut u = User::sample(1);
     u.age = 0;

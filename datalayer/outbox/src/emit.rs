@@ -298,11 +298,18 @@ impl<T: Table> RepoEvents<'_, T> {
         self.tx.repo::<T>()
     }
     /// [`Repo::insert`] plus an `Insert` event.
+    ///
+    /// # Errors
+    /// As [`Repo::insert`] (`AlreadyExists` for a taken primary key), then as
+    /// [`crate::TxOutbox::emit`]; the transaction should then be rolled back.
     pub async fn insert(&self, row: &T) -> Result<EventId> {
         self.repo().insert(row).await?;
         self.event(ChangeKind::Insert, row.key()).await
     }
     /// [`Repo::insert_many`] plus one `Insert` event per row.
+    ///
+    /// # Errors
+    /// As [`Repo::insert_many`], then as [`crate::TxOutbox::emit`].
     pub async fn insert_many(&self, rows: &[T]) -> Result<Vec<EventId>> {
         self.repo().insert_many(rows).await?;
         let mut ids = Vec::with_capacity(rows.len());
@@ -312,11 +319,17 @@ impl<T: Table> RepoEvents<'_, T> {
         Ok(ids)
     }
     /// [`Repo::update`] plus an `Update` event.
+    ///
+    /// # Errors
+    /// As [`Repo::update`], then as [`crate::TxOutbox::emit`].
     pub async fn update(&self, row: &T) -> Result<EventId> {
         self.repo().update(row).await?;
         self.event(ChangeKind::Update, row.key()).await
     }
     /// [`Repo::upsert`] plus an `Insert` or `Update` event (whichever it was).
+    ///
+    /// # Errors
+    /// As [`Repo::get`] and [`Repo::upsert`], then as [`crate::TxOutbox::emit`].
     pub async fn upsert(&self, row: &T) -> Result<EventId> {
         let key = row.key();
         let existed = self.repo().get(key.clone()).await?.is_some();
@@ -329,6 +342,9 @@ impl<T: Table> RepoEvents<'_, T> {
         self.event(op, key).await
     }
     /// [`Repo::delete`] plus a `Delete` event when the row existed.
+    ///
+    /// # Errors
+    /// As [`Repo::delete`], then as [`crate::TxOutbox::emit`].
     pub async fn delete(&self, key: impl datalayer_core::value::Key) -> Result<Option<EventId>> {
         let key = key.into_key();
         if self.repo().delete(key.clone()).await? {

@@ -1,10 +1,15 @@
 //! The transactional outbox: events written in the same transaction as the data, and
 //! consumer groups that receive them at least once, per partition in order.
 //!
-//! ```no_run
-//! # async fn demo(db: datalayer_core::Db) -> datalayer_core::Result<()> {
-//! use datalayer_outbox::{DbOutbox, TxOutbox};
+//! ```
+//! # use datalayer_core::Db;
+//! use datalayer_outbox::{BuilderOutbox, DbOutbox, TxOutbox};
 //! use std::time::Duration;
+//! # #[tokio::main]
+//! # async fn main() -> datalayer_core::Result<()> {
+//! let engine = std::sync::Arc::new(datalayer_etch::memory());
+//! let db = Db::with_engine(engine).outbox().connect().await?;
+//!
 //! // Producing: the event exists if and only if the transaction commits.
 //! let tx = db.begin().await?;
 //! // ... tx.repo::<Order>().insert(&order).await? ...
@@ -13,23 +18,39 @@
 //!     .deliver_after(Duration::from_secs(3600))
 //!     .await?;
 //! tx.commit().await?;
+//! let rolled_back = db.begin().await?;
+//! rolled_back.emit("orders", "customer-42", b"never sent".to_vec()).await?;
+//! rolled_back.rollback().await?;
 //!
-//! // Consuming: one handler call per event; retries, dead letters, leases.
+//! // Consuming: one handler call per event; retries, dead letters, leases. This
+//! // handler passes each payload on and the consumer stops after the first.
+//! let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! db.consumer("billing", "orders")
+//! let consumer = db
+//!     .consumer("billing", "orders")
 //!     .concurrency(4)
 //!     .max_attempts(5)
 //!     .run(
-//!         |ev| async move {
-//!             println!("{} {:?}", ev.id, ev.payload);
-//!             Ok(())
+//!         move |ev| {
+//!             let seen_tx = seen_tx.clone();
+//!             async move {
+//!                 let _ = seen_tx.send(ev.payload.clone());
+//!                 Ok(())
+//!             }
 //!         },
 //!         async move {
 //!             let _ = stopped.await;
 //!         },
-//!     )
-//!     .await?;
-//! # drop(stop); Ok(()) }
+//!     );
+//! let watcher = async move {
+//!     let first = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
+//!     let _ = stop.send(());
+//!     first.ok().flatten()
+//! };
+//! let (ran, first) = tokio::join!(consumer, watcher);
+//! ran?;
+//! assert_eq!(first.as_deref(), Some(&b"order 7 placed"[..]));
+//! # Ok(()) }
 //! ```
 //!
 //! # Methods on `Db` and `Tx`
