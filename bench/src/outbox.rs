@@ -1,7 +1,7 @@
 //! Workload "outbox end to end" ([`Workload::Outbox`]; `--outbox` runs only this
 //! one, `--no-outbox` skips it), on every target that supports it: datalayer on
 //! any URL whose engine declares the outbox, and the plain `SKIP LOCKED` queue on
-//! PostgreSQL ([`crate::targets::pg_queue`]).
+//! PostgreSQL (`targets::pg_queue`, with the `pg` feature).
 //!
 //! N events are produced in transactions of [`EMITS_PER_TX`] each (datalayer:
 //! `tx.emit(..)`; every event its own key, so they spread over the topic's

@@ -5,7 +5,7 @@
 //!   `redis://..`, `tikv://..`): one type, the URL is the only difference;
 //! - peers: [`etchdb`], [`redb`], [`rusqlite`] (and its control target
 //!   `rusqlite-on-dl-schema`), and with the cargo feature `pg`
-//!   [`tokio_postgres`] (raw), [`sqlx`], [`seaorm`] and [`pg_queue`] (a plain
+//!   `tokio_postgres` (raw), `sqlx`, `seaorm` and `pg_queue` (a plain
 //!   `SKIP LOCKED` queue, the outbox's peer).
 //!
 //! A target says which [`Workload`]s it [supports](Target::supports); the
@@ -13,7 +13,7 @@
 //!
 //! To add a target: write `targets/<name>.rs` with a type implementing
 //! [`Target`] (and, for the `users` workloads, a [`UsersTable`]), declare the
-//! module below and add it to [`embedded`] (or [`postgres`]). The first target of
+//! module below and add it to [`embedded`] (or `postgres`, with the `pg` feature). The first target of
 //! a list is the baseline of its table's ratio columns, so datalayer goes first.
 //! Another engine of datalayer needs no file: pass its URL (`--url`).
 
