@@ -334,3 +334,114 @@ async fn checkpoint_then_crash_recovers_everything() {
         }
     }
 }
+
+async fn put(store: &Store, k: &[u8], v: &[u8]) -> Result<u64, StoreError> {
+    let txn = store.begin_write().await;
+    txn.commit(vec![(k.to_vec(), Some(v.to_vec()))]).await
+}
+
+/// Linux reports a writeback error to one fsync and then forgets it (the dirty pages
+/// are dropped, the next fsync succeeds). After a failed fsync, `close()` must not
+/// fsync again and publish the commits whose fsync failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_after_a_failed_fsync_is_an_error_and_publishes_nothing() {
+    let fs = CrashFs::new();
+    let store = Store::open_dir(fs.dir(), opts(64 << 20)).unwrap();
+    put(&store, b"a", b"1").await.unwrap();
+
+    fs.fail_next_sync(None);
+    let err = put(&store, b"b", b"2").await;
+    assert!(err.is_err(), "commit acknowledged after its fsync failed");
+    assert!(
+        !fs.sync_failure_pending(),
+        "the fsync failure never happened"
+    );
+    assert!(
+        put(&store, b"c", b"3").await.is_err(),
+        "commit acknowledged after a failed fsync"
+    );
+
+    let closed = store.close();
+    assert_eq!(
+        store.snapshot().get(b"b"),
+        None,
+        "close() published a commit whose fsync failed"
+    );
+    assert!(closed.is_err(), "close() returned Ok after a failed fsync");
+
+    let recovered = Store::open_dir(fs.crash(None).dir(), opts(64 << 20)).unwrap();
+    assert_eq!(recovered.snapshot().get(b"a"), Some(&b"1"[..]));
+}
+
+/// The checkpoint's pre-sync fsyncs the WAL file next to the flusher; when it is the
+/// one that receives the writeback error, the flusher's later fsync succeeds without
+/// having written the dropped record. No commit may be acknowledged on that fsync:
+/// after a power loss, every acknowledged commit is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fsync_failure_seen_by_a_checkpoint_acknowledges_nothing_it_dropped() {
+    let fs = CrashFs::new();
+    let store = Store::open_dir(fs.dir(), opts(64 << 20)).unwrap();
+    put(&store, b"a", b"1").await.unwrap();
+
+    fs.hold_syncs();
+    let s2 = store.clone();
+    let pending = tokio::spawn(async move { put(&s2, b"b", b"2").await });
+    for _ in 0..5_000 {
+        if fs.syncs_waiting_at_gate() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        fs.syncs_waiting_at_gate() > 0,
+        "commit 2 never asked for an fsync"
+    );
+    // A checkpoint on another thread: its fsync of the same WAL file fails and drops
+    // the unsynced bytes (commit 2's record) while the flusher's fsync is held.
+    fs.fail_next_sync(Some("ckpt-caller"));
+    fs.let_syncs_through("ckpt-caller");
+    let s3 = store.clone();
+    let ck = std::thread::Builder::new()
+        .name("ckpt-caller".into())
+        .spawn(move || s3.checkpoint())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.release_syncs();
+    let commit2 = pending.await.unwrap();
+    let ck = ck.join().unwrap();
+    assert!(
+        !fs.sync_failure_pending(),
+        "the fsync failure never happened"
+    );
+    assert!(ck.is_err(), "checkpoint Ok after its fsync failed");
+    // Let the held flusher finish its fsync.
+    for _ in 0..1_000 {
+        if fs.syncs_waiting_at_gate() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let seen = store.snapshot().get(b"b").is_some();
+
+    // Power loss: every acknowledged commit must be there.
+    let recovered = Store::open_dir(fs.crash(None).dir(), opts(64 << 20)).unwrap();
+    assert_eq!(recovered.snapshot().get(b"a"), Some(&b"1"[..]));
+    if commit2.is_ok() || seen {
+        assert_eq!(
+            recovered.snapshot().get(b"b"),
+            Some(&b"2"[..]),
+            "commit 2 was acknowledged (Ok: {}) or shown to readers (seen: {seen}) \
+             after a failed fsync, and lost in a power loss",
+            commit2.is_ok()
+        );
+    }
+    assert!(
+        put(&store, b"c", b"3").await.is_err(),
+        "commit acknowledged after a failed fsync"
+    );
+    assert!(
+        store.close().is_err(),
+        "close() returned Ok after a failed fsync"
+    );
+}
