@@ -445,3 +445,44 @@ async fn an_fsync_failure_seen_by_a_checkpoint_acknowledges_nothing_it_dropped()
         "close() returned Ok after a failed fsync"
     );
 }
+
+/// After `kill -9` between an append and its fsync, the record is only in the page
+/// cache. Reopening must make what it keeps durable before serving it: a power loss
+/// right after the reopen keeps everything the reopened store showed.
+#[tokio::test]
+async fn reopen_fsyncs_the_unsynced_tail_before_serving_it() {
+    let fs = CrashFs::new();
+    let never = StoreOptions {
+        flush: FlushPolicy::Never,
+        ..opts(64 << 20)
+    };
+    let store = Store::open_dir(fs.dir(), never).unwrap();
+    put(&store, b"a", b"1").await.unwrap();
+    put(&store, b"b", b"2").await.unwrap();
+    // kill -9: the appends are in the OS, not on the disk.
+    let killed = fs.kill();
+    drop(store);
+
+    let reopened = Store::open_dir(killed.dir(), opts(64 << 20)).unwrap();
+    let served = contents(&reopened.snapshot());
+    assert_eq!(
+        served.len(),
+        2,
+        "the reopened store lost the killed process's appends"
+    );
+    // The operation log: recovery fsynced the segment it kept, all of it.
+    let wal = "wal-00000000000000000001.log";
+    let written = killed.contents(wal).len();
+    assert!(
+        killed.sync_log().contains(&(wal.to_string(), written)),
+        "recovery never fsynced the {written} bytes of {wal} it serves: {:?}",
+        killed.sync_log()
+    );
+
+    let after_power_loss = Store::open_dir(killed.crash(None).dir(), opts(64 << 20)).unwrap();
+    assert_eq!(
+        contents(&after_power_loss.snapshot()),
+        served,
+        "the reopened store served a WAL tail that was never fsynced, and a power loss erased it"
+    );
+}

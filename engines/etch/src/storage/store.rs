@@ -482,7 +482,10 @@ impl Store {
     ///   record after it, is an append that was never acknowledged: the file is
     ///   truncated before it (logged with `tracing::warn`);
     /// - anything else that fails a check is [`StoreError::Corrupted`] naming the file
-    ///   and byte offset; nothing is silently dropped.
+    ///   and byte offset; nothing is silently dropped;
+    /// - what it keeps (every replayed WAL segment, then the directory) is fsynced
+    ///   before the store is returned, so nothing it serves is only in the page cache
+    ///   of a process killed before its fsync.
     ///
     /// # Errors
     /// [`StoreError::Io`] (including the directory being locked by another store, kind
@@ -804,7 +807,8 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
     let start = wals.iter().rposition(|&f| f <= base.seq() + 1).unwrap_or(0);
     let mut map = base.map().clone();
     let mut seq = base.seq();
-    let mut tail: Option<(u64, u64, u64)> = None; // (first seq, valid bytes, last seq)
+    // (first seq, valid bytes, last seq, open file) of the newest segment.
+    let mut tail: Option<(u64, u64, u64, Arc<dyn WalFile>)> = None;
     let live = &wals[start.min(wals.len())..];
     for (i, &first) in live.iter().enumerate() {
         let name = wal_name(first);
@@ -817,6 +821,7 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
             ));
         }
         let data = dir.read(&name)?;
+        let file = dir.open_append(&name)?;
         let mut off = 0usize;
         let mut last = first - 1;
         while off < data.len() {
@@ -853,32 +858,30 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
                              that commit was never acknowledged",
                             dir.path().join(&name).display()
                         );
-                        let f = dir.open_append(&name)?;
-                        f.truncate(off as u64)?;
-                        f.sync()?;
+                        file.truncate(off as u64)?;
                         break;
                     }
                     return Err(corrupted(&name, off, reason));
                 }
             }
         }
+        // What is kept may be only in the page cache (a process killed between an
+        // append and its fsync): make it durable before anyone can read it.
+        file.sync()?;
         if newest {
-            tail = Some((first, off as u64, last));
+            tail = Some((first, off as u64, last, file));
         }
     }
 
     // Continue the newest segment if it ends exactly at the recovered state; otherwise
     // (no segment, or the snapshot is ahead of it) start a new one.
     let (file, segment_first_seq, segment_bytes) = match tail {
-        Some((first, bytes, last)) if last == seq => {
-            (dir.open_append(&wal_name(first))?, first, bytes)
-        }
-        _ => {
-            let f = dir.create(&wal_name(seq + 1))?;
-            dir.sync_dir()?;
-            (f, seq + 1, 0)
-        }
+        Some((first, bytes, last, file)) if last == seq => (file, first, bytes),
+        _ => (dir.create(&wal_name(seq + 1))?, seq + 1, 0),
     };
+    // Make the names durable too: the snapshot's rename and the segments' creation may
+    // not have reached a directory fsync before the process died.
+    dir.sync_dir()?;
     // Leftovers of an interrupted checkpoint (best effort; they are harmless).
     for &f in &wals[..start.min(wals.len())] {
         let _ = dir.remove(&wal_name(f));
