@@ -486,3 +486,119 @@ async fn reopen_fsyncs_the_unsynced_tail_before_serving_it() {
         "the reopened store served a WAL tail that was never fsynced, and a power loss erased it"
     );
 }
+
+mod engine {
+    //! Through the engine: what a read-write transaction reports must rest on durable
+    //! data, even when it commits no writes.
+
+    use super::*;
+    use datalayer_core::{
+        ColumnDef, ColumnType, Engine, ErrorKind, IndexDef, Op, Output, TableSchema, TxOptions,
+        Value, WriteMode,
+    };
+
+    /// `users(id i64 primary key, email string unique)`.
+    fn users() -> &'static TableSchema {
+        let col = |name: &str, ty| ColumnDef {
+            name: name.into(),
+            field: name.into(),
+            ty,
+            nullable: false,
+        };
+        Box::leak(Box::new(TableSchema {
+            name: "users".into(),
+            columns: vec![col("id", ColumnType::I64), col("email", ColumnType::String)],
+            primary_key: vec![0],
+            indexes: vec![IndexDef {
+                name: "users_email".into(),
+                columns: vec![1],
+                unique: true,
+                when: None,
+            }],
+        }))
+    }
+
+    fn row(id: i64, email: &str) -> Vec<Value> {
+        vec![Value::I64(id), Value::String(email.into())]
+    }
+
+    fn insert(t: &TableSchema, r: Vec<Value>) -> Op<'_> {
+        Op::Insert {
+            table: t,
+            rows: vec![r],
+            mode: WriteMode::Insert,
+        }
+    }
+
+    /// A unique violation and a 0-row update, both decided on a commit whose fsync has
+    /// not completed: neither may be reported before that commit is durable (a power
+    /// loss before it would make both answers false).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_write_transaction_without_writes_waits_for_what_it_read_to_be_durable() {
+        let fs = CrashFs::new();
+        let engine = Arc::new(
+            datalayer_etch::open_dir(fs.dir(), Default::default())
+                .await
+                .unwrap(),
+        );
+        let t = users();
+        engine.register(&[t], &[]).await.unwrap();
+        engine.run(insert(t, row(1, "a@x"))).await.unwrap();
+
+        // Commit 2 (insert user 2, delete user 1) is appended, its fsync held.
+        fs.hold_syncs();
+        let e = engine.clone();
+        let pending = tokio::spawn(async move {
+            let mut tx = e.begin(TxOptions::default()).await?;
+            tx.run(insert(t, row(2, "b@x"))).await?;
+            tx.run(Op::Delete {
+                table: t,
+                keys: vec![vec![Value::I64(1)]],
+            })
+            .await?;
+            tx.commit().await
+        });
+        for _ in 0..5_000 {
+            if fs.syncs_waiting_at_gate() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            fs.syncs_waiting_at_gate() > 0,
+            "commit 2 never asked for an fsync"
+        );
+
+        let e = engine.clone();
+        let duplicate = tokio::spawn(async move { e.run(insert(t, row(3, "b@x"))).await });
+        let e = engine.clone();
+        let update = tokio::spawn(async move {
+            e.run(Op::Update {
+                table: t,
+                rows: vec![row(1, "a2@x")],
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let early_duplicate = duplicate.is_finished();
+        let early_update = update.is_finished();
+        fs.release_syncs();
+        pending.await.unwrap().unwrap();
+        let duplicate = duplicate.await.unwrap();
+        let update = update.await.unwrap();
+        assert_eq!(
+            duplicate.as_ref().map_err(|e| e.kind()).err(),
+            Some(ErrorKind::AlreadyExists),
+            "{duplicate:?}"
+        );
+        assert!(matches!(update, Ok(Output::Count(0))), "{update:?}");
+        assert!(
+            !early_duplicate,
+            "a unique violation was reported before the row it collides with was durable"
+        );
+        assert!(
+            !early_update,
+            "a 0-row update was reported before the delete it rests on was durable"
+        );
+    }
+}

@@ -666,6 +666,30 @@ impl WriteTxn {
         &self.base
     }
 
+    /// End the transaction without writing: release the writer lock, then — under
+    /// [`FlushPolicy::EveryCommit`] — wait until [`WriteTxn::base`] is durable, as a
+    /// commit with no writes does. Whatever the transaction read (and reported: a
+    /// unique violation, a 0-row update) may rest on commits whose fsync is still
+    /// running; it must not be answered before a crash can no longer undo them.
+    /// Dropping a `WriteTxn` instead releases the lock without waiting.
+    ///
+    /// # Errors
+    /// [`StoreError::Poisoned`]: the fsync that was to cover the base failed (what the
+    /// transaction read may be lost).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        let WriteTxn {
+            store,
+            base,
+            _guard: guard,
+        } = self;
+        drop(guard);
+        let sh = &store.inner.shared;
+        if sh.dir.is_some() && matches!(sh.opts.flush, FlushPolicy::EveryCommit) {
+            sh.wait_durable(base.seq()).await?;
+        }
+        Ok(())
+    }
+
     /// Commit `writes` atomically as one WAL record and return the commit's sequence
     /// number. `(key, Some(value))` puts, `(key, None)` deletes (deleting a missing key
     /// succeeds); they apply in order, so a later write to the same key wins.
