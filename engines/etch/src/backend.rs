@@ -11,12 +11,14 @@
 
 use crate::config::{EtchOptions, parse_url};
 use crate::error::{join_error, lock_timeout, map_error};
+use crate::storage::io::Dir;
 use crate::storage::{Snapshot, Store, WriteTxn};
 use async_trait::async_trait;
 use datalayer_core::{Capability, Error, Result, TxOptions};
 use datalayer_kv::{Bytes, KvCapability, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// [`KvStore`] over an etch [`Store`]: what [`open`] and [`memory`] wrap in a
 /// [`KvEngine`]. Cheap to clone (clones share the store).
@@ -50,6 +52,25 @@ pub async fn open(dir: impl AsRef<Path>, opts: EtchOptions) -> Result<KvEngine> 
     let dir: PathBuf = dir.as_ref().to_owned();
     let store_opts = opts.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_opts))
+        .await
+        .map_err(|e| join_error("opening the store", e))?
+        .map_err(map_error)?;
+    Ok(KvEngine::new(EtchKv {
+        store,
+        durable: true,
+        opts,
+    }))
+}
+
+/// [`open`] on any [`Dir`] backend (tests use one that simulates crashes and failed
+/// fsyncs).
+///
+/// # Errors
+/// As [`open`].
+pub async fn open_dir(dir: Arc<dyn Dir>, opts: EtchOptions) -> Result<KvEngine> {
+    opts.validate()?;
+    let store_opts = opts.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open_dir(dir, store_opts))
         .await
         .map_err(|e| join_error("opening the store", e))?
         .map_err(map_error)?;
@@ -215,7 +236,14 @@ impl KvTxn for EtchTxn {
         }
     }
 
+    /// A read-write transaction waits until the state it read is durable (under
+    /// `FlushPolicy::EveryCommit`): the KV engine rolls back a transaction that wrote
+    /// nothing instead of committing it, and its answer (a unique violation, a 0-row
+    /// update) may rest on commits whose fsync is still running.
     async fn rollback(self: Box<Self>) -> Result<()> {
-        Ok(())
+        match *self {
+            EtchTxn::Write { txn, .. } => txn.rollback().await.map_err(map_error),
+            EtchTxn::Read(_) => Ok(()),
+        }
     }
 }

@@ -30,7 +30,7 @@ pub mod config;
 mod error;
 pub mod storage;
 
-pub use backend::{EtchKv, memory, open, open_url};
+pub use backend::{EtchKv, memory, open, open_dir, open_url};
 pub use config::{EtchOptions, parse_url};
 pub use storage::{FlushPolicy, StoreOptions};
 

@@ -334,3 +334,271 @@ async fn checkpoint_then_crash_recovers_everything() {
         }
     }
 }
+
+async fn put(store: &Store, k: &[u8], v: &[u8]) -> Result<u64, StoreError> {
+    let txn = store.begin_write().await;
+    txn.commit(vec![(k.to_vec(), Some(v.to_vec()))]).await
+}
+
+/// Linux reports a writeback error to one fsync and then forgets it (the dirty pages
+/// are dropped, the next fsync succeeds). After a failed fsync, `close()` must not
+/// fsync again and publish the commits whose fsync failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_after_a_failed_fsync_is_an_error_and_publishes_nothing() {
+    let fs = CrashFs::new();
+    let store = Store::open_dir(fs.dir(), opts(64 << 20)).unwrap();
+    put(&store, b"a", b"1").await.unwrap();
+
+    fs.fail_next_sync(None);
+    let err = put(&store, b"b", b"2").await;
+    assert!(err.is_err(), "commit acknowledged after its fsync failed");
+    assert!(
+        !fs.sync_failure_pending(),
+        "the fsync failure never happened"
+    );
+    assert!(
+        put(&store, b"c", b"3").await.is_err(),
+        "commit acknowledged after a failed fsync"
+    );
+
+    let closed = store.close();
+    assert_eq!(
+        store.snapshot().get(b"b"),
+        None,
+        "close() published a commit whose fsync failed"
+    );
+    assert!(closed.is_err(), "close() returned Ok after a failed fsync");
+
+    let recovered = Store::open_dir(fs.crash(None).dir(), opts(64 << 20)).unwrap();
+    assert_eq!(recovered.snapshot().get(b"a"), Some(&b"1"[..]));
+}
+
+/// The checkpoint's pre-sync fsyncs the WAL file next to the flusher; when it is the
+/// one that receives the writeback error, the flusher's later fsync succeeds without
+/// having written the dropped record. No commit may be acknowledged on that fsync:
+/// after a power loss, every acknowledged commit is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fsync_failure_seen_by_a_checkpoint_acknowledges_nothing_it_dropped() {
+    let fs = CrashFs::new();
+    let store = Store::open_dir(fs.dir(), opts(64 << 20)).unwrap();
+    put(&store, b"a", b"1").await.unwrap();
+
+    fs.hold_syncs();
+    let s2 = store.clone();
+    let pending = tokio::spawn(async move { put(&s2, b"b", b"2").await });
+    for _ in 0..5_000 {
+        if fs.syncs_waiting_at_gate() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        fs.syncs_waiting_at_gate() > 0,
+        "commit 2 never asked for an fsync"
+    );
+    // A checkpoint on another thread: its fsync of the same WAL file fails and drops
+    // the unsynced bytes (commit 2's record) while the flusher's fsync is held.
+    fs.fail_next_sync(Some("ckpt-caller"));
+    fs.let_syncs_through("ckpt-caller");
+    let s3 = store.clone();
+    let ck = std::thread::Builder::new()
+        .name("ckpt-caller".into())
+        .spawn(move || s3.checkpoint())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.release_syncs();
+    let commit2 = pending.await.unwrap();
+    let ck = ck.join().unwrap();
+    assert!(
+        !fs.sync_failure_pending(),
+        "the fsync failure never happened"
+    );
+    assert!(ck.is_err(), "checkpoint Ok after its fsync failed");
+    // Let the held flusher finish its fsync.
+    for _ in 0..1_000 {
+        if fs.syncs_waiting_at_gate() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let seen = store.snapshot().get(b"b").is_some();
+
+    // Power loss: every acknowledged commit must be there.
+    let recovered = Store::open_dir(fs.crash(None).dir(), opts(64 << 20)).unwrap();
+    assert_eq!(recovered.snapshot().get(b"a"), Some(&b"1"[..]));
+    if commit2.is_ok() || seen {
+        assert_eq!(
+            recovered.snapshot().get(b"b"),
+            Some(&b"2"[..]),
+            "commit 2 was acknowledged (Ok: {}) or shown to readers (seen: {seen}) \
+             after a failed fsync, and lost in a power loss",
+            commit2.is_ok()
+        );
+    }
+    assert!(
+        put(&store, b"c", b"3").await.is_err(),
+        "commit acknowledged after a failed fsync"
+    );
+    assert!(
+        store.close().is_err(),
+        "close() returned Ok after a failed fsync"
+    );
+}
+
+/// After `kill -9` between an append and its fsync, the record is only in the page
+/// cache. Reopening must make what it keeps durable before serving it: a power loss
+/// right after the reopen keeps everything the reopened store showed.
+#[tokio::test]
+async fn reopen_fsyncs_the_unsynced_tail_before_serving_it() {
+    let fs = CrashFs::new();
+    let never = StoreOptions {
+        flush: FlushPolicy::Never,
+        ..opts(64 << 20)
+    };
+    let store = Store::open_dir(fs.dir(), never).unwrap();
+    put(&store, b"a", b"1").await.unwrap();
+    put(&store, b"b", b"2").await.unwrap();
+    // kill -9: the appends are in the OS, not on the disk.
+    let killed = fs.kill();
+    drop(store);
+
+    let reopened = Store::open_dir(killed.dir(), opts(64 << 20)).unwrap();
+    let served = contents(&reopened.snapshot());
+    assert_eq!(
+        served.len(),
+        2,
+        "the reopened store lost the killed process's appends"
+    );
+    // The operation log: recovery fsynced the segment it kept, all of it.
+    let wal = "wal-00000000000000000001.log";
+    let written = killed.contents(wal).len();
+    assert!(
+        killed.sync_log().contains(&(wal.to_string(), written)),
+        "recovery never fsynced the {written} bytes of {wal} it serves: {:?}",
+        killed.sync_log()
+    );
+
+    let after_power_loss = Store::open_dir(killed.crash(None).dir(), opts(64 << 20)).unwrap();
+    assert_eq!(
+        contents(&after_power_loss.snapshot()),
+        served,
+        "the reopened store served a WAL tail that was never fsynced, and a power loss erased it"
+    );
+}
+
+mod engine {
+    //! Through the engine: what a read-write transaction reports must rest on durable
+    //! data, even when it commits no writes.
+
+    use super::*;
+    use datalayer_core::{
+        ColumnDef, ColumnType, Engine, ErrorKind, IndexDef, Op, Output, TableSchema, TxOptions,
+        Value, WriteMode,
+    };
+
+    /// `users(id i64 primary key, email string unique)`.
+    fn users() -> &'static TableSchema {
+        let col = |name: &str, ty| ColumnDef {
+            name: name.into(),
+            field: name.into(),
+            ty,
+            nullable: false,
+        };
+        Box::leak(Box::new(TableSchema {
+            name: "users".into(),
+            columns: vec![col("id", ColumnType::I64), col("email", ColumnType::String)],
+            primary_key: vec![0],
+            indexes: vec![IndexDef {
+                name: "users_email".into(),
+                columns: vec![1],
+                unique: true,
+                when: None,
+            }],
+        }))
+    }
+
+    fn row(id: i64, email: &str) -> Vec<Value> {
+        vec![Value::I64(id), Value::String(email.into())]
+    }
+
+    fn insert(t: &TableSchema, r: Vec<Value>) -> Op<'_> {
+        Op::Insert {
+            table: t,
+            rows: vec![r],
+            mode: WriteMode::Insert,
+        }
+    }
+
+    /// A unique violation and a 0-row update, both decided on a commit whose fsync has
+    /// not completed: neither may be reported before that commit is durable (a power
+    /// loss before it would make both answers false).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_write_transaction_without_writes_waits_for_what_it_read_to_be_durable() {
+        let fs = CrashFs::new();
+        let engine = Arc::new(
+            datalayer_etch::open_dir(fs.dir(), Default::default())
+                .await
+                .unwrap(),
+        );
+        let t = users();
+        engine.register(&[t], &[]).await.unwrap();
+        engine.run(insert(t, row(1, "a@x"))).await.unwrap();
+
+        // Commit 2 (insert user 2, delete user 1) is appended, its fsync held.
+        fs.hold_syncs();
+        let e = engine.clone();
+        let pending = tokio::spawn(async move {
+            let mut tx = e.begin(TxOptions::default()).await?;
+            tx.run(insert(t, row(2, "b@x"))).await?;
+            tx.run(Op::Delete {
+                table: t,
+                keys: vec![vec![Value::I64(1)]],
+            })
+            .await?;
+            tx.commit().await
+        });
+        for _ in 0..5_000 {
+            if fs.syncs_waiting_at_gate() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            fs.syncs_waiting_at_gate() > 0,
+            "commit 2 never asked for an fsync"
+        );
+
+        let e = engine.clone();
+        let duplicate = tokio::spawn(async move { e.run(insert(t, row(3, "b@x"))).await });
+        let e = engine.clone();
+        let update = tokio::spawn(async move {
+            e.run(Op::Update {
+                table: t,
+                rows: vec![row(1, "a2@x")],
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let early_duplicate = duplicate.is_finished();
+        let early_update = update.is_finished();
+        fs.release_syncs();
+        pending.await.unwrap().unwrap();
+        let duplicate = duplicate.await.unwrap();
+        let update = update.await.unwrap();
+        assert_eq!(
+            duplicate.as_ref().map_err(|e| e.kind()).err(),
+            Some(ErrorKind::AlreadyExists),
+            "{duplicate:?}"
+        );
+        assert!(matches!(update, Ok(Output::Count(0))), "{update:?}");
+        assert!(
+            !early_duplicate,
+            "a unique violation was reported before the row it collides with was durable"
+        );
+        assert!(
+            !early_update,
+            "a 0-row update was reported before the delete it rests on was durable"
+        );
+    }
+}

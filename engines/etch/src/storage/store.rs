@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use tokio::sync::{OwnedMutexGuard, watch};
 
 use super::error::StoreError;
@@ -166,6 +166,11 @@ struct Shared {
     ckpt_cv: Condvar,
     /// Serializes checkpoints with each other and with [`Store::close`].
     ckpt_lock: Mutex<()>,
+    /// Held for every fsync of a WAL file ([`Shared::sync_wal`]), so no two run at
+    /// once: the caller that receives a writeback error is the only one that could
+    /// have synced the dropped pages, and it poisons the store before any other fsync
+    /// starts. Lock order: `ckpt_lock`, `sync_turn`, `wal`.
+    sync_turn: Mutex<()>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -225,6 +230,7 @@ impl Shared {
             ckpt: Mutex::new(CkptState::default()),
             ckpt_cv: Condvar::new(),
             ckpt_lock: Mutex::new(()),
+            sync_turn: Mutex::new(()),
         }
     }
 
@@ -236,8 +242,12 @@ impl Shared {
         }
     }
 
-    /// Record that everything up to `w.latest` is durable. Call with `wal` held.
+    /// Record that everything up to `target` is durable and publish it. Call with `wal`
+    /// held. Does nothing once the store is poisoned.
     fn mark_synced(&self, w: &mut WalState, target: &Snapshot) {
+        if w.poisoned.is_some() {
+            return;
+        }
         if target.seq() > w.synced_seq {
             w.synced_seq = target.seq();
         }
@@ -272,10 +282,58 @@ impl Shared {
         }
     }
 
+    /// The one place a WAL file is fsynced. `turn` is the held `sync_turn` lock, so no
+    /// other fsync of a WAL file runs meanwhile.
+    ///
+    /// Captures the latest state, fsyncs the current segment (with `wal` unlocked
+    /// during the fsync unless `keep_wal_locked`), then marks that state durable and
+    /// publishes it. Once the store is poisoned it neither fsyncs nor publishes: after
+    /// a failed fsync the kernel may have dropped the dirty pages and report success to
+    /// the next fsync, which then proves nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Poisoned`] when the store was poisoned before or during the fsync;
+    /// [`StoreError::Io`] when the fsync fails (the store is then poisoned).
+    fn sync_wal(
+        &self,
+        turn: &MutexGuard<'_, ()>,
+        w: &mut MutexGuard<'_, WalState>,
+        keep_wal_locked: bool,
+    ) -> Result<(), StoreError> {
+        debug_assert!(std::ptr::eq(MutexGuard::mutex(turn), &self.sync_turn));
+        let poisoned = |w: &WalState| {
+            w.poisoned.as_ref().map(|reason| StoreError::Poisoned {
+                reason: reason.clone(),
+            })
+        };
+        if let Some(e) = poisoned(w) {
+            return Err(e);
+        }
+        let target = w.latest.clone();
+        if let Some(file) = w.file.clone() {
+            // The segment cannot switch meanwhile: switching needs `sync_turn`.
+            let res = if keep_wal_locked {
+                file.sync()
+            } else {
+                MutexGuard::unlocked(w, || file.sync())
+            };
+            if let Err(e) = res {
+                self.poison(w, "WAL fsync", &e);
+                return Err(e.into());
+            }
+            // An append may have failed while `wal` was unlocked.
+            if let Some(e) = poisoned(w) {
+                return Err(e);
+            }
+        }
+        self.mark_synced(w, &target);
+        Ok(())
+    }
+
     /// The EveryCommit flusher: one fsync covers every record appended before it.
     fn run_group_flusher(&self) {
         loop {
-            let (target, file) = {
+            {
                 let mut w = self.wal.lock();
                 loop {
                     if w.poisoned.is_some() || w.shutdown {
@@ -286,17 +344,11 @@ impl Shared {
                     }
                     self.flush_cv.wait(&mut w);
                 }
-                let file = w.file.clone().expect("file-backed store");
-                (w.latest.clone(), file)
-            };
-            let res = file.sync();
+            }
+            let turn = self.sync_turn.lock();
             let mut w = self.wal.lock();
-            match res {
-                Ok(()) => self.mark_synced(&mut w, &target),
-                Err(e) => {
-                    self.poison(&mut w, "WAL fsync", &e);
-                    return;
-                }
+            if w.latest.seq() > w.synced_seq && self.sync_wal(&turn, &mut w, false).is_err() {
+                return;
             }
         }
     }
@@ -304,7 +356,7 @@ impl Shared {
     /// The Interval flusher: at most one fsync per `every`, only when something is new.
     fn run_interval_flusher(&self, every: Duration) {
         loop {
-            let (target, file, last) = {
+            let last = {
                 let mut w = self.wal.lock();
                 if !w.shutdown {
                     self.flush_cv.wait_for(&mut w, every);
@@ -318,17 +370,12 @@ impl Shared {
                     }
                     continue;
                 }
-                let file = w.file.clone().expect("file-backed store");
-                (w.latest.clone(), file, w.shutdown)
+                w.shutdown
             };
-            let res = file.sync();
+            let turn = self.sync_turn.lock();
             let mut w = self.wal.lock();
-            match res {
-                Ok(()) => self.mark_synced(&mut w, &target),
-                Err(e) => {
-                    self.poison(&mut w, "WAL fsync", &e);
-                    return;
-                }
+            if w.latest.seq() > w.synced_seq && self.sync_wal(&turn, &mut w, false).is_err() {
+                return;
             }
             if last {
                 return;
@@ -371,31 +418,24 @@ impl Shared {
             return Ok(());
         };
         let _ck = self.ckpt_lock.lock();
-        // Pre-sync outside the lock so the sync under it has little left to do.
-        let file = {
-            let w = self.wal.lock();
-            w.check_open()?;
-            w.file.clone().expect("file-backed store")
-        };
-        if let Err(e) = file.sync() {
+        // Pre-sync with `wal` unlocked so the sync under it has little left to do.
+        {
+            let turn = self.sync_turn.lock();
             let mut w = self.wal.lock();
-            self.poison(&mut w, "WAL fsync", &e);
-            return Err(e.into());
+            w.check_open()?;
+            self.sync_wal(&turn, &mut w, false)?;
         }
         let snap = {
+            let turn = self.sync_turn.lock();
             let mut w = self.wal.lock();
             w.check_open()?;
             let n = w.latest.seq();
             if w.snapshot_seq == n {
                 return Ok(());
             }
+            // With `wal` held: no append between this fsync and the segment switch.
+            self.sync_wal(&turn, &mut w, true)?;
             let latest = w.latest.clone();
-            let file = w.file.clone().expect("file-backed store");
-            if let Err(e) = file.sync() {
-                self.poison(&mut w, "WAL fsync", &e);
-                return Err(e.into());
-            }
-            self.mark_synced(&mut w, &latest);
             if w.segment_first_seq != n + 1 {
                 // Switch segments. The old one is fully durable, so recovery never sees
                 // a torn record in any segment but the newest.
@@ -442,7 +482,10 @@ impl Store {
     ///   record after it, is an append that was never acknowledged: the file is
     ///   truncated before it (logged with `tracing::warn`);
     /// - anything else that fails a check is [`StoreError::Corrupted`] naming the file
-    ///   and byte offset; nothing is silently dropped.
+    ///   and byte offset; nothing is silently dropped;
+    /// - what it keeps (every replayed WAL segment, then the directory) is fsynced
+    ///   before the store is returned, so nothing it serves is only in the page cache
+    ///   of a process killed before its fsync.
     ///
     /// # Errors
     /// [`StoreError::Io`] (including the directory being locked by another store, kind
@@ -565,32 +608,34 @@ impl Store {
     /// commits with [`StoreError::Closed`]. Snapshots keep working. Idempotent.
     /// Waits for a checkpoint in progress. Blocking (one fsync).
     ///
+    /// A poisoned store is closed too (and its directory unlocked), but nothing is
+    /// fsynced or published: the commits whose append or fsync failed stay invisible.
+    ///
     /// # Errors
+    /// [`StoreError::Poisoned`] if an earlier append or fsync failed (on every call);
     /// [`StoreError::Io`] if the final fsync fails (the store is then also poisoned).
     pub fn close(&self) -> Result<(), StoreError> {
         let sh = &self.inner.shared;
         let _ck = sh.ckpt_lock.lock();
+        let turn = sh.sync_turn.lock();
         let mut w = sh.wal.lock();
-        if w.closed {
-            return Ok(());
-        }
-        w.closed = true;
-        let latest = w.latest.clone();
-        if latest.seq() > w.synced_seq
-            && let Some(file) = w.file.clone()
-            && let Err(e) = file.sync()
-        {
-            sh.poison(&mut w, "WAL fsync", &e);
-            return Err(e.into());
-        }
-        sh.mark_synced(&mut w, &latest);
+        let was_closed = std::mem::replace(&mut w.closed, true);
+        let res = if let Some(reason) = &w.poisoned {
+            Err(StoreError::Poisoned {
+                reason: reason.clone(),
+            })
+        } else if was_closed || w.latest.seq() <= w.synced_seq {
+            Ok(())
+        } else {
+            sh.sync_wal(&turn, &mut w, true)
+        };
         sh.flush_cv.notify_all();
         // Nothing more is written (checkpoints check `closed` under `ckpt_lock`), so the
         // directory may be opened again, by this process or another.
-        if let Some(dir) = &sh.dir {
+        if !was_closed && let Some(dir) = &sh.dir {
             dir.unlock();
         }
-        Ok(())
+        res
     }
 }
 
@@ -619,6 +664,30 @@ impl WriteTxn {
     /// transaction's own pending writes.
     pub fn base(&self) -> &Snapshot {
         &self.base
+    }
+
+    /// End the transaction without writing: release the writer lock, then — under
+    /// [`FlushPolicy::EveryCommit`] — wait until [`WriteTxn::base`] is durable, as a
+    /// commit with no writes does. Whatever the transaction read (and reported: a
+    /// unique violation, a 0-row update) may rest on commits whose fsync is still
+    /// running; it must not be answered before a crash can no longer undo them.
+    /// Dropping a `WriteTxn` instead releases the lock without waiting.
+    ///
+    /// # Errors
+    /// [`StoreError::Poisoned`]: the fsync that was to cover the base failed (what the
+    /// transaction read may be lost).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        let WriteTxn {
+            store,
+            base,
+            _guard: guard,
+        } = self;
+        drop(guard);
+        let sh = &store.inner.shared;
+        if sh.dir.is_some() && matches!(sh.opts.flush, FlushPolicy::EveryCommit) {
+            sh.wait_durable(base.seq()).await?;
+        }
+        Ok(())
     }
 
     /// Commit `writes` atomically as one WAL record and return the commit's sequence
@@ -762,7 +831,8 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
     let start = wals.iter().rposition(|&f| f <= base.seq() + 1).unwrap_or(0);
     let mut map = base.map().clone();
     let mut seq = base.seq();
-    let mut tail: Option<(u64, u64, u64)> = None; // (first seq, valid bytes, last seq)
+    // (first seq, valid bytes, last seq, open file) of the newest segment.
+    let mut tail: Option<(u64, u64, u64, Arc<dyn WalFile>)> = None;
     let live = &wals[start.min(wals.len())..];
     for (i, &first) in live.iter().enumerate() {
         let name = wal_name(first);
@@ -775,6 +845,7 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
             ));
         }
         let data = dir.read(&name)?;
+        let file = dir.open_append(&name)?;
         let mut off = 0usize;
         let mut last = first - 1;
         while off < data.len() {
@@ -811,32 +882,30 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
                              that commit was never acknowledged",
                             dir.path().join(&name).display()
                         );
-                        let f = dir.open_append(&name)?;
-                        f.truncate(off as u64)?;
-                        f.sync()?;
+                        file.truncate(off as u64)?;
                         break;
                     }
                     return Err(corrupted(&name, off, reason));
                 }
             }
         }
+        // What is kept may be only in the page cache (a process killed between an
+        // append and its fsync): make it durable before anyone can read it.
+        file.sync()?;
         if newest {
-            tail = Some((first, off as u64, last));
+            tail = Some((first, off as u64, last, file));
         }
     }
 
     // Continue the newest segment if it ends exactly at the recovered state; otherwise
     // (no segment, or the snapshot is ahead of it) start a new one.
     let (file, segment_first_seq, segment_bytes) = match tail {
-        Some((first, bytes, last)) if last == seq => {
-            (dir.open_append(&wal_name(first))?, first, bytes)
-        }
-        _ => {
-            let f = dir.create(&wal_name(seq + 1))?;
-            dir.sync_dir()?;
-            (f, seq + 1, 0)
-        }
+        Some((first, bytes, last, file)) if last == seq => (file, first, bytes),
+        _ => (dir.create(&wal_name(seq + 1))?, seq + 1, 0),
     };
+    // Make the names durable too: the snapshot's rename and the segments' creation may
+    // not have reached a directory fsync before the process died.
+    dir.sync_dir()?;
     // Leftovers of an interrupted checkpoint (best effort; they are harmless).
     for &f in &wals[..start.min(wals.len())] {
         let _ = dir.remove(&wal_name(f));

@@ -34,6 +34,13 @@ struct FsState {
     syncs_waiting_at_gate: u64,
     fail_writes: bool,
     fail_syncs: bool,
+    /// `Some(filter)`: the next file fsync (from a thread named `filter`, when given)
+    /// fails and drops the file's unsynced bytes; later fsyncs succeed.
+    fail_sync_once: Option<Option<String>>,
+    /// A thread of this name passes the gate of [`CrashFs::hold_syncs`].
+    gate_pass: Option<String>,
+    /// Every file fsync, as `(file name when it was opened, bytes it made durable)`.
+    sync_log: Vec<(String, usize)>,
 }
 
 struct Shared {
@@ -92,6 +99,25 @@ impl CrashFs {
 
     pub fn set_fail_syncs(&self, on: bool) {
         self.lock().fail_syncs = on;
+    }
+
+    /// The next file fsync — only one called from a thread named `thread`, if given —
+    /// fails *and drops the file's unsynced bytes*, as Linux may after a writeback
+    /// error (the dirty pages are marked clean; the next fsync has nothing to write and
+    /// succeeds). Later fsyncs succeed.
+    pub fn fail_next_sync(&self, thread: Option<&str>) {
+        self.lock().fail_sync_once = Some(thread.map(str::to_owned));
+    }
+
+    /// True while a [`CrashFs::fail_next_sync`] failure has not happened yet.
+    pub fn sync_failure_pending(&self) -> bool {
+        self.lock().fail_sync_once.is_some()
+    }
+
+    /// While syncs are held, let the fsyncs of threads named `thread` through.
+    pub fn let_syncs_through(&self, thread: &str) {
+        self.lock().gate_pass = Some(thread.to_owned());
+        self.shared.gate.notify_all();
     }
 
     /// While held, every file fsync blocks.
@@ -155,6 +181,26 @@ impl CrashFs {
         CrashFs::from_state(out)
     }
 
+    /// The file system after the process is killed (`kill -9`) while the machine keeps
+    /// running: every written byte and name stays readable, but only what was fsynced
+    /// (and `sync_dir`ed) is durable; [`CrashFs::crash`] on the result still loses the
+    /// rest.
+    pub fn kill(&self) -> CrashFs {
+        let s = self.lock();
+        CrashFs::from_state(FsState {
+            files: s.files.clone(),
+            next_id: s.next_id,
+            names: s.names.clone(),
+            durable_names: s.durable_names.clone(),
+            ..FsState::default()
+        })
+    }
+
+    /// Every successful file fsync so far, as `(file name, durable length in bytes)`.
+    pub fn sync_log(&self) -> Vec<(String, usize)> {
+        self.lock().sync_log.clone()
+    }
+
     /// A copy of everything written (durable or not): a process restart, not a crash.
     pub fn restart(&self) -> CrashFs {
         let s = self.lock();
@@ -189,6 +235,7 @@ impl CrashFs {
 struct CrashFile {
     fs: CrashFs,
     id: u64,
+    name: String,
 }
 
 impl WalFile for CrashFile {
@@ -214,13 +261,24 @@ impl WalFile for CrashFile {
 
     fn sync(&self) -> io::Result<()> {
         let mut s = self.fs.lock();
+        let me = std::thread::current().name().map(str::to_owned);
         s.syncs_waiting_at_gate += 1;
-        while s.gate_held {
+        while s.gate_held && !(me.is_some() && s.gate_pass == me) {
             s = self.fs.shared.gate.wait(s).unwrap();
         }
         s.syncs_waiting_at_gate -= 1;
         if s.fail_syncs {
             return Err(io::Error::other("injected fsync failure"));
+        }
+        if let Some(filter) = &s.fail_sync_once
+            && (filter.is_none() || *filter == me)
+        {
+            s.fail_sync_once = None;
+            let f = s.files.get_mut(&self.id).unwrap();
+            f.data = f.durable.clone();
+            return Err(io::Error::other(
+                "injected fsync failure (unsynced bytes dropped)",
+            ));
         }
         let delay = s.sync_delay;
         s.file_syncs += 1;
@@ -237,6 +295,9 @@ impl WalFile for CrashFile {
         } else {
             f.durable = f.data.clone();
         }
+        let len = f.durable.len();
+        let name = self.name.clone();
+        s.sync_log.push((name, len));
         Ok(())
     }
 
@@ -279,6 +340,7 @@ impl Dir for CrashFs {
         Ok(Arc::new(CrashFile {
             fs: self.clone(),
             id,
+            name: name.to_string(),
         }))
     }
 
@@ -291,6 +353,7 @@ impl Dir for CrashFs {
         Ok(Arc::new(CrashFile {
             fs: self.clone(),
             id,
+            name: name.to_string(),
         }))
     }
 
