@@ -109,6 +109,9 @@ pub fn payload(i: usize) -> Vec<u8> {
 
 /// Waits until `done` reaches `n` (polling every millisecond), at most [`TIMEOUT`]
 /// after `since`; fails naming `name` otherwise.
+///
+/// # Errors
+/// When [`TIMEOUT`] passes first: the error names the target and the count reached.
 pub async fn wait_for(
     name: &str,
     done: &AtomicU64,
