@@ -118,6 +118,14 @@ impl TableSchema {
         postcard::to_allocvec(self).map_err(|e| Error::engine("postcard", e.to_string()))
     }
 
+    /// A schema from its catalog entry ([`TableSchema::catalog_bytes`]).
+    ///
+    /// # Errors
+    /// `Corrupted` when the bytes are not a postcard `TableSchema`.
+    pub fn from_catalog_bytes(bytes: &[u8]) -> Result<TableSchema> {
+        postcard::from_bytes(bytes).map_err(|e| Error::corrupted(format!("catalog entry: {e}")))
+    }
+
     /// Compares this (declared) schema with the catalog entry an engine has stored under
     /// its name (`catalog_bytes` of the schema it was created with). The one
     /// stored-vs-declared comparison of every engine.
@@ -129,7 +137,7 @@ impl TableSchema {
         if self.catalog_bytes()? == stored {
             return Ok(());
         }
-        let old: Option<TableSchema> = postcard::from_bytes(stored).ok();
+        let old = TableSchema::from_catalog_bytes(stored).ok();
         Err(Error::invalid_input(format!(
             "table {} is stored with a different schema ({}); migrate it first",
             self.name,

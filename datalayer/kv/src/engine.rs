@@ -21,7 +21,8 @@ type Plans = Arc<RwLock<HashMap<QueryId, Arc<Plan>>>>;
 /// An [`Engine`] over any [`KvStore`]: the whole data model of datalayer (rows, indexes,
 /// queries, transactions, savepoints, catalog) on an ordered transactional KV store.
 ///
-/// It adapts to the store's [`KvCapability`] (read once, in [`KvEngine::new`]):
+/// It adapts to the store's [`KvCapability`] (read once, with the store's
+/// [`Capability`], in [`KvEngine::new`]):
 /// - `pessimistic_locks`: every key about to be written (row key, old and new index
 ///   and unique entries, change-capture keys, catalog entries) is locked with
 ///   [`KvTxn::lock`](crate::KvTxn::lock) before it enters the write set — a row's keys
@@ -37,7 +38,9 @@ type Plans = Arc<RwLock<HashMap<QueryId, Arc<Plan>>>>;
 #[derive(Clone)]
 pub struct KvEngine {
     store: Arc<dyn KvStore>,
-    kv: KvCapability,
+    /// The store's name, the engine's capability and the store's, as every
+    /// transaction needs them.
+    caps: Caps,
     plans: Plans,
 }
 
@@ -45,24 +48,21 @@ impl KvEngine {
     /// Wraps a store.
     pub fn new(store: impl KvStore) -> Self {
         let kv = store.kv_capability();
+        let caps = Caps {
+            store: store.name(),
+            engine: engine_capability(store.capability(), kv),
+            kv,
+        };
         KvEngine {
             store: Arc::new(store),
-            kv,
+            caps,
             plans: Arc::default(),
         }
     }
 
     /// The store's capability, as read when the engine was made.
     pub fn kv_capability(&self) -> KvCapability {
-        self.kv
-    }
-
-    fn caps(&self) -> Caps {
-        Caps {
-            store: self.store.name(),
-            engine: self.store.capability(),
-            kv: self.kv,
-        }
+        self.caps.kv
     }
 
     /// The store.
@@ -108,14 +108,14 @@ impl KvEngine {
                 read_only,
             })
             .await?;
-        Ok(KvTx::new(txn, read_only, self.caps(), false))
+        Ok(KvTx::new(txn, read_only, self.caps, false))
     }
 
     /// Runs `ops` atomically; re-runs them on a `Conflict` where the store has
     /// concurrent writers (a single-writer store never conflicts, so its ops are not
     /// copied for a retry).
     async fn run_retrying(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
-        if !self.kv.concurrent_writers {
+        if !self.caps.kv.concurrent_writers {
             return self.run_once(ops).await;
         }
         retry_autocommit(|| self.run_once(ops.clone())).await
@@ -128,21 +128,9 @@ impl Engine for KvEngine {
         self.store.name()
     }
 
-    /// The store's capability, plus what the family implements for every store (the
-    /// change feed: change records written in the same transaction as the rows), and
-    /// what follows from the store's [`KvCapability`]: `concurrent_writers` as the
-    /// store declares it there; the `Snapshot` and `RepeatableRead` isolation levels
-    /// only with snapshot reads (without them two reads of a transaction may see
-    /// different states).
+    /// See [`engine_capability`].
     fn capability(&self) -> Capability {
-        let store = self.store.capability();
-        Capability {
-            change_feed: true,
-            concurrent_writers: self.kv.concurrent_writers,
-            snapshot: store.snapshot && self.kv.snapshot_reads,
-            repeatable_read: store.repeatable_read && self.kv.snapshot_reads,
-            ..store
-        }
+        self.caps.engine
     }
 
     async fn register(&self, tables: &[&TableSchema], queries: &[&QueryDef]) -> Result<()> {
@@ -195,10 +183,9 @@ impl Engine for KvEngine {
     }
 
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>> {
-        let caps = self.caps();
         let txn = self.store.begin(opts).await?;
         Ok(Box::new(KvEngineTx {
-            tx: Some(KvTx::new(txn, opts.read_only, caps, true)),
+            tx: Some(KvTx::new(txn, opts.read_only, self.caps, true)),
             plans: self.plans.clone(),
         }))
     }
@@ -207,7 +194,9 @@ impl Engine for KvEngine {
         let mut tx = self.open(true).await?;
         let raw = tx.catalog_all().await;
         let raw = finish(tx, raw).await?;
-        raw.iter().map(|b| decode_schema("", b)).collect()
+        raw.iter()
+            .map(|b| TableSchema::from_catalog_bytes(b))
+            .collect()
     }
 
     async fn close(&self) -> Result<()> {
@@ -253,6 +242,22 @@ impl Engine for KvEngine {
                 return Ok(total);
             }
         }
+    }
+}
+
+/// The engine's capability: the store's, plus what the family implements for every
+/// store (the change feed: change records written in the same transaction as the
+/// rows), and what follows from the store's [`KvCapability`]: `concurrent_writers` as
+/// the store declares it there; the `Snapshot` and `RepeatableRead` isolation levels
+/// only with snapshot reads (without them two reads of a transaction may see different
+/// states).
+fn engine_capability(store: Capability, kv: KvCapability) -> Capability {
+    Capability {
+        change_feed: true,
+        concurrent_writers: kv.concurrent_writers,
+        snapshot: store.snapshot && kv.snapshot_reads,
+        repeatable_read: store.repeatable_read && kv.snapshot_reads,
+        ..store
     }
 }
 
@@ -305,7 +310,7 @@ async fn table_schema(tx: &mut KvTx, table: &str) -> Result<TableSchema> {
         .catalog_get(table)
         .await?
         .ok_or_else(|| Error::not_found(format!("no table named {table}")))?;
-    decode_schema(table, &bytes)
+    TableSchema::from_catalog_bytes(&bytes)
 }
 
 /// A transaction of a [`KvEngine`].
@@ -347,12 +352,4 @@ impl EngineTx for KvEngineTx {
     async fn rollback(mut self: Box<Self>) -> Result<()> {
         self.tx.take().expect("open").rollback().await
     }
-}
-
-/// Decodes a catalog entry (of `table`, when known, for the message).
-///
-/// # Errors
-/// `Corrupted` when the bytes are not a postcard `TableSchema`.
-fn decode_schema(table: &str, bytes: &[u8]) -> Result<TableSchema> {
-    postcard::from_bytes(bytes).map_err(|e| Error::corrupted(format!("catalog entry {table}: {e}")))
 }

@@ -245,14 +245,15 @@ impl KvTx {
 
     /// Locks `keys` in the store before they are written, where the store declares
     /// [`KvCapability::pessimistic_locks`] (a no-op otherwise); keys this transaction
-    /// has locked already are not sent again.
-    async fn lock(&mut self, keys: impl IntoIterator<Item = Bytes>) -> Result<()> {
+    /// has locked already are not sent again. Nothing is copied on other stores.
+    async fn lock(&mut self, keys: &[&[u8]]) -> Result<()> {
         if !self.kv.pessimistic_locks {
             return Ok(());
         }
         let mut fresh: Vec<Bytes> = keys
-            .into_iter()
-            .filter(|k| !self.locked.contains(k))
+            .iter()
+            .filter(|k| !self.locked.contains(**k))
+            .map(|k| k.to_vec())
             .collect();
         fresh.sort();
         fresh.dedup();
@@ -336,7 +337,7 @@ impl KvTx {
                 let mut n = 0;
                 let tk = TableKeys::new(table);
                 for k in keys {
-                    let key = [tk.row.as_slice(), &encode_key(table, k)?].concat();
+                    let key = encode_key(&tk.row, &k);
                     if let Some(old) = self.get(&key).await? {
                         let old = decode_row(table, &old)?;
                         self.write_row(table, &tk, &key, Some(&old), None).await?;
@@ -347,10 +348,7 @@ impl KvTx {
             }
             Op::Get { table, keys } => {
                 let prefix = row_prefix(table);
-                let keys = keys
-                    .into_iter()
-                    .map(|k| Ok([prefix.clone(), encode_key(table, k)?].concat()))
-                    .collect::<Result<Vec<_>>>()?;
+                let keys = keys.into_iter().map(|k| encode_key(&prefix, &k)).collect();
                 let vals = self.batch_get(keys).await?;
                 let rows = vals
                     .into_iter()
@@ -468,11 +466,10 @@ impl KvTx {
         // unique entries before they are checked) in one call.
         if self.kv.pessimistic_locks {
             let entries = changed.iter().flat_map(|(_, b, a)| b.iter().chain(a));
-            let all: Vec<Bytes> = std::iter::once(key)
+            let all: Vec<&[u8]> = std::iter::once(key)
                 .chain(entries.map(Vec::as_slice))
-                .map(<[u8]>::to_vec)
                 .collect();
-            self.lock(all).await?;
+            self.lock(&all).await?;
         }
         for (ix, before, after) in changed {
             if let Some(k) = before {
@@ -793,13 +790,14 @@ impl KvTx {
             (Some(o), None) => codec::encode_change(ChangeKind::Delete, &encode_row(o)),
             (None, None) => return Ok(()),
         };
-        let (seq_key, prefix) = self.capture[i].keys.clone().expect("captured");
+        let seq_key = self.capture[i].keys.as_ref().expect("captured").0.clone();
         // Pessimistic stores: the sequence key is locked before it is read (once per
         // transaction), the record's key once its position is known.
-        self.lock([seq_key.clone()]).await?;
+        self.lock(&[&seq_key]).await?;
         let position = self.change_seq(&seq_key, &table.name).await? + 1;
-        let change_key = codec::change_key_at(&prefix, position);
-        self.lock([change_key.clone()]).await?;
+        let prefix = &self.capture[i].keys.as_ref().expect("captured").1;
+        let change_key = codec::change_key_at(prefix, position);
+        self.lock(&[&change_key]).await?;
         self.set(seq_key, Some(position.to_be_bytes().to_vec()));
         self.set(change_key, Some(record));
         Ok(())
@@ -850,7 +848,7 @@ impl KvTx {
     pub(crate) async fn enable_capture(&mut self, table: &str) -> Result<()> {
         let key = codec::table_prefix(codec::CAPTURE, table);
         if self.get(&key).await?.is_none() {
-            self.lock([key.clone()]).await?;
+            self.lock(&[&key]).await?;
             self.set(key, Some(Vec::new()));
         }
         Ok(())
@@ -892,7 +890,8 @@ impl KvTx {
     /// Deletes change records read by [`KvTx::change_records`] (locking their keys
     /// first on a pessimistic store).
     pub(crate) async fn delete_changes(&mut self, recs: Vec<ChangeRecord>) -> Result<()> {
-        self.lock(recs.iter().map(|r| r.key.clone())).await?;
+        let keys: Vec<&[u8]> = recs.iter().map(|r| r.key.as_slice()).collect();
+        self.lock(&keys).await?;
         for rec in recs {
             self.set(rec.key, None);
         }
@@ -908,7 +907,7 @@ impl KvTx {
     /// store).
     pub(crate) async fn catalog_put(&mut self, name: &str, bytes: Bytes) -> Result<()> {
         let key = codec::catalog_key(name);
-        self.lock([key.clone()]).await?;
+        self.lock(&[&key]).await?;
         self.set(key, Some(bytes));
         Ok(())
     }
@@ -1053,7 +1052,7 @@ pub(crate) fn point_get(
     let prefix = row_prefix(table);
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
-        let key = [prefix.as_slice(), &encode_key(table, k)?].concat();
+        let key = encode_key(&prefix, &k);
         out.push(snap.get(&key).map(|b| decode_row(table, b)).transpose()?);
     }
     Ok(Output::Optional(out))
@@ -1066,12 +1065,12 @@ fn end_of(prefix: &[u8]) -> Bound<Bytes> {
     }
 }
 
-/// Encodes a primary key given by value.
-fn encode_key(t: &TableSchema, key: Row) -> Result<Bytes> {
-    let vals = t.coerce_key(key)?;
-    let mut b = Vec::new();
-    encode_values(&mut b, &vals);
-    Ok(b)
+/// `prefix` followed by a primary key given by value: a full key of the key columns'
+/// types, as core's [`Op::checked`] (and [`ScanRequest::coerce`] for cursors) made it.
+fn encode_key(prefix: &[u8], key: &[Value]) -> Bytes {
+    let mut b = prefix.to_vec();
+    encode_values(&mut b, key);
+    b
 }
 
 /// Evaluates equality values for key columns; `None` when one is NULL or does not fit
@@ -1135,23 +1134,22 @@ fn key_range(
     (start, end)
 }
 
-/// The key of a scan position (index columns then primary key, as in a cursor).
+/// The key of a scan position (index columns then primary key, as in a cursor), coerced
+/// by [`ScanRequest::coerce`].
 fn position_key(t: &TableSchema, index: Option<usize>, pos: Row) -> Result<Bytes> {
     match index {
-        None => Ok([row_prefix(t), encode_key(t, pos)?].concat()),
+        None => Ok(encode_key(&row_prefix(t), &pos)),
         Some(i) => {
             let ix = &t.indexes[i];
             let n = ix.columns.len();
             if pos.len() != n + t.primary_key.len() {
                 return Err(Error::invalid_input("cursor does not belong to this index"));
             }
-            let mut pos = pos;
-            let pk = pos.split_off(n);
-            let cols = t.coerce_values(&ix.columns, pos)?;
+            let (cols, pk) = pos.split_at(n);
             let mut k = index_prefix(t, ix);
-            encode_values(&mut k, &cols);
+            encode_values(&mut k, cols);
             if !ix.unique || cols.iter().any(Value::is_null) {
-                k.extend(encode_key(t, pk)?);
+                encode_values(&mut k, pk);
             }
             Ok(k)
         }

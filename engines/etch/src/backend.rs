@@ -12,7 +12,7 @@
 use crate::config::{EtchOptions, parse_url};
 use crate::error::{join_error, lock_timeout, map_error};
 use crate::storage::io::Dir;
-use crate::storage::{Snapshot, Store, WriteTxn};
+use crate::storage::{Snapshot, Store, StoreError, StoreOptions, WriteTxn};
 use async_trait::async_trait;
 use datalayer_core::{Capability, Error, Result, TxOptions};
 use datalayer_kv::{Bytes, KvCapability, KvEngine, KvSnapshot, KvStore, KvTxn, WriteSet};
@@ -48,18 +48,8 @@ impl EtchKv {
 /// snapshot or a WAL record before the tail fails its checksum; `Io` for file-system
 /// errors (including `dir` being open in another store).
 pub async fn open(dir: impl AsRef<Path>, opts: EtchOptions) -> Result<KvEngine> {
-    opts.validate()?;
     let dir: PathBuf = dir.as_ref().to_owned();
-    let store_opts = opts.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_opts))
-        .await
-        .map_err(|e| join_error("opening the store", e))?
-        .map_err(map_error)?;
-    Ok(KvEngine::new(EtchKv {
-        store,
-        durable: true,
-        opts,
-    }))
+    start(opts, move |o| Store::open(&dir, o)).await
 }
 
 /// [`open`] on any [`Dir`] backend (tests use one that simulates crashes and failed
@@ -68,9 +58,18 @@ pub async fn open(dir: impl AsRef<Path>, opts: EtchOptions) -> Result<KvEngine> 
 /// # Errors
 /// As [`open`].
 pub async fn open_dir(dir: Arc<dyn Dir>, opts: EtchOptions) -> Result<KvEngine> {
+    start(opts, move |o| Store::open_dir(dir, o)).await
+}
+
+/// Checks `opts`, runs `open_store` (recovery: blocking I/O) on a blocking thread and
+/// wraps the store in the engine.
+async fn start(
+    opts: EtchOptions,
+    open_store: impl FnOnce(StoreOptions) -> std::result::Result<Store, StoreError> + Send + 'static,
+) -> Result<KvEngine> {
     opts.validate()?;
     let store_opts = opts.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open_dir(dir, store_opts))
+    let store = tokio::task::spawn_blocking(move || open_store(store_opts))
         .await
         .map_err(|e| join_error("opening the store", e))?
         .map_err(map_error)?;
@@ -123,7 +122,7 @@ impl KvStore for EtchKv {
             max_value_bytes: Some(self.opts.store.max_value_bytes),
             max_key_bytes: None,
             durable: self.durable,
-            // The generic outbox (core::outbox) runs on any transactional engine.
+            // The outbox (datalayer-outbox) runs on any transactional engine.
             outbox: true,
             ..Capability::default()
         }

@@ -713,6 +713,13 @@ impl WriteTxn {
     ///   poisoned. [`StoreError::Poisoned`]: the store was poisoned earlier, or the fsync
     ///   covering this commit failed (the commit's durability is then unknown).
     pub async fn commit(self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<u64, StoreError> {
+        if writes.is_empty() {
+            // Nothing to append: end as a rollback does (waiting until the base is
+            // durable), but refuse after `close` as every commit does.
+            self.store.inner.shared.wal.lock().check_open()?;
+            let seq = self.base.seq();
+            return self.rollback().await.map(|()| seq);
+        }
         let WriteTxn {
             store,
             base,
@@ -732,14 +739,6 @@ impl WriteTxn {
             }
         }
         let wait_for_fsync = sh.dir.is_some() && matches!(sh.opts.flush, FlushPolicy::EveryCommit);
-        if writes.is_empty() {
-            sh.wal.lock().check_open()?;
-            drop(guard);
-            if wait_for_fsync {
-                sh.wait_durable(base.seq()).await?;
-            }
-            return Ok(base.seq());
-        }
         let seq = base.seq() + 1;
         let frame = match sh.dir {
             Some(_) => Some(encode_record(seq, &writes)?),
