@@ -13,7 +13,8 @@ use super::{
 };
 use async_trait::async_trait;
 use datalayer_core::db::{Db, Executor};
-use datalayer_core::engine::{Op, Output};
+use datalayer_core::decode;
+use datalayer_core::engine::Op;
 use datalayer_core::error::{Error, Result};
 use datalayer_core::repo::Repo;
 use datalayer_core::value::Value;
@@ -135,13 +136,6 @@ pub struct Polling;
 
 impl Driver for Polling {}
 
-fn count(o: Output) -> Result<u64> {
-    match o {
-        Output::Count(n) => Ok(n),
-        o => Err(Error::engine("outbox", format!("unexpected output {o:?}"))),
-    }
-}
-
 fn group_key(group: &str, topic: &str, part: i32) -> [Value; 3] {
     [
         Value::String(group.to_owned()),
@@ -200,7 +194,7 @@ async fn claim_free(db: &Db, req: &Claim<'_>) -> Result<Vec<(u32, i64)>> {
         .collect();
     let mut got = Vec::new();
     for (r, o) in free.iter().zip(db.run_batch(ops).await?) {
-        if count(o)? == 1 {
+        if decode::count(GroupRow::acquire_query(), o)? == 1 {
             got.push((r.part as u32, r.fencing + 1));
         }
     }
@@ -527,7 +521,7 @@ impl Worker {
                     query: GroupRow::acquire_query(),
                     params: &params,
                 };
-                if count(self.db().run(op).await?)? == 1 {
+                if decode::count(GroupRow::acquire_query(), self.db().run(op).await?)? == 1 {
                     self.owned.lock().insert(part, r.fencing + 1);
                     break;
                 }
@@ -573,7 +567,7 @@ impl Worker {
             .run_batch(ops)
             .await?
             .into_iter()
-            .map(|o| count(o).map(|n| n == 1))
+            .map(|o| decode::count(GroupRow::renew_query(), o).map(|n| n == 1))
             .collect()
     }
 
@@ -886,7 +880,7 @@ impl Worker {
             params: &params,
         };
         let r = async {
-            if count(tx.run(op).await?)? != 1 {
+            if decode::count(GroupRow::checkpoint_query(), tx.run(op).await?)? != 1 {
                 return Err(Error::conflict(format!(
                     "outbox: lease on partition {part} lost (fencing {fencing}); checkpoint refused"
                 )));

@@ -61,7 +61,10 @@ pub trait SqlBackend: Send + Sync + Sized + 'static {
     /// # Errors
     /// `ConnectionLost`, `Timeout`, `Io` or `Engine` when the database cannot be
     /// reached or opened.
-    async fn open(options: &Self::Options) -> Result<Self>;
+    async fn open(options: Self::Options) -> Result<Self>;
+
+    /// The options the backend was opened with.
+    fn options(&self) -> &Self::Options;
 
     /// What the engine supports.
     fn capability(&self) -> Capability;
@@ -214,7 +217,6 @@ fn bytes_column() -> Option<Arc<[ColumnType]>> {
 
 struct Shared<B: SqlBackend> {
     backend: B,
-    options: B::Options,
     reg: Registry,
     catalog: CatalogSql,
 }
@@ -236,7 +238,7 @@ impl<B: SqlBackend> Clone for SqlEngine<B> {
 impl<B: SqlBackend> std::fmt::Debug for SqlEngine<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct(B::NAME)
-            .field("options", &self.shared.options)
+            .field("options", self.options())
             .finish()
     }
 }
@@ -256,11 +258,10 @@ impl<B: SqlBackend> SqlEngine<B> {
     /// As [`SqlBackend::open`]: `ConnectionLost`, `Timeout`, `Io`, `Corrupted` or
     /// `Engine` when the database cannot be reached or opened.
     pub async fn open_with(options: B::Options) -> Result<Self> {
-        let backend = B::open(&options).await?;
+        let backend = B::open(options).await?;
         Ok(SqlEngine {
             shared: Arc::new(Shared {
                 backend,
-                options,
                 reg: Registry::new(B::dialect()),
                 catalog: CatalogSql::new(B::dialect()),
             }),
@@ -269,7 +270,7 @@ impl<B: SqlBackend> SqlEngine<B> {
 
     /// The options the engine was opened with (secrets stay hidden in `Debug`).
     pub fn options(&self) -> &B::Options {
-        &self.shared.options
+        self.backend().options()
     }
 
     /// The backend.
@@ -415,8 +416,7 @@ impl<B: SqlBackend> Engine for SqlEngine<B> {
         };
         rows.iter()
             .map(|r| match r.as_slice() {
-                [Value::Bytes(b)] => postcard::from_bytes(b)
-                    .map_err(|e| Error::corrupted(format!("catalog entry: {e}"))),
+                [Value::Bytes(b)] => TableSchema::from_catalog_bytes(b),
                 _ => Err(Error::corrupted("catalog entry: not bytes")),
             })
             .collect()
@@ -503,8 +503,8 @@ impl<B: SqlBackend> SqlTx<B> {
             .ok_or_else(|| Error::not_found(format!("no savepoint named {name}")))
     }
 
+    /// Runs `<verb> "<name>"` for a validated savepoint name.
     async fn savepoint_sql(&mut self, verb: &str, name: &str) -> Result<()> {
-        validate_identifier("savepoint", name)?;
         let sql = format!("{verb} {}", B::dialect().quote_ident(name));
         self.conn.batch_execute(sql).await
     }
@@ -528,6 +528,7 @@ impl<B: SqlBackend> EngineTx for SqlTx<B> {
     }
 
     async fn savepoint(&mut self, name: &str) -> Result<()> {
+        validate_identifier("savepoint", name)?;
         self.savepoint_sql("SAVEPOINT", name).await?;
         self.savepoints.push(name.to_owned());
         Ok(())

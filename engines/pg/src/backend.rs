@@ -178,8 +178,8 @@ impl SqlBackend for PgBackend {
 
     /// Opens the pool, creates the schema (when the options name one) and the catalog
     /// table.
-    async fn open(options: &PgOptions) -> Result<PgBackend> {
-        let options = Arc::new(options.clone());
+    async fn open(options: PgOptions) -> Result<PgBackend> {
+        let options = Arc::new(options);
         let b = PgBackend {
             pool: Pool::new(options.clone())?,
             options,
@@ -207,6 +207,10 @@ impl SqlBackend for PgBackend {
         };
         PgConn::atomically(client, tainted, "BEGIN", body).await?;
         Ok(b)
+    }
+
+    fn options(&self) -> &PgOptions {
+        &self.options
     }
 
     fn capability(&self) -> Capability {

@@ -149,7 +149,7 @@ async fn info(c: &mut PgConn, table: &str) -> Result<Info> {
     let catalog = match cat.first() {
         Some(r) => {
             let b: Vec<u8> = r.try_get(0).map_err(map_err)?;
-            postcard::from_bytes(&b).ok()
+            TableSchema::from_catalog_bytes(&b).ok()
         }
         None => None,
     };

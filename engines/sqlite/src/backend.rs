@@ -169,7 +169,7 @@ const PIN_SNAPSHOT: &str = "SELECT count(*) FROM sqlite_schema";
 /// The SQLite backend: one writer thread and N reader threads (none for `:memory:`).
 pub struct SqliteBackend {
     pool: Pool,
-    durable: bool,
+    options: SqliteOptions,
 }
 
 impl SqliteBackend {
@@ -198,21 +198,22 @@ impl SqlBackend for SqliteBackend {
     }
 
     /// Opens the connections on a blocking thread.
-    async fn open(options: &SqliteOptions) -> Result<SqliteBackend> {
-        let o = options.clone();
-        let pool = tokio::task::spawn_blocking(move || open_pool(&o))
-            .await
-            .map_err(|e| {
-                Error::engine("join", format!("opening the sqlite database panicked: {e}"))
-            })??;
-        Ok(SqliteBackend {
-            pool,
-            durable: !options.is_memory(),
-        })
+    async fn open(options: SqliteOptions) -> Result<SqliteBackend> {
+        let (pool, options) =
+            tokio::task::spawn_blocking(move || open_pool(&options).map(|pool| (pool, options)))
+                .await
+                .map_err(|e| {
+                    Error::engine("join", format!("opening the sqlite database panicked: {e}"))
+                })??;
+        Ok(SqliteBackend { pool, options })
+    }
+
+    fn options(&self) -> &SqliteOptions {
+        &self.options
     }
 
     fn capability(&self) -> Capability {
-        capability(self.durable)
+        capability(!self.options.is_memory())
     }
 
     async fn prepare(&self, defs: Vec<StmtDef>) -> Result<()> {

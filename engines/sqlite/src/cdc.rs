@@ -131,7 +131,7 @@ pub(crate) fn read(c: &mut Conn<'_>, table: &str, after: u64, limit: usize) -> R
                 |r| r.get::<_, Vec<u8>>(0),
             )
             .ok()
-            .and_then(|b| postcard::from_bytes(&b).ok());
+            .and_then(|b| TableSchema::from_catalog_bytes(&b).ok());
         let decoder = ChangeDecoder::new(table, &cols, schema.as_ref(), declared_type);
         let mut stmt = c
             .db
