@@ -128,7 +128,10 @@ impl Engine for KvEngine {
         self.store.name()
     }
 
-    /// See [`engine_capability`].
+    /// The store's capability, plus the change feed (written by this family for every
+    /// store), `concurrent_writers` from the store's [`KvCapability`], and the
+    /// `Snapshot` and `RepeatableRead` levels only with snapshot reads. Computed once,
+    /// in [`KvEngine::new`].
     fn capability(&self) -> Capability {
         self.caps.engine
     }
