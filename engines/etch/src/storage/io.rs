@@ -78,13 +78,15 @@ pub const LOCK_FILE: &str = "LOCK";
 
 impl OsDir {
     /// Create `path` (and its parents) if missing and take an exclusive lock on
-    /// `path/LOCK`.
+    /// `path/LOCK`. Every directory it creates is made durable: the parent of each
+    /// one is fsynced (a new directory's entry is otherwise lost by a power loss, and
+    /// with it every commit made inside).
     ///
     /// # Errors
     /// [`io::ErrorKind::WouldBlock`] when another store holds the lock; any error of
-    /// creating the directory or the lock file.
+    /// creating the directory, fsyncing a parent, or creating the lock file.
     pub fn open(path: &Path) -> io::Result<OsDir> {
-        std::fs::create_dir_all(path)?;
+        create_dir_durably(path)?;
         let lock = OpenOptions::new()
             .read(true)
             .write(true)
@@ -106,6 +108,21 @@ impl OsDir {
             lock: parking_lot::Mutex::new(Some(lock)),
         })
     }
+}
+
+/// `create_dir_all`, then fsync the parent of every directory it created, deepest
+/// first (POSIX: a new entry is durable once its directory is fsynced).
+fn create_dir_durably(path: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.exists()).collect();
+    std::fs::create_dir_all(path)?;
+    for dir in missing {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 struct OsFile(File);

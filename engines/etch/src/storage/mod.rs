@@ -13,6 +13,8 @@
 //! (`engines/etch/src/storage/FORMAT.md`). Errors are [`StoreError`]; the engine maps
 //! them to datalayer's portable kinds in one place (`crate::error`).
 
+#[cfg(feature = "crashfs")]
+pub mod crashfs;
 pub mod error;
 pub mod io;
 pub mod snapshot;

@@ -155,14 +155,25 @@ const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
 /// Write `snap` to `final_name` atomically: write `final_name.tmp`, fsync it, rename
 /// it, fsync the directory. A crash at any point leaves either no file under
-/// `final_name` or the complete one.
+/// `final_name` or the complete one; a failure before the rename removes the `.tmp`
+/// file (best effort: recovery deletes leftovers too).
 pub(crate) fn write_snapshot_file(
     dir: &dyn Dir,
     final_name: &str,
     snap: &Snapshot,
 ) -> std::io::Result<()> {
     let tmp = format!("{final_name}.tmp");
-    let file = dir.create(&tmp)?;
+    let written = write_tmp(dir, &tmp, snap).and_then(|()| dir.rename(&tmp, final_name));
+    if let Err(e) = written {
+        let _ = dir.remove(&tmp);
+        return Err(e);
+    }
+    dir.sync_dir()
+}
+
+/// Write and fsync `snap` as the file `tmp`.
+fn write_tmp(dir: &dyn Dir, tmp: &str, snap: &Snapshot) -> std::io::Result<()> {
+    let file = dir.create(tmp)?;
     let mut crc = crc32fast::Hasher::new();
     let mut buf = Vec::with_capacity(WRITE_CHUNK_BYTES + 64);
     buf.extend_from_slice(SNAP_MAGIC);
@@ -195,10 +206,7 @@ pub(crate) fn write_snapshot_file(
     }
     flush(&mut buf, &mut crc)?;
     file.write_all(&crc.finalize().to_le_bytes())?;
-    file.sync()?;
-    drop(file);
-    dir.rename(&tmp, final_name)?;
-    dir.sync_dir()
+    file.sync()
 }
 
 /// Parse a snapshot file's bytes. `name` is only for error messages.

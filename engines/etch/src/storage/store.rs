@@ -184,6 +184,9 @@ struct WalState {
     file: Option<Arc<dyn WalFile>>,
     segment_first_seq: u64,
     segment_bytes: u64,
+    /// Request a checkpoint once `segment_bytes` reaches this: `compact_after_bytes`,
+    /// pushed further after a failed checkpoint.
+    checkpoint_at_bytes: u64,
     /// Latest committed state, including commits not yet durable.
     latest: Snapshot,
     /// Every record with seq <= this is durable.
@@ -438,20 +441,47 @@ impl Shared {
             let latest = w.latest.clone();
             if w.segment_first_seq != n + 1 {
                 // Switch segments. The old one is fully durable, so recovery never sees
-                // a torn record in any segment but the newest.
-                let new = dir.create(&wal_name(n + 1))?;
-                dir.sync_dir()?;
-                w.file = Some(new);
-                w.segment_first_seq = n + 1;
-                w.segment_bytes = 0;
+                // a torn record in any segment but the newest. On failure commits go on
+                // in the old segment; the new file, if any, is removed (recovery also
+                // drops a trailing empty segment whose removal did not reach the disk).
+                let name = wal_name(n + 1);
+                let new = dir.create(&name).and_then(|f| dir.sync_dir().map(|()| f));
+                match new {
+                    Ok(new) => {
+                        w.file = Some(new);
+                        w.segment_first_seq = n + 1;
+                        w.segment_bytes = 0;
+                        w.checkpoint_at_bytes = self.opts.compact_after_bytes;
+                    }
+                    Err(e) => {
+                        let _ = dir.remove(&name);
+                        self.postpone_checkpoint(&mut w);
+                        return Err(e.into());
+                    }
+                }
             }
             latest
         };
         let n = snap.seq();
-        write_snapshot_file(dir.as_ref(), &snap_name(n), &snap)?;
-        self.wal.lock().snapshot_seq = n;
-        remove_covered(dir.as_ref(), n)?;
-        Ok(())
+        let res = write_snapshot_file(dir.as_ref(), &snap_name(n), &snap)
+            .map_err(StoreError::from)
+            .and_then(|()| {
+                self.wal.lock().snapshot_seq = n;
+                remove_covered(dir.as_ref(), n)
+            });
+        if res.is_err() {
+            self.postpone_checkpoint(&mut self.wal.lock());
+        }
+        res
+    }
+
+    /// After a failed checkpoint, request the next one only once the segment has
+    /// grown by `max(compact_after_bytes, its size)` (so a lasting failure costs
+    /// O(log size) attempts), not on every commit: each attempt fsyncs the segment.
+    fn postpone_checkpoint(&self, w: &mut WalState) {
+        w.checkpoint_at_bytes = w
+            .segment_bytes
+            .saturating_add(self.opts.compact_after_bytes.max(w.segment_bytes));
     }
 }
 
@@ -478,9 +508,10 @@ impl Store {
     ///
     /// The directory is locked (`dir/LOCK`) until [`Store::close`] or until the last clone of the store is
     /// dropped. Recovery rules (`FORMAT.md`, "Recovery"):
-    /// - a torn or corrupt record at the tail of the newest WAL segment, with no valid
-    ///   record after it, is an append that was never acknowledged: the file is
-    ///   truncated before it (logged with `tracing::warn`);
+    /// - a torn or corrupt record in the newest WAL segment is cut (with everything
+    ///   after it; logged with `tracing::warn`) when no valid record after it says it
+    ///   was durable when appended (each record carries the durable watermark): it was
+    ///   then never acknowledged, even if a disk kept later unsynced records;
     /// - anything else that fails a check is [`StoreError::Corrupted`] naming the file
     ///   and byte offset; nothing is silently dropped;
     /// - what it keeps (every replayed WAL segment, then the directory) is fsynced
@@ -499,7 +530,8 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     pub fn open_dir(dir: Arc<dyn Dir>, opts: StoreOptions) -> Result<Store, StoreError> {
-        let w = recover(dir.as_ref())?;
+        let mut w = recover(dir.as_ref())?;
+        w.checkpoint_at_bytes = opts.compact_after_bytes;
         let shared = Arc::new(Shared::new(Some(dir), opts.clone(), w));
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -546,6 +578,7 @@ impl Store {
             file: None,
             segment_first_seq: 1,
             segment_bytes: 0,
+            checkpoint_at_bytes: u64::MAX,
             latest: Snapshot::default(),
             synced_seq: 0,
             snapshot_seq: 0,
@@ -741,7 +774,9 @@ impl WriteTxn {
         let wait_for_fsync = sh.dir.is_some() && matches!(sh.opts.flush, FlushPolicy::EveryCommit);
         let seq = base.seq() + 1;
         let frame = match sh.dir {
-            Some(_) => Some(encode_record(seq, &writes)?),
+            // The watermark may lag (it is read before the append), never lead: every
+            // record up to it has been fsynced.
+            Some(_) => Some(encode_record(seq, sh.durable_tx.borrow().seq, &writes)?),
             None => None,
         };
         let mut map = base.map().clone();
@@ -766,7 +801,7 @@ impl WriteTxn {
                     return Err(e.into());
                 }
                 w.segment_bytes += frame.len() as u64;
-                if w.segment_bytes >= sh.opts.compact_after_bytes {
+                if w.segment_bytes >= w.checkpoint_at_bytes {
                     sh.request_checkpoint(&mut w);
                 }
             }
@@ -832,7 +867,17 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
     let mut seq = base.seq();
     // (first seq, valid bytes, last seq, open file) of the newest segment.
     let mut tail: Option<(u64, u64, u64, Arc<dyn WalFile>)> = None;
-    let live = &wals[start.min(wals.len())..];
+    let mut live = &wals[start.min(wals.len())..];
+    // A segment switch whose directory fsync failed leaves an empty segment while
+    // commits continue in the previous one: the last non-empty segment is the one
+    // that was appended to.
+    while let [rest @ .., last] = live
+        && !rest.is_empty()
+        && dir.read(&wal_name(*last))?.is_empty()
+    {
+        dir.remove(&wal_name(*last))?;
+        live = rest;
+    }
     for (i, &first) in live.iter().enumerate() {
         let name = wal_name(first);
         let newest = i + 1 == live.len();
@@ -874,17 +919,35 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
                     off = next;
                 }
                 Err(reason) => {
-                    if newest && !valid_record_after(&data, off + 1, last) {
-                        tracing::warn!(
-                            target: "etch",
-                            "{}: cutting a torn record at offset {off} ({reason}); \
-                             that commit was never acknowledged",
-                            dir.path().join(&name).display()
-                        );
-                        file.truncate(off as u64)?;
-                        break;
+                    // Older segments were fsynced whole before the next one started.
+                    if !newest {
+                        return Err(corrupted(&name, off, reason));
                     }
-                    return Err(corrupted(&name, off, reason));
+                    // Group commit leaves several records unsynced and a disk may keep
+                    // a later one but not this one; the damage touched acknowledged
+                    // data only if a later record was appended after this seq was
+                    // durable.
+                    if let Some(later) = valid_record_after(&data, off + 1, last)
+                        && later.durable > last
+                    {
+                        return Err(corrupted(
+                            &name,
+                            off,
+                            format!(
+                                "{reason}; the record of seq {} at offset {} was appended \
+                                 after seq {} was durable, so acknowledged data is damaged",
+                                later.seq, later.offset, later.durable
+                            ),
+                        ));
+                    }
+                    tracing::warn!(
+                        target: "etch",
+                        "{}: cutting the log at offset {off} ({reason}); no commit from \
+                         there on was ever durable or acknowledged",
+                        dir.path().join(&name).display()
+                    );
+                    file.truncate(off as u64)?;
+                    break;
                 }
             }
         }
@@ -917,6 +980,7 @@ fn recover(dir: &dyn Dir) -> Result<WalState, StoreError> {
         file: Some(file),
         segment_first_seq,
         segment_bytes,
+        checkpoint_at_bytes: u64::MAX,
         latest: Snapshot::new(map, seq),
         synced_seq: seq,
         snapshot_seq,

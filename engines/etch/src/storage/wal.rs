@@ -2,8 +2,10 @@
 //! recovery. The byte layout is specified in `FORMAT.md`.
 //!
 //! A record is `len: u32 LE | crc: u32 LE | payload[len]`, with `crc = CRC-32
-//! (IEEE, crc32fast) of payload` and `payload = postcard((seq, ops))`, where each op is
-//! `(key: bytes, value: Option<bytes>)` (`None` = delete).
+//! (IEEE, crc32fast) of payload` and `payload = postcard((seq, durable, ops))`, where
+//! `durable` is the durable watermark when the record was appended (every record with
+//! a seq up to it had been fsynced) and each op is `(key: bytes, value: Option<bytes>)`
+//! (`None` = delete).
 
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Serialize, Serializer};
@@ -12,8 +14,9 @@ use super::error::StoreError;
 
 /// Bytes of the record header: length + CRC.
 pub(crate) const HEADER_BYTES: usize = 8;
-/// The smallest possible payload: a 1-byte seq varint and a 1-byte op-count varint.
-const MIN_PAYLOAD_BYTES: usize = 2;
+/// The smallest possible payload: 1-byte varints for the seq, the durable watermark and
+/// the op count.
+const MIN_PAYLOAD_BYTES: usize = 3;
 
 /// The writes of one commit, as given to [`WriteTxn::commit`](crate::storage::WriteTxn::commit).
 pub(crate) type Writes = [(Vec<u8>, Option<Vec<u8>>)];
@@ -49,6 +52,7 @@ impl Serialize for OpsOut<'_> {
 #[derive(Serialize)]
 struct RecordOut<'a> {
     seq: u64,
+    durable: u64,
     ops: OpsOut<'a>,
 }
 
@@ -57,6 +61,10 @@ struct RecordOut<'a> {
 pub(crate) struct Record<'a> {
     /// The commit sequence number.
     pub seq: u64,
+    /// The durable watermark when the record was appended: every record with a seq
+    /// `<= durable` had been fsynced (and possibly acknowledged) by then. Recovery uses
+    /// it to tell damage to acknowledged data from a torn, unacknowledged tail.
+    pub durable: u64,
     /// `(key, Some(value))` = put, `(key, None)` = delete, applied in order.
     #[serde(borrow)]
     pub ops: Vec<(&'a [u8], Option<&'a [u8]>)>,
@@ -65,29 +73,35 @@ pub(crate) struct Record<'a> {
 /// The largest write set, in bytes (the sum of its keys' and values' lengths), whose
 /// commit record always fits the record's `u32` length field: 341 MiB and a bit.
 ///
-/// A payload is a seq varint and an op-count varint (at most 10 bytes each), then per
-/// op a key-length varint, an option tag and a value-length varint (at most
-/// 5 + 1 + 5 = 11 bytes for lengths under 2^35) beside the key and value bytes. A write
-/// set holds each key once, so at most one key is empty and `ops <= bytes + 1`; the
-/// payload is therefore at most `20 + 11 * (bytes + 1) + bytes = 31 + 12 * bytes`,
+/// A payload is a seq, a durable-watermark and an op-count varint (at most 10 bytes
+/// each), then per op a key-length varint, an option tag and a value-length varint (at
+/// most 5 + 1 + 5 = 11 bytes for lengths under 2^35) beside the key and value bytes. A
+/// write set holds each key once, so at most one key is empty and `ops <= bytes + 1`;
+/// the payload is therefore at most `30 + 11 * (bytes + 1) + bytes = 41 + 12 * bytes`,
 /// which is at most `u32::MAX` up to this many bytes.
-pub const MAX_COMMIT_BYTES: usize = (u32::MAX as usize - 31) / 12;
+pub const MAX_COMMIT_BYTES: usize = (u32::MAX as usize - 41) / 12;
 
-/// Encode one commit as a complete framed record, ready for a single `write`.
+/// Encode commit `seq` as a complete framed record, ready for a single `write`;
+/// `durable` is the store's durable watermark at the append (see [`Record::durable`]).
 ///
 /// # Errors
 /// [`StoreError::TooLarge`] when the payload does not fit the `u32` length field.
-pub(crate) fn encode_record(seq: u64, writes: &Writes) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode_record(
+    seq: u64,
+    durable: u64,
+    writes: &Writes,
+) -> Result<Vec<u8>, StoreError> {
     let estimate: usize = writes
         .iter()
         .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 11)
         .sum::<usize>()
         + HEADER_BYTES
-        + 20;
+        + 30;
     let mut buf = Vec::with_capacity(estimate);
     buf.extend_from_slice(&[0u8; HEADER_BYTES]);
     let rec = RecordOut {
         seq,
+        durable,
         ops: OpsOut(writes),
     };
     let mut buf = postcard::to_extend(&rec, buf)
@@ -152,19 +166,33 @@ fn peek_varint(b: &[u8]) -> Option<u64> {
     None
 }
 
-/// Is there any valid record starting anywhere in `data[from..]` whose seq is greater
-/// than `last_seq`? Used to tell a torn tail (nothing valid after the bad spot: an
-/// append that never completed) from corruption in the middle (valid commits follow,
-/// so cutting would lose acknowledged data).
+/// A valid record found after a damaged spot: see [`valid_record_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LaterRecord {
+    /// Its offset in the segment.
+    pub offset: usize,
+    /// Its seq.
+    pub seq: u64,
+    /// Its durable watermark ([`Record::durable`]).
+    pub durable: u64,
+}
+
+/// The valid record, starting anywhere in `data[from..]` with a seq greater than
+/// `last_seq`, that has the highest durable watermark (`None`: there is none). Used to
+/// tell damage at the tail of the log from damage to acknowledged data: group commit
+/// leaves several records unsynced, and a disk may persist a later one but not an
+/// earlier one. The damage is harmless exactly when no later record says that a seq
+/// above `last_seq` had already been fsynced when it was appended.
 ///
 /// Candidates are filtered cheaply (plausible length and seq) before the CRC is
 /// computed, so scanning a garbage tail is close to linear.
-pub(crate) fn valid_record_after(data: &[u8], from: usize, last_seq: u64) -> bool {
+pub(crate) fn valid_record_after(data: &[u8], from: usize, last_seq: u64) -> Option<LaterRecord> {
     // Every record is at least HEADER_BYTES + MIN_PAYLOAD_BYTES long, so no record
     // after `from` can carry a seq beyond this.
     let max_seq = last_seq
         .saturating_add(1)
         .saturating_add((data.len() / (HEADER_BYTES + MIN_PAYLOAD_BYTES)) as u64);
+    let mut best: Option<LaterRecord> = None;
     let mut off = from;
     while off + HEADER_BYTES + MIN_PAYLOAD_BYTES <= data.len() {
         let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
@@ -176,12 +204,17 @@ pub(crate) fn valid_record_after(data: &[u8], from: usize, last_seq: u64) -> boo
             && seq <= max_seq
             && let Ok((rec, _)) = decode_at(data, off)
             && rec.seq > last_seq
+            && best.is_none_or(|b| rec.durable > b.durable)
         {
-            return true;
+            best = Some(LaterRecord {
+                offset: off,
+                seq: rec.seq,
+                durable: rec.durable,
+            });
         }
         off += 1;
     }
-    false
+    best
 }
 
 #[cfg(test)]
@@ -209,13 +242,14 @@ mod tests {
                 .iter()
                 .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
                 .sum();
-            let payload = encode_record(u64::MAX, writes).unwrap().len() - HEADER_BYTES;
+            let payload =
+                encode_record(u64::MAX, u64::MAX, writes).unwrap().len() - HEADER_BYTES;
             assert!(
-                payload <= 31 + 12 * bytes,
-                "set {i}: {payload} > 31 + 12 * {bytes}"
+                payload <= 41 + 12 * bytes,
+                "set {i}: {payload} > 41 + 12 * {bytes}"
             );
         }
-        assert!(31 + 12 * MAX_COMMIT_BYTES as u64 <= u64::from(u32::MAX));
+        assert!(41 + 12 * MAX_COMMIT_BYTES as u64 <= u64::from(u32::MAX));
     }
 
     #[test]
@@ -225,10 +259,11 @@ mod tests {
             (b"k2".to_vec(), None),
             (Vec::new(), Some(Vec::new())),
         ];
-        let buf = encode_record(300, &writes).unwrap();
+        let buf = encode_record(300, 298, &writes).unwrap();
         let (rec, end) = decode_at(&buf, 0).unwrap();
         assert_eq!(end, buf.len());
         assert_eq!(rec.seq, 300);
+        assert_eq!(rec.durable, 298);
         assert_eq!(
             rec.ops,
             vec![
@@ -237,14 +272,15 @@ mod tests {
                 (&b""[..], Some(&b""[..]))
             ]
         );
-        // The payload is exactly postcard of (u64, Vec<(Vec<u8>, Option<Vec<u8>>)>).
-        let plain = postcard::to_allocvec(&(300u64, writes)).unwrap();
+        // The payload is exactly postcard of (u64, u64, Vec<(Vec<u8>, Option<Vec<u8>>)>).
+        let plain = postcard::to_allocvec(&(300u64, 298u64, writes)).unwrap();
         assert_eq!(&buf[HEADER_BYTES..], &plain[..]);
         // Byte-level layout documented in FORMAT.md.
         assert_eq!(
             &buf[HEADER_BYTES..],
             &[
-                0xac, 0x02, 3, 2, b'k', b'1', 1, 2, b'v', b'1', 2, b'k', b'2', 0, 0, 1, 0
+                0xac, 0x02, 0xaa, 0x02, 3, 2, b'k', b'1', 1, 2, b'v', b'1', 2, b'k', b'2', 0,
+                0, 1, 0
             ]
         );
         assert_eq!(
@@ -257,6 +293,7 @@ mod tests {
     fn format_md_example() {
         let buf = encode_record(
             300,
+            299,
             &[
                 (b"k1".to_vec(), Some(b"v1".to_vec())),
                 (b"k2".to_vec(), None),
@@ -266,10 +303,11 @@ mod tests {
         assert_eq!(
             &buf[HEADER_BYTES..],
             &[
-                0xac, 0x02, 0x02, 0x02, 0x6b, 0x31, 0x01, 0x02, 0x76, 0x31, 0x02, 0x6b, 0x32, 0x00
+                0xac, 0x02, 0xab, 0x02, 0x02, 0x02, 0x6b, 0x31, 0x01, 0x02, 0x76, 0x31, 0x02,
+                0x6b, 0x32, 0x00
             ]
         );
-        assert_eq!(&buf[0..4], &[0x0e, 0, 0, 0]);
+        assert_eq!(&buf[0..4], &[0x10, 0, 0, 0]);
         assert_eq!(
             &buf[4..8],
             &crc32fast::hash(&buf[HEADER_BYTES..]).to_le_bytes()
@@ -278,7 +316,7 @@ mod tests {
 
     #[test]
     fn detects_bad_records() {
-        let buf = encode_record(1, &[(b"a".to_vec(), Some(b"b".to_vec()))]).unwrap();
+        let buf = encode_record(1, 0, &[(b"a".to_vec(), Some(b"b".to_vec()))]).unwrap();
         for cut in 0..buf.len() {
             assert!(decode_at(&buf[..cut], 0).is_err(), "cut at {cut}");
         }
@@ -292,9 +330,20 @@ mod tests {
     #[test]
     fn finds_valid_records_after_garbage() {
         let mut data = vec![0xffu8; 37];
-        data.extend(encode_record(5, &[(b"a".to_vec(), None)]).unwrap());
-        assert!(valid_record_after(&data, 0, 4));
-        assert!(!valid_record_after(&data, 0, 5));
-        assert!(!valid_record_after(&[0u8; 100], 0, 0));
+        data.extend(encode_record(5, 3, &[(b"a".to_vec(), None)]).unwrap());
+        let at = data.len();
+        data.extend(encode_record(6, 5, &[(b"b".to_vec(), None)]).unwrap());
+        let later = |last| valid_record_after(&data, 0, last);
+        assert_eq!(
+            later(4),
+            Some(LaterRecord {
+                offset: at,
+                seq: 6,
+                durable: 5
+            })
+        );
+        assert_eq!(later(5).map(|r| r.seq), Some(6));
+        assert_eq!(later(6), None);
+        assert_eq!(valid_record_after(&[0u8; 100], 0, 0), None);
     }
 }
