@@ -38,6 +38,12 @@ pub const INDEX: u8 = b'i';
 pub const UNIQUE: u8 = b'u';
 /// Change-capture flag namespace: `'f' <table>` exists while capture is on.
 pub const CAPTURE: u8 = b'f';
+/// Open-epoch key: the single key `'e'` counts the opens of the store (u64 BE); see
+/// `FORMAT.md`, "Positions survive lost commits".
+pub const EPOCH: u8 = b'e';
+/// Bits of a change position below the open epoch: in epoch `E`, positions are at
+/// least `E << EPOCH_SHIFT`.
+pub const EPOCH_SHIFT: u32 = 40;
 /// Change-sequence namespace: `'s' <table>` holds the table's last change position.
 pub const CHANGE_SEQ: u8 = b's';
 /// Change-record namespace: `'h' <table> <position u64 big-endian>`.

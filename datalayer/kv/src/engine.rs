@@ -15,6 +15,7 @@ use datalayer_core::schema::TableSchema;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 type Plans = Arc<RwLock<HashMap<QueryId, Arc<Plan>>>>;
 
@@ -41,6 +42,8 @@ pub struct KvEngine {
     /// The store's name, the engine's capability and the store's, as every
     /// transaction needs them.
     caps: Caps,
+    /// The lowest change position of the current open epoch (set by `register`).
+    position_base: Arc<AtomicU64>,
     plans: Plans,
 }
 
@@ -52,12 +55,46 @@ impl KvEngine {
             store: store.name(),
             engine: engine_capability(store.capability(), kv),
             kv,
+            position_base: 0,
         };
         KvEngine {
             store: Arc::new(store),
             caps,
+            position_base: Arc::default(),
             plans: Arc::default(),
         }
+    }
+
+    /// The engine's `Caps` with the current open epoch's lowest change position.
+    fn caps(&self) -> Caps {
+        Caps {
+            position_base: self.position_base.load(Ordering::Acquire),
+            ..self.caps
+        }
+    }
+
+    /// Starts a new open epoch: increments the stored epoch in its own transaction,
+    /// makes it durable, and only then lets positions use it (`FORMAT.md`, "Positions
+    /// survive lost commits").
+    async fn start_epoch(&self) -> Result<()> {
+        let epoch = retry_autocommit(|| async {
+            let mut tx = self.open(false).await?;
+            match tx.bump_epoch().await {
+                Ok(e) => tx.commit().await.map(|()| e),
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        })
+        .await?;
+        self.store.sync().await?;
+        let base = epoch
+            .checked_shl(codec::EPOCH_SHIFT)
+            .filter(|b| b >> codec::EPOCH_SHIFT == epoch)
+            .ok_or_else(|| Error::corrupted(format!("open epoch {epoch} is out of range")))?;
+        self.position_base.fetch_max(base, Ordering::AcqRel);
+        Ok(())
     }
 
     /// The store's capability, as read when the engine was made.
@@ -108,7 +145,7 @@ impl KvEngine {
                 read_only,
             })
             .await?;
-        Ok(KvTx::new(txn, read_only, self.caps, false))
+        Ok(KvTx::new(txn, read_only, self.caps(), false))
     }
 
     /// Runs `ops` atomically; re-runs them on a `Conflict` where the store has
@@ -137,6 +174,7 @@ impl Engine for KvEngine {
     }
 
     async fn register(&self, tables: &[&TableSchema], queries: &[&QueryDef]) -> Result<()> {
+        self.start_epoch().await?;
         let mut tx = self.open(false).await?;
         for t in tables {
             t.validate()?;
@@ -188,7 +226,7 @@ impl Engine for KvEngine {
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>> {
         let txn = self.store.begin(opts).await?;
         Ok(Box::new(KvEngineTx {
-            tx: Some(KvTx::new(txn, opts.read_only, self.caps, true)),
+            tx: Some(KvTx::new(txn, opts.read_only, self.caps(), true)),
             plans: self.plans.clone(),
         }))
     }

@@ -64,6 +64,16 @@ pub trait KvStore: Send + Sync + 'static {
     /// `Timeout` when the store cannot start a transaction in time (etch: the writer
     /// lock); `ConnectionLost` for a server store that is unreachable.
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn KvTxn>>;
+    /// Makes every commit acknowledged so far durable (it survives a power loss).
+    /// Called after writes that must never be lost, such as the open epoch of the
+    /// change feed. Default: nothing to do, for stores whose commits are durable when
+    /// acknowledged.
+    ///
+    /// # Errors
+    /// The store's own errors (etch: `Io` when the fsync fails).
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
     /// Flushes and closes the store.
     ///
     /// # Errors

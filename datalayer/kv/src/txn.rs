@@ -34,6 +34,8 @@ pub(crate) struct Caps {
     pub(crate) engine: Capability,
     /// The store's capability (locks, snapshot reads, write-set limit).
     pub(crate) kv: KvCapability,
+    /// The lowest change position of this open epoch (`FORMAT.md`).
+    pub(crate) position_base: u64,
 }
 
 pub(crate) struct KvTx {
@@ -51,6 +53,8 @@ pub(crate) struct KvTx {
     /// Keys locked in the store ([`KvCapability::pessimistic_locks`]), so each is
     /// locked once.
     locked: BTreeSet<Bytes>,
+    /// The lowest change position of the engine's open epoch.
+    position_base: u64,
     /// Change-capture state of each table written in this transaction (read once per
     /// transaction from the table's `'f'` key).
     capture: Vec<Captured>,
@@ -105,6 +109,7 @@ impl KvTx {
             kv: caps.kv,
             store: caps.store,
             locked: BTreeSet::new(),
+            position_base: caps.position_base,
             capture: Vec::new(),
         }
     }
@@ -794,7 +799,7 @@ impl KvTx {
         // Pessimistic stores: the sequence key is locked before it is read (once per
         // transaction), the record's key once its position is known.
         self.lock(&[&seq_key]).await?;
-        let position = self.change_seq(&seq_key, &table.name).await? + 1;
+        let position = (self.change_seq(&seq_key, &table.name).await? + 1).max(self.position_base);
         let prefix = &self.capture[i].keys.as_ref().expect("captured").1;
         let change_key = codec::change_key_at(prefix, position);
         self.lock(&[&change_key]).await?;
@@ -842,6 +847,24 @@ impl KvTx {
                     ))
                 }),
         }
+    }
+
+    /// Reads the open epoch and writes it incremented (see `FORMAT.md`); returns the
+    /// value read (0 on the first open).
+    ///
+    /// # Errors
+    /// `Corrupted` when the stored epoch is not 8 bytes; the store's read errors.
+    pub(crate) async fn bump_epoch(&mut self) -> Result<u64> {
+        let key = vec![codec::EPOCH];
+        self.lock(&[&key]).await?;
+        let epoch = match self.get(&key).await? {
+            None => 0,
+            Some(b) => <[u8; 8]>::try_from(b.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::corrupted(format!("open epoch of {} bytes", b.len())))?,
+        };
+        self.set(key, Some((epoch + 1).to_be_bytes().to_vec()));
+        Ok(epoch)
     }
 
     /// Turns change capture on for `table` (idempotent).

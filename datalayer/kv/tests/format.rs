@@ -324,8 +324,11 @@ async fn engine_writes_exactly_these_entries() {
     let minors = "01 6d696e6f7273 0000 06";
     let pk = |i: u8| format!("01 80000000000000{i:02x}");
     let catalog = (format!("63 | {u}"), CATALOG_VALUE);
+    // The open epoch: one `register` so far.
+    let epoch = ("65".to_string(), "0000000000000001");
     let mut want = vec![
         catalog.clone(),
+        epoch.clone(),
         (
             format!("69 | {u} | {by_age} | 00 | {}", pk(2)),
             "01 8000000000000002",
@@ -383,6 +386,7 @@ async fn engine_writes_exactly_these_entries() {
         .unwrap();
     want = vec![
         catalog,
+        epoch,
         (
             format!("69 | {u} | {by_age} | 01 80000014 | {}", pk(3)),
             "01 8000000000000003",
@@ -467,4 +471,27 @@ async fn change_capture_bytes() {
         &format!("68 | {u} | 0000000000000102"),
         "change key",
     );
+
+    // A second open (register) starts open epoch 1: positions jump to 2^40.
+    assert_eq!(codec::EPOCH, b'e');
+    let engine = KvEngine::new(kv.clone());
+    engine.register(&[&t], &[]).await.unwrap();
+    engine
+        .run(Op::Insert {
+            table: &t,
+            rows: vec![row.clone()],
+            mode: WriteMode::Insert,
+        })
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> = dump(&kv)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("65") || k.starts_with("73"))
+        .collect();
+    let want = entries(&[
+        ("65".to_string(), "0000000000000002"),
+        (format!("73 | {u}"), "0000010000000000"),
+    ]);
+    assert_eq!(got, want, "after a second open");
 }

@@ -157,6 +157,14 @@ impl KvStore for EtchKv {
         Some(Box::new(EtchSnapshot(self.store.snapshot())))
     }
 
+    async fn sync(&self) -> Result<()> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(|e| join_error("syncing the store", e))?
+            .map_err(map_error)
+    }
+
     async fn close(&self) -> Result<()> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close())

@@ -137,7 +137,10 @@ fn every_failing_operation_of_a_checkpoint_leaves_a_recoverable_store() {
         let failed = fs.failed_ops();
         if let Some((_, op, _)) = failed.first() {
             failed_kinds.insert(format!("{op:?}"));
-            assert!(res.is_err(), "n={n}: {op:?} failed but checkpoint returned Ok");
+            assert!(
+                res.is_err(),
+                "n={n}: {op:?} failed but checkpoint returned Ok"
+            );
         } else {
             res.unwrap();
         }

@@ -318,6 +318,7 @@ fn open_pool(o: &SqliteOptions) -> Result<Pool> {
     w.pragma_update(None, "synchronous", sync).map_err(map)?;
     w.pragma_update(None, "foreign_keys", true).map_err(map)?;
     w.execute_batch(&catalog).map_err(map)?;
+    cdc::start_epoch(&w, sync)?;
     let mut readers = Vec::new();
     for _ in 0..o.readers.max(1) {
         let r = Connection::open_with_flags(path, flags).map_err(map)?;

@@ -31,6 +31,9 @@
 //! SQLite has one writer at a time (across processes too), and a position is assigned
 //! when the change is written inside its transaction, so positions increase in commit
 //! order: a reader that has seen position `p` never later sees a new change below `p`.
+//! Each open of a database file starts a new *epoch* ([`start_epoch`]): positions jump
+//! to the next multiple of 2^40, so commits lost in a power loss (`synchronous=NORMAL`)
+//! never have their positions reused for different changes.
 
 use crate::conn::{Conn, atomically};
 use crate::error::map_err;
@@ -196,4 +199,51 @@ mod tests {
             assert_eq!(back[0], x, "{s}");
         }
     }
+}
+
+/// Bits of a change position below the open epoch: each open starts positions at the
+/// next multiple of `2^40`.
+const EPOCH_SHIFT: u32 = 40;
+
+/// Starts a new open epoch of the change log, if there is one: moves the log's
+/// `AUTOINCREMENT` counter to the next multiple of 2^40, in a transaction fsynced
+/// whatever `PRAGMA synchronous` says (`synchronous` is restored afterwards).
+///
+/// Why: with `synchronous=NORMAL` a power loss may take back the last commits after a
+/// reader saw their positions; the next commits would reuse those positions for
+/// different changes, and the reader would skip them. After this, positions of this
+/// open are above every position an earlier open could have handed out (fewer than
+/// 2^40 per open).
+///
+/// # Errors
+/// The SQLite errors of the update (e.g. `Timeout` when another process holds the
+/// write lock past the busy timeout).
+pub(crate) fn start_epoch(db: &rusqlite::Connection, synchronous: &str) -> Result<()> {
+    let exists: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '_dl_cdc_log'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    if exists == 0 {
+        return Ok(());
+    }
+    db.pragma_update(None, "synchronous", "FULL")
+        .map_err(map_err)?;
+    let bumped = db.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         INSERT INTO sqlite_sequence (name, seq) SELECT '_dl_cdc_log', 0
+           WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '_dl_cdc_log');
+         UPDATE sqlite_sequence SET seq = ((max(seq, (SELECT coalesce(max(position), 0)
+           FROM _dl_cdc_log)) >> {EPOCH_SHIFT}) + 1) << {EPOCH_SHIFT}
+           WHERE name = '_dl_cdc_log';
+         COMMIT;"
+    ));
+    if bumped.is_err() && !db.is_autocommit() {
+        let _ = db.execute_batch("ROLLBACK");
+    }
+    let restored = db.pragma_update(None, "synchronous", synchronous);
+    bumped.map_err(map_err)?;
+    restored.map_err(map_err)
 }

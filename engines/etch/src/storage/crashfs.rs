@@ -144,7 +144,10 @@ impl FsState {
             Some((n, kind)) if n == self.ops => {
                 self.fail_at = None;
                 self.failed_ops.push((n, op, name.to_string()));
-                Err(io::Error::new(kind, format!("crashfs: injected {op:?} failure")))
+                Err(io::Error::new(
+                    kind,
+                    format!("crashfs: injected {op:?} failure"),
+                ))
             }
             _ => Ok(()),
         }
@@ -224,7 +227,12 @@ fn damaged(f: &FileData, damage: Damage, rng: &mut dyn RngCore) -> Vec<u8> {
     let len = out.len();
     // The unsynced pages, as (start, end) offsets clipped to the unsynced region.
     let pages: Vec<(usize, usize)> = (synced / PAGE_BYTES..len.div_ceil(PAGE_BYTES))
-        .map(|p| ((p * PAGE_BYTES).max(synced), ((p + 1) * PAGE_BYTES).min(len)))
+        .map(|p| {
+            (
+                (p * PAGE_BYTES).max(synced),
+                ((p + 1) * PAGE_BYTES).min(len),
+            )
+        })
         .filter(|(a, b)| a < b)
         .collect();
     match damage {
@@ -735,8 +743,10 @@ mod tests {
                 .collect();
             seen.insert(names.join(","));
         }
-        let expected: std::collections::BTreeSet<String> =
-            ["a", "a,b", "a,c", "c"].iter().map(|s| s.to_string()).collect();
+        let expected: std::collections::BTreeSet<String> = ["a", "a,b", "a,c", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(seen, expected);
     }
 

@@ -637,6 +637,27 @@ impl Store {
         self.inner.shared.checkpoint()
     }
 
+    /// Fsync whatever is pending and make every applied commit visible, whatever the
+    /// [`FlushPolicy`]: afterwards every commit acknowledged so far survives a power
+    /// loss. A no-op for [`Store::memory`]. Blocking (one fsync).
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`], [`StoreError::Poisoned`]; [`StoreError::Io`] when the
+    /// fsync fails (the store is then poisoned).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let sh = &self.inner.shared;
+        if sh.dir.is_none() {
+            return Ok(());
+        }
+        let turn = sh.sync_turn.lock();
+        let mut w = sh.wal.lock();
+        w.check_open()?;
+        if w.latest.seq() <= w.synced_seq {
+            return Ok(());
+        }
+        sh.sync_wal(&turn, &mut w, false)
+    }
+
     /// Fsync whatever is pending, make every applied commit visible, and refuse later
     /// commits with [`StoreError::Closed`]. Snapshots keep working. Idempotent.
     /// Waits for a checkpoint in progress. Blocking (one fsync).

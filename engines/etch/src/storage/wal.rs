@@ -242,8 +242,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
                 .sum();
-            let payload =
-                encode_record(u64::MAX, u64::MAX, writes).unwrap().len() - HEADER_BYTES;
+            let payload = encode_record(u64::MAX, u64::MAX, writes).unwrap().len() - HEADER_BYTES;
             assert!(
                 payload <= 41 + 12 * bytes,
                 "set {i}: {payload} > 41 + 12 * {bytes}"
@@ -279,8 +278,8 @@ mod tests {
         assert_eq!(
             &buf[HEADER_BYTES..],
             &[
-                0xac, 0x02, 0xaa, 0x02, 3, 2, b'k', b'1', 1, 2, b'v', b'1', 2, b'k', b'2', 0,
-                0, 1, 0
+                0xac, 0x02, 0xaa, 0x02, 3, 2, b'k', b'1', 1, 2, b'v', b'1', 2, b'k', b'2', 0, 0, 1,
+                0
             ]
         );
         assert_eq!(
@@ -303,8 +302,8 @@ mod tests {
         assert_eq!(
             &buf[HEADER_BYTES..],
             &[
-                0xac, 0x02, 0xab, 0x02, 0x02, 0x02, 0x6b, 0x31, 0x01, 0x02, 0x76, 0x31, 0x02,
-                0x6b, 0x32, 0x00
+                0xac, 0x02, 0xab, 0x02, 0x02, 0x02, 0x6b, 0x31, 0x01, 0x02, 0x76, 0x31, 0x02, 0x6b,
+                0x32, 0x00
             ]
         );
         assert_eq!(&buf[0..4], &[0x10, 0, 0, 0]);
