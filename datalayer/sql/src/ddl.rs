@@ -2,13 +2,52 @@
 
 use super::Dialect;
 use super::render::render_expr_inline;
-use datalayer_core::error::Result;
+use datalayer_core::error::{Error, Result};
 use datalayer_core::schema::{IndexDef, TableSchema};
 
 /// The database name of a secondary index: `<table>__<index>` (index names are
-/// per-schema in SQL databases, per-table in datalayer).
-pub fn index_name(t: &TableSchema, ix: &IndexDef) -> String {
-    format!("{}__{}", t.name, ix.name)
+/// per-schema in SQL databases, per-table in datalayer), within the dialect's
+/// identifier limit ([`Dialect::generated_ident`]): unchanged when it fits (up to
+/// 63 bytes in PostgreSQL, always in SQLite), else a prefix of it, `_` and 16 hex
+/// digits of its hash, 63 bytes in all in PostgreSQL.
+pub fn index_name(t: &TableSchema, ix: &IndexDef, d: &dyn Dialect) -> String {
+    d.generated_ident(&format!("{}__{}", t.name, ix.name))
+}
+
+/// Checks the indexes a table has in the database against the ones its schema
+/// declares: `listed` is what [`Dialect::index_list_sql`] returned for the table,
+/// `(name, unique)` per index (other indexes, such as the primary key's, are ignored).
+///
+/// Run after the table's DDL: `CREATE INDEX IF NOT EXISTS` silently keeps whatever
+/// index already has the name, so a name taken by another table's index, or an index
+/// of the same name made by hand with a different uniqueness, would otherwise leave a
+/// declared unique constraint unenforced.
+///
+/// # Errors
+/// `Engine` (code `index_mismatch`) naming the table, the declared index and its
+/// database name when an index is missing from the table or its uniqueness differs
+/// from the declaration.
+pub fn verify_indexes(t: &TableSchema, d: &dyn Dialect, listed: &[(String, bool)]) -> Result<()> {
+    for ix in &t.indexes {
+        let name = index_name(t, ix, d);
+        let problem = match listed.iter().find(|(n, _)| *n == name) {
+            None => "is missing (is its name taken by an index of another table?)",
+            Some((_, unique)) if *unique == ix.unique => continue,
+            Some((_, true)) => "is unique in the database but declared non-unique",
+            Some((_, false)) => "is not unique in the database but declared unique",
+        };
+        return Err(Error::engine(
+            "index_mismatch",
+            format!(
+                "{}: index {} of table {} (database name {name}) {problem}; drop or rename \
+                 the conflicting index and open again",
+                d.name(),
+                ix.name,
+                t.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The statements that create `t` and its indexes if they do not exist, in order:
@@ -23,11 +62,22 @@ pub fn index_name(t: &TableSchema, ix: &IndexDef) -> String {
 /// check; a partial index's predicate is rendered with literals inline (it comes from
 /// the schema, never from users, and literals are escaped by [`Dialect::literal`]).
 ///
+/// Index names are [`index_name`]s (within the dialect's identifier limit).
+///
 /// # Errors
-/// `InvalidInput` when the schema fails [`TableSchema::validate`] or a predicate has
-/// no safe SQL form.
+/// `InvalidInput` when the schema fails [`TableSchema::validate`], a predicate has
+/// no safe SQL form, or two of the table's indexes get the same database name.
 pub fn render_ddl(t: &TableSchema, d: &dyn Dialect) -> Result<Vec<String>> {
     t.validate()?;
+    for (i, a) in t.indexes.iter().enumerate() {
+        let name = index_name(t, a, d);
+        if let Some(b) = t.indexes[..i].iter().find(|b| index_name(t, b, d) == name) {
+            return Err(Error::invalid_input(format!(
+                "indexes {} and {} of table {} both get the database name {name}",
+                b.name, a.name, t.name
+            )));
+        }
+    }
     let table = d.quote_ident(&t.name);
     let mut defs = Vec::with_capacity(t.columns.len() + 1);
     for c in &t.columns {
@@ -61,7 +111,7 @@ pub fn render_ddl(t: &TableSchema, d: &dyn Dialect) -> Result<Vec<String>> {
         let mut s = format!(
             "CREATE {}INDEX IF NOT EXISTS {} ON {table} ({})",
             if ix.unique { "UNIQUE " } else { "" },
-            d.quote_ident(&index_name(t, ix)),
+            d.quote_ident(&index_name(t, ix, d)),
             cols.join(", ")
         );
         if let Some(w) = &ix.when {
@@ -120,5 +170,75 @@ mod tests {
             Expr::Literal(Value::String("a\0".into())),
         ));
         assert!(render_ddl(&bad, &Pg).is_err());
+    }
+
+    fn long_table() -> TableSchema {
+        let col = |n: &str| ColumnDef {
+            name: n.into(),
+            field: n.into(),
+            ty: ColumnType::String,
+            nullable: false,
+        };
+        let ix = |n: &str, c: usize, unique: bool| IndexDef {
+            name: n.into(),
+            columns: vec![c],
+            unique,
+            when: None,
+        };
+        TableSchema {
+            name: "identifier_limit_table_with_a_rather_long_name_sixty_bytes_a".into(),
+            columns: vec![col("id"), col("email"), col("phone")],
+            primary_key: vec![0],
+            indexes: vec![
+                ix("unique_email", 1, true),
+                ix("unique_phone", 2, true),
+                ix("by_phone", 2, false),
+            ],
+        }
+    }
+
+    #[test]
+    fn long_index_names_fit_and_differ() {
+        let t = long_table();
+        let names: Vec<String> = t.indexes.iter().map(|ix| index_name(&t, ix, &Pg)).collect();
+        assert!(names.iter().all(|n| n.len() <= 63), "{names:?}");
+        assert_ne!(names[0], names[1]);
+        assert_eq!(
+            names[0],
+            "identifier_limit_table_with_a_rather_long_name_d290ea558cea70fb"
+        );
+        let ddl = render_ddl(&t, &Pg).unwrap();
+        assert!(ddl[1].contains(&format!("\"{}\"", names[0])), "{}", ddl[1]);
+        assert!(ddl[2].contains(&format!("\"{}\"", names[1])), "{}", ddl[2]);
+    }
+
+    #[test]
+    fn verify_indexes_reports_missing_and_wrong_uniqueness() {
+        let t = long_table();
+        let n = |i: usize| index_name(&t, &t.indexes[i], &Pg);
+        let all = vec![
+            ("t_pkey".to_owned(), true),
+            (n(0), true),
+            (n(1), true),
+            (n(2), false),
+        ];
+        verify_indexes(&t, &Pg, &all).unwrap();
+        let mut missing = all.clone();
+        missing.remove(2);
+        let e = verify_indexes(&t, &Pg, &missing).unwrap_err();
+        assert_eq!(e.kind(), datalayer_core::ErrorKind::Engine);
+        assert_eq!(e.code(), Some("index_mismatch"));
+        assert!(e.message().contains("unique_phone"), "{e}");
+        assert!(e.message().contains(&t.name), "{e}");
+        assert!(e.message().contains("missing"), "{e}");
+        let mut not_unique = all.clone();
+        not_unique[1].1 = false;
+        let e = verify_indexes(&t, &Pg, &not_unique).unwrap_err();
+        assert!(e.message().contains("unique_email"), "{e}");
+        assert!(e.message().contains("declared unique"), "{e}");
+        let mut unique = all;
+        unique[3].1 = true;
+        let e = verify_indexes(&t, &Pg, &unique).unwrap_err();
+        assert!(e.message().contains("by_phone"), "{e}");
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! What lives here, once: the [`Registry`] (op → rendered, prepared statement), the
 //! catalog (tables created with their catalog entry on first sight, a stored schema
-//! compared with the declared one), the autocommit retry policy
+//! compared with the declared one, and after the DDL one catalog query per table that
+//! checks each declared index exists with its uniqueness), the autocommit retry policy
 //! ([`retry_autocommit`]), read-only enforcement, user savepoints and identifier
 //! checks. Ops arrive checked and coerced by core ([`Op::checked`]); isolation levels
 //! are checked against the capability by core before [`Engine::begin`].
@@ -20,9 +21,9 @@
 //!   savepoint [`OP_SAVEPOINT`], released on success and rolled back to on error, so
 //!   that a failed op leaves no trace and the transaction stays usable.
 
-use crate::Dialect;
 use crate::registry::{Registry, StmtDef, StmtKey, TableInfo};
 use crate::work::{Fetched, Work};
+use crate::{Dialect, verify_indexes};
 use async_trait::async_trait;
 use datalayer_core::{
     Capability, Change, ColumnType, Engine, EngineTx, Error, Op, Output, QueryDef, Result, Row,
@@ -181,6 +182,8 @@ struct CatalogSql {
     get: StmtDef,
     put: StmtDef,
     all: StmtDef,
+    /// The indexes of one table ([`Dialect::index_list_sql`]).
+    indexes: StmtDef,
 }
 
 impl CatalogSql {
@@ -207,6 +210,7 @@ impl CatalogSql {
                 "SELECT schema FROM _dl_catalog ORDER BY name".to_owned(),
                 &[],
             ),
+            indexes: def("catalog indexes", d.index_list_sql(), &[ColumnType::String]),
         }
     }
 }
@@ -306,7 +310,8 @@ impl<B: SqlBackend> SqlEngine<B> {
     }
 
     /// Creates `tables` inside the open transaction `c`, or checks their stored schema
-    /// ([`TableSchema::check_stored`]).
+    /// ([`TableSchema::check_stored`]), then checks that their declared indexes exist
+    /// ([`verify_indexes`]; `Engine` error `index_mismatch` otherwise).
     async fn ensure(&self, c: &mut dyn SqlConn, tables: &[Arc<TableInfo>]) -> Result<()> {
         let cat = &self.shared.catalog;
         for t in tables {
@@ -326,12 +331,41 @@ impl<B: SqlBackend> SqlEngine<B> {
             for s in &t.ddl {
                 c.batch_execute(s.clone()).await?;
             }
+            if !t.schema.indexes.is_empty() {
+                self.check_indexes(c, &t.schema).await?;
+            }
             if stored.is_none() {
                 let values = vec![name, Value::Bytes(t.catalog.clone())];
                 c.call(cat.put.clone(), values, None).await?;
             }
         }
         Ok(())
+    }
+
+    /// Checks, with one catalog query, that every index `t` declares exists on it
+    /// under its [`index_name`](crate::index_name) with the declared uniqueness
+    /// ([`verify_indexes`]).
+    async fn check_indexes(&self, c: &mut dyn SqlConn, t: &TableSchema) -> Result<()> {
+        let types: Arc<[ColumnType]> = Arc::from([ColumnType::String, ColumnType::Bool]);
+        let def = self.shared.catalog.indexes.clone();
+        let rows = match c
+            .call(def, vec![Value::String(t.name.clone())], Some(types))
+            .await?
+        {
+            Fetched::Rows(rows) => rows,
+            Fetched::Count(_) => Vec::new(),
+        };
+        let listed = rows
+            .into_iter()
+            .map(|r| match r.as_slice() {
+                [Value::String(n), Value::Bool(u)] => Ok((n.clone(), *u)),
+                other => Err(Error::corrupted(format!(
+                    "index list of table {}: unexpected row {other:?}",
+                    t.name
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        verify_indexes(t, B::dialect(), &listed)
     }
 
     async fn ready(&self, w: &Work) -> Result<()> {

@@ -34,19 +34,29 @@
 //! index's `when`) are rendered inline by [`Dialect::literal`], which only ever emits
 //! numbers, `NULL`, quote-doubled strings and hex blobs, so that the database can match
 //! partial indexes against query filters.
+//!
+//! # Generated identifiers
+//! Names datalayer makes up (index names `<table>__<index>`, change-capture triggers
+//! and functions `_dl_cdc_<table>`) go through [`Dialect::generated_ident`]: unchanged
+//! when they fit the database's identifier limit (PostgreSQL keeps 63 bytes), else a
+//! readable prefix plus a hash of the full name ([`fit_identifier`]), so two long
+//! names never collapse into one object. After a table's DDL, one catalog query checks
+//! that each declared index exists with its uniqueness ([`verify_indexes`]).
 
 pub mod cdc;
 mod ddl;
 pub mod engine;
+mod ident;
 pub mod registry;
 mod render;
 pub mod work;
 
 pub use cdc::ChangeDecoder;
-pub use ddl::{index_name, render_ddl};
+pub use ddl::{index_name, render_ddl, verify_indexes};
 pub use engine::{
     OP_RELEASE, OP_ROLLBACK_TO, OP_SAVEPOINT, SqlBackend, SqlConn, SqlEngine, catalog_ddl,
 };
+pub use ident::{HASH_SUFFIX_BYTES, fit_identifier, truncated_identifier};
 pub use registry::{Registry, StmtDef, StmtKey, TableInfo, TableOp};
 pub use render::{
     Bind, BoundShape, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, TableSql,
@@ -67,6 +77,30 @@ pub trait Dialect: Send + Sync + 'static {
     /// in PostgreSQL. The renderer uses each number once per distinct value and may
     /// repeat a placeholder where the same value is needed twice.
     fn placeholder(&self, n: usize) -> String;
+
+    /// The most bytes of an identifier the database keeps, `None` for no limit.
+    /// PostgreSQL: `Some(63)` (`NAMEDATALEN - 1`; longer identifiers are silently
+    /// truncated, see the PostgreSQL documentation, "Identifiers and Key Words").
+    /// SQLite: `None`. Default: `None`.
+    fn max_identifier_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// A generated identifier (index, trigger, function name) from its full readable
+    /// form `full` (`<table>__<index>`, `_dl_cdc_<table>`), within
+    /// [`Dialect::max_identifier_bytes`]: `full` itself when it fits, else a prefix plus
+    /// a hash of `full` ([`fit_identifier`]). At most `max_identifier_bytes` bytes.
+    fn generated_ident(&self, full: &str) -> String {
+        fit_identifier(full, self.max_identifier_bytes())
+    }
+
+    /// A query listing the indexes of one table, used to check after DDL that every
+    /// declared index exists ([`verify_indexes`]). It takes one bound parameter, the
+    /// table's name (unquoted; resolved as the DDL's unqualified name is), and returns
+    /// one row per index of that table: `(name, unique)`, a text and a value read as
+    /// [`ColumnType::Bool`] (a boolean, or SQLite's integer 0/1). Runs once per table
+    /// when the table is created or first checked, never on the hot path.
+    fn index_list_sql(&self) -> String;
 
     /// Quotes an identifier (already validated): `"name"` with `"` doubled.
     fn quote_ident(&self, ident: &str) -> String {
@@ -239,6 +273,12 @@ pub(crate) mod test_dialect {
         }
         fn supports_returning(&self) -> bool {
             true
+        }
+        fn max_identifier_bytes(&self) -> Option<usize> {
+            Some(63)
+        }
+        fn index_list_sql(&self) -> String {
+            "SELECT name, uniq FROM indexes WHERE tbl = $1".to_owned()
         }
     }
 }

@@ -14,8 +14,9 @@
 //! ```
 //! Both live in the engine's schema. [`enable`] installs one `AFTER INSERT OR UPDATE OR
 //! DELETE ... FOR EACH ROW` trigger per table (`_dl_cdc_<table>`, function of the same
-//! name) appending the new image (the old image for a delete). Because it is a
-//! trigger, writes made outside datalayer (raw SQL, another program, `psql`) are
+//! name; a name longer than PostgreSQL's 63 bytes becomes a prefix and a hash of it,
+//! see [`Dialect::generated_ident`]) appending the new image (the old image for a
+//! delete). Because it is a trigger, writes made outside datalayer (raw SQL, another program, `psql`) are
 //! captured in the same transaction as the write; the function names the log with
 //! its schema, so it works whatever the writer's `search_path` is.
 //!
@@ -61,10 +62,10 @@
 
 use crate::backend::{execute, query};
 use crate::conn::PgConn;
-use crate::dialect::PgDialect;
+use crate::dialect::{MAX_IDENTIFIER_BYTES, PgDialect};
 use crate::error::map_err;
 use datalayer_core::{Change, ColumnType, Error, Result, TableSchema, Value};
-use datalayer_sql::{ChangeDecoder, Dialect, StmtKey};
+use datalayer_sql::{ChangeDecoder, Dialect, StmtKey, truncated_identifier};
 use tokio_postgres::types::Type;
 
 const LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS _dl_cdc_log (
@@ -161,6 +162,24 @@ async fn info(c: &mut PgConn, table: &str) -> Result<Info> {
     })
 }
 
+/// The name of the capture trigger of `table` and of its function, and the name an
+/// older version gave them when it differs.
+///
+/// The readable form is `_dl_cdc_<table>`, up to 71 bytes for a 63-byte table name;
+/// PostgreSQL keeps 63 bytes of an identifier, so two tables sharing their first 55
+/// bytes would share one function (the second `CREATE OR REPLACE FUNCTION` would log
+/// the first table's changes under the second's name). The name is therefore fitted
+/// with [`Dialect::generated_ident`] (unchanged up to 63 bytes, else a prefix and a
+/// hash). The second value is the server-truncated name older versions created, for
+/// names that did not fit.
+fn trigger_name(table: &str) -> (String, Option<String>) {
+    let full = format!("_dl_cdc_{table}");
+    let name = PgDialect.generated_ident(&full);
+    let legacy =
+        (name != full).then(|| truncated_identifier(&full, MAX_IDENTIFIER_BYTES).to_owned());
+    (name, legacy)
+}
+
 /// Installs (or re-installs, with the current columns) the capture trigger of `table`.
 pub(crate) async fn enable(c: &mut PgConn, table: &str) -> Result<()> {
     let info = info(c, table).await?;
@@ -179,8 +198,16 @@ pub(crate) async fn enable(c: &mut PgConn, table: &str) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let func = format!("{schema}.{}", q(&format!("_dl_cdc_{table}")));
-    let trigger = q(&format!("_dl_cdc_{table}"));
+    let (name, legacy) = trigger_name(table);
+    let func = format!("{schema}.{}", q(&name));
+    let trigger = q(&name);
+    // A trigger made before names were fitted, under the server-truncated name: it may
+    // call a function shared with another table (see `trigger_name`); dropped so that
+    // changes are not logged twice or under the wrong table.
+    let drop_legacy = match legacy {
+        Some(l) => format!("DROP TRIGGER IF EXISTS {} ON {schema}.{};", q(&l), q(table)),
+        None => String::new(),
+    };
     let lit = table.replace('\'', "''");
     let ddl = format!(
         "{lock};
@@ -195,6 +222,7 @@ BEGIN
   RETURN NULL;
 END
 $dl_cdc$;
+{drop_legacy}
 DROP TRIGGER IF EXISTS {trigger} ON {schema}.{tbl};
 CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {schema}.{tbl} FOR EACH ROW EXECUTE FUNCTION {func}();",
         lock = crate::backend::DDL_LOCK,
@@ -290,4 +318,23 @@ pub(crate) async fn trim(c: &mut PgConn, table: &str, upto: u64) -> Result<u64> 
         Value::I64(i64::try_from(upto).unwrap_or(i64::MAX)),
     ];
     execute(&c.client, &stmt, &vals).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_names_fit() {
+        assert_eq!(
+            trigger_name("accounts"),
+            ("_dl_cdc_accounts".to_owned(), None)
+        );
+        let t = "identifier_limit_table_with_a_rather_long_name_sixty_bytes_a";
+        let (name, legacy) = trigger_name(t);
+        assert_eq!(name.len(), 63);
+        assert_ne!(name, trigger_name(&format!("{}b", &t[..59])).0);
+        let full = format!("_dl_cdc_{t}");
+        assert_eq!(legacy.as_deref(), Some(&full[..63]));
+    }
 }

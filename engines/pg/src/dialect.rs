@@ -13,6 +13,12 @@ use datalayer_sql::Dialect;
 /// - `ORDER BY` spells out `NULLS FIRST` (ascending) / `NULLS LAST` (descending).
 /// - `starts_with` is `LIKE $n ESCAPE '\'` with `\`, `%`, `_` escaped (case-sensitive).
 /// - Literals: `TRUE`/`FALSE`, `'\x..'::bytea`.
+/// - Identifiers keep at most 63 bytes (`NAMEDATALEN - 1`; the server silently
+///   truncates longer ones, PostgreSQL documentation, "Identifiers and Key Words"):
+///   generated names longer than that get a prefix and a hash
+///   ([`datalayer_sql::fit_identifier`]).
+/// - Indexes of a table are listed from `pg_index` for the table that the unqualified
+///   name resolves to (`to_regclass`, the connection's `search_path`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PgDialect;
 
@@ -50,7 +56,21 @@ impl Dialect for PgDialect {
     fn supports_returning(&self) -> bool {
         true
     }
+    fn max_identifier_bytes(&self) -> Option<usize> {
+        Some(MAX_IDENTIFIER_BYTES)
+    }
+    fn index_list_sql(&self) -> String {
+        "SELECT c.relname::text, x.indisunique FROM pg_index x \
+         JOIN pg_class c ON c.oid = x.indexrelid \
+         WHERE x.indrelid = to_regclass(quote_ident($1))"
+            .to_owned()
+    }
 }
+
+/// The most bytes of an identifier PostgreSQL keeps: `NAMEDATALEN - 1` = 63 with the
+/// default build (PostgreSQL documentation, "Identifiers and Key Words"). Longer
+/// identifiers are truncated by the server with only a NOTICE.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
 #[cfg(test)]
 mod tests {

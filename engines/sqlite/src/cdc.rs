@@ -93,7 +93,10 @@ pub(crate) fn enable(c: &mut Conn<'_>, table: &str) -> Result<()> {
                     format!("CASE typeof({v}) WHEN 'blob' THEN hex({v}) ELSE {v} END")
                 })
                 .collect();
-            let trigger = q(&format!("_dl_cdc_{table}_{op}"));
+            // No length limit in SQLite: the name is used unchanged.
+            let trigger = q(
+                &crate::dialect::SqliteDialect.generated_ident(&format!("_dl_cdc_{table}_{op}"))
+            );
             // `table` is a validated identifier: safe inside a string literal.
             c.db.execute_batch(&format!(
                 "DROP TRIGGER IF EXISTS {trigger};

@@ -14,6 +14,9 @@ use datalayer_sql::Dialect;
 ///   `NULLS FIRST/LAST`.
 /// - `starts_with` is `GLOB` (case-sensitive, unlike SQLite's `LIKE`) with `*`, `?`
 ///   and `[` escaped as `[*]`, `[?]`, `[[]`.
+/// - Identifiers have no length limit: generated names (`<table>__<index>`,
+///   `_dl_cdc_<table>_<op>`) are used unchanged.
+/// - Indexes of a table are listed with `pragma_index_list`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SqliteDialect;
 
@@ -64,6 +67,9 @@ impl Dialect for SqliteDialect {
     }
     fn supports_returning(&self) -> bool {
         true
+    }
+    fn index_list_sql(&self) -> String {
+        "SELECT name, \"unique\" FROM pragma_index_list(?1)".to_owned()
     }
     fn starts_with(&self, text: &str, pattern: &str) -> String {
         format!("({text} GLOB {pattern})")

@@ -305,3 +305,28 @@ async fn tables_first_seen_later_are_created() {
     tx.commit().await.unwrap();
     assert_eq!(db.repo::<User>().count().await.unwrap(), 1);
 }
+
+/// A declared unique index replaced behind the engine's back by a non-unique one of
+/// the same name: `CREATE UNIQUE INDEX IF NOT EXISTS` skips it, and the check after the
+/// DDL fails the next open with a typed error naming the table and the index.
+#[tokio::test]
+async fn index_replaced_by_a_non_unique_one_fails_the_ddl() {
+    let dir = tempfile::tempdir().unwrap();
+    file(dir.path()).await.close().await.unwrap();
+    raw(dir.path())
+        .execute_batch("DROP INDEX users__by_email; CREATE INDEX users__by_email ON users (email);")
+        .unwrap();
+    let engine = SqliteEngine::open_with(SqliteOptions::file(dir.path().join("test.db")))
+        .await
+        .unwrap();
+    let err = datalayer_core::Db::with_engine(Arc::new(engine))
+        .table::<User>()
+        .connect()
+        .await
+        .expect_err("a non-unique index where a unique one is declared");
+    assert_eq!(err.kind(), ErrorKind::Engine, "{err}");
+    assert!(
+        err.message().contains("users") && err.message().contains("by_email"),
+        "{err}"
+    );
+}
