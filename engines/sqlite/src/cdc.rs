@@ -181,29 +181,6 @@ pub(crate) fn trim(c: &mut Conn<'_>, table: &str, upto: u64) -> Result<u64> {
     Ok(n as u64)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sqlite_json_round_trips_reals() {
-        let c = rusqlite::Connection::open_in_memory().unwrap();
-        for x in [
-            0.1f64,
-            1.0 / 3.0,
-            1e300,
-            0.30000000000000004,
-            -2.5e-308,
-            123_456_789.123_456_78,
-            f64::from(0.1f32),
-        ] {
-            let s: String = c
-                .query_row("SELECT json_array(?1)", [x], |r| r.get(0))
-                .unwrap();
-            let back: Vec<f64> = serde_json::from_str(&s).unwrap();
-            assert_eq!(back[0], x, "{s}");
-        }
-    }
-}
-
 /// Bits of a change position below the open epoch: each open starts positions at the
 /// next multiple of `2^40`.
 const EPOCH_SHIFT: u32 = 40;
@@ -249,4 +226,27 @@ pub(crate) fn start_epoch(db: &rusqlite::Connection, synchronous: &str) -> Resul
     let restored = db.pragma_update(None, "synchronous", synchronous);
     bumped.map_err(map_err)?;
     restored.map_err(map_err)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sqlite_json_round_trips_reals() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        for x in [
+            0.1f64,
+            1.0 / 3.0,
+            1e300,
+            0.30000000000000004,
+            -2.5e-308,
+            123_456_789.123_456_78,
+            f64::from(0.1f32),
+        ] {
+            let s: String = c
+                .query_row("SELECT json_array(?1)", [x], |r| r.get(0))
+                .unwrap();
+            let back: Vec<f64> = serde_json::from_str(&s).unwrap();
+            assert_eq!(back[0], x, "{s}");
+        }
+    }
 }

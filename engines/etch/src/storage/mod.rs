@@ -19,6 +19,8 @@ pub mod error;
 pub mod io;
 pub mod snapshot;
 pub mod store;
+#[cfg(feature = "crashfs")]
+pub mod torture;
 mod wal;
 
 pub use error::StoreError;

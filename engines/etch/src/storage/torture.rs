@@ -1,0 +1,485 @@
+//! The store's torture tests on [`CrashFs`] (cargo feature `crashfs`), shared by the
+//! crate's own tests (a few workloads) and the `datalayer-torture` binary (hundreds).
+//!
+//! - [`power_loss`]: SQLite's crash-VFS test and redb's crash backend, at every sync
+//!   point. Seeded workloads of concurrent committers (group commit) run on a
+//!   [`CrashFs`] that records the file system at the start of every file and directory
+//!   fsync; at each one, the power is cut with every [`Damage`] variant, the store is
+//!   reopened and checked: it opens; its state is exactly the state after some commit
+//!   `k` with (commits acknowledged by then) ≤ `k` ≤ (commits appended); it accepts a
+//!   new commit that survives a clean restart. [`Damage`] only touches bytes that were
+//!   never fsynced, so any `Corrupted` is a false alarm.
+//! - [`io_faults`]: fail the N-th I/O operation of a workload, for every N, with EIO or
+//!   ENOSPC (a failed fsync drops the file's unsynced bytes, later fsyncs succeed),
+//!   through commits, a checkpoint and `close`; then cut the power. No acknowledged
+//!   commit may be missing, and once a commit has failed none may succeed.
+//!
+//! A commit's writes depend only on its seq (and the workload's seed), so the expected
+//! state after commit `k` is known whatever order concurrent committers ran in.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::crashfs::{CrashFs, Damage};
+use super::{FlushPolicy, Store, StoreError, StoreOptions};
+
+type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+type State = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The writes of commit `seq` in workload `w`: a few puts of varying size, a delete
+/// every fourth commit, and `last = seq` (so a partial commit cannot look whole).
+fn writes_for(w: u64, seq: u64) -> Writes {
+    let mut out = Vec::new();
+    // Up to ~3 KiB per value: records span 4 KiB pages, so page-level damage can
+    // hit one record and spare a later one.
+    let len = ((seq * 397 + w * 11) % 3_000) as usize;
+    for j in 0..(1 + seq % 3) {
+        let key = format!("k{:02}", (seq * 5 + j * 7 + w) % 23).into_bytes();
+        let mut value = format!("{w}:{seq}:{j}:").into_bytes();
+        value.resize(len + value.len(), b'a' + (seq % 26) as u8);
+        out.push((key, Some(value)));
+    }
+    if seq.is_multiple_of(4) {
+        out.push((format!("k{:02}", (seq * 3) % 23).into_bytes(), None));
+    }
+    out.push((b"last".to_vec(), Some(seq.to_be_bytes().to_vec())));
+    out
+}
+
+/// `states[k]` = the state after commits `1..=k` of workload `w`.
+fn expected_states(w: u64, commits: u64) -> Vec<State> {
+    let mut states = vec![State::new()];
+    for seq in 1..=commits {
+        let mut s = states.last().cloned().unwrap_or_default();
+        for (k, v) in writes_for(w, seq) {
+            match v {
+                Some(v) => s.insert(k, v),
+                None => s.remove(&k),
+            };
+        }
+        states.push(s);
+    }
+    states
+}
+
+fn contents(store: &Store) -> (u64, State) {
+    let snap = store.snapshot();
+    let state = snap.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    (snap.seq(), state)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Figures of a [`power_loss`] run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PowerLossReport {
+    /// Workloads run.
+    pub workloads: u64,
+    /// Sync points at which the power was cut (summed over workloads).
+    pub sync_points: u64,
+    /// Recoveries checked (sync points × damage variants, plus the final states).
+    pub recoveries: u64,
+    /// Recoveries that lost an acknowledged commit.
+    pub lost: u64,
+    /// Recoveries whose state was not the state after any single commit.
+    pub partial: u64,
+    /// Recoveries that reported `Corrupted` (no durable byte is ever damaged).
+    pub false_corrupted: u64,
+    /// Other failures: a refused open, a phantom commit, a store that would not take
+    /// or keep a new commit.
+    pub other: u64,
+    /// The first few failures, described.
+    pub failures: Vec<String>,
+}
+
+impl PowerLossReport {
+    /// True when no invariant broke.
+    pub fn ok(&self) -> bool {
+        self.lost + self.partial + self.false_corrupted + self.other == 0
+    }
+
+    fn fail(&mut self, what: String) {
+        if self.failures.len() < 10 {
+            self.failures.push(what);
+        }
+    }
+}
+
+impl std::fmt::Display for PowerLossReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} workloads x {} sync points x {} variants ({} recoveries): {} lost, {} partial, \
+             {} false Corrupted, {} other",
+            self.workloads,
+            self.sync_points,
+            Damage::ALL.len(),
+            self.recoveries,
+            self.lost,
+            self.partial,
+            self.false_corrupted,
+            self.other
+        )
+    }
+}
+
+/// Runs `workloads` seeded power-loss workloads of `commits` commits each (see the
+/// module docs) and returns the figures; never panics on a broken invariant.
+pub fn power_loss(workloads: u64, commits: u64, seed: u64) -> PowerLossReport {
+    let rt = runtime();
+    let mut report = PowerLossReport::default();
+    for i in 0..workloads {
+        let w = seed.wrapping_mul(1_000_003).wrapping_add(i);
+        // Small segments in every other workload: checkpoints and segment switches.
+        let opts = StoreOptions {
+            flush: FlushPolicy::EveryCommit,
+            compact_after_bytes: if i % 2 == 0 { 40_000 } else { 64 << 20 },
+            ..StoreOptions::default()
+        };
+        report.workloads += 1;
+        if let Err(e) = power_loss_workload(&rt, w, commits, &opts, &mut report) {
+            report.other += 1;
+            report.fail(format!("workload {w}: {e}"));
+        }
+    }
+    report
+}
+
+fn power_loss_workload(
+    rt: &tokio::runtime::Runtime,
+    w: u64,
+    commits: u64,
+    opts: &StoreOptions,
+    report: &mut PowerLossReport,
+) -> Result<(), StoreError> {
+    let fs = CrashFs::new();
+    // Slow fsyncs in some workloads: more records wait for each one (group commit).
+    if !w.is_multiple_of(3) {
+        fs.set_sync_delay(std::time::Duration::from_micros(300 * (w % 3)));
+    }
+    let acked = Arc::new(AtomicU64::new(0));
+    let store = Store::open_dir(fs.dir(), opts.clone())?;
+    {
+        let acked = acked.clone();
+        fs.record_sync_points(move || acked.load(Ordering::SeqCst));
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (store, acked, next) = (store.clone(), acked.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let txn = store.begin_write().await;
+                    let seq = txn.base().seq() + 1;
+                    if seq > commits {
+                        return Ok::<(), StoreError>(());
+                    }
+                    next.fetch_max(seq, Ordering::SeqCst);
+                    let got = txn.commit(writes_for(w, seq)).await?;
+                    acked.fetch_max(got, Ordering::SeqCst);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        }
+        Ok::<(), StoreError>(())
+    })?;
+    store.checkpoint()?;
+    store.close()?;
+    drop(store);
+    let states = expected_states(w, commits);
+    let mut rng = StdRng::seed_from_u64(w);
+    let mut points = fs.sync_points();
+    points.push((commits, fs.clone()));
+    for (must, image) in points {
+        report.sync_points += 1;
+        for damage in Damage::ALL {
+            report.recoveries += 1;
+            let crashed = image.power_loss(damage, &mut rng);
+            check_recovery(&crashed, opts, must, &states, report, w, damage);
+        }
+    }
+    report.sync_points -= 1; // the final state is not a sync point
+    Ok(())
+}
+
+fn check_recovery(
+    crashed: &CrashFs,
+    opts: &StoreOptions,
+    must: u64,
+    states: &[State],
+    report: &mut PowerLossReport,
+    w: u64,
+    damage: Damage,
+) {
+    let at = format!("workload {w}, {damage:?}, {must} acknowledged");
+    let store = match Store::open_dir(crashed.dir(), opts.clone()) {
+        Ok(s) => s,
+        Err(StoreError::Corrupted {
+            file,
+            offset,
+            reason,
+        }) => {
+            report.false_corrupted += 1;
+            report.fail(format!(
+                "{at}: Corrupted {}@{offset}: {reason}",
+                file.display()
+            ));
+            return;
+        }
+        Err(e) => {
+            report.other += 1;
+            report.fail(format!("{at}: open failed: {e}"));
+            return;
+        }
+    };
+    let (k, state) = contents(&store);
+    if k < must {
+        report.lost += 1;
+        report.fail(format!("{at}: recovered seq {k}"));
+        return;
+    }
+    match states.get(k as usize) {
+        None => {
+            report.other += 1;
+            report.fail(format!("{at}: recovered seq {k} was never appended"));
+            return;
+        }
+        Some(want) if *want != state => {
+            report.partial += 1;
+            report.fail(format!("{at}: state at seq {k} is not commit {k}'s"));
+            return;
+        }
+        Some(_) => {}
+    }
+    // The recovered store takes a new commit, which survives a restart.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let extra = vec![(b"extra".to_vec(), Some(k.to_be_bytes().to_vec()))];
+    let committed = rt.block_on(async { store.begin_write().await.commit(extra).await });
+    let closed = store.close();
+    drop(store);
+    let reopened = committed
+        .map_err(|e| format!("commit after recovery: {e}"))
+        .and_then(|seq| closed.map(|()| seq).map_err(|e| format!("close: {e}")))
+        .and_then(|seq| {
+            let again = Store::open_dir(crashed.restart().dir(), opts.clone())
+                .map_err(|e| format!("reopen after a commit: {e}"))?;
+            let snap = again.snapshot();
+            let kept = snap.get(b"extra") == Some(&k.to_be_bytes()[..]);
+            if snap.seq() == seq && kept {
+                Ok(())
+            } else {
+                Err(format!("after reopen seq {} (want {seq})", snap.seq()))
+            }
+        });
+    if let Err(e) = reopened {
+        report.other += 1;
+        report.fail(format!("{at}: {e}"));
+    }
+}
+
+/// Figures of an [`io_faults`] run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IoFaultReport {
+    /// Runs (one per failed operation number and error kind).
+    pub runs: u64,
+    /// Runs in which the injected failure happened.
+    pub failures_injected: u64,
+    /// Acknowledged commits missing after the power loss (summed over runs).
+    pub missing: u64,
+    /// Commits that returned `Ok` after an earlier commit of the same run failed.
+    pub ok_after_failure: u64,
+    /// Runs whose store would not reopen, or reopened in a state no commit produced.
+    pub bad_recoveries: u64,
+    /// The first few failures, described.
+    pub failures: Vec<String>,
+}
+
+impl IoFaultReport {
+    /// True when no invariant broke.
+    pub fn ok(&self) -> bool {
+        self.missing + self.ok_after_failure + self.bad_recoveries == 0
+    }
+
+    fn fail(&mut self, what: String) {
+        if self.failures.len() < 10 {
+            self.failures.push(what);
+        }
+    }
+}
+
+impl std::fmt::Display for IoFaultReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} runs ({} with the fault hit): {} acknowledged commits missing after power \
+             loss; {} Ok after the first failure; {} bad recoveries",
+            self.runs,
+            self.failures_injected,
+            self.missing,
+            self.ok_after_failure,
+            self.bad_recoveries
+        )
+    }
+}
+
+/// Fails each I/O operation of a sequential workload of `commits` commits (with a
+/// checkpoint in the middle and a `close` at the end), for every operation number up
+/// to the workload's count plus a few, once with EIO and once with ENOSPC; then cuts
+/// the power (nothing unsynced kept) and checks the reopened store.
+pub fn io_faults(commits: u64, seed: u64) -> IoFaultReport {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let opts = StoreOptions {
+        flush: FlushPolicy::EveryCommit,
+        compact_after_bytes: 64 << 20,
+        ..StoreOptions::default()
+    };
+    let states = expected_states(seed, commits);
+    // Count the operations of a fault-free run.
+    let total = {
+        let fs = CrashFs::new();
+        let base = fs.ops();
+        let _ = io_fault_run(&rt, &fs, &opts, seed, commits);
+        fs.ops() - base + 4
+    };
+    let mut report = IoFaultReport::default();
+    for n in 1..=total {
+        for kind in [ErrorKind::Other, ErrorKind::StorageFull] {
+            report.runs += 1;
+            let fs = CrashFs::new();
+            fs.fail_op(n, kind);
+            let (acked, ok_after) = io_fault_run(&rt, &fs, &opts, seed, commits);
+            if !fs.failed_ops().is_empty() {
+                report.failures_injected += 1;
+            }
+            report.ok_after_failure += ok_after;
+            if ok_after > 0 {
+                report.fail(format!("op {n} ({kind:?}): {ok_after} Ok after a failure"));
+            }
+            let image = fs.power_loss(Damage::NoneKept, &mut StdRng::seed_from_u64(n));
+            match Store::open_dir(image.dir(), opts.clone()) {
+                Ok(store) => {
+                    let (k, state) = contents(&store);
+                    if k < acked {
+                        report.missing += acked - k;
+                        report.fail(format!("op {n} ({kind:?}): acked {acked}, recovered {k}"));
+                    }
+                    if states.get(k as usize) != Some(&state) {
+                        report.bad_recoveries += 1;
+                        report.fail(format!("op {n} ({kind:?}): state at {k} is wrong"));
+                    }
+                }
+                Err(e) => {
+                    report.bad_recoveries += 1;
+                    report.fail(format!("op {n} ({kind:?}): reopen failed: {e}"));
+                }
+            }
+        }
+    }
+    report
+}
+
+/// One sequential run; returns (highest acknowledged seq, commits Ok after a failed
+/// one).
+fn io_fault_run(
+    rt: &tokio::runtime::Runtime,
+    fs: &CrashFs,
+    opts: &StoreOptions,
+    w: u64,
+    commits: u64,
+) -> (u64, u64) {
+    let Ok(store) = Store::open_dir(fs.dir(), opts.clone()) else {
+        return (0, 0);
+    };
+    let mut acked = 0;
+    let mut failed = false;
+    let mut ok_after = 0;
+    let mut rng = StdRng::seed_from_u64(w);
+    for i in 0..commits {
+        if i == commits / 2 {
+            let _ = store.checkpoint();
+        }
+        let res = rt.block_on(async {
+            let txn = store.begin_write().await;
+            let seq = txn.base().seq() + 1;
+            txn.commit(writes_for(w, seq)).await
+        });
+        match res {
+            Ok(seq) => {
+                acked = seq;
+                if failed {
+                    ok_after += 1;
+                }
+            }
+            Err(_) => failed = true,
+        }
+        if rng.random_bool(0.1) {
+            std::thread::yield_now();
+        }
+    }
+    let _ = store.close();
+    (acked, ok_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_follow_the_writes() {
+        let states = expected_states(3, 8);
+        assert_eq!(states.len(), 9);
+        assert!(states[0].is_empty());
+        assert_eq!(states[8][&b"last".to_vec()], 8u64.to_be_bytes().to_vec());
+        assert_ne!(states[7], states[8]);
+    }
+
+    #[test]
+    fn the_checker_sees_a_lost_commit_and_a_partial_one() {
+        let opts = StoreOptions::default();
+        let states = expected_states(1, 3);
+        let fs = CrashFs::new();
+        let store = Store::open_dir(fs.dir(), opts.clone()).unwrap();
+        let rt = runtime();
+        rt.block_on(async {
+            for seq in 1..=2 {
+                let txn = store.begin_write().await;
+                txn.commit(writes_for(1, seq)).await.unwrap();
+            }
+            // Commit 3 with only part of its writes: not any commit's state.
+            let txn = store.begin_write().await;
+            let mut partial = writes_for(1, 3);
+            partial.pop();
+            txn.commit(partial).await.unwrap();
+        });
+        store.close().unwrap();
+        drop(store);
+        let mut report = PowerLossReport::default();
+        check_recovery(&fs, &opts, 3, &states, &mut report, 1, Damage::AllKept);
+        assert_eq!(report.partial, 1, "{report:?}");
+        let mut report = PowerLossReport::default();
+        check_recovery(&fs, &opts, 4, &states, &mut report, 1, Damage::AllKept);
+        assert_eq!(report.lost, 1, "{report:?}");
+        assert!(!report.ok());
+    }
+}
