@@ -307,6 +307,34 @@ impl CrashFs {
         CrashFs::from_state(FsState::default())
     }
 
+    /// A file system holding exactly `files` (`(name, bytes)`), all durable.
+    pub fn with_files(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> CrashFs {
+        let mut state = FsState::default();
+        for (name, data) in files {
+            let id = state.next_id;
+            state.next_id += 1;
+            state.files.insert(
+                id,
+                FileData {
+                    durable: data.clone(),
+                    data,
+                },
+            );
+            state.names.insert(name, id);
+        }
+        state.durable_names = state.names.clone();
+        CrashFs::from_state(state)
+    }
+
+    /// Every file's name and content.
+    pub fn files(&self) -> Vec<(String, Vec<u8>)> {
+        let s = self.lock();
+        s.names
+            .iter()
+            .map(|(n, id)| (n.clone(), s.files[id].data.clone()))
+            .collect()
+    }
+
     fn from_state(state: FsState) -> CrashFs {
         CrashFs {
             shared: Arc::new(Shared {
