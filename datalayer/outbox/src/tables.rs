@@ -15,8 +15,8 @@ use datalayer_core::schema::Table as _;
 use datalayer_macros::{Table, query_group};
 
 pub use datalayer_core::schema::internal::{
-    OUTBOX_EVENTS as EVENTS, OUTBOX_GROUPS as GROUPS, OUTBOX_MEMBERS as MEMBERS, OUTBOX_SEQ as SEQ,
-    OUTBOX_TOPICS as TOPICS, is_internal_table,
+    OUTBOX_EVENTS as EVENTS, OUTBOX_GROUPS as GROUPS, OUTBOX_MEMBERS as MEMBERS,
+    OUTBOX_PENDING as PENDING, OUTBOX_SEQ as SEQ, OUTBOX_TOPICS as TOPICS, is_internal_table,
 };
 
 /// A row of [`TOPICS`].
@@ -89,9 +89,13 @@ pub(crate) struct GroupRow {
     pub topic: String,
     #[pk]
     pub part: i32,
-    /// Every seq `<= high` was seen: processed, or listed in `pending`.
+    /// Every seq `<= high` was seen: processed, or a row of [`PENDING`].
     pub high: i64,
-    /// postcard of `Vec<(seq, deliver_at_us)>`: events `<= high` not yet due when seen.
+    /// The rest of the group's position, of bounded size ([`crate::Window`]): the
+    /// earliest delivery time among its [`PENDING`] rows and the round in flight.
+    /// (Stores written before `_dl_outbox_pending` existed hold the postcard of
+    /// `Vec<(seq, deliver_at_us)>` here; it is moved to [`PENDING`] at the next
+    /// checkpoint.)
     pub pending: Vec<u8>,
     pub lease_owner: String,
     pub lease_until_us: i64,
@@ -160,6 +164,25 @@ pub(crate) struct MemberRow {
     pub until_us: i64,
 }
 
+/// A row of [`PENDING`]: a scheduled event that group `grp` read before it was due.
+/// The key orders a partition's rows by delivery time, then seq, so the due ones are a
+/// key-range prefix; `by_seq` finds the lowest pending seq (retention).
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = PENDING)]
+#[index(name = "by_seq", fields(grp, topic, part, seq))]
+pub(crate) struct PendingRow {
+    #[pk]
+    pub grp: String,
+    #[pk]
+    pub topic: String,
+    #[pk]
+    pub part: i32,
+    #[pk]
+    pub deliver_at_us: i64,
+    #[pk]
+    pub seq: i64,
+}
+
 /// Every internal table.
 pub(crate) fn schemas() -> Vec<&'static TableSchema> {
     vec![
@@ -168,6 +191,7 @@ pub(crate) fn schemas() -> Vec<&'static TableSchema> {
         EventRow::schema(),
         GroupRow::schema(),
         MemberRow::schema(),
+        PendingRow::schema(),
     ]
 }
 
@@ -268,6 +292,23 @@ mod tests {
                 ],
                 &[0, 1, 2],
                 vec![],
+            ),
+            schema(
+                "_dl_outbox_pending",
+                &[
+                    ("grp", Str, false),
+                    ("topic", Str, false),
+                    ("part", I32, false),
+                    ("deliver_at_us", I64, false),
+                    ("seq", I64, false),
+                ],
+                &[0, 1, 2, 3, 4],
+                vec![IndexDef {
+                    name: "by_seq".into(),
+                    columns: vec![0, 1, 2, 4],
+                    unique: false,
+                    when: None,
+                }],
             ),
         ];
         let got: Vec<TableSchema> = schemas().into_iter().cloned().collect();
