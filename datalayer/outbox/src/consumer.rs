@@ -182,7 +182,7 @@ async fn claim_free(db: &Db, req: &Claim<'_>) -> Result<Vec<(u32, i64)>> {
         .filter(|r| r.lease_until_us < now_us)
         .take(want)
         .collect();
-    let params: Vec<[Value; 6]> = free
+    let params: Vec<[Value; 7]> = free
         .iter()
         .map(|r| {
             let [g, t, p] = group_key(group, topic, r.part);
@@ -193,21 +193,24 @@ async fn claim_free(db: &Db, req: &Claim<'_>) -> Result<Vec<(u32, i64)>> {
                 t,
                 p,
                 Value::I64(r.fencing),
+                Value::I64(now_us),
             ]
         })
         .collect();
     // One batch: each update is conditional on the fencing value read, so a partition
-    // another worker took in between is simply not acquired (count 0).
+    // another worker took in between is simply not acquired (count 0), and on the lease
+    // still being expired when the write runs, so a renewal that landed in between
+    // (etch queues both behind its writer lock) keeps the lease with its holder.
     let ops = params
         .iter()
         .map(|p| Op::Query {
-            query: GroupRow::acquire_query(),
+            query: GroupRow::acquire_expired_query(),
             params: p,
         })
         .collect();
     let mut got = Vec::new();
     for (r, o) in free.iter().zip(db.run_batch(ops).await?) {
-        if decode::count(GroupRow::acquire_query(), o)? == 1 {
+        if decode::count(GroupRow::acquire_expired_query(), o)? == 1 {
             got.push((r.part as u32, r.fencing + 1));
         }
     }
@@ -1193,8 +1196,9 @@ impl Worker {
 
     /// Stores the round's outcome in one transaction, only if this worker still holds
     /// the lease with this fencing token; a retryable error (`Conflict`) is retried
-    /// with backoff, another one backs the partition off. Returns the new earliest
-    /// pending delivery time.
+    /// with backoff (up to [`CHECKPOINT_RETRIES`] times), another one backs the
+    /// partition off for `backoff_max`. Returns the new earliest pending delivery
+    /// time.
     async fn checkpoint(
         &self,
         part: u32,
@@ -1218,7 +1222,7 @@ impl Worker {
                 Err(e) => {
                     let mut b = self.backoff.lock();
                     let failures = b.get(&part).map_or(0, |x| x.failures) + 1;
-                    let wait = self.backoff_for(failures).max(self.b.backoff_max);
+                    let wait = self.b.backoff_max;
                     b.insert(
                         part,
                         Backoff {

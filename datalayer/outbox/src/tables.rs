@@ -138,6 +138,32 @@ impl GroupRow {
             })
     }
 
+    /// Lease acquisition of an expired lease: conditional on the fencing value read
+    /// when choosing and, at the time of the write, on the lease having ended before
+    /// `now` (a renewal that landed in between wins).
+    fn acquire_expired(
+        owner: &str,
+        until: i64,
+        grp: &str,
+        topic: &str,
+        part: i32,
+        fencing: i64,
+        now: i64,
+    ) -> u64 {
+        Self::filter(|g| {
+            g.grp == grp
+                && g.topic == topic
+                && g.part == part
+                && g.fencing == fencing
+                && g.lease_until_us < now
+        })
+        .update(|g| {
+            g.lease_owner = owner;
+            g.lease_until_us = until;
+            g.fencing += 1;
+        })
+    }
+
     /// Lease renewal or release (`until` 0) by the holder.
     fn renew(until: i64, grp: &str, topic: &str, part: i32, owner: &str, fencing: i64) -> u64 {
         Self::filter(|g| {
@@ -323,7 +349,7 @@ mod tests {
         }
         // Each `_query()` builds its definition and panics if the builder refuses it.
         let queries = <crate::OutboxQueries as datalayer_core::QueryGroup>::queries();
-        assert_eq!(queries.len(), 5);
+        assert_eq!(queries.len(), 6);
         assert!(!is_internal_table("_dl_catalog"));
     }
 
@@ -372,6 +398,16 @@ mod tests {
         assert_eq!(params(q)[4..], [("part", i), ("fencing", l)]);
         let mut f = pk(2, 3, 4);
         f.push(eq(C(7), P(5)));
+        assert_eq!(q.filter, Some(Expr::And(f)));
+        assert_eq!(q.kind, update(vec![(5, P(0)), (6, P(1)), (7, plus_one(7))]));
+
+        let q = GroupRow::acquire_expired_query();
+        assert_eq!(params(q)[..4], want);
+        let tail = [("part", i), ("fencing", l), ("now", l)];
+        assert_eq!(params(q)[4..], tail);
+        let mut f = pk(2, 3, 4);
+        f.push(eq(C(7), P(5)));
+        f.push(Expr::cmp(CmpOp::Lt, C(6), P(6)));
         assert_eq!(q.filter, Some(Expr::And(f)));
         assert_eq!(q.kind, update(vec![(5, P(0)), (6, P(1)), (7, plus_one(7))]));
 

@@ -309,6 +309,7 @@ async fn conflict_on_checkpoint_keeps_the_partition() {
 /// at the same time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_transaction_never_lets_two_workers_deliver_one_partition() {
+    static W1_CALLS: AtomicU64 = AtomicU64::new(0);
     let db = db().await;
     datalayer_outbox::create_topic(&db, "lease", 1)
         .await
@@ -338,7 +339,9 @@ async fn long_transaction_never_lets_two_workers_deliver_one_partition() {
                 let _out = Out(inside.clone());
                 most.fetch_max(n, Ordering::SeqCst);
                 calls.fetch_add(1, Ordering::SeqCst);
-                let _ = name;
+                if name == "w1" {
+                    W1_CALLS.fetch_add(1, Ordering::SeqCst);
+                }
                 tokio::time::sleep(Duration::from_millis(40)).await;
                 Ok(())
             }
@@ -367,6 +370,10 @@ async fn long_transaction_never_lets_two_workers_deliver_one_partition() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     w1.stop().await;
     w2.stop().await;
+    assert!(
+        W1_CALLS.load(Ordering::SeqCst) > 0,
+        "w1 never took the partition over: the test did not exercise a hand-over"
+    );
     let most = most.load(Ordering::SeqCst);
     assert_eq!(
         most, 1,
