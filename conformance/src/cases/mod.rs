@@ -106,6 +106,9 @@ pub fn all() -> Vec<Case> {
         case!(outbox::late_commit_is_delivered),
         case!(outbox::poison_event_dead_lettered),
         case!(outbox::table_events_in_tx),
+        case!(outbox::crashing_handler_dead_lettered),
+        case!(outbox::dead_letter_error_truncated),
+        case!(outbox::immediate_behind_many_scheduled),
     ]
 }
 

@@ -681,3 +681,177 @@ pub async fn table_events_in_tx(cx: &mut Ctx) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Case: a handler that never returns because its worker dies mid-call (the consumer
+/// task is aborted, then started again) is dead-lettered after `max_attempts` such
+/// crashes: attempts are stored before the handler runs. The partition then goes on.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
+pub async fn crashing_handler_dead_lettered(cx: &mut Ctx) -> anyhow::Result<()> {
+    if !declared(cx).await? {
+        return Ok(());
+    }
+    outbox::create_topic(&cx.db, "crash", 1).await?;
+    cx.db.emit("crash", "k", b"ok1".to_vec()).await?;
+    let poison = cx.db.emit("crash", "k", b"crash".to_vec()).await?;
+    cx.db.emit("crash", "k", b"ok2".to_vec()).await?;
+    let calls = Arc::new(Mutex::new(0usize));
+    let ok2 = Arc::new(Mutex::new(false));
+    let max_attempts = 2u32;
+    for restart in 0.. {
+        ensure!(
+            restart <= 6,
+            "after {restart} crashes the event was not dead-lettered (max_attempts {max_attempts})"
+        );
+        let before = *calls.lock().unwrap();
+        let (c, o) = (calls.clone(), ok2.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            fast(&cx.db, "g", "crash")
+                .max_attempts(max_attempts)
+                .partitions(0..1)
+                .run(
+                    move |ev: Event| {
+                        let (c, o) = (c.clone(), o.clone());
+                        async move {
+                            match &ev.payload[..] {
+                                b"crash" => {
+                                    *c.lock().unwrap() += 1;
+                                    std::future::pending::<()>().await;
+                                }
+                                b"ok2" => *o.lock().unwrap() = true,
+                                _ => {}
+                            }
+                            Ok(())
+                        }
+                    },
+                    async move {
+                        let _ = rx.await;
+                    },
+                ),
+        );
+        let t0 = Instant::now();
+        while *calls.lock().unwrap() == before && !*ok2.lock().unwrap() && t0.elapsed() < WAIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if *ok2.lock().unwrap() {
+            Running {
+                task,
+                stop: Some(tx),
+            }
+            .stop()
+            .await?;
+            break;
+        }
+        // The worker "crashes" in the handler.
+        task.abort();
+        let _ = task.await;
+    }
+    let n = *calls.lock().unwrap();
+    ensure!(
+        (max_attempts as usize..=max_attempts as usize + 1).contains(&n),
+        "{n} handler calls for max_attempts {max_attempts}"
+    );
+    let dead = outbox::stored_events(&cx.db, "crash.dead").await?;
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let dl = dead[0]
+        .dead_letter
+        .as_ref()
+        .context("dead-letter details")?;
+    assert_eq!(dl.origin, poison.id());
+    ensure!(dl.attempts >= max_attempts, "{dl:?}");
+    Ok(())
+}
+
+/// Case: a dead letter stores the handler's error cut to `MAX_ERROR_BYTES` (with a
+/// marker), and event ids are unique strings with a random part.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
+pub async fn dead_letter_error_truncated(cx: &mut Ctx) -> anyhow::Result<()> {
+    if !declared(cx).await? {
+        return Ok(());
+    }
+    outbox::create_topic(&cx.db, "long", 1).await?;
+    let id = cx.db.emit("long", "k", b"fails".to_vec()).await?;
+    let text = id.id();
+    ensure!(
+        text.starts_with(&format!("long/0/{}/", id.seq)) && text.len() == "long/0/1/".len() + 16,
+        "id {text}"
+    );
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(fast(&cx.db, "g", "long").max_attempts(1).run(
+        |_ev: Event| async move { Err(datalayer::Error::invalid_input("é".repeat(50_000))) },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let c = Running {
+        task,
+        stop: Some(tx),
+    };
+    let start_t = Instant::now();
+    let dead = loop {
+        let dead = outbox::stored_events(&cx.db, "long.dead").await?;
+        if !dead.is_empty() {
+            break dead;
+        }
+        ensure!(start_t.elapsed() < WAIT, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    c.stop().await?;
+    let dl = dead[0]
+        .dead_letter
+        .as_ref()
+        .context("dead-letter details")?;
+    assert_eq!(dl.origin, text);
+    ensure!(
+        dl.error.len() <= outbox::MAX_ERROR_BYTES && dl.error.contains("truncated"),
+        "stored error of {} bytes: {}",
+        dl.error.len(),
+        &dl.error[dl.error.len().saturating_sub(60)..]
+    );
+    ensure!(dead[0].id != text, "the dead letter has an id of its own");
+    Ok(())
+}
+
+/// Case: an immediate event behind 600 scheduled ones in its partition is delivered
+/// promptly, the scheduled ones are not delivered early, and retention keeps them.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
+pub async fn immediate_behind_many_scheduled(cx: &mut Ctx) -> anyhow::Result<()> {
+    if !declared(cx).await? {
+        return Ok(());
+    }
+    outbox::create_topic(&cx.db, "many", 1).await?;
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let tx = cx.db.begin().await?;
+    for i in 0..600 {
+        tx.emit("many", "k", format!("later-{i}"))
+            .deliver_at(later)
+            .await?;
+    }
+    tx.commit().await?;
+    cx.db.emit("many", "k", b"now".to_vec()).await?;
+    let log = Log::default();
+    let t0 = Instant::now();
+    let c = start(fast(&cx.db, "g", "many"), "w", &log);
+    wait_until("the immediate event", || !payloads(&log).is_empty()).await?;
+    let took = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.stop().await?;
+    ensure!(
+        took < Duration::from_secs(2),
+        "the immediate event took {took:?}"
+    );
+    assert_eq!(
+        payloads(&log),
+        vec!["now"],
+        "nothing scheduled delivered early"
+    );
+    assert_eq!(outbox::purge(&cx.db, "many").await?, 0);
+    assert_eq!(outbox::stored_events(&cx.db, "many").await?.len(), 601);
+    Ok(())
+}

@@ -52,6 +52,9 @@ pub mod internal {
     pub const OUTBOX_GROUPS: &str = "_dl_outbox_groups";
     /// Outbox live workers of a group (heartbeats), for the fair share of partitions.
     pub const OUTBOX_MEMBERS: &str = "_dl_outbox_members";
+    /// Outbox scheduled events a group has seen before they were due, one row each:
+    /// `(grp, topic, part, deliver_at_us, seq)`.
+    pub const OUTBOX_PENDING: &str = "_dl_outbox_pending";
 
     /// Whether `name` is one of datalayer's internal tables (allowed despite the
     /// reserved `_dl_` prefix).
@@ -62,6 +65,7 @@ pub mod internal {
             OUTBOX_EVENTS,
             OUTBOX_GROUPS,
             OUTBOX_MEMBERS,
+            OUTBOX_PENDING,
         ]
         .contains(&name)
     }

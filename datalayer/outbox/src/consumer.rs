@@ -1,15 +1,22 @@
 //! Consuming: `db.consumer(group, topic)` and the worker loop.
 //!
 //! A worker runs two loops in one task: the lease loop (heartbeat, renewal, fair-share
-//! claiming and releasing, every `lease_ttl / 3`) and the delivery loop (find owned
-//! partitions with new or due events, deliver them, checkpoint under the lease's
-//! fencing token).
+//! claiming and releasing, every `lease_renewal`, by default `lease_ttl / 3`) and the
+//! delivery loop (find owned partitions with new or due events, deliver them,
+//! checkpoint under the lease's fencing token).
+//!
+//! A partition round: read up to `batch_size` events above `high` and the due pending
+//! rows; store the round in flight ([`Inflight`]) in the group row; call the handler
+//! per due event in (delivery time, seq) order, while the lease is live locally;
+//! checkpoint (new `high`, pending rows added and removed, at most one dead letter,
+//! the marker cleared) in one transaction fenced by the lease's token.
 
 use super::emit::{NewEvent, emit_in, topic_partitions};
-use super::tables::{EventRow, GroupRow, MemberRow, SeqRow};
-use super::window::Window;
+use super::tables::{EventRow, GroupRow, MemberRow, PendingRow, SeqRow};
+use super::window::{Inflight, Window};
 use super::{
-    DEAD_LETTER_SUFFIX, check_capability, install, now_us, purge_partitions, validate_topic,
+    DEAD_LETTER_SUFFIX, check_capability, install, now_us, purge_partitions, truncate_error,
+    validate_topic,
 };
 use async_trait::async_trait;
 use datalayer_core::db::{Db, Executor};
@@ -25,14 +32,17 @@ use std::ops::{Bound, Range};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// One delivered event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
-    /// Stable id, `"<topic>/<partition>/<seq>"`: the same on every redelivery, so
-    /// handlers can be idempotent.
+    /// Stable, unique id, `"<topic>/<partition>/<seq>/<nonce>"` ([`EventId::id`](crate::EventId::id)):
+    /// the same on every redelivery, and never the id of another event (even when a
+    /// lost commit lets a later event take the same seq), so handlers can deduplicate
+    /// by it.
     pub id: String,
     /// The topic.
     pub topic: String,
@@ -46,7 +56,9 @@ pub struct Event {
     pub payload: Vec<u8>,
     /// Not delivered before this time.
     pub deliver_at: SystemTime,
-    /// Delivery attempt by this worker, from 1.
+    /// Delivery attempt, from 1. Counted in memory by the worker, and durably once a
+    /// worker stopped while delivering the event's round (then attempts of earlier
+    /// workers count too).
     pub attempt: u32,
     /// Set on events of a dead-letter topic: why the original event landed there.
     pub dead_letter: Option<DeadLetter>,
@@ -59,7 +71,8 @@ pub struct DeadLetter {
     pub origin: String,
     /// Delivery attempts made.
     pub attempts: u32,
-    /// The handler's last error.
+    /// The handler's last error, at most [`MAX_ERROR_BYTES`](crate::MAX_ERROR_BYTES)
+    /// bytes ([`truncate_error`](crate::truncate_error)).
     pub error: String,
 }
 
@@ -169,7 +182,7 @@ async fn claim_free(db: &Db, req: &Claim<'_>) -> Result<Vec<(u32, i64)>> {
         .filter(|r| r.lease_until_us < now_us)
         .take(want)
         .collect();
-    let params: Vec<[Value; 6]> = free
+    let params: Vec<[Value; 7]> = free
         .iter()
         .map(|r| {
             let [g, t, p] = group_key(group, topic, r.part);
@@ -180,21 +193,24 @@ async fn claim_free(db: &Db, req: &Claim<'_>) -> Result<Vec<(u32, i64)>> {
                 t,
                 p,
                 Value::I64(r.fencing),
+                Value::I64(now_us),
             ]
         })
         .collect();
     // One batch: each update is conditional on the fencing value read, so a partition
-    // another worker took in between is simply not acquired (count 0).
+    // another worker took in between is simply not acquired (count 0), and on the lease
+    // still being expired when the write runs, so a renewal that landed in between
+    // (etch queues both behind its writer lock) keeps the lease with its holder.
     let ops = params
         .iter()
         .map(|p| Op::Query {
-            query: GroupRow::acquire_query(),
+            query: GroupRow::acquire_expired_query(),
             params: p,
         })
         .collect();
     let mut got = Vec::new();
     for (r, o) in free.iter().zip(db.run_batch(ops).await?) {
-        if decode::count(GroupRow::acquire_query(), o)? == 1 {
+        if decode::count(GroupRow::acquire_expired_query(), o)? == 1 {
             got.push((r.part as u32, r.fencing + 1));
         }
     }
@@ -212,13 +228,20 @@ pub struct ConsumerBuilder {
     backoff_first: Duration,
     backoff_max: Duration,
     lease_ttl: Duration,
+    lease_renewal: Option<Duration>,
     fixed: Option<Range<u32>>,
     poll_interval: Duration,
     worker_id: String,
     batch_size: usize,
     retention_interval: Duration,
     driver: Arc<dyn Driver>,
+    checkpoint_fault: Option<CheckpointFault>,
 }
+
+/// A test seam: called inside every checkpoint transaction with the partition; an
+/// `Err` fails that checkpoint (see `ConsumerBuilder::checkpoint_fault`).
+#[doc(hidden)]
+pub type CheckpointFault = Arc<dyn Fn(u32) -> Result<()> + Send + Sync>;
 
 impl std::fmt::Debug for ConsumerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -260,12 +283,14 @@ impl ConsumerBuilder {
             backoff_first: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(10),
+            lease_renewal: None,
             fixed: None,
             poll_interval: Duration::from_millis(100),
             worker_id: default_worker_id(),
             batch_size: 256,
             retention_interval: Duration::from_secs(30),
             driver: engine_driver(db).unwrap_or_else(|| Arc::new(Polling)),
+            checkpoint_fault: None,
         }
     }
 }
@@ -285,9 +310,13 @@ enum Outcome {
         attempts: u32,
         error: String,
     },
-    /// Asked to stop while waiting to retry: not processed, delivered again later.
+    /// Asked to stop, or the lease ended, before the event was processed: delivered
+    /// again later.
     Abandoned,
 }
+
+/// The shortest lease TTL [`ConsumerBuilder::run`] accepts.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(30);
 
 impl ConsumerBuilder {
     /// Partitions processed in parallel by this worker (events of one partition are
@@ -309,11 +338,26 @@ impl ConsumerBuilder {
         self.backoff_max = max.max(first);
         self
     }
-    /// How long a partition lease lasts without renewal; renewed every `ttl / 3`. A
-    /// worker that dies has its partitions taken over after at most this long.
-    /// Default: 10 s.
+    /// How long a partition lease lasts without renewal; renewed every
+    /// [`lease_renewal`](Self::lease_renewal). A worker that dies has its partitions
+    /// taken over after at most this long. At least [`MIN_LEASE_TTL`] (else
+    /// [`run`](Self::run) fails with `InvalidInput`). Default: 10 s.
+    ///
+    /// A worker fences itself: it stops delivering a partition (and cancels a handler
+    /// call in progress, by dropping its future) when `ttl - ttl / 5` has passed since
+    /// it sent the last renewal that succeeded, so that even when renewals are late
+    /// (etch runs them behind its single writer lock, after any long transaction) it
+    /// has stopped before another worker can take the lease (clocks of the workers'
+    /// machines must agree within `ttl / 5`).
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl.max(Duration::from_millis(30));
+        self.lease_ttl = ttl;
+        self
+    }
+    /// How often leases are renewed (and the worker's heartbeat written). At most
+    /// `lease_ttl / 3`, so that two renewals can be late before the lease is lost
+    /// (else [`run`](Self::run) fails with `InvalidInput`). Default: `lease_ttl / 3`.
+    pub fn lease_renewal(mut self, every: Duration) -> Self {
+        self.lease_renewal = Some(every);
         self
     }
     /// Processes exactly the partitions in `range` (as tito's `PartitionConfig`)
@@ -352,14 +396,34 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Test seam (fault injection): `f(partition)` runs inside every checkpoint
+    /// transaction of this worker, after the fenced update; an `Err` fails that
+    /// checkpoint as the engine's own error would. Not for production use.
+    #[doc(hidden)]
+    pub fn checkpoint_fault(mut self, f: CheckpointFault) -> Self {
+        self.checkpoint_fault = Some(f);
+        self
+    }
+
     /// Runs the worker until `shutdown` resolves: calls `handler` once per event (at
     /// least once; retried with backoff on `Err` or panic, then dead-lettered), then
     /// finishes the events in flight, checkpoints, releases its leases and returns.
     ///
+    /// Attempts are counted durably: the round records which events it delivers before
+    /// the first handler call, and every retry before it runs; when a worker stops
+    /// mid-round (crash, kill), the next round delivers those events one at a time,
+    /// each attempt stored before the handler runs, so an event whose handler crashes
+    /// the worker is dead-lettered after `max_attempts` crashes (its handler then ran
+    /// at most `max_attempts + 1` times). A retryable error (`Conflict`) of a
+    /// checkpoint is retried with backoff; another error backs the partition off
+    /// (logged) instead of redelivering its events in a loop.
+    ///
     /// # Errors
     /// At start: `Unsupported` without `Capability::outbox`, `InvalidInput` for a bad
-    /// name or a partition range outside the topic, the engine's errors. Errors while
-    /// running are logged (`tracing`) and retried; they do not stop the worker.
+    /// name, a partition range outside the topic, a `lease_ttl` under
+    /// [`MIN_LEASE_TTL`] or a `lease_renewal` that is zero or over `lease_ttl / 3`;
+    /// the engine's errors. Errors while running are logged (`tracing`) and retried;
+    /// they do not stop the worker.
     pub async fn run<H, F>(
         self,
         handler: H,
@@ -372,6 +436,7 @@ impl ConsumerBuilder {
         check_capability(&self.db)?;
         validate_topic(&self.group)?;
         validate_topic(&self.topic)?;
+        self.validate_lease()?;
         install(&self.db).await?;
         let partitions = topic_partitions(&self.db, &self.topic, None).await?;
         let range = match &self.fixed {
@@ -389,6 +454,8 @@ impl ConsumerBuilder {
             b: self,
             partitions,
             owned: Mutex::new(HashMap::new()),
+            rounds: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
             stop: stop_rx,
         };
         w.ensure_rows(range.clone()).await?;
@@ -412,11 +479,67 @@ impl ConsumerBuilder {
     }
 }
 
+impl ConsumerBuilder {
+    /// The renewal interval.
+    fn renewal(&self) -> Duration {
+        self.lease_renewal.unwrap_or(self.lease_ttl / 3)
+    }
+
+    /// Checks the lease settings (see [`ConsumerBuilder::lease_ttl`]).
+    fn validate_lease(&self) -> Result<()> {
+        if self.lease_ttl < MIN_LEASE_TTL {
+            return Err(Error::invalid_input(format!(
+                "outbox consumer: lease_ttl of {:?} is under the minimum of {MIN_LEASE_TTL:?}",
+                self.lease_ttl
+            )));
+        }
+        let r = self.renewal();
+        if r.is_zero() || r > self.lease_ttl / 3 {
+            return Err(Error::invalid_input(format!(
+                "outbox consumer: lease_renewal of {r:?} must be above zero and at most \
+                 lease_ttl / 3 ({:?}), so that a late renewal does not lose the lease",
+                self.lease_ttl / 3
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where a lease this worker holds ends, as seen locally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deadline {
+    /// Fixed partition ranges: no expiry (still fenced at checkpoint).
+    Never,
+    /// Deliveries stop then unless a renewal moved it.
+    At(Instant),
+}
+
+/// A lease this worker holds on one partition.
+struct Lease {
+    /// The fencing token of the acquisition.
+    fencing: i64,
+    /// The local deadline, watched by the partition's deliveries; removing the lease
+    /// (dropping the sender) revokes it at once.
+    deadline: watch::Sender<Deadline>,
+}
+
+/// A partition's delivery backoff after a failed checkpoint.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    until: Instant,
+    failures: u32,
+}
+
 struct Worker {
     b: ConsumerBuilder,
     partitions: u32,
-    /// Partitions this worker holds → the fencing token of its lease.
-    owned: Mutex<HashMap<u32, i64>>,
+    /// Partitions this worker holds → its lease.
+    owned: Mutex<HashMap<u32, Lease>>,
+    /// Held by a partition's round while it delivers and checkpoints; a release waits
+    /// for it, so that no handler of the partition runs once its lease is released.
+    rounds: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    /// Partitions backed off after a checkpoint failed with a non-retryable error.
+    backoff: Mutex<HashMap<u32, Backoff>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -443,6 +566,62 @@ impl Worker {
 
     fn ttl_us(&self) -> i64 {
         self.b.lease_ttl.as_micros() as i64
+    }
+
+    /// The local deadline of a lease renewed or acquired with a request sent at `sent`:
+    /// the TTL minus a safety margin of a fifth of it.
+    fn deadline_after(&self, sent: Instant) -> Deadline {
+        Deadline::At(sent + self.b.lease_ttl - self.b.lease_ttl / 5)
+    }
+
+    fn insert_lease(&self, part: u32, fencing: i64, deadline: Deadline) {
+        let (tx, _) = watch::channel(deadline);
+        self.owned.lock().insert(
+            part,
+            Lease {
+                fencing,
+                deadline: tx,
+            },
+        );
+    }
+
+    /// The deadline watch of the lease `(part, fencing)`, if this worker holds it.
+    fn lease(&self, part: u32, fencing: i64) -> Option<watch::Receiver<Deadline>> {
+        self.owned
+            .lock()
+            .get(&part)
+            .filter(|l| l.fencing == fencing)
+            .map(|l| l.deadline.subscribe())
+    }
+
+    /// Whether this worker holds `(part, fencing)` and its local deadline has not passed.
+    fn lease_valid(&self, part: u32, fencing: i64) -> bool {
+        self.owned
+            .lock()
+            .get(&part)
+            .is_some_and(|l| l.fencing == fencing && live(*l.deadline.borrow()))
+    }
+
+    /// The partitions owned with a live lease, and their fencing tokens.
+    fn owned_live(&self) -> HashMap<u32, i64> {
+        self.owned
+            .lock()
+            .iter()
+            .filter(|(_, l)| live(*l.deadline.borrow()))
+            .map(|(&p, l)| (p, l.fencing))
+            .collect()
+    }
+
+    fn owned_all(&self) -> Vec<(u32, i64)> {
+        self.owned
+            .lock()
+            .iter()
+            .map(|(&p, l)| (p, l.fencing))
+            .collect()
+    }
+
+    fn round_lock(&self, part: u32) -> Arc<tokio::sync::Mutex<()>> {
+        self.rounds.lock().entry(part).or_default().clone()
     }
 
     /// Creates the group's missing rows for `range`, in one transaction (read and
@@ -522,7 +701,7 @@ impl Worker {
                     params: &params,
                 };
                 if decode::count(GroupRow::acquire_query(), self.db().run(op).await?)? == 1 {
-                    self.owned.lock().insert(part, r.fencing + 1);
+                    self.insert_lease(part, r.fencing + 1, Deadline::Never);
                     break;
                 }
                 if attempt >= 10 {
@@ -571,9 +750,31 @@ impl Worker {
             .collect()
     }
 
+    /// Gives up `parts`: revokes them locally (a handler call in progress is
+    /// cancelled), waits for their rounds to end, then releases them in the store.
+    async fn release(&self, parts: &[(u32, i64)]) -> Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut o = self.owned.lock();
+            for (part, fencing) in parts {
+                if o.get(part).is_some_and(|l| l.fencing == *fencing) {
+                    o.remove(part);
+                }
+            }
+        }
+        let mut guards = Vec::with_capacity(parts.len());
+        for (part, _) in parts {
+            guards.push(self.round_lock(*part).lock_owned().await);
+        }
+        self.set_until_many(parts, 0).await?;
+        Ok(())
+    }
+
     async fn release_all(&self) {
-        let owned: Vec<(u32, i64)> = self.owned.lock().drain().collect();
-        if let Err(e) = self.set_until_many(&owned, 0).await {
+        let owned = self.owned_all();
+        if let Err(e) = self.release(&owned).await {
             tracing::warn!(error = %e, "outbox: releasing the leases failed");
         }
         if self.b.fixed.is_none() {
@@ -592,7 +793,7 @@ impl Worker {
         if self.b.fixed.is_some() {
             return;
         }
-        let tick = self.b.lease_ttl / 3;
+        let tick = self.b.renewal();
         loop {
             if self.stopping() {
                 return;
@@ -608,6 +809,9 @@ impl Worker {
 
     /// Heartbeat, renewal, then release or claim towards this worker's fair share.
     async fn lease_round(&self) -> Result<()> {
+        // The local deadlines count from before anything is sent: whatever the
+        // writes wait for, the stored expiry is never earlier than the local one.
+        let sent = Instant::now();
         let now = now_us();
         let until = now + self.ttl_us();
         let members = self.db().repo::<MemberRow>();
@@ -619,11 +823,17 @@ impl Worker {
                 until_us: until,
             })
             .await?;
-        let owned: Vec<(u32, i64)> = self.owned.lock().iter().map(|(&p, &f)| (p, f)).collect();
-        for ((part, _), kept) in owned.iter().zip(self.set_until_many(&owned, until).await?) {
-            if !kept {
+        let owned = self.owned_all();
+        for ((part, fencing), kept) in owned.iter().zip(self.set_until_many(&owned, until).await?) {
+            let mut o = self.owned.lock();
+            let Some(l) = o.get(part).filter(|l| l.fencing == *fencing) else {
+                continue;
+            };
+            if kept {
+                l.deadline.send_replace(self.deadline_after(sent));
+            } else {
                 tracing::info!(part, worker = %self.b.worker_id, "outbox: lease lost");
-                self.owned.lock().remove(part);
+                o.remove(part);
             }
         }
         let all = members
@@ -651,17 +861,14 @@ impl Worker {
             .position(|w| *w == self.b.worker_id)
             .unwrap_or(0);
         let share = fair_share(self.partitions as usize, live.len(), rank);
-        let held = self.owned.lock().len();
-        if held > share {
-            let mut extra: Vec<(u32, i64)> =
-                self.owned.lock().iter().map(|(&p, &f)| (p, f)).collect();
-            extra.sort_unstable();
-            let extra = extra.split_off(share);
-            for (part, _) in &extra {
-                self.owned.lock().remove(part);
-            }
-            self.set_until_many(&extra, 0).await?;
-        } else if held < share {
+        let mut held = self.owned_all();
+        if held.len() > share {
+            held.sort_unstable();
+            let extra = held.split_off(share);
+            self.release(&extra).await?;
+        } else if held.len() < share {
+            let sent = Instant::now();
+            let now = now_us();
             let got = self
                 .b
                 .driver
@@ -671,15 +878,14 @@ impl Worker {
                         group: &self.b.group,
                         topic: &self.b.topic,
                         worker: &self.b.worker_id,
-                        want: share - held,
+                        want: share - held.len(),
                         now_us: now,
-                        until_us: until,
+                        until_us: now + self.ttl_us(),
                     },
                 )
                 .await?;
-            let mut o = self.owned.lock();
             for (part, fencing) in got {
-                o.insert(part, fencing);
+                self.insert_lease(part, fencing, self.deadline_after(sent));
             }
         }
         Ok(())
@@ -704,7 +910,7 @@ impl Worker {
             };
             if last_purge.elapsed() >= self.b.retention_interval {
                 last_purge = Instant::now();
-                let parts: Vec<u32> = self.owned.lock().keys().copied().collect();
+                let parts: Vec<u32> = self.owned_live().into_keys().collect();
                 if !parts.is_empty()
                     && let Err(e) = purge_partitions(self.db(), &self.b.topic, Some(&parts)).await
                 {
@@ -727,7 +933,13 @@ impl Worker {
         H: Fn(Event) -> F + Send + Sync,
         F: Future<Output = Result<()>> + Send,
     {
-        let owned: HashMap<u32, i64> = self.owned.lock().clone();
+        let mut owned = self.owned_live();
+        {
+            let now = Instant::now();
+            let mut b = self.backoff.lock();
+            owned.retain(|p, _| b.get(p).is_none_or(|x| x.until <= now));
+            b.retain(|p, _| self.owned.lock().contains_key(p));
+        }
         if owned.is_empty() {
             return Ok(0);
         }
@@ -753,12 +965,15 @@ impl Worker {
                 continue;
             };
             if r.lease_owner != self.b.worker_id || r.fencing != fencing {
-                self.owned.lock().remove(&part);
+                let mut o = self.owned.lock();
+                if o.get(&part).is_some_and(|l| l.fencing == fencing) {
+                    o.remove(&part);
+                }
                 continue;
             }
             let w = Window::decode(r.high, &r.pending)?;
             let new = last.get(&r.part).is_some_and(|&l| l > w.high);
-            if new || w.next_due().is_some_and(|d| d <= now) {
+            if new || w.has_due(now) || w.inflight.is_some() || !w.legacy.is_empty() {
                 work.push((part, fencing, w));
             }
         }
@@ -773,22 +988,33 @@ impl Worker {
         Ok(n)
     }
 
-    fn still_owned(&self, part: u32, fencing: i64) -> bool {
-        self.owned.lock().get(&part) == Some(&fencing)
-    }
-
     /// Delivers the due events of one partition and checkpoints.
     async fn partition_round<H, F>(
         &self,
         handler: &H,
         part: u32,
         fencing: i64,
-        w: Window,
+        mut w: Window,
     ) -> Result<()>
     where
         H: Fn(Event) -> F + Send + Sync,
         F: Future<Output = Result<()>> + Send,
     {
+        let _round = self.round_lock(part).lock_owned().await;
+        if !self.lease_valid(part, fencing) {
+            return Ok(());
+        }
+        if !w.legacy.is_empty() {
+            // A position of an earlier version: move its pending list to rows first.
+            let moved = std::mem::take(&mut w.legacy);
+            let ck = Checkpoint {
+                high: w.high,
+                add: moved,
+                ..Checkpoint::default()
+            };
+            w.next_due_us = self.checkpoint(part, fencing, &w, ck).await?;
+            return Ok(());
+        }
         let events = Repo::<EventRow, Db>::new(self.db());
         let now = now_us();
         let fetched_rows = events
@@ -803,115 +1029,364 @@ impl Worker {
             .iter()
             .map(|r| (r.seq, r.deliver_at_us))
             .collect();
-        let due_pending = w.due(now);
+        // Pending rows are keyed by delivery time: the due ones are a key range.
+        let pending_due = if w.has_due(now) {
+            Repo::<PendingRow, Db>::new(self.db())
+                .scan()
+                .eq(&self.b.group)
+                .eq(&self.b.topic)
+                .eq(part as i32)
+                .range(..=now)
+                .limit(self.b.batch_size)
+                .all()
+                .await?
+        } else {
+            Vec::new()
+        };
         let mut processed: HashSet<i64> = HashSet::new();
         let mut due: Vec<EventRow> = Vec::new();
-        if !due_pending.is_empty() {
-            let keys: Vec<(&str, i32, i64)> = due_pending
+        if !pending_due.is_empty() {
+            let keys: Vec<(&str, i32, i64)> = pending_due
                 .iter()
-                .map(|&s| (self.b.topic.as_str(), part as i32, s))
+                .map(|p| (self.b.topic.as_str(), part as i32, p.seq))
                 .collect();
-            for (seq, row) in due_pending.iter().zip(events.get_many(keys).await?) {
+            for (p, row) in pending_due.iter().zip(events.get_many(keys).await?) {
                 match row {
                     Some(r) => due.push(r),
                     // Gone (deleted by hand): nothing to deliver.
                     None => {
-                        processed.insert(*seq);
+                        processed.insert(p.seq);
                     }
                 }
             }
         }
         due.extend(fetched_rows.into_iter().filter(|r| r.deliver_at_us <= now));
         due.sort_by_key(|r| (r.deliver_at_us, r.seq));
-        let mut dead: Vec<NewEvent> = Vec::new();
+        // A round found in flight: its worker stopped mid-round. Deliver its events one
+        // at a time, counting each attempt before the handler runs.
+        let careful = w.inflight;
+        if let Some(m) = careful {
+            due.retain(|r| (m.lo..=m.hi).contains(&r.seq));
+        }
+        let mut inflight = careful;
+        if careful.is_none() && !due.is_empty() {
+            let m = Inflight {
+                lo: due.iter().map(|r| r.seq).min().unwrap_or(0),
+                hi: due.iter().map(|r| r.seq).max().unwrap_or(0),
+                seq: 0,
+                attempts: 0,
+            };
+            self.mark(part, fencing, &w, m).await?;
+            inflight = Some(m);
+        }
+        let mut dead: Option<NewEvent> = None;
+        let mut finished = true;
+        // In careful mode, the events before the one the marker counts returned before
+        // (the marker moves on only then): delivered again without counting, so that
+        // the count of the marker's event is kept.
+        let mut counting = careful.is_some_and(|m| m.seq == 0);
         for row in due {
-            if self.stopping() || !self.still_owned(part, fencing) {
+            if self.stopping() || !self.lease_valid(part, fencing) {
+                finished = false;
                 break;
             }
             let seq = row.seq;
-            match self.deliver(handler, &row).await {
+            counting |= careful.is_some_and(|m| m.seq == seq);
+            let outcome = self
+                .deliver(handler, &row, part, fencing, &w, &mut inflight, counting)
+                .await;
+            match outcome {
                 Outcome::Done => {}
                 Outcome::Dead { attempts, error } => {
-                    tracing::warn!(id = %row.id, attempts, error = %error, "outbox: event dead-lettered");
-                    dead.push(NewEvent {
+                    tracing::warn!(id = %row.id, attempts, error = %truncate_error(&error), "outbox: event dead-lettered");
+                    dead = Some(NewEvent {
                         topic: format!("{}{DEAD_LETTER_SUFFIX}", self.b.topic),
                         key: row.key,
                         payload: row.payload,
                         deliver_at_us: None,
                         origin: Some(row.id),
-                        attempts: attempts as i32,
-                        error: Some(error),
+                        attempts: attempts.min(i32::MAX as u32) as i32,
+                        error: Some(truncate_error(&error).into_owned()),
                         partitions: Some(self.partitions),
                     });
+                    processed.insert(seq);
+                    // One dead letter per checkpoint: bounds what it holds.
+                    finished = false;
+                    break;
                 }
-                Outcome::Abandoned => break,
+                Outcome::Abandoned => {
+                    finished = false;
+                    break;
+                }
             }
             processed.insert(seq);
         }
-        let next = w.advance(&fetched, now, &processed);
-        if next == w && dead.is_empty() {
+        let adv = w.advance(&fetched, now, &processed);
+        // The marker stays only while it counts attempts of an event not processed.
+        let keep = inflight.filter(|m| !finished && m.seq != 0 && !processed.contains(&m.seq));
+        let remove: Vec<(i64, i64)> = pending_due
+            .iter()
+            .filter(|p| processed.contains(&p.seq))
+            .map(|p| (p.deliver_at_us, p.seq))
+            .collect();
+        if adv.high == w.high
+            && adv.pending.is_empty()
+            && remove.is_empty()
+            && dead.is_none()
+            && keep == w.inflight
+            && inflight == w.inflight
+        {
             return Ok(());
         }
-        self.checkpoint(part, fencing, &next, dead).await
+        let ck = Checkpoint {
+            high: adv.high,
+            add: adv.pending,
+            remove,
+            inflight: keep,
+            dead,
+        };
+        self.checkpoint(part, fencing, &w, ck).await.map(|_| ())
     }
 
-    /// Stores the window (and emits the dead letters) in one transaction, only if this
-    /// worker still holds the lease with this fencing token.
-    async fn checkpoint(
-        &self,
-        part: u32,
-        fencing: i64,
-        w: &Window,
-        dead: Vec<NewEvent>,
-    ) -> Result<()> {
-        let tx = self.db().begin().await?;
+    /// Stores `m` as the partition's round in flight (a fenced update of the group
+    /// row, position unchanged).
+    ///
+    /// # Errors
+    /// The engine's; `Conflict` when the lease was lost (it is then dropped).
+    async fn mark(&self, part: u32, fencing: i64, w: &Window, m: Inflight) -> Result<()> {
+        let state = Window {
+            inflight: Some(m),
+            ..w.clone()
+        };
+        let params = self.checkpoint_params(part, fencing, w.high, &state);
+        let op = Op::Query {
+            query: GroupRow::checkpoint_query(),
+            params: &params,
+        };
+        if decode::count(GroupRow::checkpoint_query(), self.db().run(op).await?)? == 1 {
+            Ok(())
+        } else {
+            Err(self.lease_lost(part, fencing))
+        }
+    }
+
+    /// Drops the lease `(part, fencing)` and returns the error saying so.
+    fn lease_lost(&self, part: u32, fencing: i64) -> Error {
+        let mut o = self.owned.lock();
+        if o.get(&part).is_some_and(|l| l.fencing == fencing) {
+            o.remove(&part);
+        }
+        Error::conflict(format!(
+            "outbox: lease on partition {part} lost (fencing {fencing}); checkpoint refused"
+        ))
+    }
+
+    fn checkpoint_params(&self, part: u32, fencing: i64, high: i64, w: &Window) -> [Value; 7] {
         let [g, t, p] = group_key(&self.b.group, &self.b.topic, part as i32);
-        let params = [
-            Value::I64(w.high),
-            Value::Bytes(w.encode_pending()),
+        [
+            Value::I64(high),
+            Value::Bytes(w.encode_state()),
             g,
             t,
             p,
             Value::String(self.b.worker_id.clone()),
             Value::I64(fencing),
-        ];
-        let op = Op::Query {
-            query: GroupRow::checkpoint_query(),
-            params: &params,
-        };
+        ]
+    }
+
+    /// Stores the round's outcome in one transaction, only if this worker still holds
+    /// the lease with this fencing token; a retryable error (`Conflict`) is retried
+    /// with backoff (up to [`CHECKPOINT_RETRIES`] times), another one backs the
+    /// partition off for `backoff_max`. Returns the new earliest pending delivery
+    /// time.
+    async fn checkpoint(
+        &self,
+        part: u32,
+        fencing: i64,
+        w: &Window,
+        ck: Checkpoint,
+    ) -> Result<Option<i64>> {
+        let mut tries = 0u32;
+        loop {
+            match self.checkpoint_once(part, fencing, w, &ck).await {
+                Ok(Some(next_due)) => {
+                    self.backoff.lock().remove(&part);
+                    return Ok(next_due);
+                }
+                Ok(None) => return Err(self.lease_lost(part, fencing)),
+                Err(e) if e.is_retryable() && tries < CHECKPOINT_RETRIES => {
+                    tries += 1;
+                    tracing::debug!(part, error = %e, tries, "outbox: checkpoint failed, retrying");
+                    tokio::time::sleep(self.backoff_for(tries)).await;
+                }
+                Err(e) => {
+                    let mut b = self.backoff.lock();
+                    let failures = b.get(&part).map_or(0, |x| x.failures) + 1;
+                    let wait = self.b.backoff_max;
+                    b.insert(
+                        part,
+                        Backoff {
+                            until: Instant::now() + wait,
+                            failures,
+                        },
+                    );
+                    tracing::warn!(part, error = %e, failures, backoff = ?wait, "outbox: checkpoint failed; partition backed off");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// `backoff_first` doubled per `n - 1`, at most `backoff_max`.
+    fn backoff_for(&self, n: u32) -> Duration {
+        self.b
+            .backoff_first
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(self.b.backoff_max)
+    }
+
+    /// One checkpoint transaction; `Ok(None)` when the lease was lost.
+    async fn checkpoint_once(
+        &self,
+        part: u32,
+        fencing: i64,
+        w: &Window,
+        ck: &Checkpoint,
+    ) -> Result<Option<Option<i64>>> {
+        let tx = self.db().begin().await?;
         let r = async {
+            let pending = tx.repo::<PendingRow>();
+            for &(due, seq) in &ck.remove {
+                pending
+                    .delete((
+                        self.b.group.as_str(),
+                        self.b.topic.as_str(),
+                        part as i32,
+                        due,
+                        seq,
+                    ))
+                    .await?;
+            }
+            let add: Vec<PendingRow> = ck
+                .add
+                .iter()
+                .map(|&(seq, due)| PendingRow {
+                    grp: self.b.group.clone(),
+                    topic: self.b.topic.clone(),
+                    part: part as i32,
+                    deliver_at_us: due,
+                    seq,
+                })
+                .collect();
+            if !add.is_empty() {
+                pending.upsert_many(&add).await?;
+            }
+            let next_due = if ck.add.is_empty() && ck.remove.is_empty() {
+                w.next_due_us
+            } else {
+                pending
+                    .scan()
+                    .eq(&self.b.group)
+                    .eq(&self.b.topic)
+                    .eq(part as i32)
+                    .limit(1)
+                    .all()
+                    .await?
+                    .first()
+                    .map(|p| p.deliver_at_us)
+            };
+            let state = Window {
+                high: ck.high,
+                next_due_us: next_due,
+                inflight: ck.inflight,
+                legacy: Vec::new(),
+            };
+            let params = self.checkpoint_params(part, fencing, ck.high, &state);
+            let op = Op::Query {
+                query: GroupRow::checkpoint_query(),
+                params: &params,
+            };
             if decode::count(GroupRow::checkpoint_query(), tx.run(op).await?)? != 1 {
-                return Err(Error::conflict(format!(
-                    "outbox: lease on partition {part} lost (fencing {fencing}); checkpoint refused"
-                )));
+                return Ok(None);
             }
-            for d in dead {
-                emit_in(&tx, d).await?;
+            if let Some(d) = &ck.dead {
+                emit_in(&tx, d.clone()).await?;
             }
-            Ok(())
+            if let Some(f) = &self.b.checkpoint_fault {
+                f(part)?;
+            }
+            Ok(Some(next_due))
         }
         .await;
         match r {
-            Ok(()) => tx.commit().await,
+            Ok(Some(next)) => tx.commit().await.map(|()| Some(next)),
+            Ok(None) => {
+                let _ = tx.rollback().await;
+                Ok(None)
+            }
             Err(e) => {
                 let _ = tx.rollback().await;
-                if e.is_conflict() {
-                    self.owned.lock().remove(&part);
-                }
                 Err(e)
             }
         }
     }
 
-    async fn deliver<H, F>(&self, handler: &H, row: &EventRow) -> Outcome
+    /// Delivers one event: handler calls with retries and backoff, each retry (and in
+    /// `careful` mode every call) counted in the round's marker before it runs.
+    /// Handler calls are cancelled when the lease ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver<H, F>(
+        &self,
+        handler: &H,
+        row: &EventRow,
+        part: u32,
+        fencing: i64,
+        w: &Window,
+        inflight: &mut Option<Inflight>,
+        careful: bool,
+    ) -> Outcome
     where
         H: Fn(Event) -> F + Send + Sync,
         F: Future<Output = Result<()>> + Send,
     {
-        let mut attempt = 1u32;
+        let Some(mut lease) = self.lease(part, fencing) else {
+            return Outcome::Abandoned;
+        };
+        let prior = inflight
+            .filter(|m| m.seq == row.seq)
+            .map_or(0, |m| m.attempts);
+        if prior >= self.b.max_attempts {
+            return Outcome::Dead {
+                attempts: prior,
+                error: format!(
+                    "the handler did not return: the worker stopped during each of its {prior} attempts"
+                ),
+            };
+        }
+        let mut attempt = prior + 1;
         loop {
+            if careful || attempt > 1 {
+                let m = Inflight {
+                    seq: row.seq,
+                    attempts: attempt,
+                    ..inflight.unwrap_or_default()
+                };
+                if let Err(e) = self.mark(part, fencing, w, m).await {
+                    tracing::warn!(id = %row.id, error = %e, "outbox: counting the attempt failed");
+                    return Outcome::Abandoned;
+                }
+                *inflight = Some(m);
+            }
             let ev = Event::from_row(row.clone(), attempt);
-            let err = match AssertUnwindSafe(handler(ev)).catch_unwind().await {
+            let call = AssertUnwindSafe(handler(ev)).catch_unwind();
+            let r = tokio::select! {
+                r = call => r,
+                () = ended(&mut lease) => {
+                    tracing::info!(id = %row.id, part, "outbox: lease ended during the handler call; cancelled");
+                    return Outcome::Abandoned;
+                }
+            };
+            let err = match r {
                 Ok(Ok(())) => return Outcome::Done,
                 Ok(Err(e)) => e.to_string(),
                 Err(panic) => {
@@ -929,16 +1404,67 @@ impl Worker {
                     error: err,
                 };
             }
-            tracing::debug!(id = %row.id, attempt, error = %err, "outbox: handler failed, retrying");
-            let wait = self
-                .b
-                .backoff_first
-                .saturating_mul(1u32 << (attempt - 1).min(16))
-                .min(self.b.backoff_max);
-            if !self.sleep(wait).await {
+            tracing::debug!(id = %row.id, attempt, error = %truncate_error(&err), "outbox: handler failed, retrying");
+            let wait = self.backoff_for(attempt);
+            let mut stop = self.stop.clone();
+            let slept = tokio::select! {
+                () = tokio::time::sleep(wait) => true,
+                _ = stop.wait_for(|s| *s) => false,
+                () = ended(&mut lease) => false,
+            };
+            if !slept {
                 return Outcome::Abandoned;
             }
             attempt += 1;
+        }
+    }
+}
+
+/// Retries of a checkpoint that failed with a retryable error (`Conflict`).
+const CHECKPOINT_RETRIES: u32 = 8;
+
+/// What a checkpoint stores.
+#[derive(Default)]
+struct Checkpoint {
+    /// The new `high`.
+    high: i64,
+    /// New pending rows, `(seq, deliver_at_us)`.
+    add: Vec<(i64, i64)>,
+    /// Pending rows processed, `(deliver_at_us, seq)`.
+    remove: Vec<(i64, i64)>,
+    /// The round in flight to keep (see [`Inflight`]).
+    inflight: Option<Inflight>,
+    /// At most one dead letter.
+    dead: Option<NewEvent>,
+}
+
+fn live(d: Deadline) -> bool {
+    match d {
+        Deadline::Never => true,
+        Deadline::At(t) => Instant::now() < t,
+    }
+}
+
+/// Resolves when the lease watched by `rx` ends: revoked (the sender dropped) or its
+/// local deadline passed without a renewal.
+async fn ended(rx: &mut watch::Receiver<Deadline>) {
+    loop {
+        let d = *rx.borrow_and_update();
+        match d {
+            Deadline::Never => {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+            Deadline::At(t) => {
+                if Instant::now() >= t {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(t) => {}
+                    r = rx.changed() => if r.is_err() { return },
+                }
+            }
         }
     }
 }

@@ -18,7 +18,15 @@ use std::future::IntoFuture;
 use std::marker::PhantomData;
 use std::time::{Duration, SystemTime};
 
-/// Where an event was stored: topic, partition and its commit-order sequence number.
+/// Where an event was stored: topic, partition and its commit-order sequence number,
+/// plus a random component that makes its id unique.
+///
+/// `(topic, partition, seq)` is a position, not an identity: when a commit is lost
+/// after it was acknowledged (an engine that flushes lazily — etch with
+/// `FlushPolicy::Interval`/`Never`, SQLite with `synchronous=NORMAL` — then a crash),
+/// the next emit takes the same seq for a different event. The `nonce` (64 random
+/// bits drawn per emit) tells the two apart, so a handler that deduplicates by
+/// [`EventId::id`] never drops the second one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EventId {
     /// The topic.
@@ -27,10 +35,15 @@ pub struct EventId {
     pub partition: u32,
     /// Position in the partition, in commit order (1, 2, 3, ... without gaps).
     pub seq: i64,
+    /// 64 random bits drawn for this emit (unique with overwhelming probability).
+    pub nonce: u64,
 }
 
 impl EventId {
-    /// The stable text id, `"<topic>/<partition>/<seq>"` (the same as [`super::Event::id`]).
+    /// The stable, unique text id, `"<topic>/<partition>/<seq>/<nonce>"` with the nonce
+    /// as 16 lowercase hex digits, e.g. `"orders/3/17/9f0c2e4d1a7b3c55"` (the same as
+    /// [`super::Event::id`]). Stored in the event row, so it is the same on every
+    /// redelivery. (Events stored by earlier versions have ids without the nonce part.)
     pub fn id(&self) -> String {
         self.to_string()
     }
@@ -38,11 +51,34 @@ impl EventId {
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.topic, self.partition, self.seq)
+        write!(
+            f,
+            "{}/{}/{}/{:016x}",
+            self.topic, self.partition, self.seq, self.nonce
+        )
     }
 }
 
+/// 64 bits that differ for every call, in every process: SipHash, keyed with the
+/// per-process random keys of std's `RandomState`, over a process-wide counter and
+/// the time.
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = KEYS
+        .get_or_init(std::collections::hash_map::RandomState::new)
+        .build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_i64(now_us());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 /// What `emit` writes; the dead-letter fields are set only by the consumer.
+#[derive(Clone)]
 pub(crate) struct NewEvent {
     pub topic: String,
     pub key: Vec<u8>,
@@ -139,6 +175,7 @@ pub(crate) async fn emit_in(tx: &Tx, ev: NewEvent) -> Result<EventId> {
         topic: ev.topic,
         partition,
         seq,
+        nonce: nonce(),
     };
     let row = EventRow {
         topic: id.topic.clone(),
@@ -352,5 +389,56 @@ impl<T: Table> RepoEvents<'_, T> {
         } else {
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DbOutbox;
+    use crate::tables::EventRow;
+    use std::sync::Arc;
+
+    /// Defect 6 of issue 9: a commit carrying an emit is lost (the event row and the
+    /// seq bump vanish, as after a power loss with a lazy flush policy); the next emit
+    /// takes the same topic/partition/seq, but its id must differ, so a handler that
+    /// deduplicates by id does not drop it.
+    #[tokio::test]
+    async fn ids_are_unique_after_a_lost_commit() {
+        let engine = Arc::new(datalayer_etch::memory());
+        let db = Db::with_engine(engine).connect().await.unwrap();
+        crate::create_topic(&db, "lost", 1).await.unwrap();
+        let first = db.emit("lost", "k", b"one".to_vec()).await.unwrap();
+        // Simulate the loss: the event row and the seq bump are gone.
+        let tx = db.begin().await.unwrap();
+        assert!(
+            Repo::<EventRow, Tx>::new(&tx)
+                .delete(("lost", 0i32, first.seq))
+                .await
+                .unwrap()
+        );
+        Repo::<SeqRow, Tx>::new(&tx)
+            .update(&SeqRow {
+                topic: "lost".into(),
+                part: 0,
+                last: first.seq - 1,
+            })
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let second = db.emit("lost", "k", b"two".to_vec()).await.unwrap();
+        assert_eq!(
+            (second.partition, second.seq),
+            (first.partition, first.seq),
+            "the seq is reused"
+        );
+        assert_ne!(
+            second.id(),
+            first.id(),
+            "a different event after a lost commit has the id of the lost one"
+        );
+        let stored = crate::stored_events(&db, "lost").await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].id, second.id());
     }
 }

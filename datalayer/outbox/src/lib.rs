@@ -72,10 +72,15 @@
 //!   (default [`DEFAULT_PARTITIONS`], or [`create_topic`]).
 //! - `_dl_outbox_seq (topic, part) → last`: the partition's commit-order sequence.
 //! - `_dl_outbox (topic, part, seq) → deliver_at_us, id, key, payload, origin,
-//!   attempts, error`: the events (the last three only for dead letters).
+//!   attempts, error`: the events (the last three only for dead letters; `error` at
+//!   most [`MAX_ERROR_BYTES`]). `id` is [`EventId::id`]: unique even when a lost
+//!   commit lets a later event take the same seq.
 //! - `_dl_outbox_groups (grp, topic, part) → high, pending, lease_owner,
-//!   lease_until_us, fencing`: each group's position ([`Window`]) and lease per
-//!   partition.
+//!   lease_until_us, fencing`: each group's position ([`Window`]: `high` and a state
+//!   of at most [`MAX_STATE_BYTES`] in `pending`) and lease per partition.
+//! - `_dl_outbox_pending (grp, topic, part, deliver_at_us, seq)`: one row per
+//!   scheduled event a group read before it was due, so that no checkpoint grows with
+//!   the number of scheduled events.
 //! - `_dl_outbox_members (grp, topic, worker) → until_us`: worker heartbeats, to share
 //!   partitions fairly.
 //!
@@ -114,6 +119,29 @@
 //! (TTL, renewal, fencing: a worker that lost a lease cannot move the checkpoint) or
 //! fixed partition ranges, graceful shutdown, and retention ([`purge`]: events every
 //! group has passed are deleted).
+//!
+//! # Limits and liveness
+//! - **Bounded checkpoints.** A group's row holds `high` and at most
+//!   [`MAX_STATE_BYTES`] of state, whatever the number of scheduled events (each
+//!   scheduled event seen early is one row of `_dl_outbox_pending`, keyed by delivery
+//!   time so the due ones are a key range); a checkpoint writes at most `batch_size`
+//!   pending rows and at most one dead letter, whose stored error is cut to
+//!   [`MAX_ERROR_BYTES`] ([`truncate_error`]). A checkpoint that fails with a
+//!   retryable error (`Conflict`) is retried with backoff; one that fails otherwise
+//!   backs its partition off (logged), instead of redelivering the batch in a loop.
+//! - **Attempts survive crashes.** A round records the events it delivers before the
+//!   first handler call; a worker that finds such a record left by a worker that
+//!   stopped mid-round delivers those events one at a time and stores each attempt
+//!   before the handler runs, so a handler that aborts the process is dead-lettered
+//!   after `max_attempts` crashes.
+//! - **Self-fencing leases.** A worker stops delivering a partition (cancelling a
+//!   handler call in progress) once `lease_ttl - lease_ttl / 5` has passed since it
+//!   sent its last successful renewal: renewals that wait (on etch, behind the single
+//!   writer lock of a long transaction) cannot let two workers deliver one partition
+//!   at the same time. Renewals run every `lease_ttl / 3` at most.
+//! - **Unique ids.** [`EventId::id`] and [`Event::id`] carry 64 random bits, so an
+//!   event that reuses the seq of a commit lost in a crash (lazy flush policies) never
+//!   has the id of the lost one.
 
 mod consumer;
 mod emit;
@@ -121,21 +149,24 @@ mod hash;
 pub mod tables;
 mod window;
 
-pub use consumer::{Claim, ConsumerBuilder, DeadLetter, Driver, Event, Polling};
+pub use consumer::{
+    CheckpointFault, Claim, ConsumerBuilder, DeadLetter, Driver, Event, MIN_LEASE_TTL, Polling,
+};
 pub use emit::{Emit, EventId, RepoEvents, TableEvent};
 
 use datalayer_core::{Table, Tx};
 pub use hash::{fnv1a64, partition_of};
 pub use tables::is_internal_table;
-pub use window::Window;
+pub use window::{Advance, Inflight, MAX_STATE_BYTES, Window};
 
 use datalayer_core::db::{Db, Executor};
 use datalayer_core::error::{Error, Result};
 use datalayer_core::query::QueryDef;
 use datalayer_core::repo::Repo;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tables::{EventRow, GroupRow};
+use tables::{EventRow, GroupRow, PendingRow};
 
 /// The outbox on a transaction: `tx.emit(..)` and `tx.with_events::<T>(..)`.
 pub trait TxOutbox {
@@ -188,6 +219,25 @@ pub const MAX_NAME_BYTES: usize = 200;
 
 /// The suffix of a topic's dead-letter topic (`orders` → `orders.dead`).
 pub const DEAD_LETTER_SUFFIX: &str = ".dead";
+
+/// The longest handler error stored in a dead letter ([`DeadLetter::error`]), in
+/// bytes: longer errors are cut by [`truncate_error`].
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// `error` cut to at most [`MAX_ERROR_BYTES`] bytes: when longer, its first bytes up
+/// to a char boundary, then the marker `"… [truncated, <n> bytes in all]"` (the whole
+/// result, marker included, fits the bound). Shorter errors are returned as they are.
+pub fn truncate_error(error: &str) -> Cow<'_, str> {
+    if error.len() <= MAX_ERROR_BYTES {
+        return Cow::Borrowed(error);
+    }
+    let marker = format!("… [truncated, {} bytes in all]", error.len());
+    let mut cut = MAX_ERROR_BYTES - marker.len();
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}{marker}", &error[..cut]))
+}
 
 /// Checks a topic or consumer-group name: 1 to [`MAX_NAME_BYTES`] ASCII letters,
 /// digits, `_`, `-` or `.`.
@@ -354,7 +404,23 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
         if only.is_some_and(|o| !o.contains(&(r.part as u32))) {
             continue;
         }
-        let p = Window::decode(r.high, &r.pending)?.passed();
+        let w = Window::decode(r.high, &r.pending)?;
+        // The lowest pending seq, when there are pending rows (one indexed lookup).
+        let min_pending = if w.next_due_us.is_some() {
+            Repo::<PendingRow, Db>::new(db)
+                .find("by_seq")
+                .eq(&r.grp)
+                .eq(topic)
+                .eq(r.part)
+                .limit(1)
+                .all()
+                .await?
+                .first()
+                .map(|p| p.seq)
+        } else {
+            None
+        };
+        let p = w.passed(min_pending);
         passed
             .entry(r.part)
             .and_modify(|m| *m = (*m).min(p))
@@ -392,4 +458,98 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
 pub async fn stored_events(db: &Db, topic: &str) -> Result<Vec<Event>> {
     let rows = Repo::<EventRow, Db>::new(db).scan().eq(topic).all().await?;
     Ok(rows.into_iter().map(|r| Event::from_row(r, 0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[test]
+    fn errors_are_truncated_on_a_char_boundary() {
+        assert_eq!(truncate_error("short"), "short");
+        let exact = "a".repeat(MAX_ERROR_BYTES);
+        assert_eq!(truncate_error(&exact), exact);
+        let long = "é".repeat(MAX_ERROR_BYTES);
+        let t = truncate_error(&long);
+        assert!(t.len() <= MAX_ERROR_BYTES, "{}", t.len());
+        assert!(t.starts_with("éé"));
+        assert!(t.ends_with(&format!("… [truncated, {} bytes in all]", long.len())));
+    }
+
+    /// A group row written by an earlier version (its pending list inside the row) is
+    /// read, the due event delivered and the others moved to `_dl_outbox_pending`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_old_pending_list_is_migrated() {
+        let engine = Arc::new(datalayer_etch::memory());
+        let db = Db::with_engine(engine).outbox().connect().await.unwrap();
+        create_topic(&db, "old", 1).await.unwrap();
+        for p in ["one", "later", "due"] {
+            db.emit("old", "k", p.as_bytes().to_vec()).await.unwrap();
+        }
+        let far = now_us() + 3_600_000_000;
+        let legacy: Vec<(i64, i64)> = vec![(3, now_us() - 1), (2, far)];
+        Repo::<GroupRow, Db>::new(&db)
+            .insert(&GroupRow {
+                grp: "g".into(),
+                topic: "old".into(),
+                part: 0,
+                high: 3,
+                pending: postcard::to_allocvec(&legacy).unwrap(),
+                lease_owner: String::new(),
+                lease_until_us: 0,
+                fencing: 0,
+            })
+            .await
+            .unwrap();
+        db.emit("old", "k", b"new".to_vec()).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(
+            db.consumer("g", "old")
+                .poll_interval(Duration::from_millis(10))
+                .partitions(0..1)
+                .run(
+                    move |ev| {
+                        let s = s.clone();
+                        async move {
+                            s.lock().unwrap().push(ev.payload);
+                            Ok(())
+                        }
+                    },
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        let t0 = std::time::Instant::now();
+        while seen.lock().unwrap().len() < 2 && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = stop.send(());
+        run.await.unwrap().unwrap();
+        let mut got = seen.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, vec![b"due".to_vec(), b"new".to_vec()]);
+        let rows = Repo::<PendingRow, Db>::new(&db).scan().all().await.unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.seq, r.deliver_at_us))
+                .collect::<Vec<_>>(),
+            vec![(2, far)]
+        );
+        let g = Repo::<GroupRow, Db>::new(&db)
+            .get(("g", "old", 0i32))
+            .await
+            .unwrap()
+            .unwrap();
+        let w = Window::decode(g.high, &g.pending).unwrap();
+        assert!(w.legacy.is_empty());
+        assert_eq!((w.high, w.next_due_us, w.inflight), (4, Some(far), None));
+        // Retention keeps seq 2 (still pending) and everything after it.
+        assert_eq!(purge(&db, "old").await.unwrap(), 1);
+    }
 }

@@ -15,8 +15,8 @@ use datalayer_core::schema::Table as _;
 use datalayer_macros::{Table, query_group};
 
 pub use datalayer_core::schema::internal::{
-    OUTBOX_EVENTS as EVENTS, OUTBOX_GROUPS as GROUPS, OUTBOX_MEMBERS as MEMBERS, OUTBOX_SEQ as SEQ,
-    OUTBOX_TOPICS as TOPICS, is_internal_table,
+    OUTBOX_EVENTS as EVENTS, OUTBOX_GROUPS as GROUPS, OUTBOX_MEMBERS as MEMBERS,
+    OUTBOX_PENDING as PENDING, OUTBOX_SEQ as SEQ, OUTBOX_TOPICS as TOPICS, is_internal_table,
 };
 
 /// A row of [`TOPICS`].
@@ -89,9 +89,13 @@ pub(crate) struct GroupRow {
     pub topic: String,
     #[pk]
     pub part: i32,
-    /// Every seq `<= high` was seen: processed, or listed in `pending`.
+    /// Every seq `<= high` was seen: processed, or a row of [`PENDING`].
     pub high: i64,
-    /// postcard of `Vec<(seq, deliver_at_us)>`: events `<= high` not yet due when seen.
+    /// The rest of the group's position, of bounded size ([`crate::Window`]): the
+    /// earliest delivery time among its [`PENDING`] rows and the round in flight.
+    /// (Stores written before `_dl_outbox_pending` existed hold the postcard of
+    /// `Vec<(seq, deliver_at_us)>` here; it is moved to [`PENDING`] at the next
+    /// checkpoint.)
     pub pending: Vec<u8>,
     pub lease_owner: String,
     pub lease_until_us: i64,
@@ -134,6 +138,32 @@ impl GroupRow {
             })
     }
 
+    /// Lease acquisition of an expired lease: conditional on the fencing value read
+    /// when choosing and, at the time of the write, on the lease having ended before
+    /// `now` (a renewal that landed in between wins).
+    fn acquire_expired(
+        owner: &str,
+        until: i64,
+        grp: &str,
+        topic: &str,
+        part: i32,
+        fencing: i64,
+        now: i64,
+    ) -> u64 {
+        Self::filter(|g| {
+            g.grp == grp
+                && g.topic == topic
+                && g.part == part
+                && g.fencing == fencing
+                && g.lease_until_us < now
+        })
+        .update(|g| {
+            g.lease_owner = owner;
+            g.lease_until_us = until;
+            g.fencing += 1;
+        })
+    }
+
     /// Lease renewal or release (`until` 0) by the holder.
     fn renew(until: i64, grp: &str, topic: &str, part: i32, owner: &str, fencing: i64) -> u64 {
         Self::filter(|g| {
@@ -160,6 +190,25 @@ pub(crate) struct MemberRow {
     pub until_us: i64,
 }
 
+/// A row of [`PENDING`]: a scheduled event that group `grp` read before it was due.
+/// The key orders a partition's rows by delivery time, then seq, so the due ones are a
+/// key-range prefix; `by_seq` finds the lowest pending seq (retention).
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = PENDING)]
+#[index(name = "by_seq", fields(grp, topic, part, seq))]
+pub(crate) struct PendingRow {
+    #[pk]
+    pub grp: String,
+    #[pk]
+    pub topic: String,
+    #[pk]
+    pub part: i32,
+    #[pk]
+    pub deliver_at_us: i64,
+    #[pk]
+    pub seq: i64,
+}
+
 /// Every internal table.
 pub(crate) fn schemas() -> Vec<&'static TableSchema> {
     vec![
@@ -168,6 +217,7 @@ pub(crate) fn schemas() -> Vec<&'static TableSchema> {
         EventRow::schema(),
         GroupRow::schema(),
         MemberRow::schema(),
+        PendingRow::schema(),
     ]
 }
 
@@ -269,6 +319,23 @@ mod tests {
                 &[0, 1, 2],
                 vec![],
             ),
+            schema(
+                "_dl_outbox_pending",
+                &[
+                    ("grp", Str, false),
+                    ("topic", Str, false),
+                    ("part", I32, false),
+                    ("deliver_at_us", I64, false),
+                    ("seq", I64, false),
+                ],
+                &[0, 1, 2, 3, 4],
+                vec![IndexDef {
+                    name: "by_seq".into(),
+                    columns: vec![0, 1, 2, 4],
+                    unique: false,
+                    when: None,
+                }],
+            ),
         ];
         let got: Vec<TableSchema> = schemas().into_iter().cloned().collect();
         assert_eq!(got, want);
@@ -282,7 +349,7 @@ mod tests {
         }
         // Each `_query()` builds its definition and panics if the builder refuses it.
         let queries = <crate::OutboxQueries as datalayer_core::QueryGroup>::queries();
-        assert_eq!(queries.len(), 5);
+        assert_eq!(queries.len(), 6);
         assert!(!is_internal_table("_dl_catalog"));
     }
 
@@ -331,6 +398,16 @@ mod tests {
         assert_eq!(params(q)[4..], [("part", i), ("fencing", l)]);
         let mut f = pk(2, 3, 4);
         f.push(eq(C(7), P(5)));
+        assert_eq!(q.filter, Some(Expr::And(f)));
+        assert_eq!(q.kind, update(vec![(5, P(0)), (6, P(1)), (7, plus_one(7))]));
+
+        let q = GroupRow::acquire_expired_query();
+        assert_eq!(params(q)[..4], want);
+        let tail = [("part", i), ("fencing", l), ("now", l)];
+        assert_eq!(params(q)[4..], tail);
+        let mut f = pk(2, 3, 4);
+        f.push(eq(C(7), P(5)));
+        f.push(Expr::cmp(CmpOp::Lt, C(6), P(6)));
         assert_eq!(q.filter, Some(Expr::And(f)));
         assert_eq!(q.kind, update(vec![(5, P(0)), (6, P(1)), (7, plus_one(7))]));
 

@@ -1,90 +1,161 @@
 //! A consumer group's position in one partition, and how it advances.
 //!
-//! The position is `(high, pending)`: every event with `seq <= high` has been seen by
-//! the group — delivered (or dead-lettered), or, when it was not yet due, listed in
-//! `pending` with its delivery time. Events with `seq > high` have not been seen.
+//! The position is `high` plus a small state of bounded size, stored in the group's
+//! row of `_dl_outbox_groups`: every event with `seq <= high` has been seen by the
+//! group — delivered (or dead-lettered), or, when it was not yet due, recorded as one
+//! row of `_dl_outbox_pending` `(grp, topic, part, deliver_at_us, seq)`. Events with
+//! `seq > high` have not been seen.
 //!
-//! Because seqs are assigned in commit order per partition (see the module docs of
-//! [`crate::outbox`]), an event that is not yet visible always has a seq above every
-//! visible one, hence above `high`: a late commit is never skipped.
+//! Because seqs are assigned in commit order per partition (see the crate docs), an
+//! event that is not yet visible always has a seq above every visible one, hence
+//! above `high`: a late commit is never skipped.
 //!
-//! `pending` holds only scheduled events that were read before their time, so it stays
-//! as small as the number of outstanding scheduled events (a far-future event never
-//! holds the window back, unlike a "committed prefix + done list" position).
+//! Scheduled events seen before their time cost one row each in `_dl_outbox_pending`,
+//! never a larger checkpoint: the group row holds only `high`, the earliest delivery
+//! time among the pending rows (so a round knows without reading them whether any is
+//! due) and the round in flight ([`Inflight`]). Its size is the same for 0 or 10⁶
+//! scheduled events (at most [`MAX_STATE_BYTES`]).
 
 use datalayer_core::error::{Error, Result};
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+
+/// The largest encoded state ([`Window::encode_state`]), in bytes.
+pub const MAX_STATE_BYTES: usize = 64;
+
+/// The first two bytes of the current state encoding. The encoding of earlier
+/// versions (the postcard of a `Vec<(i64, i64)>`, the pending list itself) never
+/// starts with a zero byte unless it is the empty list `[0]`.
+const STATE_V1: [u8; 2] = [0, 1];
 
 /// A group's position in one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Window {
     /// Every seq `<= high` has been seen.
     pub high: i64,
-    /// `(seq, deliver_at_us)` of seen events that were not yet due, sorted by delivery
-    /// time then seq.
+    /// The earliest `deliver_at_us` among the group's pending rows of this partition;
+    /// `None` when it has none.
+    pub next_due_us: Option<i64>,
+    /// The delivery round that was started and has not checkpointed yet (a worker
+    /// stopped or crashed in it); see [`Inflight`].
+    pub inflight: Option<Inflight>,
+    /// `(seq, deliver_at_us)` of pending events stored in the encoding of earlier
+    /// versions (inside the group row); moved to `_dl_outbox_pending` at the next
+    /// checkpoint. Empty for positions written by this version.
+    pub legacy: Vec<(i64, i64)>,
+}
+
+/// A delivery round in flight: written (fenced by the lease) before the first handler
+/// call of the round, and before every retry, and cleared by the round's checkpoint.
+/// Found set when a round starts, it means that a worker stopped mid-round (crash,
+/// kill, lost lease): the events of `lo..=hi` are then delivered one at a time, each
+/// attempt counted here before the handler runs, so an event whose handler crashes
+/// the worker is dead-lettered after `max_attempts` crashes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inflight {
+    /// The lowest seq the round was delivering.
+    pub lo: i64,
+    /// The highest seq the round was delivering.
+    pub hi: i64,
+    /// The event whose attempts are counted in `attempts`; 0 when the round did not
+    /// record which event it was in (the batch mode).
+    pub seq: i64,
+    /// Handler calls started for `seq` (each counted before the call).
+    pub attempts: u32,
+}
+
+/// What the group row's bytes hold (version 1).
+#[derive(Serialize, Deserialize)]
+struct State {
+    next_due_us: Option<i64>,
+    inflight: Option<Inflight>,
+}
+
+/// The result of [`Window::advance`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Advance {
+    /// The new `high`.
+    pub high: i64,
+    /// `(seq, deliver_at_us)` of fetched events that were not due: new pending rows.
     pub pending: Vec<(i64, i64)>,
 }
 
 impl Window {
-    /// The window stored as `high` and the postcard bytes of `pending` (empty bytes:
-    /// nothing pending).
+    /// The window stored as `high` and the group row's state bytes (empty bytes:
+    /// nothing pending, no round in flight).
     ///
     /// # Errors
     /// `Corrupted` when the bytes do not decode.
-    pub fn decode(high: i64, pending: &[u8]) -> Result<Window> {
-        let pending = if pending.is_empty() {
-            Vec::new()
-        } else {
-            postcard::from_bytes(pending)
-                .map_err(|e| Error::corrupted(format!("outbox pending list: {e}")))?
+    pub fn decode(high: i64, state: &[u8]) -> Result<Window> {
+        let mut w = Window {
+            high,
+            ..Window::default()
         };
-        Ok(Window { high, pending })
+        if state.is_empty() || state == [0] {
+            return Ok(w);
+        }
+        if let Some(rest) = state.strip_prefix(&STATE_V1) {
+            let s: State = postcard::from_bytes(rest)
+                .map_err(|e| Error::corrupted(format!("outbox group state: {e}")))?;
+            w.next_due_us = s.next_due_us;
+            w.inflight = s.inflight;
+        } else {
+            w.legacy = postcard::from_bytes(state)
+                .map_err(|e| Error::corrupted(format!("outbox pending list: {e}")))?;
+        }
+        Ok(w)
     }
 
-    /// The postcard bytes of `pending`.
-    pub fn encode_pending(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.pending).expect("postcard encodes a Vec")
+    /// The state bytes of this window (`legacy` is not encoded: it must have been
+    /// moved to pending rows). At most [`MAX_STATE_BYTES`].
+    pub fn encode_state(&self) -> Vec<u8> {
+        if self.next_due_us.is_none() && self.inflight.is_none() {
+            return Vec::new();
+        }
+        let mut out = STATE_V1.to_vec();
+        let s = State {
+            next_due_us: self.next_due_us,
+            inflight: self.inflight,
+        };
+        out.extend(postcard::to_allocvec(&s).expect("postcard encodes the state"));
+        debug_assert!(out.len() <= MAX_STATE_BYTES);
+        out
     }
 
-    /// Every seq `<= passed()` is finished for this group (retention may delete it).
-    pub fn passed(&self) -> i64 {
-        self.pending
+    /// Every seq `<= passed(..)` is finished for this group (retention may delete it),
+    /// given the lowest seq among its pending rows.
+    pub fn passed(&self, min_pending_seq: Option<i64>) -> i64 {
+        self.legacy
             .iter()
-            .map(|&(s, _)| s - 1)
+            .map(|&(s, _)| s)
+            .chain(min_pending_seq)
+            .map(|s| s - 1)
             .fold(self.high, i64::min)
     }
 
-    /// Seqs of pending events due at `now_us`, in delivery order.
-    pub fn due(&self, now_us: i64) -> Vec<i64> {
-        self.pending
-            .iter()
-            .filter(|&&(_, d)| d <= now_us)
-            .map(|&(s, _)| s)
-            .collect()
+    /// Whether some pending event is due at `now_us`.
+    pub fn has_due(&self, now_us: i64) -> bool {
+        self.next_due_us.is_some_and(|d| d <= now_us)
+            || self.legacy.iter().any(|&(_, d)| d <= now_us)
     }
 
-    /// The earliest delivery time among pending events.
-    pub fn next_due(&self) -> Option<i64> {
-        self.pending.iter().map(|&(_, d)| d).min()
-    }
-
-    /// The window after a round: `fetched` are the `(seq, deliver_at_us)` of events
-    /// read with `seq > high`, in ascending seq, at time `now_us` (events with
+    /// How `high` moves after a round: `fetched` are the `(seq, deliver_at_us)` of
+    /// events read with `seq > high`, in ascending seq, at time `now_us` (events with
     /// `deliver_at_us > now_us` were not due); `processed` are the seqs delivered or
-    /// dead-lettered in the round (fetched or pending).
+    /// dead-lettered in the round.
     ///
     /// `high` moves over the longest run of fetched events that are processed or not
-    /// due (those go to `pending`); a due event left unprocessed (the worker was asked
-    /// to stop) ends the run, so it and everything after it is read again next time.
-    /// Processed events after it are delivered again then (at least once).
-    pub fn advance(&self, fetched: &[(i64, i64)], now_us: i64, processed: &HashSet<i64>) -> Window {
-        let mut pending: Vec<(i64, i64)> = self
-            .pending
-            .iter()
-            .filter(|(s, _)| !processed.contains(s))
-            .copied()
-            .collect();
+    /// due (those become pending rows); a due event left unprocessed (the worker was
+    /// asked to stop) ends the run, so it and everything after it is read again next
+    /// time. Processed events after it are delivered again then (at least once).
+    pub fn advance(
+        &self,
+        fetched: &[(i64, i64)],
+        now_us: i64,
+        processed: &HashSet<i64>,
+    ) -> Advance {
         let mut high = self.high;
+        let mut pending = Vec::new();
         for &(seq, due) in fetched {
             debug_assert!(seq > high, "fetched in ascending seq above high");
             if processed.contains(&seq) {
@@ -96,8 +167,7 @@ impl Window {
                 break;
             }
         }
-        pending.sort_by_key(|&(s, d)| (d, s));
-        Window { high, pending }
+        Advance { high, pending }
     }
 }
 
@@ -116,42 +186,37 @@ mod tests {
         let n = w.advance(&f, 100, &set(&[1, 2, 3]));
         assert_eq!(
             n,
-            Window {
+            Advance {
                 high: 3,
                 pending: vec![]
             }
         );
-        assert_eq!(n.passed(), 3);
     }
 
     #[test]
     fn scheduled_events_go_pending_and_do_not_hold_high() {
         let w = Window {
             high: 4,
-            pending: vec![],
+            ..Window::default()
         };
         let f = [(5, 10), (6, 500), (7, 20)];
         let n = w.advance(&f, 100, &set(&[5, 7]));
         assert_eq!(
             n,
-            Window {
+            Advance {
                 high: 7,
                 pending: vec![(6, 500)]
             }
         );
-        assert_eq!(n.passed(), 5, "retention keeps seq 6");
-        assert_eq!(n.due(499), Vec::<i64>::new());
-        assert_eq!(n.due(500), vec![6]);
-        assert_eq!(n.next_due(), Some(500));
-        let m = n.advance(&[], 600, &set(&[6]));
-        assert_eq!(
-            m,
-            Window {
-                high: 7,
-                pending: vec![]
-            }
-        );
-        assert_eq!(m.passed(), 7);
+        let w = Window {
+            high: 7,
+            next_due_us: Some(500),
+            ..Window::default()
+        };
+        assert_eq!(w.passed(Some(6)), 5, "retention keeps seq 6");
+        assert_eq!(w.passed(None), 7);
+        assert!(!w.has_due(499));
+        assert!(w.has_due(500));
     }
 
     #[test]
@@ -162,7 +227,7 @@ mod tests {
         let n = w.advance(&f, 100, &set(&[1, 3]));
         assert_eq!(
             n,
-            Window {
+            Advance {
                 high: 1,
                 pending: vec![]
             }
@@ -170,31 +235,43 @@ mod tests {
     }
 
     #[test]
-    fn pending_sorted_by_time_then_seq() {
+    fn encoding_round_trips_and_is_bounded() {
         let w = Window {
-            high: 0,
-            pending: vec![(2, 50)],
+            high: 9,
+            next_due_us: Some(i64::MAX),
+            inflight: Some(Inflight {
+                lo: i64::MIN,
+                hi: i64::MAX,
+                seq: i64::MAX,
+                attempts: u32::MAX,
+            }),
+            legacy: vec![],
         };
-        let n = w.advance(&[(3, 40), (4, 50), (5, 40)], 10, &set(&[]));
-        assert_eq!(n.pending, vec![(3, 40), (5, 40), (2, 50), (4, 50)]);
-        assert_eq!(n.high, 5);
-        assert_eq!(n.passed(), 1);
+        let bytes = w.encode_state();
+        assert!(bytes.len() <= MAX_STATE_BYTES, "{}", bytes.len());
+        assert_eq!(Window::decode(9, &bytes).unwrap(), w);
+        let empty = Window {
+            high: 2,
+            ..Window::default()
+        };
+        assert_eq!(empty.encode_state(), Vec::<u8>::new());
+        assert_eq!(Window::decode(2, &[]).unwrap(), empty);
+        assert_eq!(
+            Window::decode(2, &[0]).unwrap(),
+            empty,
+            "the old empty list"
+        );
+        assert!(Window::decode(2, &[0xff, 0xff]).unwrap_err().is_corrupted());
     }
 
     #[test]
-    fn encoding_round_trips() {
-        let w = Window {
-            high: 9,
-            pending: vec![(3, 7), (8, 9)],
-        };
-        assert_eq!(Window::decode(9, &w.encode_pending()).unwrap(), w);
-        assert_eq!(
-            Window::decode(2, &[]).unwrap(),
-            Window {
-                high: 2,
-                pending: vec![]
-            }
-        );
-        assert!(Window::decode(2, &[0xff, 0xff]).unwrap_err().is_corrupted());
+    fn the_old_pending_list_is_read() {
+        let old: Vec<(i64, i64)> = vec![(3, 7), (8, 9)];
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let w = Window::decode(9, &bytes).unwrap();
+        assert_eq!(w.legacy, old);
+        assert_eq!(w.passed(None), 2);
+        assert!(w.has_due(7));
+        assert!(!w.has_due(6));
     }
 }
