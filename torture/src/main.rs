@@ -8,6 +8,7 @@
 mod bank;
 mod cdc_order;
 mod common;
+mod etch_store;
 mod kill;
 mod pg;
 mod proxy;
@@ -40,6 +41,12 @@ enum Cmd {
     Kill(kill::Args),
     /// Change-feed order with concurrent writers, and no reuse after crash-restart.
     CdcOrder(cdc_order::Args),
+    /// etch: power loss at every sync point of seeded workloads, 8 damage variants.
+    PowerLoss(etch_store::PowerLossArgs),
+    /// etch: fail every I/O operation in turn (EIO, ENOSPC), then power loss.
+    IoFaults(etch_store::IoFaultsArgs),
+    /// etch: mutation fuzzing of WAL decoding, snapshot reading and recovery.
+    Fuzz(etch_store::FuzzArgs),
     /// Every test this machine can run, with default arguments.
     All,
     /// The child process of `kill` (internal).
@@ -67,6 +74,15 @@ const ALL: &[Test] = &[
     ("cdc-order", |ctx| {
         Box::pin(cdc_order::run(ctx, cdc_order::Args::default()))
     }),
+    ("power-loss", |ctx| {
+        Box::pin(etch_store::power_loss(ctx, Default::default()))
+    }),
+    ("io-faults", |ctx| {
+        Box::pin(etch_store::io_faults(ctx, Default::default()))
+    }),
+    ("fuzz", |ctx| {
+        Box::pin(etch_store::fuzz(ctx, Default::default()))
+    }),
 ];
 
 async fn run(ctx: Ctx, cmd: Cmd) -> anyhow::Result<Outcome> {
@@ -74,6 +90,9 @@ async fn run(ctx: Ctx, cmd: Cmd) -> anyhow::Result<Outcome> {
         Cmd::Bank(a) => bank::run(ctx, a).await,
         Cmd::Kill(a) => kill::run(ctx, a).await,
         Cmd::CdcOrder(a) => cdc_order::run(ctx, a).await,
+        Cmd::PowerLoss(a) => etch_store::power_loss(ctx, a).await,
+        Cmd::IoFaults(a) => etch_store::io_faults(ctx, a).await,
+        Cmd::Fuzz(a) => etch_store::fuzz(ctx, a).await,
         Cmd::KillChild(a) => kill::child(a).await.map(|()| Outcome::default()),
         Cmd::CdcChild(a) => cdc_order::child(a).await.map(|()| Outcome::default()),
         Cmd::All => {
