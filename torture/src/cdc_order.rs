@@ -24,12 +24,9 @@ use datalayer::outbox::stored_events;
 use datalayer::prelude::*;
 use datalayer::{ChangeOptions, Value};
 use futures::StreamExt;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -581,6 +578,38 @@ fn record(acks: &mut Acks, pos: u64, ev: &str, content: &str, reused: &mut Findi
     }
 }
 
+/// Compares `stored` (name → content; `what` names the kind, "position" or "event")
+/// with `acked`: a content stored under two names is `duplicated`, an acknowledged
+/// name that is gone is `missed` (unless losses are allowed), one that holds other
+/// content is `reused`.
+fn compare(
+    what: &str,
+    stored: &HashMap<String, String>,
+    acked: &BTreeMap<String, String>,
+    allow_loss: bool,
+    (missed, reused, duplicated): (&mut Findings, &mut Findings, &mut Findings),
+) {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (name, content) in stored {
+        if let Some(other) = seen.insert(content, name) {
+            duplicated.insert(format!("{content:?} under {what}s {other} and {name}"));
+        }
+    }
+    for (name, content) in acked {
+        match stored.get(name) {
+            None if !allow_loss => {
+                missed.insert(format!("{what} {name} ({content:?}) is gone"));
+            }
+            Some(c) if c != content => {
+                reused.insert(format!(
+                    "{what} {name}: acknowledged for {content:?}, the store holds {c:?}"
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Compares the store with what was acknowledged: a missing position or event is
 /// `missed` (unless losses are allowed), one with other content is `reused`.
 async fn audit(
@@ -603,56 +632,26 @@ async fn audit(
             (c.position, s)
         })
         .collect();
-    let mut at: HashMap<&str, u64> = HashMap::new();
-    for (pos, content) in &log {
-        if let Some(other) = at.insert(content, *pos) {
-            duplicated.insert(format!(
-                "content {content:?} at positions {other} and {pos}"
-            ));
-        }
-    }
-    for (pos, content) in &acks.positions {
-        match log.get(pos) {
-            None if !allow_loss => {
-                missed.insert(format!("position {pos} ({content:?}) is gone"));
-            }
-            Some(c) if c != content => {
-                reused.insert(format!(
-                    "position {pos}: acknowledged for {content:?}, the log holds {c:?}"
-                ));
-            }
-            _ => {}
-        }
-    }
+    let log: HashMap<String, String> = log.into_iter().map(|(p, c)| (p.to_string(), c)).collect();
+    let positions: BTreeMap<String, String> = acks
+        .positions
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.clone()))
+        .collect();
+    let findings = (&mut *missed, &mut *reused, &mut *duplicated);
+    compare("position", &log, &positions, allow_loss, findings);
     let events: HashMap<String, String> = stored_events(db, TOPIC)
         .await?
         .into_iter()
-        .map(|e| {
-            (
-                e.id.clone(),
-                String::from_utf8_lossy(&e.payload).into_owned(),
-            )
-        })
+        .map(|e| (e.id, String::from_utf8_lossy(&e.payload).into_owned()))
         .collect();
-    let mut ids: HashMap<&str, &str> = HashMap::new();
-    for (id, content) in &events {
-        if let Some(other) = ids.insert(content, id) {
-            duplicated.insert(format!("payload {content:?} in events {other} and {id}"));
-        }
-    }
-    for (id, content) in &acks.events {
-        match events.get(id) {
-            None if !allow_loss => {
-                missed.insert(format!("event {id} ({content:?}) is gone"));
-            }
-            Some(c) if c != content => {
-                reused.insert(format!(
-                    "event {id}: acknowledged for {content:?}, stored as {c:?}"
-                ));
-            }
-            _ => {}
-        }
-    }
+    compare(
+        "event",
+        &events,
+        &acks.events,
+        allow_loss,
+        (missed, reused, duplicated),
+    );
     Ok(())
 }
 
@@ -666,24 +665,9 @@ async fn crash_restart(ctx: Ctx, engine: &str, url: &str, out: &mut Outcome) -> 
     let mut refused = 0u64;
     for round in 0..rounds {
         let base = round as i64 * 10_000_000;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["cdc-child", "--url", url, "--base", &base.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let lines = std::thread::spawn(move || -> Vec<String> {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(|l| l.ok())
-                .collect()
-        });
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..=500))).await;
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
-        let _ = tokio::task::block_in_place(|| child.wait())?;
-        let lines = lines
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        let delay = Duration::from_millis(rng.random_range(50..=500));
+        let args = ["cdc-child", "--url", url, "--base", &base.to_string()];
+        let lines = common::kill_child_after(&args, delay).await?.lines;
         let mut pending: Option<(u64, String)> = None;
         for l in lines {
             let mut parts = l.splitn(3, ' ');

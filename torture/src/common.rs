@@ -178,3 +178,57 @@ pub fn percent(ok: u64, total: u64) -> String {
     }
     format!("{:.3}%", ok as f64 * 100.0 / total as f64)
 }
+
+/// What a child process printed before [`kill_child_after`] killed it.
+#[derive(Debug)]
+pub struct KilledChild {
+    /// Its stdout, line by line.
+    pub lines: Vec<String>,
+    /// `Some(status, stderr)` when it had exited on its own before the kill (the kill
+    /// then tested nothing).
+    pub early_exit: Option<(std::process::ExitStatus, String)>,
+}
+
+/// Runs this binary again with `args` (a hidden child subcommand), waits `delay`,
+/// SIGKILLs it (`kill -9`: no destructor, no flush, no fsync runs) and returns what it
+/// printed.
+///
+/// # Errors
+/// Spawning or signalling the child fails.
+pub async fn kill_child_after(
+    args: &[&str],
+    delay: std::time::Duration,
+) -> anyhow::Result<KilledChild> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || -> Vec<String> {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+            .collect()
+    });
+    tokio::time::sleep(delay).await;
+    let exited = child.try_wait()?;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
+    tokio::task::block_in_place(|| child.wait())?;
+    let lines = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the child's stdout reader panicked"))?;
+    let early_exit = exited.map(|status| {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, err.trim().to_owned())
+    });
+    Ok(KilledChild { lines, early_exit })
+}

@@ -3,14 +3,11 @@
 //! that it opens and that every printed id is stored with its content. On etch and
 //! SQLite (the engines whose files a process owns).
 
-use crate::common::{Ctx, Outcome};
+use crate::common::{Ctx, Outcome, kill_child_after};
 use datalayer::prelude::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rand::Rng;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::Duration;
 
 /// Arguments of `kill`.
@@ -137,40 +134,24 @@ async fn kill_round(
     rng: &mut impl Rng,
     tally: &mut Tally,
 ) -> anyhow::Result<()> {
-    let base = round as i64 * 10_000_000;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["kill-child", "--url", url, "--base", &base.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || -> Vec<i64> {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(|l| l.ok())
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    });
+    let base = (round as i64 * 10_000_000).to_string();
     let delay = rng.random_range(1..=500);
-    tokio::time::sleep(Duration::from_millis(delay)).await;
-    let early_exit = child.try_wait()?;
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
-    let status = tokio::task::block_in_place(|| child.wait())?;
-    let ids = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    if let Some(st) = early_exit {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
+    let child = kill_child_after(
+        &["kill-child", "--url", url, "--base", &base],
+        Duration::from_millis(delay),
+    )
+    .await?;
+    if let Some((st, err)) = child.early_exit {
         tally.child_failed.push(format!(
-            "round {round}: the child exited on its own ({st}) before the kill: {}",
-            err.trim()
+            "round {round}: the child exited on its own ({st}) before the kill: {err}"
         ));
         return Ok(());
     }
-    let _ = status;
+    let ids: Vec<i64> = child
+        .lines
+        .iter()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
     tally.kills += 1;
     tally.acked += ids.len() as u64;
     let db = match open(url).await {

@@ -141,59 +141,55 @@ async fn index_on(raw: &tokio_postgres::Client, schema: &str, table: &str, colum
     row.get(0)
 }
 
+/// Replaces the unique index of `LongA` on `column` behind the engine's back by
+/// `replacement` (SQL with `{s}` schema and `{name}` index placeholders), then expects
+/// connecting a fresh engine to fail with the `Engine` error of the post-DDL check
+/// naming the table and `index` (`why` explains the expectation).
+async fn replaced_index_fails_the_ddl(column: &str, replacement: &str, index: &str, why: &str) {
+    let ns = Ns::new();
+    drop(db_ab(&ns).await);
+    let raw = ns.raw().await;
+    let name = index_on(&raw, &ns.schema, A, column).await;
+    let s = &ns.schema;
+    let create = replacement.replace("{s}", s).replace("{name}", &name);
+    raw.batch_execute(&format!("DROP INDEX \"{s}\".\"{name}\"; {create}"))
+        .await
+        .unwrap();
+    let err = Db::with_engine(Arc::new(ns.engine("").await))
+        .table::<LongA>()
+        .connect()
+        .await
+        .expect_err(why);
+    assert_eq!(err.kind(), ErrorKind::Engine, "{err}");
+    assert!(
+        err.message().contains(A) && err.message().contains(index),
+        "{err}"
+    );
+    ns.drop_schema().await;
+}
+
 /// An index replaced behind the engine's back by a non-unique one of the same name:
 /// `CREATE UNIQUE INDEX IF NOT EXISTS` skips it, and the check after the DDL reports
 /// it when the table is next ensured (a fresh engine).
 #[tokio::test]
 async fn index_replaced_by_a_non_unique_one_fails_the_ddl() {
-    let ns = Ns::new();
-    drop(db_ab(&ns).await);
-    let raw = ns.raw().await;
-    let name = index_on(&raw, &ns.schema, A, "phone").await;
-    let s = &ns.schema;
-    raw.batch_execute(&format!(
-        "DROP INDEX \"{s}\".\"{name}\"; CREATE INDEX \"{name}\" ON \"{s}\".\"{A}\" (phone)"
-    ))
-    .await
-    .unwrap();
-    let err = Db::with_engine(Arc::new(ns.engine("").await))
-        .table::<LongA>()
-        .connect()
-        .await
-        .expect_err("a non-unique index where a unique one is declared");
-    assert_eq!(err.kind(), ErrorKind::Engine, "{err}");
-    assert!(
-        err.message().contains(A) && err.message().contains("unique_phone"),
-        "{err}"
-    );
-    ns.drop_schema().await;
+    let sql = format!("CREATE INDEX \"{{name}}\" ON \"{{s}}\".\"{A}\" (phone)");
+    let why = "a non-unique index where a unique one is declared";
+    replaced_index_fails_the_ddl("phone", &sql, "unique_phone", why).await;
 }
 
 /// The derived name is taken by an index of another table (index names are per schema
 /// in PostgreSQL): `IF NOT EXISTS` skips the declared one, the check reports it missing.
 #[tokio::test]
 async fn index_name_taken_by_another_table_fails_the_ddl() {
-    let ns = Ns::new();
-    drop(db_ab(&ns).await);
-    let raw = ns.raw().await;
-    let name = index_on(&raw, &ns.schema, A, "email").await;
-    let s = &ns.schema;
-    raw.batch_execute(&format!(
-        "DROP INDEX \"{s}\".\"{name}\"; CREATE UNIQUE INDEX \"{name}\" ON \"{s}\".\"{B}\" (email)"
-    ))
-    .await
-    .unwrap();
-    let err = Db::with_engine(Arc::new(ns.engine("").await))
-        .table::<LongA>()
-        .connect()
-        .await
-        .expect_err("the declared index is missing");
-    assert_eq!(err.kind(), ErrorKind::Engine, "{err}");
-    assert!(
-        err.message().contains(A) && err.message().contains("unique_email"),
-        "{err}"
-    );
-    ns.drop_schema().await;
+    let sql = format!("CREATE UNIQUE INDEX \"{{name}}\" ON \"{{s}}\".\"{B}\" (email)");
+    replaced_index_fails_the_ddl(
+        "email",
+        &sql,
+        "unique_email",
+        "the declared index is missing",
+    )
+    .await;
 }
 
 /// A database captured by an older version: its trigger on a long-named table has the

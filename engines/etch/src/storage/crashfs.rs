@@ -192,20 +192,27 @@ impl FsState {
         } else {
             self.durable_names.clone()
         };
+        FsState::durable(
+            names
+                .into_iter()
+                .map(|(name, id)| (name, damaged(&self.files[&id], damage, rng))),
+        )
+    }
+
+    /// A state holding exactly `files`, all durable.
+    fn durable(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> FsState {
         let mut out = FsState::default();
-        for (name, id) in names {
-            let f = &self.files[&id];
-            let data = damaged(f, damage, rng);
-            let nid = out.next_id;
+        for (name, data) in files {
+            let id = out.next_id;
             out.next_id += 1;
             out.files.insert(
-                nid,
+                id,
                 FileData {
-                    data: data.clone(),
-                    durable: data,
+                    durable: data.clone(),
+                    data,
                 },
             );
-            out.names.insert(name, nid);
+            out.names.insert(name, id);
         }
         out.durable_names = out.names.clone();
         out
@@ -309,21 +316,7 @@ impl CrashFs {
 
     /// A file system holding exactly `files` (`(name, bytes)`), all durable.
     pub fn with_files(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> CrashFs {
-        let mut state = FsState::default();
-        for (name, data) in files {
-            let id = state.next_id;
-            state.next_id += 1;
-            state.files.insert(
-                id,
-                FileData {
-                    durable: data.clone(),
-                    data,
-                },
-            );
-            state.names.insert(name, id);
-        }
-        state.durable_names = state.names.clone();
-        CrashFs::from_state(state)
+        CrashFs::from_state(FsState::durable(files))
     }
 
     /// Every file's name and content.
