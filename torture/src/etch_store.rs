@@ -45,20 +45,27 @@ pub async fn power_loss(ctx: Ctx, a: PowerLossArgs) -> anyhow::Result<Outcome> {
 /// Arguments of `io-faults`.
 #[derive(clap::Args, Debug, Default)]
 pub struct IoFaultsArgs {
-    /// Commits of the workload whose every I/O operation is failed in turn (default:
-    /// 10 quick, 40 full).
+    /// Workloads, each with its checkpoint at another commit (default: 2 quick, 40
+    /// full).
+    #[arg(long)]
+    pub workloads: Option<u64>,
+    /// Commits per workload; every I/O operation of it is failed in turn (default: 10
+    /// quick, 30 full).
     #[arg(long)]
     pub commits: Option<u64>,
 }
 
-/// Fail the N-th I/O operation, for every N, with EIO and ENOSPC; then power loss.
+/// Fail the N-th I/O operation, for every N, with EIO and ENOSPC; then a process
+/// crash and a power loss.
 ///
 /// # Errors
 /// Only if the blocking task cannot run; broken invariants are in the outcome.
 pub async fn io_faults(ctx: Ctx, a: IoFaultsArgs) -> anyhow::Result<Outcome> {
-    let commits = a.commits.unwrap_or(ctx.pick(10, 40));
+    let workloads = a.workloads.unwrap_or(ctx.pick(2, 40));
+    let commits = a.commits.unwrap_or(ctx.pick(10, 30));
     let seed = ctx.seed;
-    let r = tokio::task::spawn_blocking(move || torture::io_faults(commits, seed)).await?;
+    let r =
+        tokio::task::spawn_blocking(move || torture::io_faults(workloads, commits, seed)).await?;
     let mut out = Outcome::default();
     out.figure(format!("io-faults etch: {r}"));
     if !r.ok() {

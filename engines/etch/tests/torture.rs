@@ -14,7 +14,7 @@ fn power_loss_at_every_sync_point() {
 
 #[test]
 fn io_failure_at_every_operation() {
-    let report = torture::io_faults(10, 0x51ed);
+    let report = torture::io_faults(2, 10, 0x51ed);
     println!("io-faults: {report}");
     assert!(report.failures_injected > 20, "{report}");
     assert!(report.ok(), "{report}\n{:#?}", report.failures);

@@ -329,7 +329,7 @@ impl std::fmt::Display for IoFaultReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} runs ({} with the fault hit): {} acknowledged commits missing after power \
+            "{} runs ({} with the fault hit): {} acknowledged commits missing after kill -9 or power \
              loss; {} Ok after the first failure; {} bad recoveries",
             self.runs,
             self.failures_injected,
@@ -340,11 +340,12 @@ impl std::fmt::Display for IoFaultReport {
     }
 }
 
-/// Fails each I/O operation of a sequential workload of `commits` commits (with a
-/// checkpoint in the middle and a `close` at the end), for every operation number up
-/// to the workload's count plus a few, once with EIO and once with ENOSPC; then cuts
-/// the power (nothing unsynced kept) and checks the reopened store.
-pub fn io_faults(commits: u64, seed: u64) -> IoFaultReport {
+/// Fails each I/O operation of sequential workloads of `commits` commits (with a
+/// checkpoint at a different commit in each workload and a `close` at the end), for
+/// every operation number up to the workload's count plus a few, once with EIO and
+/// once with ENOSPC; then checks the store reopened after a process crash and after a
+/// power loss (nothing unsynced kept).
+pub fn io_faults(workloads: u64, commits: u64, seed: u64) -> IoFaultReport {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -354,49 +355,67 @@ pub fn io_faults(commits: u64, seed: u64) -> IoFaultReport {
         compact_after_bytes: 64 << 20,
         ..StoreOptions::default()
     };
-    let states = expected_states(seed, commits);
-    // Count the operations of a fault-free run.
-    let total = {
-        let fs = CrashFs::new();
-        let base = fs.ops();
-        let _ = io_fault_run(&rt, &fs, &opts, seed, commits);
-        fs.ops() - base + 4
-    };
     let mut report = IoFaultReport::default();
-    for n in 1..=total {
-        for kind in [ErrorKind::Other, ErrorKind::StorageFull] {
-            report.runs += 1;
+    for i in 0..workloads {
+        let w = seed.wrapping_mul(1_000_003).wrapping_add(i);
+        let checkpoint_at = (i * 7 + commits / 2) % commits.max(1);
+        let states = expected_states(w, commits);
+        // Count the operations of a fault-free run.
+        let total = {
             let fs = CrashFs::new();
-            fs.fail_op(n, kind);
-            let (acked, ok_after) = io_fault_run(&rt, &fs, &opts, seed, commits);
-            if !fs.failed_ops().is_empty() {
-                report.failures_injected += 1;
-            }
-            report.ok_after_failure += ok_after;
-            if ok_after > 0 {
-                report.fail(format!("op {n} ({kind:?}): {ok_after} Ok after a failure"));
-            }
-            let image = fs.power_loss(Damage::NoneKept, &mut StdRng::seed_from_u64(n));
-            match Store::open_dir(image.dir(), opts.clone()) {
-                Ok(store) => {
-                    let (k, state) = contents(&store);
-                    if k < acked {
-                        report.missing += acked - k;
-                        report.fail(format!("op {n} ({kind:?}): acked {acked}, recovered {k}"));
-                    }
-                    if states.get(k as usize) != Some(&state) {
-                        report.bad_recoveries += 1;
-                        report.fail(format!("op {n} ({kind:?}): state at {k} is wrong"));
-                    }
+            let _ = io_fault_run(&rt, &fs, &opts, w, commits, checkpoint_at);
+            fs.ops() + 4
+        };
+        for n in 1..=total {
+            for kind in [ErrorKind::Other, ErrorKind::StorageFull] {
+                report.runs += 1;
+                let at = format!("workload {w}, op {n} ({kind:?})");
+                let fs = CrashFs::new();
+                fs.fail_op(n, kind);
+                let (acked, ok_after) = io_fault_run(&rt, &fs, &opts, w, commits, checkpoint_at);
+                if !fs.failed_ops().is_empty() {
+                    report.failures_injected += 1;
                 }
-                Err(e) => {
-                    report.bad_recoveries += 1;
-                    report.fail(format!("op {n} ({kind:?}): reopen failed: {e}"));
+                report.ok_after_failure += ok_after;
+                if ok_after > 0 {
+                    report.fail(format!("{at}: {ok_after} Ok after a failure"));
+                }
+                let power_loss = fs.power_loss(Damage::NoneKept, &mut StdRng::seed_from_u64(n));
+                for (how, image) in [("kill -9", fs.kill()), ("power loss", power_loss)] {
+                    check_io_recovery(&image, &opts, acked, &states, &mut report, &at, how);
                 }
             }
         }
     }
     report
+}
+
+fn check_io_recovery(
+    image: &CrashFs,
+    opts: &StoreOptions,
+    acked: u64,
+    states: &[State],
+    report: &mut IoFaultReport,
+    at: &str,
+    how: &str,
+) {
+    match Store::open_dir(image.dir(), opts.clone()) {
+        Ok(store) => {
+            let (k, state) = contents(&store);
+            if k < acked {
+                report.missing += acked - k;
+                report.fail(format!("{at}, {how}: acked {acked}, recovered {k}"));
+            }
+            if states.get(k as usize) != Some(&state) {
+                report.bad_recoveries += 1;
+                report.fail(format!("{at}, {how}: state at {k} is wrong"));
+            }
+        }
+        Err(e) => {
+            report.bad_recoveries += 1;
+            report.fail(format!("{at}, {how}: reopen failed: {e}"));
+        }
+    }
 }
 
 /// One sequential run; returns (highest acknowledged seq, commits Ok after a failed
@@ -407,6 +426,7 @@ fn io_fault_run(
     opts: &StoreOptions,
     w: u64,
     commits: u64,
+    checkpoint_at: u64,
 ) -> (u64, u64) {
     let Ok(store) = Store::open_dir(fs.dir(), opts.clone()) else {
         return (0, 0);
@@ -416,7 +436,7 @@ fn io_fault_run(
     let mut ok_after = 0;
     let mut rng = StdRng::seed_from_u64(w);
     for i in 0..commits {
-        if i == commits / 2 {
+        if i == checkpoint_at {
             let _ = store.checkpoint();
         }
         let res = rt.block_on(async {
