@@ -9,7 +9,7 @@
 //! | `{ns}:d:` ‖ key | string | version (u64 big-endian: the namespace's commit counter at the write) ‖ value |
 //! | `{ns}:k` | sorted set, every score 0 | every key, so `ZRANGE … BYLEX` lists them in byte order |
 //! | `{ns}:c` | string (integer) | the commit counter, `INCR`ed by every commit that writes |
-//! | `{ns}:b` | sorted set, every score 0 | the bucket names: the first `bucket_prefix_bytes` bytes of every key ever written |
+//! | `{ns}:b` | sorted set, every score 0 | the bucket names: [`bucket`] of every key ever written (about one per table and index) |
 //! | `{ns}:v` | hash | bucket name → the commit counter of the last write of a key in it |
 //!
 //! Members of a score-0 sorted set are ordered by their bytes (`memcmp`), as etch orders
@@ -331,6 +331,7 @@ impl KvStore for RedisKv {
             read_only: opts.read_only,
             reads: BTreeMap::new(),
             scans: Vec::new(),
+            counts: Vec::new(),
             round_trips: 0,
         }))
     }
@@ -363,6 +364,8 @@ struct RedisTxn {
     /// Data key → the version read (8 bytes), or empty when the key was absent.
     reads: BTreeMap<Vec<u8>, Vec<u8>>,
     scans: Vec<ScanRecord>,
+    /// Ranges whose key count was read: `ZLEXCOUNT` bounds and the count seen.
+    counts: Vec<(Vec<u8>, Vec<u8>, u64)>,
     /// Round trips that served reads (each atomic on the server).
     round_trips: usize,
 }
@@ -378,6 +381,41 @@ fn split(stored: Vec<u8>, key: &[u8]) -> Result<(Vec<u8>, Bytes)> {
     let mut v = stored;
     let value = v.split_off(8);
     Ok((v, value))
+}
+
+/// The bucket of `key`: its first byte (the KV family's entry kind, `FORMAT.md`), then
+/// the self-delimiting memcomparable string after it (the table name; for index
+/// entries `i`/`u` also the index name), at most `cap` bytes; a key that ends first is
+/// its own bucket. Where each step stops depends only on the bytes before it, so the
+/// map is monotone (`a <= b` implies `bucket(a) <= bucket(b)`): every key of a range
+/// `[s, e]` has its bucket in `[bucket(s), bucket(e)]`, which is all range validation
+/// needs; for keys of another shape it is still correct, only coarser.
+pub(crate) fn bucket(key: &[u8], cap: usize) -> &[u8] {
+    let mut pos = 1;
+    if let Some(&tag) = key.first() {
+        let strings = if tag == b'i' || tag == b'u' { 2 } else { 1 };
+        for _ in 0..strings {
+            match key.get(pos) {
+                Some(0x00) => pos += 1,
+                Some(0x01) => {
+                    pos += 1;
+                    loop {
+                        if pos + 9 > key.len() {
+                            pos = key.len();
+                            break;
+                        }
+                        let marker = key[pos + 8];
+                        pos += 9;
+                        if marker != 0x09 {
+                            break;
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    &key[..pos.min(cap).min(key.len())]
 }
 
 fn version_u64(v: &[u8]) -> u64 {
@@ -418,9 +456,7 @@ impl RedisTxn {
         let p = self.kv.inner.opts.bucket_prefix_bytes;
         match b {
             Bound::Unbounded => unbounded.to_vec(),
-            Bound::Included(k) | Bound::Excluded(k) => {
-                [b"[".as_slice(), &k[..k.len().min(p)]].concat()
-            }
+            Bound::Included(k) | Bound::Excluded(k) => [b"[".as_slice(), bucket(k, p)].concat(),
         }
     }
 
@@ -487,17 +523,28 @@ impl RedisTxn {
         for (key, _) in writes {
             cmd.arg(k.data(key));
         }
-        cmd.arg(inner.opts.bucket_prefix_bytes)
+        let cap = inner.opts.bucket_prefix_bytes;
+        let buckets: std::collections::BTreeSet<&[u8]> =
+            writes.iter().map(|(k, _)| bucket(k, cap)).collect();
+        cmd.arg(buckets.len())
             .arg(self.reads.len())
             .arg(self.scans.len())
             .arg(writes.len())
             .arg(k.data_prefix.len())
-            .arg(&k.channel);
+            .arg(if writes.is_empty() {
+                ""
+            } else {
+                k.channel.as_str()
+            })
+            .arg(self.counts.len());
         for v in self.reads.values() {
             cmd.arg(v);
         }
         for s in &self.scans {
             cmd.arg(&s.lo).arg(&s.hi).arg(s.seen);
+        }
+        for (min, max, n) in &self.counts {
+            cmd.arg(min).arg(max).arg(*n);
         }
         for (_, v) in writes {
             match v {
@@ -511,6 +558,9 @@ impl RedisTxn {
                     cmd.arg("d");
                 }
             }
+        }
+        for b in &buckets {
+            cmd.arg(*b);
         }
         match cmd.query_async::<Value>(&mut self.conn).await {
             Err(e) if is_function_missing(&e) => {
@@ -609,11 +659,19 @@ impl KvTxn for RedisTxn {
         let seen = seen.unwrap_or(0);
         // The range actually read: up to the last key when the limit cut it short.
         let full = members.len() == limit;
-        let last = members.last().cloned();
-        match (&last, full, reverse) {
-            (Some(l), true, false) => self.record_scan(start, Bound::Included(l), seen),
-            (Some(l), true, true) => self.record_scan(Bound::Included(l), end, seen),
-            _ => self.record_scan(start, end, seen),
+        let (lo, hi) = match (members.last(), full, reverse) {
+            (Some(l), true, false) => (start, Bound::Included(l.as_slice())),
+            (Some(l), true, true) => (Bound::Included(l.as_slice()), end),
+            _ => (start, end),
+        };
+        let exact = members.len() <= self.kv.inner.opts.exact_scan_keys;
+        if exact {
+            // Every key seen is recorded with its version below; the count of the
+            // range makes sure no key joined it.
+            let n = members.len() as u64;
+            self.counts.push((lex(lo, b"-"), lex(hi, b"+"), n));
+        } else {
+            self.record_scan(lo, hi, seen);
         }
         if members.is_empty() {
             return Ok(Vec::new());
@@ -621,14 +679,16 @@ impl KvTxn for RedisTxn {
         let dkeys: Vec<Vec<u8>> = members.iter().map(|k| self.kv.inner.keys.data(k)).collect();
         let values = self.mget(&dkeys).await?;
         let mut out = Vec::with_capacity(members.len());
-        for (k, v) in members.into_iter().zip(values) {
+        for ((k, dkey), v) in members.into_iter().zip(dkeys).zip(values) {
             let Some(stored) = v else {
                 return Err(Error::conflict(
                     "redis: a key of the scanned range was deleted during the scan",
                 ));
             };
             let (ver, value) = split(stored, &k)?;
-            if version_u64(&ver) > seen {
+            if exact {
+                self.record(dkey, ver)?;
+            } else if version_u64(&ver) > seen {
                 return Err(Error::conflict(
                     "redis: a key of the scanned range changed during the scan",
                 ));
@@ -638,22 +698,19 @@ impl KvTxn for RedisTxn {
         Ok(out)
     }
 
-    /// `MULTI` of `GET {ns}:c` and `ZLEXCOUNT`: one round trip, no values copied.
+    /// `ZLEXCOUNT`: one round trip, no values copied; the commit checks that the count
+    /// is unchanged.
     async fn count(&mut self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<u64> {
-        let mut p = redis::pipe();
-        p.atomic()
-            .cmd("GET")
-            .arg(&self.kv.inner.keys.counter)
-            .cmd("ZLEXCOUNT")
+        let (min, max) = (lex(start, b"-"), lex(end, b"+"));
+        let n: u64 = redis::cmd("ZLEXCOUNT")
             .arg(&self.kv.inner.keys.zkeys)
-            .arg(lex(start, b"-"))
-            .arg(lex(end, b"+"));
-        let (seen, n): (Option<u64>, u64) = p
+            .arg(&min)
+            .arg(&max)
             .query_async(&mut self.conn)
             .await
             .map_err(|e| self.err(e))?;
         self.round_trips += 1;
-        self.record_scan(start, end, seen.unwrap_or(0));
+        self.counts.push((min, max, n));
         Ok(n)
     }
 
@@ -674,7 +731,7 @@ impl KvTxn for RedisTxn {
                 opts.max_value_bytes
             )));
         }
-        let entries = writes.len() + self.reads.len() + self.scans.len();
+        let entries = writes.len() + self.reads.len() + self.scans.len() + self.counts.len();
         if entries > MAX_TXN_ENTRIES {
             return Err(Error::invalid_input(format!(
                 "redis: a transaction of {entries} reads and writes exceeds the limit of \
@@ -682,7 +739,7 @@ impl KvTxn for RedisTxn {
             )));
         }
         if writes.is_empty() {
-            if self.reads.is_empty() && self.scans.is_empty() {
+            if self.reads.is_empty() && self.scans.is_empty() && self.counts.is_empty() {
                 return Ok(());
             }
             // Validated even when one atomic reply served every read (which would be

@@ -46,12 +46,19 @@ pub struct RedisOptions {
     /// `MGET`s of up to 512 keys each, at most `pipeline_depth` of them per round
     /// trip). Declared as the engine's `Capability::pipeline_depth`. Default 64.
     pub pipeline_depth: usize,
-    /// Bytes of a key that name its *bucket*: the unit of range validation. A
-    /// transaction that scanned a range fails its commit with `Conflict` when any
-    /// bucket that intersects the range was written after the scan. 11 bytes cover the
-    /// namespace byte and the encoded table name (up to 8 bytes) of the KV family's
-    /// keys, so a bucket is about one table's rows or indexes. Default 11, at least 1.
+    /// The most bytes of a key that name its *bucket*, the unit of range validation:
+    /// a transaction that scanned a range fails its commit with `Conflict` when a key
+    /// of a bucket that intersects the range was written after the scan. A bucket is
+    /// the key's entry kind and table name (and index name), so about one table's rows
+    /// or one index (see `backend.rs`, `bucket`); this caps its length. Default 64, at
+    /// least 1 (1: one bucket per entry kind).
     pub bucket_prefix_bytes: usize,
+    /// A scan that returns at most this many keys is validated exactly at commit (each
+    /// key's version, and that the range still holds as many keys), so only a real
+    /// change of what it read fails the commit; a larger one is validated by the
+    /// versions of the buckets it intersects (cheaper, but any write in those buckets
+    /// fails it). 0: every scan by buckets. Default 1024.
+    pub exact_scan_keys: usize,
     /// Largest value accepted, in bytes (declared as `Capability::max_value_bytes`).
     /// Default [`DEFAULT_MAX_VALUE_BYTES`].
     pub max_value_bytes: usize,
@@ -76,7 +83,8 @@ impl Default for RedisOptions {
             namespace: "datalayer".into(),
             pool_size: 2,
             pipeline_depth: 64,
-            bucket_prefix_bytes: 11,
+            bucket_prefix_bytes: 64,
+            exact_scan_keys: 1024,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_txn_bytes: DEFAULT_MAX_TXN_BYTES,
             response_timeout: Duration::from_secs(10),
@@ -97,7 +105,8 @@ impl RedisOptions {
 
     /// Parses a Redis URL:
     /// `redis://[user:password@]host[:port][/db][?namespace=&pool_size=&pipeline_depth=]`
-    /// plus the engine's own parameters `bucket_prefix_bytes=`, `max_value_bytes=`,
+    /// plus the engine's own parameters `bucket_prefix_bytes=`, `exact_scan_keys=`,
+    /// `max_value_bytes=`,
     /// `max_txn_bytes=` (bytes), `response_timeout_ms=`, `connect_timeout_ms=`
     /// (milliseconds). User and password may be percent-encoded; `redis://:pw@host`
     /// authenticates the `default` user. `rediss://` (TLS) and `redis+cluster://` are
@@ -174,6 +183,7 @@ impl RedisOptions {
                 "pool_size" => o.pool_size = v.parse().map_err(|_| bad())?,
                 "pipeline_depth" => o.pipeline_depth = v.parse().map_err(|_| bad())?,
                 "bucket_prefix_bytes" => o.bucket_prefix_bytes = v.parse().map_err(|_| bad())?,
+                "exact_scan_keys" => o.exact_scan_keys = v.parse().map_err(|_| bad())?,
                 "max_value_bytes" => o.max_value_bytes = v.parse().map_err(|_| bad())?,
                 "max_txn_bytes" => o.max_txn_bytes = v.parse().map_err(|_| bad())?,
                 "response_timeout_ms" => o.response_timeout = ms(v)?,
@@ -181,7 +191,7 @@ impl RedisOptions {
                 _ => {
                     return Err(Error::invalid_input(format!(
                         "unknown Redis URL option {k:?} (known: namespace, pool_size, \
-                         pipeline_depth, bucket_prefix_bytes, max_value_bytes, max_txn_bytes, \
+                         pipeline_depth, bucket_prefix_bytes, exact_scan_keys, max_value_bytes, max_txn_bytes, \
                          response_timeout_ms, connect_timeout_ms)"
                     )));
                 }
@@ -269,6 +279,7 @@ impl fmt::Debug for RedisOptions {
             .field("pool_size", &self.pool_size)
             .field("pipeline_depth", &self.pipeline_depth)
             .field("bucket_prefix_bytes", &self.bucket_prefix_bytes)
+            .field("exact_scan_keys", &self.exact_scan_keys)
             .field("max_value_bytes", &self.max_value_bytes)
             .field("max_txn_bytes", &self.max_txn_bytes)
             .field("response_timeout_ms", &self.response_timeout.as_millis())
@@ -317,7 +328,7 @@ mod tests {
     #[test]
     fn full_url() {
         let o = RedisOptions::from_url(
-            "redis://alice:s%40cret@db.example:6380/3?namespace=app1&pool_size=4&pipeline_depth=8&max_txn_bytes=4099&max_value_bytes=1000&response_timeout_ms=250&bucket_prefix_bytes=5&connect_timeout_ms=100",
+            "redis://alice:s%40cret@db.example:6380/3?namespace=app1&pool_size=4&pipeline_depth=8&max_txn_bytes=4099&max_value_bytes=1000&response_timeout_ms=250&bucket_prefix_bytes=5&connect_timeout_ms=100&exact_scan_keys=7",
         )
         .unwrap();
         assert_eq!(o.host, "db.example");
@@ -331,6 +342,7 @@ mod tests {
         assert_eq!(o.max_txn_bytes, 4099);
         assert_eq!(o.max_value_bytes, 1000);
         assert_eq!(o.bucket_prefix_bytes, 5);
+        assert_eq!(o.exact_scan_keys, 7);
         assert_eq!(o.response_timeout, Duration::from_millis(250));
         assert_eq!(o.connect_timeout, Duration::from_millis(100));
         assert_eq!(o.client_url(), "redis://alice:s%40cret@db.example:6380/3");

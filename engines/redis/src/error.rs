@@ -30,10 +30,13 @@ pub(crate) fn map_error(e: RedisError, addr: &str) -> Error {
     let msg = format!("redis at {addr}: {e}");
     let kind = e.kind();
     let mapped = match (kind, code.as_deref()) {
-        (_, Some(CONFLICT_CODE)) => Error::conflict(format!(
-            "redis: the transaction's reads changed before its commit ({})",
-            e.detail().unwrap_or("validation failed")
-        )),
+        (_, Some(CONFLICT_CODE)) => {
+            return Error::conflict(format!(
+                "redis: the transaction's reads changed before its commit ({})",
+                e.detail().unwrap_or("validation failed")
+            ))
+            .with_code(CONFLICT_CODE);
+        }
         _ if e.is_timeout() => Error::new(
             ErrorKind::Timeout,
             format!("{msg} (no reply within the response timeout)"),

@@ -5,11 +5,13 @@
 -- KEYS: 1 the namespace's commit counter, 2 the sorted set of every key,
 --       3 the sorted set of bucket names, 4 the hash bucket -> version,
 --       then nr data keys that were read, then nw data keys to write.
--- ARGV: 1 bucket prefix bytes, 2 nr, 3 nscan, 4 nw, 5 data-key prefix length,
---       6 channel to PUBLISH the new version on ('' = none),
+-- ARGV: 1 nb, 2 nr, 3 nscan, 4 nw, 5 data-key prefix length,
+--       6 channel to PUBLISH the new version on ('' = none), 7 ncount,
 --       then nr expected versions (8 bytes big-endian; '' = the key was absent),
 --       then nscan triples (lowest bucket, highest bucket, counter seen at the scan),
---       then nw writes ('p' .. value to put, 'd' to delete).
+--       then ncount triples (ZLEXCOUNT min, max, the count seen),
+--       then nw writes ('p' .. value to put, 'd' to delete),
+--       then nb bucket names (the buckets of the written keys, computed by the client).
 -- Validation reads only (O(reads + buckets of scanned ranges)); the writes come after
 -- it (O(writes)); nothing is written when validation fails.
 
@@ -25,7 +27,8 @@ end
 local function validate(keys, args)
   local nr = tonumber(args[2])
   local nscan = tonumber(args[3])
-  local a = 6
+  local ncount = tonumber(args[7])
+  local a = 7
   for i = 1, nr do
     local got = redis.call('GETRANGE', keys[4 + i], 0, 7)
     if got ~= args[a + i] then
@@ -51,6 +54,13 @@ local function validate(keys, args)
       s = e + 1
     end
   end
+  a = a + 3 * nscan
+  for j = 0, ncount - 1 do
+    local n = redis.call('ZLEXCOUNT', keys[2], args[a + 3 * j + 1], args[a + 3 * j + 2])
+    if n ~= tonumber(args[a + 3 * j + 3]) then
+      return redis.error_reply('DLCONFLICT a range read by the transaction (#' .. (j + 1) .. ') gained or lost keys')
+    end
+  end
   return nil
 end
 
@@ -63,14 +73,13 @@ local function commit(keys, args)
   if nw == 0 then
     return 0
   end
-  local p = tonumber(args[1])
+  local nb = tonumber(args[1])
   local dp = tonumber(args[5])
   local nr = tonumber(args[2])
   local c = redis.call('INCR', keys[1])
   local v8 = be8(c)
   local base = 4 + nr
-  local a = 6 + nr + 3 * tonumber(args[3])
-  local touched = {}
+  local a = 7 + nr + 3 * tonumber(args[3]) + 3 * tonumber(args[7])
   for i = 1, nw do
     local dk = keys[base + i]
     local raw = string.sub(dk, dp + 1)
@@ -82,12 +91,11 @@ local function commit(keys, args)
       redis.call('DEL', dk)
       redis.call('ZREM', keys[2], raw)
     end
-    local b = string.sub(raw, 1, p)
-    if not touched[b] then
-      touched[b] = true
-      redis.call('ZADD', keys[3], 0, b)
-      redis.call('HSET', keys[4], b, c)
-    end
+  end
+  a = a + nw
+  for i = 1, nb do
+    redis.call('ZADD', keys[3], 0, args[a + i])
+    redis.call('HSET', keys[4], args[a + i], c)
   end
   if args[6] ~= '' then
     redis.call('PUBLISH', args[6], c)

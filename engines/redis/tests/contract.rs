@@ -15,7 +15,15 @@ mod small_txn_limit {
     ));
 }
 
-mod one_byte_buckets {
-    // Coarse buckets: every scan validates against most of the namespace.
-    datalayer_kv::kv_contract_tests!(super::common::fresh("bucket_prefix_bytes=1&pool_size=1"));
+mod bucket_validation {
+    // Every scan validated by bucket versions (none exactly), with one-byte buckets:
+    // a scan validates against most of the namespace.
+    datalayer_kv::kv_contract_tests!(super::common::fresh(
+        "exact_scan_keys=0&bucket_prefix_bytes=1&pool_size=1"
+    ));
+}
+
+mod default_buckets_by_version {
+    // Every scan validated by bucket versions, with the default buckets.
+    datalayer_kv::kv_contract_tests!(super::common::fresh("exact_scan_keys=0"));
 }
