@@ -386,8 +386,9 @@ fn split(stored: Vec<u8>, key: &[u8]) -> Result<(Vec<u8>, Bytes)> {
 /// The bucket of `key`: its first byte (the KV family's entry kind, `FORMAT.md`), then
 /// the self-delimiting memcomparable string after it (the table name; for index
 /// entries `i`/`u` also the index name), at most `cap` bytes; a key that ends first is
-/// its own bucket. Where each step stops depends only on the bytes before it, so the
-/// map is monotone (`a <= b` implies `bucket(a) <= bucket(b)`): every key of a range
+/// its own bucket, and a byte other than a string's start (`00`, `01`) ends the bucket
+/// after it. Where a bucket stops depends only on bytes inside it, so the map is
+/// monotone (`a <= b` implies `bucket(a) <= bucket(b)`): every key of a range
 /// `[s, e]` has its bucket in `[bucket(s), bucket(e)]`, which is all range validation
 /// needs; for keys of another shape it is still correct, only coarser.
 pub(crate) fn bucket(key: &[u8], cap: usize) -> &[u8] {
@@ -411,7 +412,13 @@ pub(crate) fn bucket(key: &[u8], cap: usize) -> &[u8] {
                         }
                     }
                 }
-                _ => break,
+                // Another byte ends the bucket, itself included: every byte that
+                // decides where a bucket stops is part of it.
+                Some(_) => {
+                    pos += 1;
+                    break;
+                }
+                None => break,
             }
         }
     }
@@ -753,11 +760,114 @@ impl KvTxn for RedisTxn {
         }
         match self.fcall(COMMIT_FN, &writes).await {
             Ok(_) => Ok(()),
+            // A reply of the server (READONLY, BUSY, OOM, a failed validation) says the
+            // function did not write; only a broken connection or a timeout leaves
+            // the outcome unknown.
+            Err(e) if e.code().is_some() => Err(self.err(e)),
             Err(e) => Err(self.err(e).at_commit()),
         }
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket;
+
+    /// Keys made of the bytes the bucket parser cares about.
+    fn keys() -> Vec<Vec<u8>> {
+        let alphabet = [0x00u8, 0x01, 0x09, b'a', b'i', b'r', 0xff];
+        let mut out = vec![Vec::new()];
+        let mut frontier = vec![Vec::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for k in &frontier {
+                for &b in &alphabet {
+                    let mut k2: Vec<u8> = k.clone();
+                    k2.push(b);
+                    next.push(k2);
+                }
+            }
+            out.extend(next.iter().cloned());
+            frontier = next;
+        }
+        // Real shapes: rows and index entries of short and long table names.
+        for t in ["users", "_dl_outbox_groups", "abcdefgh"] {
+            let mc = memcomparable_str(t);
+            for tag in [b'r', b'i', b'u', b'h'] {
+                for suffix in [&b""[..], &[0x01, 0x80, 0, 1][..], &[0xff; 12][..]] {
+                    let mut k = vec![tag];
+                    k.extend_from_slice(&mc);
+                    if tag == b'i' || tag == b'u' {
+                        k.extend_from_slice(&memcomparable_str("by_name"));
+                    }
+                    k.extend_from_slice(suffix);
+                    out.push(k);
+                }
+            }
+        }
+        out
+    }
+
+    fn memcomparable_str(s: &str) -> Vec<u8> {
+        let mut out = vec![0x01];
+        let b = s.as_bytes();
+        let groups: Vec<&[u8]> = b.chunks(8).collect();
+        for (i, g) in groups.iter().enumerate() {
+            let mut padded = g.to_vec();
+            padded.resize(8, 0);
+            out.extend_from_slice(&padded);
+            out.push(if i + 1 < groups.len() {
+                9
+            } else {
+                g.len() as u8
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn buckets_are_monotone_prefixes() {
+        let mut ks = keys();
+        ks.sort();
+        for cap in [1, 3, 11, 64] {
+            for w in ks.windows(2) {
+                let (a, b) = (bucket(&w[0], cap), bucket(&w[1], cap));
+                assert!(
+                    a <= b,
+                    "cap {cap}: {:?} <= {:?} but buckets {a:?} > {b:?}",
+                    w[0],
+                    w[1]
+                );
+            }
+            for k in &ks {
+                assert!(k.starts_with(bucket(k, cap)) && bucket(k, cap).len() <= cap);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bucket_is_a_table_or_an_index() {
+        let users = memcomparable_str("users");
+        let mut row = vec![b'r'];
+        row.extend_from_slice(&users);
+        let table = row.clone();
+        row.extend_from_slice(&[0x01, 0x80, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(bucket(&row, 64), &table[..]);
+        let mut idx = vec![b'i'];
+        idx.extend_from_slice(&users);
+        idx.extend_from_slice(&memcomparable_str("by_email"));
+        let index = idx.clone();
+        idx.extend_from_slice(&[0x01, 0x01, b'x', 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(bucket(&idx, 64), &index[..]);
+        // Tables that share their first 8 bytes get different buckets.
+        let mut a = vec![b'r'];
+        a.extend_from_slice(&memcomparable_str("_dl_outbox_groups"));
+        let mut b = vec![b'r'];
+        b.extend_from_slice(&memcomparable_str("_dl_outbox_members"));
+        assert_ne!(bucket(&a, 64), bucket(&b, 64));
     }
 }
