@@ -256,6 +256,11 @@ impl Engine for KvEngine {
         self.store.close().await
     }
 
+    /// The store's extension ([`KvStore::extension`]).
+    fn extension(&self, ty: std::any::TypeId) -> Option<Box<dyn std::any::Any + Send>> {
+        self.store.extension(ty)
+    }
+
     async fn enable_changes(&self, table: &str) -> Result<()> {
         retry_autocommit(|| async {
             let mut tx = self.open(false).await?;

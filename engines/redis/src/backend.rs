@@ -76,7 +76,10 @@ struct Keys {
     zbuckets: Vec<u8>,
     versions: Vec<u8>,
     data_prefix: Vec<u8>,
+    /// The Pub/Sub channel of outbox wake-ups.
     channel: String,
+    /// The row prefix of the outbox's events table: a put under it publishes.
+    events_prefix: Vec<u8>,
 }
 
 impl Keys {
@@ -88,7 +91,11 @@ impl Keys {
             zbuckets: k("b"),
             versions: k("v"),
             data_prefix: k("d:"),
-            channel: format!("{{{ns}}}:commits"),
+            channel: format!("{{{ns}}}:outbox"),
+            events_prefix: datalayer_kv::codec::table_prefix(
+                datalayer_kv::codec::ROW,
+                crate::outbox::EVENTS_TABLE,
+            ),
         }
     }
 
@@ -104,6 +111,7 @@ impl Keys {
 struct Inner {
     opts: RedisOptions,
     addr: String,
+    client: redis::Client,
     conns: Vec<ConnectionManager>,
     next: AtomicUsize,
     keys: Keys,
@@ -152,6 +160,7 @@ impl RedisKv {
             inner: Arc::new(Inner {
                 opts,
                 addr,
+                client,
                 conns,
                 next: AtomicUsize::new(0),
                 keys,
@@ -170,10 +179,18 @@ impl RedisKv {
         &self.inner.durability
     }
 
-    /// The Pub/Sub channel on which every commit that writes publishes its commit
-    /// counter (`{namespace}:commits`).
-    pub fn commit_channel(&self) -> &str {
+    /// The Pub/Sub channel on which every commit that emits outbox events (puts rows
+    /// of the outbox's events table) publishes its commit counter
+    /// (`{namespace}:outbox`); see [`RedisDriver`](crate::RedisDriver).
+    pub fn outbox_channel(&self) -> &str {
         &self.inner.keys.channel
+    }
+
+    /// A new outbox driver on this store's namespace: consumers wake on the
+    /// [`RedisKv::outbox_channel`] instead of polling. The engine hands one to every
+    /// consumer by itself (through `Engine::extension`).
+    pub fn outbox_driver(&self) -> crate::RedisDriver {
+        crate::outbox::RedisDriver::new(self.inner.client.clone(), self.inner.keys.channel.clone())
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -340,6 +357,16 @@ impl KvStore for RedisKv {
     /// `appendfsync` makes it ([`RedisKv::durability`]; `WAITAOF` needs Redis 7.2).
     async fn sync(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// `Arc<dyn datalayer_outbox::Driver>`: a new [`RedisDriver`](crate::RedisDriver)
+    /// (Pub/Sub wake-ups for outbox consumers); `None` for any other type.
+    fn extension(&self, ty: std::any::TypeId) -> Option<Box<dyn std::any::Any + Send>> {
+        if ty == std::any::TypeId::of::<Arc<dyn datalayer_outbox::Driver>>() {
+            let d: Arc<dyn datalayer_outbox::Driver> = Arc::new(self.outbox_driver());
+            return Some(Box::new(d));
+        }
+        None
     }
 
     /// Nothing to flush: the connections close when the last clone of the store is
@@ -538,11 +565,16 @@ impl RedisTxn {
             .arg(self.scans.len())
             .arg(writes.len())
             .arg(k.data_prefix.len())
-            .arg(if writes.is_empty() {
-                ""
-            } else {
-                k.channel.as_str()
-            })
+            .arg(
+                if writes
+                    .iter()
+                    .any(|(key, v)| v.is_some() && key.starts_with(&k.events_prefix))
+                {
+                    k.channel.as_str()
+                } else {
+                    ""
+                },
+            )
             .arg(self.counts.len());
         for v in self.reads.values() {
             cmd.arg(v);

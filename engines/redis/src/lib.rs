@@ -23,6 +23,8 @@
 //!   every acknowledged commit survive a crash of the machine.
 //! - **Options** ([`config`]): [`RedisOptions`], set directly or from the URL
 //!   (`redis://[user:password@]host:port[/db]?namespace=&pool_size=&pipeline_depth=`).
+//! - **Outbox**: idle consumers wake on a Pub/Sub message that the commit function
+//!   publishes when a commit emits events ([`RedisDriver`]), instead of polling.
 //! - **Errors** (`error.rs`): every native error is mapped to a portable `ErrorKind` in
 //!   one place; see that module's table.
 //!
@@ -38,9 +40,11 @@
 mod backend;
 pub mod config;
 mod error;
+mod outbox;
 
 pub use backend::{Durability, RedisKv, destroy_namespace, open, open_url};
 pub use config::RedisOptions;
+pub use outbox::RedisDriver;
 
 use datalayer_core::Engine;
 use std::sync::Arc;

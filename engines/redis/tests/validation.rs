@@ -119,22 +119,31 @@ async fn limited_scans_validate_what_they_read() {
 }
 
 #[tokio::test]
-async fn commits_are_published() {
+async fn event_commits_are_published() {
     let (engine, g) = fresh("").await;
     let s = engine.store().as_ref();
     let opts = &g.opts;
     let client =
         redis::Client::open(format!("redis://{}:{}/{}", opts.host, opts.port, opts.db)).unwrap();
     let mut sub = client.get_async_pubsub().await.unwrap();
-    sub.subscribe(format!("{{{}}}:commits", opts.namespace))
+    sub.subscribe(format!("{{{}}}:outbox", opts.namespace))
         .await
         .unwrap();
-    put(s, &[("a", "1")]).await;
     use futures::StreamExt;
-    let msg = tokio::time::timeout(std::time::Duration::from_secs(5), sub.on_message().next())
+    let mut messages = sub.on_message();
+    // A commit without outbox events publishes nothing.
+    put(s, &[("a", "1")]).await;
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), messages.next()).await;
+    assert!(quiet.is_err(), "a commit without events published");
+    // A put into the outbox's events table publishes the commit counter.
+    let mut key = datalayer_kv::codec::table_prefix(datalayer_kv::codec::ROW, "_dl_outbox");
+    key.extend_from_slice(b"\x01anything");
+    let t = s.begin(rw()).await.unwrap();
+    t.commit(vec![(key, Some(b("event")))]).await.unwrap();
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next())
         .await
-        .expect("a commit message within 5 s")
+        .expect("a message within 5 s")
         .unwrap();
     let v: u64 = msg.get_payload().unwrap();
-    assert!(v >= 1);
+    assert!(v >= 2, "commit counter {v}");
 }
