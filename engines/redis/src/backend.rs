@@ -17,23 +17,36 @@
 //! (redis.io/docs/latest/commands/zrangebylex).
 //!
 //! # Transactions: serializable by backward validation
-//! Reads go to the server as they come and record what they saw: each key read, its
-//! version (or its absence); each scanned range, the commit counter read atomically
-//! with the range (`MULTI` of `GET {ns}:c` and `ZRANGE`). The commit is one `FCALL` of
-//! the engine's Redis Function (`library.lua`, loaded at connect with
-//! `FUNCTION LOAD REPLACE` and again when the server has lost it): it checks every
-//! recorded key's version (`GETRANGE 0 7`) and, for every scanned range, that no bucket
-//! intersecting it was written after the counter seen; then, only if all hold, it
-//! `INCR`s the counter and applies the write set (`SET`/`DEL`, `ZADD`/`ZREM`, bucket
-//! versions). A Function runs atomically (Redis Functions,
+//! Reads go to the server as they come and record what they saw:
+//! - `get`, `batch_get` (one `MGET` per 512 keys, atomic round trips): each key's
+//!   version, or its absence;
+//! - `count` (`ZLEXCOUNT`): the range and the count seen;
+//! - `scan` (`MULTI` of `GET {ns}:c` and `ZRANGE … BYLEX [REV] LIMIT`, then `MGET` of
+//!   the values): the range actually read (up to the last key when the limit cut it
+//!   short). A scan of at most `exact_scan_keys` keys records each key's version and
+//!   the range's count (exact: only a real change of what it read fails the commit); a
+//!   larger one records the commit counter read with the range, and the commit checks
+//!   that no bucket ([`bucket`]: about one table or index) intersecting the range was
+//!   written after it.
+//!
+//! The commit is one `FCALL` of the engine's Redis Function (`library.lua`, loaded at
+//! connect with `FUNCTION LOAD REPLACE` and again when the server has lost it): it
+//! first checks every recorded version (`GETRANGE 0 7`), count (`ZLEXCOUNT`) and
+//! bucket range (`ZRANGE … BYLEX` of the bucket set, `HMGET` of their versions); then,
+//! only if all hold, it `INCR`s the counter and applies the write set (`SET`/`DEL`,
+//! `ZADD`/`ZREM`, the written buckets' versions), and `PUBLISH`es on the outbox
+//! channel when the write set emits outbox events. A failed check is `Conflict`, with
+//! nothing written. A Function runs atomically (Redis Functions,
 //! redis.io/docs/latest/develop/interact/programmability/functions-intro), so
 //! validation and writes happen at one point of the server's serial order: the
-//! transaction's serialization point. Server-side work is O(reads + writes + buckets in
-//! the scanned ranges), never O(data). No `WATCH` anywhere, so connections are shared
-//! (multiplexed) by every transaction.
+//! transaction's serialization point, where everything it read still holds.
+//! Server-side work is O(reads + writes + buckets in the validated ranges), never
+//! O(data). No `WATCH` anywhere, so connections are shared (multiplexed) by every
+//! transaction.
 //!
 //! A transaction without writes is validated with `FCALL_RO` (one round trip, no
-//! writes), or not at all when it read nothing.
+//! writes), or not at all when it read nothing. Every key the function touches is in
+//! its `KEYS`, and every key shares the namespace's hash tag (one cluster slot).
 
 use crate::config::{MAX_TXN_ENTRIES, RedisOptions};
 use crate::error::{is_function_missing, map_error};
