@@ -6,6 +6,10 @@
 //! removed at the end of the case (the harness removes it also when the case panics).
 //! When the server cannot be reached, every case fails with a message saying how to
 //! start it; nothing is skipped.
+//!
+//! The cases also run (prefix `redis-aof`) on a private `redis-server` started here
+//! on a free loopback port in a temporary directory with `appendonly yes`, so the
+//! engine declares `durable` and the durability cases run too.
 
 use async_trait::async_trait;
 use datalayer::{Capability, Engine};
@@ -104,11 +108,103 @@ fn probe(url: &str) -> (Capability, Option<String>) {
     })
 }
 
+/// A private `redis-server` with `appendonly yes`, killed when dropped.
+struct AofServer {
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for AofServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts the private server: its URL, or why it could not start.
+fn start_aof_server() -> (Option<AofServer>, Result<String, String>) {
+    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => return (None, Err(format!("no free port: {e}"))),
+    };
+    let dir = match tempfile::Builder::new().prefix("dl-redis-aof-").tempdir() {
+        Ok(d) => d,
+        Err(e) => return (None, Err(format!("no temp dir: {e}"))),
+    };
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                None,
+                Err(format!(
+                    "cannot start redis-server ({e}): install it (Debian: apt-get install redis-server)"
+                )),
+            );
+        }
+    };
+    let server = AofServer {
+        child: Some(child),
+        _dir: dir,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return (
+                Some(server),
+                Err("the private redis-server did not start".into()),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (Some(server), Ok(format!("redis://127.0.0.1:{port}")))
+}
+
 fn main() -> std::process::ExitCode {
     let url = base_url();
     let (cap, down) = probe(&url);
     if let Some(why) = &down {
         eprintln!("{why}");
     }
-    datalayer_conformance::main(trials("redis", Arc::new(Redis { url, cap, down })))
+    let mut all = trials("redis", Arc::new(Redis { url, cap, down }));
+    let (server, aof) = start_aof_server();
+    let (aof_url, cap, down) = match aof {
+        Ok(u) => {
+            let (cap, down) = probe(&u);
+            (u, cap, down)
+        }
+        Err(why) => (String::new(), Capability::default(), Some(why)),
+    };
+    if let Some(why) = &down {
+        eprintln!("{why}");
+    } else {
+        assert!(cap.durable, "appendonly yes must be declared durable");
+    }
+    all.extend(trials(
+        "redis-aof",
+        Arc::new(Redis {
+            url: aof_url,
+            cap,
+            down,
+        }),
+    ));
+    let code = datalayer_conformance::main(all);
+    drop(server);
+    code
 }
