@@ -366,10 +366,46 @@ impl KvStore for RedisKv {
         }))
     }
 
-    /// Nothing to do on Redis 7.0: an acknowledged commit is as durable as
-    /// `appendfsync` makes it ([`RedisKv::durability`]; `WAITAOF` needs Redis 7.2).
+    /// With `appendonly yes` and an `appendfsync` other than `always`: `WAITAOF 1 0
+    /// 10000` (Redis 7.2+), which returns once every write acknowledged so far is
+    /// fsynced to the local append-only file. On Redis 7.0/7.1 (no `WAITAOF`), without
+    /// `appendonly`, or under `appendfsync always` (every acknowledged commit is already
+    /// fsynced): nothing to do, and an acknowledged commit is exactly as durable as
+    /// `appendfsync` makes it ([`RedisKv::durability`]).
+    ///
+    /// # Errors
+    /// `Io` when `WAITAOF` reports that the local fsync did not happen within 10 s;
+    /// `ConnectionLost` when the server cannot be reached.
     async fn sync(&self) -> Result<()> {
-        Ok(())
+        let d = &self.inner.durability;
+        if d.appendonly != Some(true) || d.appendfsync.as_deref() == Some("always") {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let r: RedisResult<Vec<i64>> = redis::cmd("WAITAOF")
+            .arg(1)
+            .arg(0)
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(v) if v.first().copied().unwrap_or(0) >= 1 => Ok(()),
+            Ok(_) => Err(Error::new(
+                datalayer_core::ErrorKind::Io,
+                format!(
+                    "redis at {}: WAITAOF: the append-only file was not fsynced within 10 s",
+                    self.inner.addr
+                ),
+            )),
+            Err(e)
+                if e.to_string()
+                    .to_ascii_lowercase()
+                    .contains("unknown command") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_error(e, &self.inner.addr)),
+        }
     }
 
     /// `Arc<dyn datalayer_outbox::Driver>`: a new [`RedisDriver`](crate::RedisDriver)
