@@ -24,8 +24,8 @@
 //! - `scan` (`MULTI` of `GET {ns}:c` and `ZRANGE … BYLEX [REV] LIMIT`, then `MGET` of
 //!   the values): the range actually read (up to the last key when the limit cut it
 //!   short). A scan of at most `exact_scan_keys` keys records each key's version and
-//!   the range's count (exact: only a real change of what it read fails the commit); a
-//!   larger one records the commit counter read with the range, and the commit checks
+//!   the range's count (exact: only a real change of what it read fails the commit),
+//!   while the transaction has recorded fewer than 65,536 keys; a larger one records the commit counter read with the range, and the commit checks
 //!   that no bucket ([`bucket`]: about one table or index) intersecting the range was
 //!   written after it.
 //!
@@ -66,6 +66,10 @@ const COMMIT_FN: &str = "dl_v1_commit";
 const VALIDATE_FN: &str = "dl_v1_validate";
 /// Keys per `MGET`.
 const MGET_CHUNK: usize = 512;
+/// Keys a transaction records one by one for exact validation before its further
+/// scans fall back to bucket validation, so that paging through a large range in one
+/// transaction stays well under [`MAX_TXN_ENTRIES`].
+const EXACT_READS_BUDGET: usize = 65_536;
 
 /// What the server said about persistence at connect (`CONFIG GET appendonly` and
 /// `appendfsync`): what an acknowledged commit survives.
@@ -752,7 +756,8 @@ impl KvTxn for RedisTxn {
             (Some(l), true, true) => (Bound::Included(l.as_slice()), end),
             _ => (start, end),
         };
-        let exact = members.len() <= self.kv.inner.opts.exact_scan_keys;
+        let exact = members.len() <= self.kv.inner.opts.exact_scan_keys
+            && self.reads.len() + members.len() <= EXACT_READS_BUDGET;
         if exact {
             // Every key seen is recorded with its version below; the count of the
             // range makes sure no key joined it.

@@ -16,7 +16,10 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
 pub const DEFAULT_MAX_TXN_BYTES: usize = 32 << 20;
 
 /// The largest number of entries (writes plus recorded reads) one commit accepts: the
-/// commit function receives every key in `KEYS` and walks them once.
+/// commit function receives every key in `KEYS` and walks them once. A key read by
+/// `get`/`batch_get` is one entry; a scan is one entry (or, validated exactly, one per
+/// key it returned, up to 65,536 per transaction); a larger transaction fails its
+/// commit with `InvalidInput` before anything is sent.
 pub const MAX_TXN_ENTRIES: usize = 250_000;
 
 /// Options of the Redis engine ([`crate::open`]).
