@@ -47,6 +47,10 @@ pub use datalayer_sqlite as sqlite;
 #[cfg(feature = "postgres")]
 pub use datalayer_pg as pg;
 
+/// The Redis engine (feature `redis`, on by default).
+#[cfg(feature = "redis")]
+pub use datalayer_redis as redis;
+
 /// Registers every engine compiled into this build with the URL registry (idempotent).
 pub fn install_engines() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -57,6 +61,8 @@ pub fn install_engines() {
         datalayer_sqlite::register();
         #[cfg(feature = "postgres")]
         datalayer_pg::register();
+        #[cfg(feature = "redis")]
+        datalayer_redis::register();
     });
 }
 
@@ -64,7 +70,8 @@ pub fn install_engines() {
 /// query groups, then `.connect().await`.
 ///
 /// URLs: `etch://<dir>` or `etch::memory:`; `sqlite://<file>` or `sqlite::memory:`;
-/// `postgres://user@host:port/db`; `redis://host:port`; `tikv://pd1:2379,pd2:2379`.
+/// `postgres://user@host:port/db`;
+/// `redis://[user:password@]host:port[/db]?namespace=<ns>`; `tikv://pd1:2379,pd2:2379`.
 pub fn builder(url: impl Into<String>) -> DbBuilder {
     install_engines();
     Db::builder(url)

@@ -175,19 +175,31 @@ impl Engine for KvEngine {
 
     async fn register(&self, tables: &[&TableSchema], queries: &[&QueryDef]) -> Result<()> {
         self.start_epoch().await?;
-        let mut tx = self.open(false).await?;
         for t in tables {
             t.validate()?;
-            let r = match tx.catalog_get(&t.name).await? {
-                None => tx.catalog_put(&t.name, t.catalog_bytes()?).await,
-                Some(stored) => t.check_stored(&stored),
-            };
-            if let Err(e) = r {
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
         }
-        tx.commit().await?;
+        // Re-run on `Conflict`: on a store with concurrent writers two processes may
+        // register the same new table at once (both read it missing; one commit
+        // fails validation), and the retry then finds it stored.
+        retry_autocommit(|| async {
+            let mut tx = self.open(false).await?;
+            for t in tables {
+                let r = match tx.catalog_get(&t.name).await {
+                    Ok(None) => match t.catalog_bytes() {
+                        Ok(b) => tx.catalog_put(&t.name, b).await,
+                        Err(e) => Err(e),
+                    },
+                    Ok(Some(stored)) => t.check_stored(&stored),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+            }
+            tx.commit().await
+        })
+        .await?;
         for q in queries {
             Self::plan_for(&self.plans, q);
         }
@@ -242,6 +254,11 @@ impl Engine for KvEngine {
 
     async fn close(&self) -> Result<()> {
         self.store.close().await
+    }
+
+    /// The store's extension ([`KvStore::extension`]).
+    fn extension(&self, ty: std::any::TypeId) -> Option<Box<dyn std::any::Any + Send>> {
+        self.store.extension(ty)
     }
 
     async fn enable_changes(&self, table: &str) -> Result<()> {

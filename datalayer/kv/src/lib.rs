@@ -80,6 +80,14 @@ pub trait KvStore: Send + Sync + 'static {
     /// The store's own errors (etch: `Io` when the final fsync fails).
     async fn close(&self) -> Result<()>;
 
+    /// An engine-specific service, as [`Engine::extension`](datalayer_core::Engine::extension)
+    /// describes it; [`KvEngine`] answers its `extension` with the store's (the Redis
+    /// store offers its outbox driver). Default: `None` for every type.
+    fn extension(&self, ty: std::any::TypeId) -> Option<Box<dyn std::any::Any + Send>> {
+        let _ = ty;
+        None
+    }
+
     /// A consistent, committed, read-only view that can be read without awaiting, for
     /// stores whose reads never wait (in-process stores such as etch). [`KvEngine`] uses
     /// it for autocommit primary-key point reads, decoding straight from the borrowed

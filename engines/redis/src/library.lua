@@ -1,0 +1,117 @@
+#!lua name=datalayer_v1
+-- datalayer-redis: the commit and validation functions (format version 1).
+-- Loaded by the engine at connect with FUNCTION LOAD REPLACE. See backend.rs.
+--
+-- KEYS: 1 the namespace's commit counter, 2 the sorted set of every key,
+--       3 the sorted set of bucket names, 4 the hash bucket -> version,
+--       then nr data keys that were read, then nw data keys to write.
+-- ARGV: 1 nb, 2 nr, 3 nscan, 4 nw, 5 data-key prefix length,
+--       6 channel to PUBLISH the new version on ('' = none), 7 ncount,
+--       then nr expected versions (8 bytes big-endian; '' = the key was absent),
+--       then nscan triples (lowest bucket, highest bucket, counter seen at the scan),
+--       then ncount triples (ZLEXCOUNT min, max, the count seen),
+--       then nw writes ('p' .. value to put, 'd' to delete),
+--       then nb bucket names (the buckets of the written keys, computed by the client).
+-- Validation reads only (O(reads + buckets of scanned ranges)); the writes come after
+-- it (O(writes)); nothing is written when validation fails.
+
+local function be8(n)
+  local b = {}
+  for i = 8, 1, -1 do
+    b[i] = n % 256
+    n = (n - b[i]) / 256
+  end
+  return string.char(unpack(b))
+end
+
+local function validate(keys, args)
+  local nr = tonumber(args[2])
+  local nscan = tonumber(args[3])
+  local ncount = tonumber(args[7])
+  local a = 7
+  for i = 1, nr do
+    local got = redis.call('GETRANGE', keys[4 + i], 0, 7)
+    if got ~= args[a + i] then
+      return redis.error_reply('DLCONFLICT a key read by the transaction (#' .. i .. ') changed')
+    end
+  end
+  a = a + nr
+  for j = 0, nscan - 1 do
+    local lo = args[a + 3 * j + 1]
+    local hi = args[a + 3 * j + 2]
+    local seen = tonumber(args[a + 3 * j + 3])
+    local buckets = redis.call('ZRANGE', keys[3], lo, hi, 'BYLEX')
+    local n = #buckets
+    local s = 1
+    while s <= n do
+      local e = math.min(s + 999, n)
+      local vs = redis.call('HMGET', keys[4], unpack(buckets, s, e))
+      for _, v in ipairs(vs) do
+        if v and tonumber(v) > seen then
+          return redis.error_reply('DLCONFLICT a range scanned by the transaction (#' .. (j + 1) .. ') changed')
+        end
+      end
+      s = e + 1
+    end
+  end
+  a = a + 3 * nscan
+  for j = 0, ncount - 1 do
+    local n = redis.call('ZLEXCOUNT', keys[2], args[a + 3 * j + 1], args[a + 3 * j + 2])
+    if n ~= tonumber(args[a + 3 * j + 3]) then
+      return redis.error_reply('DLCONFLICT a range read by the transaction (#' .. (j + 1) .. ') gained or lost keys')
+    end
+  end
+  return nil
+end
+
+local function commit(keys, args)
+  local err = validate(keys, args)
+  if err then
+    return err
+  end
+  local nw = tonumber(args[4])
+  if nw == 0 then
+    return 0
+  end
+  local nb = tonumber(args[1])
+  local dp = tonumber(args[5])
+  local nr = tonumber(args[2])
+  local c = redis.call('INCR', keys[1])
+  local v8 = be8(c)
+  local base = 4 + nr
+  local a = 7 + nr + 3 * tonumber(args[3]) + 3 * tonumber(args[7])
+  for i = 1, nw do
+    local dk = keys[base + i]
+    local raw = string.sub(dk, dp + 1)
+    local w = args[a + i]
+    if string.byte(w, 1) == 112 then
+      redis.call('SET', dk, v8 .. string.sub(w, 2))
+      redis.call('ZADD', keys[2], 0, raw)
+    else
+      redis.call('DEL', dk)
+      redis.call('ZREM', keys[2], raw)
+    end
+  end
+  a = a + nw
+  for i = 1, nb do
+    redis.call('ZADD', keys[3], 0, args[a + i])
+    redis.call('HSET', keys[4], args[a + i], c)
+  end
+  if args[6] ~= '' then
+    redis.call('PUBLISH', args[6], c)
+  end
+  return c
+end
+
+redis.register_function{function_name = 'dl_v1_commit', callback = commit}
+redis.register_function{
+  function_name = 'dl_v1_validate',
+  callback = function(keys, args)
+    local err = validate(keys, args)
+    if err then
+      return err
+    end
+    return 0
+  end,
+  flags = {'no-writes'}
+}

@@ -1,0 +1,186 @@
+//! What fails a commit and what does not: exact validation of small scans (no false
+//! conflicts between disjoint ranges) and bucket validation of large ones (a write in a
+//! bucket the scan intersects fails it; a write elsewhere does not), and the commit
+//! channel.
+
+mod common;
+
+use common::fresh;
+use datalayer_core::{ErrorKind, TxOptions};
+use datalayer_kv::KvStore;
+use std::ops::Bound;
+
+fn rw() -> TxOptions {
+    TxOptions {
+        isolation: None,
+        read_only: false,
+    }
+}
+
+fn b(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+async fn put(store: &dyn KvStore, pairs: &[(&str, &str)]) {
+    let t = store.begin(rw()).await.unwrap();
+    t.commit(pairs.iter().map(|(k, v)| (b(k), Some(b(v)))).collect())
+        .await
+        .unwrap();
+}
+
+/// Scans `[lo, hi)` in a new transaction, then runs `meanwhile`, then commits a write
+/// of `out`: whether the commit failed with `Conflict`.
+async fn scan_then(
+    store: &dyn KvStore,
+    lo: &str,
+    hi: &str,
+    meanwhile: &[(&str, Option<&str>)],
+) -> bool {
+    let mut t = store.begin(rw()).await.unwrap();
+    t.scan(
+        Bound::Included(lo.as_bytes()),
+        Bound::Excluded(hi.as_bytes()),
+        usize::MAX,
+        false,
+    )
+    .await
+    .unwrap();
+    let w = store.begin(rw()).await.unwrap();
+    w.commit(meanwhile.iter().map(|(k, v)| (b(k), v.map(b))).collect())
+        .await
+        .unwrap();
+    match t.commit(vec![(b("out"), Some(b("x")))]).await {
+        Ok(()) => false,
+        Err(e) if e.kind() == ErrorKind::Conflict => true,
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+#[tokio::test]
+async fn small_scans_are_validated_exactly() {
+    let (engine, _g) = fresh("").await;
+    let s = engine.store().as_ref();
+    put(s, &[("ra1", "1"), ("ra2", "2"), ("rb1", "1")]).await;
+    // A write outside the range read, even next to it: no conflict.
+    assert!(!scan_then(s, "ra", "rb", &[("rb2", Some("x"))]).await);
+    assert!(!scan_then(s, "ra", "rb", &[("r", Some("x"))]).await);
+    // A key joins, a key leaves, a value changes: conflict.
+    assert!(scan_then(s, "ra", "rb", &[("ra3", Some("x"))]).await);
+    assert!(scan_then(s, "ra", "rb", &[("ra3", None)]).await);
+    assert!(scan_then(s, "ra", "rb", &[("ra1", Some("new"))]).await);
+    // Deleting a key that is not there changes nothing.
+    assert!(!scan_then(s, "ra", "rb", &[("ra9", None)]).await);
+}
+
+#[tokio::test]
+async fn large_scans_are_validated_by_bucket() {
+    // Every scan by buckets; one-byte buckets: the key's first byte.
+    let (engine, _g) = fresh("exact_scan_keys=0&bucket_prefix_bytes=1").await;
+    let s = engine.store().as_ref();
+    put(s, &[("ra1", "1"), ("ra2", "2"), ("sb1", "1")]).await;
+    // Same bucket ("r"), outside the range: a (false) conflict, as documented.
+    assert!(scan_then(s, "ra", "rb", &[("rz", Some("x"))]).await);
+    // Another bucket: none.
+    assert!(!scan_then(s, "ra", "rb", &[("sb2", Some("x"))]).await);
+    // A new bucket inside the range: conflict.
+    assert!(scan_then(s, "q", "s", &[("q1", Some("x"))]).await);
+    // A value change inside: conflict.
+    assert!(scan_then(s, "ra", "rb", &[("ra1", Some("new"))]).await);
+}
+
+#[tokio::test]
+async fn limited_scans_validate_what_they_read() {
+    let (engine, _g) = fresh("").await;
+    let s = engine.store().as_ref();
+    put(s, &[("a1", "1"), ("a2", "2"), ("a3", "3"), ("a5", "5")]).await;
+    // Reads a1, a2 (limit 2): a key after a2 is not part of what it read.
+    let mut t = s.begin(rw()).await.unwrap();
+    let got = t
+        .scan(Bound::Unbounded, Bound::Unbounded, 2, false)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    put(s, &[("a4", "4")]).await;
+    t.commit(vec![(b("0"), Some(b("x")))]).await.unwrap();
+    // Reverse, limit 2: reads a5, a4; a key before a4 is not part of it, one between is.
+    let mut t = s.begin(rw()).await.unwrap();
+    t.scan(Bound::Unbounded, Bound::Unbounded, 2, true)
+        .await
+        .unwrap();
+    put(s, &[("a0", "0")]).await;
+    t.commit(Vec::new()).await.unwrap();
+    let mut t = s.begin(rw()).await.unwrap();
+    t.scan(Bound::Unbounded, Bound::Unbounded, 2, true)
+        .await
+        .unwrap();
+    put(s, &[("a45", "x")]).await;
+    let e = t.commit(Vec::new()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+}
+
+#[tokio::test]
+async fn event_commits_are_published() {
+    let (engine, g) = fresh("").await;
+    let s = engine.store().as_ref();
+    let opts = &g.opts;
+    let client =
+        redis::Client::open(format!("redis://{}:{}/{}", opts.host, opts.port, opts.db)).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(format!("{{{}}}:outbox", opts.namespace))
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    let mut messages = sub.on_message();
+    // A commit without outbox events publishes nothing.
+    put(s, &[("a", "1")]).await;
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), messages.next()).await;
+    assert!(quiet.is_err(), "a commit without events published");
+    // A put into the outbox's events table publishes the commit counter.
+    let mut key = datalayer_kv::codec::table_prefix(datalayer_kv::codec::ROW, "_dl_outbox");
+    key.extend_from_slice(b"\x01anything");
+    let t = s.begin(rw()).await.unwrap();
+    t.commit(vec![(key, Some(b("event")))]).await.unwrap();
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next())
+        .await
+        .expect("a message within 5 s")
+        .unwrap();
+    let v: u64 = msg.get_payload().unwrap();
+    assert!(v >= 2, "commit counter {v}");
+}
+
+#[tokio::test]
+async fn large_batch_get_is_chunked_in_order() {
+    // 512 keys per MGET, 2 MGETs per round trip: 3000 keys take 3 round trips.
+    let (engine, _g) = fresh("pipeline_depth=2").await;
+    let s = engine.store().as_ref();
+    let t = s.begin(rw()).await.unwrap();
+    t.commit(
+        (0..3000)
+            .map(|i| {
+                (
+                    format!("k{i:05}").into_bytes(),
+                    Some(format!("{i}").into_bytes()),
+                )
+            })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let mut t = s.begin(rw()).await.unwrap();
+    let keys: Vec<Vec<u8>> = (0..3100)
+        .rev()
+        .map(|i| format!("k{i:05}").into_bytes())
+        .collect();
+    let got = t.batch_get(&keys).await.unwrap();
+    for (i, v) in (0..3100).rev().zip(&got) {
+        let want = (i < 3000).then(|| format!("{i}").into_bytes());
+        assert_eq!(v, &want, "key {i}");
+    }
+    // A large scan (over exact_scan_keys) is validated by buckets and still commits.
+    let all = t
+        .scan(Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3000);
+    t.commit(Vec::new()).await.unwrap();
+}
