@@ -11,6 +11,7 @@
 use crate::common::{self, Ctx, Outcome, PgSchema};
 use crate::pg::PrivatePg;
 use crate::proxy::{CutRates, Proxy};
+use crate::redis::{PrivateRedis, RedisNs};
 use datalayer::prelude::*;
 use datalayer::{Capability, TxOptions};
 use rand::Rng;
@@ -134,8 +135,70 @@ struct Target {
 }
 
 struct Faults {
-    pg: PrivatePg,
+    server: PrivateServer,
     proxy: Proxy,
+}
+
+/// A private server instance the run may crash and restart.
+enum PrivateServer {
+    Pg(PrivatePg),
+    Redis(PrivateRedis),
+}
+
+impl PrivateServer {
+    fn port(&self) -> u16 {
+        match self {
+            PrivateServer::Pg(s) => s.port(),
+            PrivateServer::Redis(s) => s.port(),
+        }
+    }
+
+    /// pg: `pg_ctl -m immediate stop` + start; Redis: `kill -9` + start.
+    fn crash_restart(&self) -> anyhow::Result<()> {
+        match self {
+            PrivateServer::Pg(s) => s.crash_restart(),
+            PrivateServer::Redis(s) => s.crash_restart(),
+        }
+    }
+
+    /// The engine URL of the server at `port` (the proxy's or its own).
+    fn url(&self, port: u16) -> String {
+        match self {
+            PrivateServer::Pg(_) => format!(
+                "postgres://postgres@127.0.0.1:{port}/postgres?pool_size=24&connect_timeout_ms=2000\
+                 &wait_timeout_ms=10000"
+            ),
+            PrivateServer::Redis(_) => format!(
+                "redis://127.0.0.1:{port}?namespace=bank&response_timeout_ms=2000\
+                 &connect_timeout_ms=500"
+            ),
+        }
+    }
+
+    /// The bytes of a commit on the wire, for the proxy.
+    fn commit_marker(&self) -> &'static [u8] {
+        match self {
+            PrivateServer::Pg(_) => crate::proxy::PG_COMMIT,
+            PrivateServer::Redis(_) => crate::proxy::REDIS_COMMIT,
+        }
+    }
+}
+
+/// The target of a private `server` behind a connection-cutting proxy.
+async fn fault_target(ctx: Ctx, label: &str, server: PrivateServer) -> anyhow::Result<Target> {
+    let upstream = ([127, 0, 0, 1], server.port()).into();
+    let rates = CutRates {
+        chunk: ctx.pick(0.002, 0.001),
+        commit: 0.02,
+    };
+    let proxy = Proxy::start(upstream, rates, ctx.seed, server.commit_marker()).await?;
+    Ok(Target {
+        label: label.to_owned(),
+        url: server.url(proxy.addr().port()),
+        check_url: server.url(server.port()),
+        faults: Some(Faults { server, proxy }),
+        note: String::new(),
+    })
 }
 
 /// Runs `bank` on every URL of `args` (or the default engines).
@@ -148,6 +211,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
     let tmp = tempfile::tempdir()?;
     let mut rng = ctx.rng(0xBA4C);
     let mut schemas = Vec::new();
+    let mut namespaces = Vec::new();
     let mut targets = Vec::new();
     if args.url.is_empty() {
         let etch = format!("etch://{}/bank-etch", tmp.path().display());
@@ -180,35 +244,38 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
                 datalayer::redact(&shared)
             )),
         }
-        match PrivatePg::start() {
-            Ok(pg) => {
-                let upstream = ([127, 0, 0, 1], pg.port()).into();
-                let rates = CutRates {
-                    chunk: ctx.pick(0.002, 0.001),
-                    commit: 0.02,
-                };
-                let proxy = Proxy::start(upstream, rates, ctx.seed).await?;
-                let params = "pool_size=24&connect_timeout_ms=2000&wait_timeout_ms=10000";
-                let url = format!(
-                    "postgres://postgres@127.0.0.1:{}/postgres?{params}",
-                    proxy.addr().port()
-                );
-                let check_url = format!(
-                    "postgres://postgres@127.0.0.1:{}/postgres?{params}",
-                    pg.port()
-                );
+        let redis = crate::redis::shared_url();
+        match crate::redis::reachable(&redis).await {
+            Ok(()) => {
+                let ns = RedisNs::new(&redis, &mut rng);
+                let url = ns.url("pool_size=8");
+                namespaces.push(ns);
                 targets.push(Target {
-                    label: "postgres (private instance, faults)".into(),
+                    label: "redis (shared server)".into(),
+                    check_url: url.clone(),
                     url,
-                    check_url,
-                    faults: Some(Faults { pg, proxy }),
+                    faults: None,
                     note: String::new(),
                 });
             }
             Err(e) => out.figure(format!(
-                "bank postgres (private instance, faults): NOT RUN: no private instance ({e:#}); \
-                 the fault-free run above still ran"
+                "bank redis (shared server): NOT RUN: cannot reach {} ({e})",
+                datalayer::redact(&redis)
             )),
+        }
+        let private: [(&str, fn() -> anyhow::Result<PrivateServer>); 2] = [
+            ("postgres", || PrivatePg::start().map(PrivateServer::Pg)),
+            ("redis", || PrivateRedis::start().map(PrivateServer::Redis)),
+        ];
+        for (engine, start) in private {
+            let label = format!("{engine} (private instance, faults)");
+            match start() {
+                Ok(server) => targets.push(fault_target(ctx, &label, server).await?),
+                Err(e) => out.figure(format!(
+                    "bank {label}: NOT RUN: no private instance ({e:#}); the fault-free run \
+                     above still ran"
+                )),
+            }
         }
     } else {
         for url in &args.url {
@@ -228,6 +295,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
         }
     }
     drop(schemas);
+    drop(namespaces);
     Ok(out)
 }
 
@@ -352,8 +420,8 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
         let gap = duration / (count + 1);
         for _ in 0..count {
             tokio::time::sleep(gap).await;
-            let pg = &f.pg;
-            tokio::task::block_in_place(|| pg.crash_restart())?;
+            let server = &f.server;
+            tokio::task::block_in_place(|| server.crash_restart())?;
             restarts += 1;
         }
     }
@@ -390,7 +458,7 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
     let bad = shared.bad_reads.load(Ordering::SeqCst);
     let fault_note = match &t.faults {
         Some(f) => format!(
-            " ({restarts} immediate restarts, {} connection cuts, {} after COMMIT, {} instead of COMMIT; \
+            " ({restarts} crash restarts, {} connection cuts, {} after COMMIT, {} instead of COMMIT; \
              CommitUnknown resolved by the transfer row: {} applied, {} not applied and re-run; {} errors retried)",
             f.proxy.stats.cuts.load(Ordering::Relaxed),
             f.proxy.stats.commit_cuts_after.load(Ordering::Relaxed),

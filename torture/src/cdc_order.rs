@@ -104,6 +104,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
     let tmp = tempfile::tempdir()?;
     let mut rng = ctx.rng(0xCDC);
     let mut schemas = Vec::new();
+    let mut namespaces = Vec::new();
     let mut urls = args.url.clone();
     if urls.is_empty() {
         urls.push(format!("etch://{}/cdc-etch", tmp.path().display()));
@@ -120,6 +121,18 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
                 datalayer::redact(&shared)
             )),
         }
+        let redis = crate::redis::shared_url();
+        match crate::redis::reachable(&redis).await {
+            Ok(()) => {
+                let ns = crate::redis::RedisNs::new(&redis, &mut rng);
+                urls.push(ns.url("pool_size=8"));
+                namespaces.push(ns);
+            }
+            Err(e) => out.figure(format!(
+                "cdc-order redis: NOT RUN: cannot reach {} ({e})",
+                datalayer::redact(&redis)
+            )),
+        }
     }
     for (i, url) in urls.iter().enumerate() {
         let engine = common::engine_of(url);
@@ -129,6 +142,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
         }
     }
     drop(schemas);
+    drop(namespaces);
     for (engine, durable, lossy) in [
         ("etch", "", "flush=never"),
         ("sqlite", "synchronous=full", "synchronous=normal"),

@@ -115,6 +115,8 @@ pub fn engine_of(url: &str) -> &'static str {
         "sqlite"
     } else if url.starts_with("postgres") {
         "postgres"
+    } else if url.starts_with("redis") {
+        "redis"
     } else {
         "unknown"
     }

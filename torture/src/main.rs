@@ -12,6 +12,7 @@ mod etch_store;
 mod kill;
 mod pg;
 mod proxy;
+mod redis;
 
 use clap::{Parser, Subcommand};
 use common::{Ctx, Outcome};

@@ -15,7 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The simple-query message `COMMIT` as tokio-postgres sends it: `'Q'`, length 11,
 /// `COMMIT\0`.
-const COMMIT_MSG: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+pub const PG_COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+/// The start of datalayer-redis's commit, a `FCALL` (RESP bulk string `$5 FCALL`).
+pub const REDIS_COMMIT: &[u8] = b"$5\r\nFCALL\r\n";
 
 /// Counters of what the proxy did.
 #[derive(Debug, Default)]
@@ -58,11 +60,17 @@ pub struct CutRates {
 }
 
 impl Proxy {
-    /// Listens on a free loopback port and forwards to `upstream`.
+    /// Listens on a free loopback port and forwards to `upstream`; a client chunk that
+    /// contains `commit` is a commit message (see [`CutRates::commit`]).
     ///
     /// # Errors
     /// When the listener cannot be bound.
-    pub async fn start(upstream: SocketAddr, rates: CutRates, seed: u64) -> anyhow::Result<Proxy> {
+    pub async fn start(
+        upstream: SocketAddr,
+        rates: CutRates,
+        seed: u64,
+        commit: &'static [u8],
+    ) -> anyhow::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(ProxyStats::default());
@@ -74,7 +82,8 @@ impl Proxy {
                 n += 1;
                 s.connections.fetch_add(1, Ordering::Relaxed);
                 let rng = StdRng::seed_from_u64(seed ^ n.wrapping_mul(0x2545_F491_4F6C_DD1D));
-                tokio::spawn(pipe(client, upstream, rates, rng, s.clone(), en.clone()));
+                let (s, en) = (s.clone(), en.clone());
+                tokio::spawn(pipe(client, upstream, rates, commit, rng, s, en));
             }
         });
         Ok(Proxy {
@@ -106,6 +115,7 @@ async fn pipe(
     client: TcpStream,
     upstream: SocketAddr,
     rates: CutRates,
+    commit: &'static [u8],
     mut rng: StdRng,
     stats: Arc<ProxyStats>,
     enabled: Arc<AtomicBool>,
@@ -126,7 +136,7 @@ async fn pipe(
             };
             let chunk = &buf[..n];
             if enabled.load(Ordering::Relaxed) {
-                let has_commit = chunk.windows(COMMIT_MSG.len()).any(|w| w == COMMIT_MSG);
+                let has_commit = chunk.windows(commit.len()).any(|w| w == commit);
                 if has_commit && rng.random_bool(rates.commit) {
                     if rng.random_bool(0.5) {
                         let _ = sw.write_all(chunk).await;
