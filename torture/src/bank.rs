@@ -139,6 +139,9 @@ struct Faults {
     proxy: Proxy,
 }
 
+/// Starts a private server.
+type StartServer = fn() -> anyhow::Result<PrivateServer>;
+
 /// A private server instance the run may crash and restart.
 enum PrivateServer {
     Pg(PrivatePg),
@@ -263,7 +266,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
                 datalayer::redact(&redis)
             )),
         }
-        let private: [(&str, fn() -> anyhow::Result<PrivateServer>); 2] = [
+        let private: [(&str, StartServer); 2] = [
             ("postgres", || PrivatePg::start().map(PrivateServer::Pg)),
             ("redis", || PrivateRedis::start().map(PrivateServer::Redis)),
         ];
