@@ -157,7 +157,7 @@ pub use emit::{Emit, EventId, RepoEvents, TableEvent};
 use datalayer_core::{Table, Tx};
 pub use hash::{fnv1a64, partition_of};
 pub use tables::is_internal_table;
-pub use window::{Advance, Inflight, MAX_STATE_BYTES, Window};
+pub use window::{Advance, Inflight, MAX_STATE_BYTES, Sched, Window};
 
 use datalayer_core::db::{Db, Executor};
 use datalayer_core::error::{Error, Result};
@@ -166,7 +166,7 @@ use datalayer_core::repo::Repo;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tables::{EventRow, GroupRow, PendingRow};
+use tables::{EventRow, GroupRow, PendingRow, SchedRow};
 
 /// The outbox on a transaction: `tx.emit(..)` and `tx.with_events::<T>(..)`.
 pub trait TxOutbox {
@@ -287,7 +287,13 @@ pub struct OutboxQueries;
 impl datalayer_core::db::QueryGroup for OutboxQueries {
     fn queries() -> Vec<&'static QueryDef> {
         use tables::SeqRow;
-        [SeqRow::queries(), GroupRow::queries(), EventRow::queries()].concat()
+        [
+            SeqRow::queries(),
+            GroupRow::queries(),
+            EventRow::queries(),
+            tables::SchedRow::queries(),
+        ]
+        .concat()
     }
 }
 
@@ -400,11 +406,23 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
         .all()
         .await?;
     let mut passed: HashMap<i32, i64> = HashMap::new();
+    // Per partition, what every group processed in the scheduled lane: `(before, upto)`,
+    // events due before `before` with seq `<= upto`.
+    let mut sched_done: HashMap<i32, (i64, i64)> = HashMap::new();
     for r in rows {
         if only.is_some_and(|o| !o.contains(&(r.part as u32))) {
             continue;
         }
         let w = Window::decode(r.high, &r.pending)?;
+        let done = match w.sched.done {
+            // Strictly before the cursor's time: every event of an earlier time is done.
+            Some((at, _)) => (at, w.sched.seen),
+            None => (i64::MIN, 0),
+        };
+        sched_done
+            .entry(r.part)
+            .and_modify(|m| *m = (m.0.min(done.0), m.1.min(done.1)))
+            .or_insert(done);
         // The lowest pending seq, when there are pending rows (one indexed lookup).
         let min_pending = if w.next_due_us.is_some() {
             Repo::<PendingRow, Db>::new(db)
@@ -447,6 +465,27 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
             deleted += n;
         }
     }
+    let q = SchedRow::purge_scheduled_query();
+    for (part, (before, upto)) in sched_done {
+        if before == i64::MIN || upto <= 0 {
+            continue;
+        }
+        let params = [
+            datalayer_core::Value::String(topic.to_owned()),
+            datalayer_core::Value::I32(part),
+            datalayer_core::Value::I64(before),
+            datalayer_core::Value::I64(upto),
+        ];
+        if let datalayer_core::Output::Count(n) = db
+            .run(datalayer_core::Op::Query {
+                query: q,
+                params: &params,
+            })
+            .await?
+        {
+            deleted += n;
+        }
+    }
     Ok(deleted)
 }
 
@@ -456,7 +495,10 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
 /// # Errors
 /// The engine's errors.
 pub async fn stored_events(db: &Db, topic: &str) -> Result<Vec<Event>> {
-    let rows = Repo::<EventRow, Db>::new(db).scan().eq(topic).all().await?;
+    let mut rows = Repo::<EventRow, Db>::new(db).scan().eq(topic).all().await?;
+    let scheduled = Repo::<SchedRow, Db>::new(db).scan().eq(topic).all().await?;
+    rows.extend(scheduled.into_iter().map(SchedRow::into_event));
+    rows.sort_by_key(|r| (r.part, r.seq));
     Ok(rows.into_iter().map(|r| Event::from_row(r, 0)).collect())
 }
 
@@ -464,7 +506,7 @@ pub async fn stored_events(db: &Db, topic: &str) -> Result<Vec<Event>> {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     #[test]
     fn errors_are_truncated_on_a_char_boundary() {
@@ -476,6 +518,77 @@ mod tests {
         assert!(t.len() <= MAX_ERROR_BYTES, "{}", t.len());
         assert!(t.starts_with("éé"));
         assert!(t.ends_with(&format!("… [truncated, {} bytes in all]", long.len())));
+    }
+
+    /// Issue 9, defect 4: events scheduled far ahead cost a consumer nothing per event.
+    /// An immediate event and an event due in 300 ms, both behind 2,000 events
+    /// scheduled an hour ahead on one partition, are delivered (the second not before
+    /// its time) in rounds of 8 events, and no scheduled event was copied into
+    /// `_dl_outbox_pending` on the way (before the scheduled lane, every one was: one
+    /// write per scheduled event ahead of a due one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scheduled_events_are_not_walked_one_by_one() {
+        let engine = Arc::new(datalayer_etch::memory());
+        let db = Db::with_engine(engine).outbox().connect().await.unwrap();
+        create_topic(&db, "lane", 1).await.unwrap();
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let tx = db.begin().await.unwrap();
+        for _ in 0..2000 {
+            tx.emit("lane", "k", b"later".to_vec())
+                .deliver_at(later)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let soon = SystemTime::now() + Duration::from_millis(300);
+        db.emit("lane", "k", b"soon".to_vec())
+            .deliver_at(soon)
+            .await
+            .unwrap();
+        db.emit("lane", "k", b"now".to_vec()).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(
+            db.consumer("g", "lane")
+                .poll_interval(Duration::from_millis(10))
+                .batch_size(8)
+                .partitions(0..1)
+                .run(
+                    move |ev| {
+                        let s = s.clone();
+                        async move {
+                            s.lock().unwrap().push((ev.payload, SystemTime::now()));
+                            Ok(())
+                        }
+                    },
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        let t0 = std::time::Instant::now();
+        while seen.lock().unwrap().len() < 2 && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(());
+        run.await.unwrap().unwrap();
+        let got = seen.lock().unwrap().clone();
+        let names: Vec<&[u8]> = got.iter().map(|(p, _)| &p[..]).collect();
+        assert_eq!(names, [&b"now"[..], b"soon"], "delivered: {names:?}");
+        assert!(got[1].1 >= soon, "the scheduled event came early");
+        let pending = Repo::<PendingRow, Db>::new(&db).scan().all().await.unwrap();
+        assert!(
+            pending.is_empty(),
+            "{} scheduled events were walked into _dl_outbox_pending",
+            pending.len()
+        );
+        let g = Repo::<GroupRow, Db>::new(&db)
+            .get(("g", "lane", 0i32))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(g.pending.len() <= MAX_STATE_BYTES);
     }
 
     /// A group row written by an earlier version (its pending list inside the row) is
