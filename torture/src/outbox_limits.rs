@@ -151,7 +151,10 @@ async fn poison(engine: &str, db: &Db, out: &mut Outcome) -> anyhow::Result<Stri
         ));
     }
     let dead = outbox::stored_events(db, "poison.dead").await?;
-    let Some(dl) = dead.first().and_then(|d| d.dead_letter.clone().map(|l| (d, l))) else {
+    let Some(dl) = dead
+        .first()
+        .and_then(|d| d.dead_letter.clone().map(|l| (d, l)))
+    else {
         out.fail(format!(
             "outbox-limits {engine}: no dead letter for the poison event"
         ));
@@ -243,7 +246,9 @@ async fn scheduled(engine: &str, db: &Db, n: usize, out: &mut Outcome) -> anyhow
             out.fail(format!(
                 "outbox-limits {engine}: the immediate event behind {n} scheduled ones was not delivered within 120 s"
             ));
-            return Ok(format!("immediate event behind {n} scheduled: not delivered"));
+            return Ok(format!(
+                "immediate event behind {n} scheduled: not delivered"
+            ));
         }
     };
     if took > IMMEDIATE_WITHIN {

@@ -348,7 +348,10 @@ impl ConsumerBuilder {
     /// it sent the last renewal that succeeded, so that even when renewals are late
     /// (etch runs them behind its single writer lock, after any long transaction) it
     /// has stopped before another worker can take the lease (clocks of the workers'
-    /// machines must agree within `ttl / 5`).
+    /// machines must agree within `ttl / 5`). A worker whose lease writes were held
+    /// up (over `ttl / 3`) takes no expired lease for one `ttl` after, so that a
+    /// holder delayed by the same stall renews first (see the crate docs, "Limits and
+    /// liveness").
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
@@ -1262,7 +1265,9 @@ impl Worker {
                 .await?;
         }
         if got.len() < batch {
-            let lower = s.done.map_or(Bound::Unbounded, |(at, _)| Bound::Excluded(at));
+            let lower = s
+                .done
+                .map_or(Bound::Unbounded, |(at, _)| Bound::Excluded(at));
             let want = batch - got.len();
             let more = repo
                 .find("by_due")

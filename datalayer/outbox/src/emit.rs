@@ -180,7 +180,10 @@ pub(crate) async fn emit_in(tx: &Tx, ev: NewEvent) -> Result<EventId> {
     let now = now_us();
     // A future delivery time puts the event in the scheduled lane (ordered by delivery
     // time), so that it never stands between a consumer and the due events behind it.
-    if let Some(at) = ev.deliver_at_us.filter(|&at| at > now && ev.origin.is_none()) {
+    if let Some(at) = ev
+        .deliver_at_us
+        .filter(|&at| at > now && ev.origin.is_none())
+    {
         let row = SchedRow {
             topic: id.topic.clone(),
             part: partition as i32,

@@ -72,15 +72,20 @@
 //!   (default [`DEFAULT_PARTITIONS`], or [`create_topic`]).
 //! - `_dl_outbox_seq (topic, part) → last`: the partition's commit-order sequence.
 //! - `_dl_outbox (topic, part, seq) → deliver_at_us, id, key, payload, origin,
-//!   attempts, error`: the events (the last three only for dead letters; `error` at
-//!   most [`MAX_ERROR_BYTES`]). `id` is [`EventId::id`]: unique even when a lost
-//!   commit lets a later event take the same seq.
+//!   attempts, error`: the events due when emitted (the last three only for dead
+//!   letters; `error` at most [`MAX_ERROR_BYTES`]). `id` is [`EventId::id`]: unique
+//!   even when a lost commit lets a later event take the same seq.
+//! - `_dl_outbox_scheduled (topic, part, seq) → deliver_at_us, id, key, payload`,
+//!   indexed `by_due (topic, part, deliver_at_us, seq)`: the events emitted with a
+//!   future delivery time (the scheduled lane, [`Sched`]). Their seq comes from the
+//!   same counter; [`stored_events`] lists both tables.
 //! - `_dl_outbox_groups (grp, topic, part) → high, pending, lease_owner,
 //!   lease_until_us, fencing`: each group's position ([`Window`]: `high` and a state
 //!   of at most [`MAX_STATE_BYTES`] in `pending`) and lease per partition.
-//! - `_dl_outbox_pending (grp, topic, part, deliver_at_us, seq)`: one row per
-//!   scheduled event a group read before it was due, so that no checkpoint grows with
-//!   the number of scheduled events.
+//! - `_dl_outbox_pending (grp, topic, part, deliver_at_us, seq)`: one row per event
+//!   of `_dl_outbox` a group read before it was due (stores written before the
+//!   scheduled lane, or an emitter's clock ahead of the consumer's), so that no
+//!   checkpoint grows with the number of scheduled events.
 //! - `_dl_outbox_members (grp, topic, worker) → until_us`: worker heartbeats, to share
 //!   partitions fairly.
 //!
@@ -121,10 +126,16 @@
 //! group has passed are deleted).
 //!
 //! # Limits and liveness
+//! - **Scheduled events cost nothing until due.** An event emitted with a future
+//!   delivery time goes to the scheduled lane, ordered by delivery time: a round reads
+//!   the due ones there directly and the seq lane never sees them, so an immediate
+//!   event behind 10⁶ scheduled ones is delivered in the first round (the
+//!   `scheduled_backlog` example measures it), and retention of the seq lane is not
+//!   held back by them. Late commits are safe in both lanes (see [`Sched`]).
 //! - **Bounded checkpoints.** A group's row holds `high` and at most
-//!   [`MAX_STATE_BYTES`] of state, whatever the number of scheduled events (each
-//!   scheduled event seen early is one row of `_dl_outbox_pending`, keyed by delivery
-//!   time so the due ones are a key range); a checkpoint writes at most `batch_size`
+//!   [`MAX_STATE_BYTES`] of state, whatever the number of scheduled events (an event
+//!   of `_dl_outbox` seen before it is due is one row of `_dl_outbox_pending`, keyed
+//!   by delivery time so the due ones are a key range); a checkpoint writes at most `batch_size`
 //!   pending rows and at most one dead letter, whose stored error is cut to
 //!   [`MAX_ERROR_BYTES`] ([`truncate_error`]). A checkpoint that fails with a
 //!   retryable error (`Conflict`) is retried with backoff; one that fails otherwise
@@ -139,6 +150,18 @@
 //!   sent its last successful renewal: renewals that wait (on etch, behind the single
 //!   writer lock of a long transaction) cannot let two workers deliver one partition
 //!   at the same time. Renewals run every `lease_ttl / 3` at most.
+//! - **A long transaction does not cost a healthy holder its lease.** On etch every
+//!   write, renewals included, waits for the single writer lock, so a user transaction
+//!   held past the TTL lets every lease expire in the store, and no worker can write
+//!   meanwhile. A worker whose heartbeat and renewals took over `lease_ttl / 3` (it
+//!   logs it) takes only free leases (released or never taken) until its writes have
+//!   gone through promptly for a whole `lease_ttl`; by then a live holder has renewed
+//!   (renewals compute their expiry when sent, after any wait), so only holders that
+//!   are really gone are replaced, one TTL later than otherwise. Renewals still wait
+//!   behind the transaction (at most etch's `lock_timeout`, 30 s by default, then
+//!   retried) and the holder pauses its deliveries until one lands (self-fencing).
+//!   Chosen over an in-process lease table for etch: it needs no engine-specific
+//!   path and the same rule covers any engine whose writes stall.
 //! - **Unique ids.** [`EventId::id`] and [`Event::id`] carry 64 random bits, so an
 //!   event that reuses the seq of a commit lost in a crash (lazy flush policies) never
 //!   has the id of the lost one.

@@ -164,8 +164,7 @@ impl Window {
     /// The state bytes of this window (`legacy` is not encoded: it must have been
     /// moved to pending rows). At most [`MAX_STATE_BYTES`].
     pub fn encode_state(&self) -> Vec<u8> {
-        if self.next_due_us.is_none() && self.inflight.is_none() && self.sched == Sched::default()
-        {
+        if self.next_due_us.is_none() && self.inflight.is_none() && self.sched == Sched::default() {
             return Vec::new();
         }
         let mut out = STATE_V2.to_vec();
@@ -346,7 +345,10 @@ mod tests {
             .unwrap(),
         );
         let w = Window::decode(3, &v1).unwrap();
-        assert_eq!((w.high, w.next_due_us, w.sched), (3, Some(5), Sched::default()));
+        assert_eq!(
+            (w.high, w.next_due_us, w.sched),
+            (3, Some(5), Sched::default())
+        );
         let lane = Window {
             high: 1,
             sched: Sched {
