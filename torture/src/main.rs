@@ -10,6 +10,7 @@ mod cdc_order;
 mod common;
 mod etch_store;
 mod kill;
+mod outbox_limits;
 mod pg;
 mod proxy;
 mod redis;
@@ -42,6 +43,9 @@ enum Cmd {
     Kill(kill::Args),
     /// Change-feed order with concurrent writers, and no reuse after crash-restart.
     CdcOrder(cdc_order::Args),
+    /// Outbox limits: a 15 MiB poison event, a 20 MiB handler error, an immediate
+    /// event behind N scheduled ones (delivered within 1 s).
+    OutboxLimits(outbox_limits::Args),
     /// etch: power loss at every sync point of seeded workloads, 8 damage variants.
     PowerLoss(etch_store::PowerLossArgs),
     /// etch: fail every I/O operation in turn (EIO, ENOSPC), then power loss.
@@ -75,6 +79,9 @@ const ALL: &[Test] = &[
     ("cdc-order", |ctx| {
         Box::pin(cdc_order::run(ctx, cdc_order::Args::default()))
     }),
+    ("outbox-limits", |ctx| {
+        Box::pin(outbox_limits::run(ctx, outbox_limits::Args::default()))
+    }),
     ("power-loss", |ctx| {
         Box::pin(etch_store::power_loss(ctx, Default::default()))
     }),
@@ -91,6 +98,7 @@ async fn run(ctx: Ctx, cmd: Cmd) -> anyhow::Result<Outcome> {
         Cmd::Bank(a) => bank::run(ctx, a).await,
         Cmd::Kill(a) => kill::run(ctx, a).await,
         Cmd::CdcOrder(a) => cdc_order::run(ctx, a).await,
+        Cmd::OutboxLimits(a) => outbox_limits::run(ctx, a).await,
         Cmd::PowerLoss(a) => etch_store::power_loss(ctx, a).await,
         Cmd::IoFaults(a) => etch_store::io_faults(ctx, a).await,
         Cmd::Fuzz(a) => etch_store::fuzz(ctx, a).await,

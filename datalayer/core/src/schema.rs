@@ -55,6 +55,9 @@ pub mod internal {
     /// Outbox scheduled events a group has seen before they were due, one row each:
     /// `(grp, topic, part, deliver_at_us, seq)`.
     pub const OUTBOX_PENDING: &str = "_dl_outbox_pending";
+    /// Outbox events emitted with a future delivery time: `(topic, part, seq)` → the
+    /// event, indexed by `(topic, part, deliver_at_us, seq)`.
+    pub const OUTBOX_SCHEDULED: &str = "_dl_outbox_scheduled";
 
     /// Whether `name` is one of datalayer's internal tables (allowed despite the
     /// reserved `_dl_` prefix).
@@ -66,6 +69,7 @@ pub mod internal {
             OUTBOX_GROUPS,
             OUTBOX_MEMBERS,
             OUTBOX_PENDING,
+            OUTBOX_SCHEDULED,
         ]
         .contains(&name)
     }

@@ -12,8 +12,8 @@
 //! the marker cleared) in one transaction fenced by the lease's token.
 
 use super::emit::{NewEvent, emit_in, topic_partitions};
-use super::tables::{EventRow, GroupRow, MemberRow, PendingRow, SeqRow};
-use super::window::{Inflight, Window};
+use super::tables::{EventRow, GroupRow, MemberRow, PendingRow, SchedRow, SeqRow};
+use super::window::{Inflight, Sched, Window};
 use super::{
     DEAD_LETTER_SUFFIX, check_capability, install, now_us, purge_partitions, truncate_error,
     validate_topic,
@@ -348,7 +348,10 @@ impl ConsumerBuilder {
     /// it sent the last renewal that succeeded, so that even when renewals are late
     /// (etch runs them behind its single writer lock, after any long transaction) it
     /// has stopped before another worker can take the lease (clocks of the workers'
-    /// machines must agree within `ttl / 5`).
+    /// machines must agree within `ttl / 5`). A worker whose lease writes were held
+    /// up (over `ttl / 3`) takes no expired lease for one `ttl` after, so that a
+    /// holder delayed by the same stall renews first (see the crate docs, "Limits and
+    /// liveness").
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
@@ -456,6 +459,7 @@ impl ConsumerBuilder {
             owned: Mutex::new(HashMap::new()),
             rounds: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
+            prompt_since: Mutex::new(None),
             stop: stop_rx,
         };
         w.ensure_rows(range.clone()).await?;
@@ -540,6 +544,9 @@ struct Worker {
     rounds: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     /// Partitions backed off after a checkpoint failed with a non-retryable error.
     backoff: Mutex<HashMap<u32, Backoff>>,
+    /// Since when every lease round's writes went through promptly (`None`: the last
+    /// one was held up, e.g. behind etch's writer lock); see [`Worker::may_take_expired`].
+    prompt_since: Mutex<Option<Instant>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -811,7 +818,7 @@ impl Worker {
     async fn lease_round(&self) -> Result<()> {
         // The local deadlines count from before anything is sent: whatever the
         // writes wait for, the stored expiry is never earlier than the local one.
-        let sent = Instant::now();
+        let started = Instant::now();
         let now = now_us();
         let until = now + self.ttl_us();
         let members = self.db().repo::<MemberRow>();
@@ -823,6 +830,10 @@ impl Worker {
                 until_us: until,
             })
             .await?;
+        // The renewal's expiry counts from when it is sent: after a heartbeat that
+        // waited (etch: behind a long transaction), not from before that wait.
+        let sent = Instant::now();
+        let until = now_us() + self.ttl_us();
         let owned = self.owned_all();
         for ((part, fencing), kept) in owned.iter().zip(self.set_until_many(&owned, until).await?) {
             let mut o = self.owned.lock();
@@ -836,6 +847,7 @@ impl Worker {
                 o.remove(part);
             }
         }
+        self.note_write_latency(started);
         let all = members
             .scan()
             .eq(&self.b.group)
@@ -879,7 +891,10 @@ impl Worker {
                         topic: &self.b.topic,
                         worker: &self.b.worker_id,
                         want: share - held.len(),
-                        now_us: now,
+                        // Free leases only (ended at 0: released or never taken)
+                        // until this worker's writes have gone through promptly for
+                        // a whole TTL.
+                        now_us: if self.may_take_expired() { now } else { 1 },
                         until_us: now + self.ttl_us(),
                     },
                 )
@@ -889,6 +904,36 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Records how long the heartbeat and renewals sent at `sent` took: longer than
+    /// a third of the TTL means that the store held writes up (on etch, a user
+    /// transaction holding the single writer lock), which ends the prompt streak.
+    fn note_write_latency(&self, sent: Instant) {
+        let took = sent.elapsed();
+        let mut p = self.prompt_since.lock();
+        if took > self.b.lease_ttl / 3 {
+            tracing::warn!(
+                worker = %self.b.worker_id, waited = ?took, lease_ttl = ?self.b.lease_ttl,
+                "outbox: lease renewal was held up behind other writes; deliveries paused until \
+                 it landed, expired leases not taken for one lease_ttl"
+            );
+            *p = None;
+        } else if p.is_none() {
+            *p = Some(sent);
+        }
+    }
+
+    /// Whether this worker may take over leases that expired (not only free ones): its
+    /// writes have gone through promptly for at least one TTL. A lease that expired
+    /// while the store held every worker's writes up (etch: one long user transaction
+    /// holds the writer lock, so the holder's renewal waits too) is then renewed by
+    /// its holder before anyone takes it; a holder that is really gone has not renewed
+    /// by then and is replaced one TTL later than it would be otherwise.
+    fn may_take_expired(&self) -> bool {
+        self.prompt_since
+            .lock()
+            .is_some_and(|t| t.elapsed() >= self.b.lease_ttl)
     }
 
     async fn delivery_loop<H, F>(&self, handler: &H)
@@ -972,15 +1017,15 @@ impl Worker {
                 continue;
             }
             let w = Window::decode(r.high, &r.pending)?;
-            let new = last.get(&r.part).is_some_and(|&l| l > w.high);
-            if new || w.has_due(now) || w.inflight.is_some() || !w.legacy.is_empty() {
-                work.push((part, fencing, w));
+            let last = last.get(&r.part).copied().unwrap_or(0);
+            if w.has_work(last, now) {
+                work.push((part, fencing, w, last));
             }
         }
         let n = work.len();
         futures::stream::iter(work)
-            .for_each_concurrent(self.b.concurrency, |(part, fencing, w)| async move {
-                if let Err(e) = self.partition_round(handler, part, fencing, w).await {
+            .for_each_concurrent(self.b.concurrency, |(part, fencing, w, last)| async move {
+                if let Err(e) = self.partition_round(handler, part, fencing, w, last).await {
                     tracing::warn!(part, error = %e, "outbox: partition round failed");
                 }
             })
@@ -988,13 +1033,16 @@ impl Worker {
         Ok(n)
     }
 
-    /// Delivers the due events of one partition and checkpoints.
+    /// Delivers the due events of one partition and checkpoints. `last` is the
+    /// partition's last seq, read before any of its events: every seq up to it was
+    /// committed then, so a lane that read everything above its mark may move it there.
     async fn partition_round<H, F>(
         &self,
         handler: &H,
         part: u32,
         fencing: i64,
         mut w: Window,
+        last: i64,
     ) -> Result<()>
     where
         H: Fn(Event) -> F + Send + Sync,
@@ -1010,6 +1058,7 @@ impl Worker {
             let ck = Checkpoint {
                 high: w.high,
                 add: moved,
+                sched: w.sched,
                 ..Checkpoint::default()
             };
             w.next_due_us = self.checkpoint(part, fencing, &w, ck).await?;
@@ -1060,7 +1109,10 @@ impl Worker {
                 }
             }
         }
+        let read_all = fetched_rows.len() < self.b.batch_size;
         due.extend(fetched_rows.into_iter().filter(|r| r.deliver_at_us <= now));
+        let lane = self.sched_lane(part, &w, last, now).await?;
+        due.extend(lane.rows.iter().cloned());
         due.sort_by_key(|r| (r.deliver_at_us, r.seq));
         // A round found in flight: its worker stopped mid-round. Deliver its events one
         // at a time, counting each attempt before the handler runs.
@@ -1121,7 +1173,13 @@ impl Worker {
             }
             processed.insert(seq);
         }
-        let adv = w.advance(&fetched, now, &processed);
+        let mut adv = w.advance(&fetched, now, &processed);
+        // Everything above `high` was read and processed (or is pending): every seq up
+        // to `last` was committed before the read, so none of them can appear later.
+        if read_all && fetched.last().is_none_or(|&(s, _)| s == adv.high) {
+            adv.high = adv.high.max(last);
+        }
+        let sched = lane.advance(&w.sched, &processed);
         // The marker stays only while it counts attempts of an event not processed.
         let keep = inflight.filter(|m| !finished && m.seq != 0 && !processed.contains(&m.seq));
         let remove: Vec<(i64, i64)> = pending_due
@@ -1130,6 +1188,7 @@ impl Worker {
             .map(|p| (p.deliver_at_us, p.seq))
             .collect();
         if adv.high == w.high
+            && sched == w.sched
             && adv.pending.is_empty()
             && remove.is_empty()
             && dead.is_none()
@@ -1144,8 +1203,100 @@ impl Worker {
             remove,
             inflight: keep,
             dead,
+            sched,
         };
         self.checkpoint(part, fencing, &w, ck).await.map(|_| ())
+    }
+
+    /// Reads the partition's scheduled lane for a round (see [`Sched`]): the events
+    /// committed since the last round (seq in `(seen, last]`) that are at or before the
+    /// cursor (late commits), then the due events after the cursor in delivery order.
+    /// Neither read touches events scheduled after `now`, whatever their number.
+    async fn sched_lane(&self, part: u32, w: &Window, last: i64, now: i64) -> Result<Lane> {
+        let repo = Repo::<SchedRow, Db>::new(self.db());
+        let (topic, p, batch) = (self.b.topic.as_str(), part as i32, self.b.batch_size);
+        let s = w.sched;
+        let mut lane = Lane {
+            seen: s.seen,
+            ..Lane::default()
+        };
+        if last > s.seen {
+            lane.seen = last;
+            if s.done.is_some() {
+                let got = repo
+                    .scan()
+                    .eq(topic)
+                    .eq(p)
+                    .range((Bound::Excluded(s.seen), Bound::Included(last)))
+                    .limit(batch)
+                    .all()
+                    .await?;
+                if got.len() >= batch {
+                    lane.seen = got.last().map_or(last, |r| r.seq);
+                }
+                for r in got {
+                    if s.is_done(r.deliver_at_us, r.seq) {
+                        lane.late.push(r.seq);
+                        lane.rows.push(r.into_event());
+                    }
+                }
+            }
+        }
+        if last <= s.seen && s.next_due_us.is_none_or(|d| d > now) {
+            return Ok(lane);
+        }
+        lane.looked = true;
+        if s.done.is_some_and(|(at, _)| at > now) {
+            // The clock went back: nothing after the cursor is due yet.
+            lane.complete = true;
+            lane.next_after = s.done.map(|(at, _)| at);
+            return Ok(lane);
+        }
+        let mut got = Vec::new();
+        if let Some((at, seq)) = s.done {
+            got = repo
+                .find("by_due")
+                .eq(topic)
+                .eq(p)
+                .eq(at)
+                .range((Bound::Excluded(seq), Bound::Unbounded))
+                .limit(batch)
+                .all()
+                .await?;
+        }
+        if got.len() < batch {
+            let lower = s
+                .done
+                .map_or(Bound::Unbounded, |(at, _)| Bound::Excluded(at));
+            let want = batch - got.len();
+            let more = repo
+                .find("by_due")
+                .eq(topic)
+                .eq(p)
+                .range((lower, Bound::Included(now)))
+                .limit(want)
+                .all()
+                .await?;
+            lane.complete = more.len() < want;
+            got.extend(more);
+        }
+        if lane.complete {
+            lane.next_after = repo
+                .find("by_due")
+                .eq(topic)
+                .eq(p)
+                .range((Bound::Excluded(now), Bound::Unbounded))
+                .limit(1)
+                .all()
+                .await?
+                .first()
+                .map(|r| r.deliver_at_us);
+        }
+        for r in got {
+            lane.due.push((r.deliver_at_us, r.seq));
+            lane.rows.push(r.into_event());
+        }
+        Ok(lane)
     }
 
     /// Stores `m` as the partition's round in flight (a fenced update of the group
@@ -1300,6 +1451,7 @@ impl Worker {
                 next_due_us: next_due,
                 inflight: ck.inflight,
                 legacy: Vec::new(),
+                sched: ck.sched,
             };
             let params = self.checkpoint_params(part, fencing, ck.high, &state);
             let op = Op::Query {
@@ -1420,6 +1572,50 @@ impl Worker {
     }
 }
 
+/// What a round read from the scheduled lane ([`Worker::sched_lane`]).
+#[derive(Default)]
+struct Lane {
+    /// The events to deliver: the late ones, then the due ones.
+    rows: Vec<EventRow>,
+    /// Seqs of the late events (at or before the cursor, committed since).
+    late: Vec<i64>,
+    /// The new `seen` once every late event is processed.
+    seen: i64,
+    /// Whether the due events after the cursor were read.
+    looked: bool,
+    /// `(deliver_at_us, seq)` of the due events after the cursor, in delivery order.
+    due: Vec<(i64, i64)>,
+    /// Whether `due` holds every due event after the cursor.
+    complete: bool,
+    /// The delivery time of the first event after the due ones (`complete` only).
+    next_after: Option<i64>,
+}
+
+impl Lane {
+    /// The lane's new position once `processed` are done.
+    fn advance(&self, old: &Sched, processed: &HashSet<i64>) -> Sched {
+        let mut s = *old;
+        s.seen = match self.late.iter().filter(|q| !processed.contains(q)).min() {
+            Some(&first) => (first - 1).clamp(old.seen, self.seen),
+            None => self.seen,
+        };
+        if !self.looked {
+            return s;
+        }
+        let done = self.due.iter().take_while(|(_, q)| processed.contains(q));
+        if let Some(&last) = done.last() {
+            s.done = Some(last);
+        }
+        s.next_due_us = match self.due.iter().find(|(_, q)| !processed.contains(q)) {
+            Some(&(at, _)) => Some(at),
+            None if self.complete => self.next_after,
+            // More due events than one round reads: the next round goes on.
+            None => self.due.last().map(|&(at, _)| at),
+        };
+        s
+    }
+}
+
 /// Retries of a checkpoint that failed with a retryable error (`Conflict`).
 const CHECKPOINT_RETRIES: u32 = 8;
 
@@ -1436,6 +1632,8 @@ struct Checkpoint {
     inflight: Option<Inflight>,
     /// At most one dead letter.
     dead: Option<NewEvent>,
+    /// The new position in the scheduled lane.
+    sched: Sched,
 }
 
 fn live(d: Deadline) -> bool {

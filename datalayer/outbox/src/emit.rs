@@ -1,7 +1,7 @@
 //! Producing: `tx.emit(..)`, `db.emit(..)` and table events (`tx.with_events::<T>(..)`).
 
 use super::hash::partition_of;
-use super::tables::{EventRow, SeqRow, TopicRow};
+use super::tables::{EventRow, SchedRow, SeqRow, TopicRow};
 use super::{DEFAULT_PARTITIONS, check_capability, now_us, system_time_us, validate_topic};
 use crate::TxOutbox;
 use datalayer_core::ChangeKind;
@@ -177,11 +177,30 @@ pub(crate) async fn emit_in(tx: &Tx, ev: NewEvent) -> Result<EventId> {
         seq,
         nonce: nonce(),
     };
+    let now = now_us();
+    // A future delivery time puts the event in the scheduled lane (ordered by delivery
+    // time), so that it never stands between a consumer and the due events behind it.
+    if let Some(at) = ev
+        .deliver_at_us
+        .filter(|&at| at > now && ev.origin.is_none())
+    {
+        let row = SchedRow {
+            topic: id.topic.clone(),
+            part: partition as i32,
+            seq,
+            deliver_at_us: at,
+            id: id.id(),
+            key: ev.key,
+            payload: ev.payload,
+        };
+        Repo::<SchedRow, Tx>::new(tx).insert(&row).await?;
+        return Ok(id);
+    }
     let row = EventRow {
         topic: id.topic.clone(),
         part: partition as i32,
         seq,
-        deliver_at_us: ev.deliver_at_us.unwrap_or_else(now_us),
+        deliver_at_us: ev.deliver_at_us.unwrap_or(now),
         id: id.id(),
         key: ev.key,
         payload: ev.payload,

@@ -72,15 +72,20 @@
 //!   (default [`DEFAULT_PARTITIONS`], or [`create_topic`]).
 //! - `_dl_outbox_seq (topic, part) → last`: the partition's commit-order sequence.
 //! - `_dl_outbox (topic, part, seq) → deliver_at_us, id, key, payload, origin,
-//!   attempts, error`: the events (the last three only for dead letters; `error` at
-//!   most [`MAX_ERROR_BYTES`]). `id` is [`EventId::id`]: unique even when a lost
-//!   commit lets a later event take the same seq.
+//!   attempts, error`: the events due when emitted (the last three only for dead
+//!   letters; `error` at most [`MAX_ERROR_BYTES`]). `id` is [`EventId::id`]: unique
+//!   even when a lost commit lets a later event take the same seq.
+//! - `_dl_outbox_scheduled (topic, part, seq) → deliver_at_us, id, key, payload`,
+//!   indexed `by_due (topic, part, deliver_at_us, seq)`: the events emitted with a
+//!   future delivery time (the scheduled lane, [`Sched`]). Their seq comes from the
+//!   same counter; [`stored_events`] lists both tables.
 //! - `_dl_outbox_groups (grp, topic, part) → high, pending, lease_owner,
 //!   lease_until_us, fencing`: each group's position ([`Window`]: `high` and a state
 //!   of at most [`MAX_STATE_BYTES`] in `pending`) and lease per partition.
-//! - `_dl_outbox_pending (grp, topic, part, deliver_at_us, seq)`: one row per
-//!   scheduled event a group read before it was due, so that no checkpoint grows with
-//!   the number of scheduled events.
+//! - `_dl_outbox_pending (grp, topic, part, deliver_at_us, seq)`: one row per event
+//!   of `_dl_outbox` a group read before it was due (stores written before the
+//!   scheduled lane, or an emitter's clock ahead of the consumer's), so that no
+//!   checkpoint grows with the number of scheduled events.
 //! - `_dl_outbox_members (grp, topic, worker) → until_us`: worker heartbeats, to share
 //!   partitions fairly.
 //!
@@ -121,10 +126,16 @@
 //! group has passed are deleted).
 //!
 //! # Limits and liveness
+//! - **Scheduled events cost nothing until due.** An event emitted with a future
+//!   delivery time goes to the scheduled lane, ordered by delivery time: a round reads
+//!   the due ones there directly and the seq lane never sees them, so an immediate
+//!   event behind 10⁶ scheduled ones is delivered in the first round (the
+//!   `scheduled_backlog` example measures it), and retention of the seq lane is not
+//!   held back by them. Late commits are safe in both lanes (see [`Sched`]).
 //! - **Bounded checkpoints.** A group's row holds `high` and at most
-//!   [`MAX_STATE_BYTES`] of state, whatever the number of scheduled events (each
-//!   scheduled event seen early is one row of `_dl_outbox_pending`, keyed by delivery
-//!   time so the due ones are a key range); a checkpoint writes at most `batch_size`
+//!   [`MAX_STATE_BYTES`] of state, whatever the number of scheduled events (an event
+//!   of `_dl_outbox` seen before it is due is one row of `_dl_outbox_pending`, keyed
+//!   by delivery time so the due ones are a key range); a checkpoint writes at most `batch_size`
 //!   pending rows and at most one dead letter, whose stored error is cut to
 //!   [`MAX_ERROR_BYTES`] ([`truncate_error`]). A checkpoint that fails with a
 //!   retryable error (`Conflict`) is retried with backoff; one that fails otherwise
@@ -139,6 +150,18 @@
 //!   sent its last successful renewal: renewals that wait (on etch, behind the single
 //!   writer lock of a long transaction) cannot let two workers deliver one partition
 //!   at the same time. Renewals run every `lease_ttl / 3` at most.
+//! - **A long transaction does not cost a healthy holder its lease.** On etch every
+//!   write, renewals included, waits for the single writer lock, so a user transaction
+//!   held past the TTL lets every lease expire in the store, and no worker can write
+//!   meanwhile. A worker whose heartbeat and renewals took over `lease_ttl / 3` (it
+//!   logs it) takes only free leases (released or never taken) until its writes have
+//!   gone through promptly for a whole `lease_ttl`; by then a live holder has renewed
+//!   (renewals compute their expiry when sent, after any wait), so only holders that
+//!   are really gone are replaced, one TTL later than otherwise. Renewals still wait
+//!   behind the transaction (at most etch's `lock_timeout`, 30 s by default, then
+//!   retried) and the holder pauses its deliveries until one lands (self-fencing).
+//!   Chosen over an in-process lease table for etch: it needs no engine-specific
+//!   path and the same rule covers any engine whose writes stall.
 //! - **Unique ids.** [`EventId::id`] and [`Event::id`] carry 64 random bits, so an
 //!   event that reuses the seq of a commit lost in a crash (lazy flush policies) never
 //!   has the id of the lost one.
@@ -157,7 +180,7 @@ pub use emit::{Emit, EventId, RepoEvents, TableEvent};
 use datalayer_core::{Table, Tx};
 pub use hash::{fnv1a64, partition_of};
 pub use tables::is_internal_table;
-pub use window::{Advance, Inflight, MAX_STATE_BYTES, Window};
+pub use window::{Advance, Inflight, MAX_STATE_BYTES, Sched, Window};
 
 use datalayer_core::db::{Db, Executor};
 use datalayer_core::error::{Error, Result};
@@ -166,7 +189,7 @@ use datalayer_core::repo::Repo;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tables::{EventRow, GroupRow, PendingRow};
+use tables::{EventRow, GroupRow, PendingRow, SchedRow};
 
 /// The outbox on a transaction: `tx.emit(..)` and `tx.with_events::<T>(..)`.
 pub trait TxOutbox {
@@ -287,7 +310,13 @@ pub struct OutboxQueries;
 impl datalayer_core::db::QueryGroup for OutboxQueries {
     fn queries() -> Vec<&'static QueryDef> {
         use tables::SeqRow;
-        [SeqRow::queries(), GroupRow::queries(), EventRow::queries()].concat()
+        [
+            SeqRow::queries(),
+            GroupRow::queries(),
+            EventRow::queries(),
+            tables::SchedRow::queries(),
+        ]
+        .concat()
     }
 }
 
@@ -400,11 +429,23 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
         .all()
         .await?;
     let mut passed: HashMap<i32, i64> = HashMap::new();
+    // Per partition, what every group processed in the scheduled lane: `(before, upto)`,
+    // events due before `before` with seq `<= upto`.
+    let mut sched_done: HashMap<i32, (i64, i64)> = HashMap::new();
     for r in rows {
         if only.is_some_and(|o| !o.contains(&(r.part as u32))) {
             continue;
         }
         let w = Window::decode(r.high, &r.pending)?;
+        let done = match w.sched.done {
+            // Strictly before the cursor's time: every event of an earlier time is done.
+            Some((at, _)) => (at, w.sched.seen),
+            None => (i64::MIN, 0),
+        };
+        sched_done
+            .entry(r.part)
+            .and_modify(|m| *m = (m.0.min(done.0), m.1.min(done.1)))
+            .or_insert(done);
         // The lowest pending seq, when there are pending rows (one indexed lookup).
         let min_pending = if w.next_due_us.is_some() {
             Repo::<PendingRow, Db>::new(db)
@@ -447,6 +488,27 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
             deleted += n;
         }
     }
+    let q = SchedRow::purge_scheduled_query();
+    for (part, (before, upto)) in sched_done {
+        if before == i64::MIN || upto <= 0 {
+            continue;
+        }
+        let params = [
+            datalayer_core::Value::String(topic.to_owned()),
+            datalayer_core::Value::I32(part),
+            datalayer_core::Value::I64(before),
+            datalayer_core::Value::I64(upto),
+        ];
+        if let datalayer_core::Output::Count(n) = db
+            .run(datalayer_core::Op::Query {
+                query: q,
+                params: &params,
+            })
+            .await?
+        {
+            deleted += n;
+        }
+    }
     Ok(deleted)
 }
 
@@ -456,7 +518,10 @@ pub(crate) async fn purge_partitions(db: &Db, topic: &str, only: Option<&[u32]>)
 /// # Errors
 /// The engine's errors.
 pub async fn stored_events(db: &Db, topic: &str) -> Result<Vec<Event>> {
-    let rows = Repo::<EventRow, Db>::new(db).scan().eq(topic).all().await?;
+    let mut rows = Repo::<EventRow, Db>::new(db).scan().eq(topic).all().await?;
+    let scheduled = Repo::<SchedRow, Db>::new(db).scan().eq(topic).all().await?;
+    rows.extend(scheduled.into_iter().map(SchedRow::into_event));
+    rows.sort_by_key(|r| (r.part, r.seq));
     Ok(rows.into_iter().map(|r| Event::from_row(r, 0)).collect())
 }
 
@@ -464,7 +529,7 @@ pub async fn stored_events(db: &Db, topic: &str) -> Result<Vec<Event>> {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     #[test]
     fn errors_are_truncated_on_a_char_boundary() {
@@ -476,6 +541,77 @@ mod tests {
         assert!(t.len() <= MAX_ERROR_BYTES, "{}", t.len());
         assert!(t.starts_with("éé"));
         assert!(t.ends_with(&format!("… [truncated, {} bytes in all]", long.len())));
+    }
+
+    /// Issue 9, defect 4: events scheduled far ahead cost a consumer nothing per event.
+    /// An immediate event and an event due in 300 ms, both behind 2,000 events
+    /// scheduled an hour ahead on one partition, are delivered (the second not before
+    /// its time) in rounds of 8 events, and no scheduled event was copied into
+    /// `_dl_outbox_pending` on the way (before the scheduled lane, every one was: one
+    /// write per scheduled event ahead of a due one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scheduled_events_are_not_walked_one_by_one() {
+        let engine = Arc::new(datalayer_etch::memory());
+        let db = Db::with_engine(engine).outbox().connect().await.unwrap();
+        create_topic(&db, "lane", 1).await.unwrap();
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let tx = db.begin().await.unwrap();
+        for _ in 0..2000 {
+            tx.emit("lane", "k", b"later".to_vec())
+                .deliver_at(later)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let soon = SystemTime::now() + Duration::from_millis(300);
+        db.emit("lane", "k", b"soon".to_vec())
+            .deliver_at(soon)
+            .await
+            .unwrap();
+        db.emit("lane", "k", b"now".to_vec()).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(
+            db.consumer("g", "lane")
+                .poll_interval(Duration::from_millis(10))
+                .batch_size(8)
+                .partitions(0..1)
+                .run(
+                    move |ev| {
+                        let s = s.clone();
+                        async move {
+                            s.lock().unwrap().push((ev.payload, SystemTime::now()));
+                            Ok(())
+                        }
+                    },
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        let t0 = std::time::Instant::now();
+        while seen.lock().unwrap().len() < 2 && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = stop.send(());
+        run.await.unwrap().unwrap();
+        let got = seen.lock().unwrap().clone();
+        let names: Vec<&[u8]> = got.iter().map(|(p, _)| &p[..]).collect();
+        assert_eq!(names, [&b"now"[..], b"soon"], "delivered: {names:?}");
+        assert!(got[1].1 >= soon, "the scheduled event came early");
+        let pending = Repo::<PendingRow, Db>::new(&db).scan().all().await.unwrap();
+        assert!(
+            pending.is_empty(),
+            "{} scheduled events were walked into _dl_outbox_pending",
+            pending.len()
+        );
+        let g = Repo::<GroupRow, Db>::new(&db)
+            .get(("g", "lane", 0i32))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(g.pending.len() <= MAX_STATE_BYTES);
     }
 
     /// A group row written by an earlier version (its pending list inside the row) is

@@ -16,7 +16,8 @@ use datalayer_macros::{Table, query_group};
 
 pub use datalayer_core::schema::internal::{
     OUTBOX_EVENTS as EVENTS, OUTBOX_GROUPS as GROUPS, OUTBOX_MEMBERS as MEMBERS,
-    OUTBOX_PENDING as PENDING, OUTBOX_SEQ as SEQ, OUTBOX_TOPICS as TOPICS, is_internal_table,
+    OUTBOX_PENDING as PENDING, OUTBOX_SCHEDULED as SCHEDULED, OUTBOX_SEQ as SEQ,
+    OUTBOX_TOPICS as TOPICS, is_internal_table,
 };
 
 /// A row of [`TOPICS`].
@@ -75,6 +76,56 @@ impl EventRow {
     /// Retention: deletes a partition's events up to seq `upto`.
     fn purge(topic: &str, part: i32, upto: i64) -> u64 {
         Self::filter(|e| e.topic == topic && e.part == part && e.seq <= upto).delete()
+    }
+}
+
+/// A row of [`SCHEDULED`]: an event emitted with a future delivery time (the
+/// scheduled lane, see [`crate::Sched`]). Its seq comes from the partition's counter
+/// like every event's; `by_due` orders a partition's rows by delivery time, then seq,
+/// so the due ones are a key-range prefix after a group's cursor.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = SCHEDULED)]
+#[index(name = "by_due", fields(topic, part, deliver_at_us, seq))]
+pub(crate) struct SchedRow {
+    #[pk]
+    pub topic: String,
+    #[pk]
+    pub part: i32,
+    #[pk]
+    pub seq: i64,
+    pub deliver_at_us: i64,
+    pub id: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl SchedRow {
+    /// The event as a row of the seq lane (what the consumer delivers).
+    pub fn into_event(self) -> EventRow {
+        EventRow {
+            topic: self.topic,
+            part: self.part,
+            seq: self.seq,
+            deliver_at_us: self.deliver_at_us,
+            id: self.id,
+            key: self.key,
+            payload: self.payload,
+            origin: None,
+            attempts: 0,
+            error: None,
+        }
+    }
+}
+
+#[query_group(crate = "datalayer_core")]
+impl SchedRow {
+    /// Retention: deletes a partition's scheduled events due before `before` with seq
+    /// up to `upto` (every group processed them).
+    fn purge_scheduled(topic: &str, part: i32, before: i64, upto: i64) -> u64 {
+        Self::filter(|e| {
+            e.topic == topic && e.part == part && e.deliver_at_us < before && e.seq <= upto
+        })
+        .delete()
     }
 }
 
@@ -218,6 +269,7 @@ pub(crate) fn schemas() -> Vec<&'static TableSchema> {
         GroupRow::schema(),
         MemberRow::schema(),
         PendingRow::schema(),
+        SchedRow::schema(),
     ]
 }
 
@@ -336,6 +388,25 @@ mod tests {
                     when: None,
                 }],
             ),
+            schema(
+                "_dl_outbox_scheduled",
+                &[
+                    ("topic", Str, false),
+                    ("part", I32, false),
+                    ("seq", I64, false),
+                    ("deliver_at_us", I64, false),
+                    ("id", Str, false),
+                    ("key", Bytes, false),
+                    ("payload", Bytes, false),
+                ],
+                &[0, 1, 2],
+                vec![IndexDef {
+                    name: "by_due".into(),
+                    columns: vec![0, 1, 3, 2],
+                    unique: false,
+                    when: None,
+                }],
+            ),
         ];
         let got: Vec<TableSchema> = schemas().into_iter().cloned().collect();
         assert_eq!(got, want);
@@ -349,7 +420,7 @@ mod tests {
         }
         // Each `_query()` builds its definition and panics if the builder refuses it.
         let queries = <crate::OutboxQueries as datalayer_core::QueryGroup>::queries();
-        assert_eq!(queries.len(), 6);
+        assert_eq!(queries.len(), 7);
         assert!(!is_internal_table("_dl_catalog"));
     }
 

@@ -1,19 +1,26 @@
 //! A consumer group's position in one partition, and how it advances.
 //!
-//! The position is `high` plus a small state of bounded size, stored in the group's
-//! row of `_dl_outbox_groups`: every event with `seq <= high` has been seen by the
-//! group — delivered (or dead-lettered), or, when it was not yet due, recorded as one
-//! row of `_dl_outbox_pending` `(grp, topic, part, deliver_at_us, seq)`. Events with
-//! `seq > high` have not been seen.
+//! A partition's events live in two lanes, chosen at emit time (both take their seq
+//! from the partition's one commit-order counter):
+//! - the **seq lane**, `_dl_outbox`: events due when emitted (and, in stores written
+//!   before the scheduled lane existed, scheduled ones). The position is `high`: every
+//!   event of this lane with `seq <= high` has been seen by the group — delivered (or
+//!   dead-lettered), or, when it was not yet due, recorded as one row of
+//!   `_dl_outbox_pending` `(grp, topic, part, deliver_at_us, seq)`. Events with
+//!   `seq > high` have not been seen;
+//! - the **scheduled lane**, `_dl_outbox_scheduled`: events emitted with a future
+//!   delivery time, indexed by `(deliver_at_us, seq)`, so a round reads the due ones
+//!   directly, however many later ones there are ([`Sched`]).
 //!
 //! Because seqs are assigned in commit order per partition (see the crate docs), an
 //! event that is not yet visible always has a seq above every visible one, hence
-//! above `high`: a late commit is never skipped.
+//! above `high` (and above [`Sched::seen`]): a late commit is never skipped. Both
+//! marks jump to the partition's last seq `V` (read before the events) when a round
+//! read everything above them: every seq `<= V` was committed by then.
 //!
-//! Scheduled events seen before their time cost one row each in `_dl_outbox_pending`,
-//! never a larger checkpoint: the group row holds only `high`, the earliest delivery
-//! time among the pending rows (so a round knows without reading them whether any is
-//! due) and the round in flight ([`Inflight`]). Its size is the same for 0 or 10⁶
+//! The group row holds only `high`, the earliest delivery time among the pending rows
+//! (so a round knows without reading them whether any is due), the scheduled lane's
+//! cursor and the round in flight ([`Inflight`]). Its size is the same for 0 or 10⁶
 //! scheduled events (at most [`MAX_STATE_BYTES`]).
 
 use datalayer_core::error::{Error, Result};
@@ -21,12 +28,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
 /// The largest encoded state ([`Window::encode_state`]), in bytes.
-pub const MAX_STATE_BYTES: usize = 64;
+pub const MAX_STATE_BYTES: usize = 128;
 
 /// The first two bytes of the current state encoding. The encoding of earlier
 /// versions (the postcard of a `Vec<(i64, i64)>`, the pending list itself) never
 /// starts with a zero byte unless it is the empty list `[0]`.
 const STATE_V1: [u8; 2] = [0, 1];
+/// The first two bytes of the state encoding with the scheduled lane ([`Sched`]).
+const STATE_V2: [u8; 2] = [0, 2];
 
 /// A group's position in one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,6 +52,38 @@ pub struct Window {
     /// versions (inside the group row); moved to `_dl_outbox_pending` at the next
     /// checkpoint. Empty for positions written by this version.
     pub legacy: Vec<(i64, i64)>,
+    /// The group's position in the scheduled lane.
+    pub sched: Sched,
+}
+
+/// A group's position in a partition's scheduled lane (`_dl_outbox_scheduled`,
+/// ordered by `(deliver_at_us, seq)`).
+///
+/// Invariant: a scheduled event with `seq <= seen` has been processed if and only if
+/// `(deliver_at_us, seq) <= done`. A round first reads the scheduled events with
+/// `seen < seq <= V` (those committed since the last round; `V` the partition's last
+/// seq, read first) and delivers those at or before `done` (late commits: their time
+/// was passed while they were invisible); then it reads the events after `done` that
+/// are due, in delivery order, and moves `done` over the ones it processed. Neither
+/// read touches the events scheduled later, so reaching a due event costs the same
+/// behind 0 or 10⁶ scheduled ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sched {
+    /// Scheduled events with `seq <= seen` are accounted for by `done`.
+    pub seen: i64,
+    /// `(deliver_at_us, seq)` of the last scheduled event processed in delivery order;
+    /// `None` when none was.
+    pub done: Option<(i64, i64)>,
+    /// The earliest delivery time after `done` as of the last round (`None`: none);
+    /// events committed since have seqs above `seen`, which makes the next round read.
+    pub next_due_us: Option<i64>,
+}
+
+impl Sched {
+    /// Whether the scheduled event `(deliver_at_us, seq)` is at or before `done`.
+    pub fn is_done(&self, deliver_at_us: i64, seq: i64) -> bool {
+        self.done.is_some_and(|d| (deliver_at_us, seq) <= d)
+    }
 }
 
 /// A delivery round in flight: written (fenced by the lease) before the first handler
@@ -71,6 +112,14 @@ struct State {
     inflight: Option<Inflight>,
 }
 
+/// What the group row's bytes hold (version 2: with the scheduled lane).
+#[derive(Serialize, Deserialize)]
+struct StateV2 {
+    next_due_us: Option<i64>,
+    inflight: Option<Inflight>,
+    sched: Sched,
+}
+
 /// The result of [`Window::advance`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Advance {
@@ -94,7 +143,13 @@ impl Window {
         if state.is_empty() || state == [0] {
             return Ok(w);
         }
-        if let Some(rest) = state.strip_prefix(&STATE_V1) {
+        if let Some(rest) = state.strip_prefix(&STATE_V2) {
+            let s: StateV2 = postcard::from_bytes(rest)
+                .map_err(|e| Error::corrupted(format!("outbox group state: {e}")))?;
+            w.next_due_us = s.next_due_us;
+            w.inflight = s.inflight;
+            w.sched = s.sched;
+        } else if let Some(rest) = state.strip_prefix(&STATE_V1) {
             let s: State = postcard::from_bytes(rest)
                 .map_err(|e| Error::corrupted(format!("outbox group state: {e}")))?;
             w.next_due_us = s.next_due_us;
@@ -109,13 +164,14 @@ impl Window {
     /// The state bytes of this window (`legacy` is not encoded: it must have been
     /// moved to pending rows). At most [`MAX_STATE_BYTES`].
     pub fn encode_state(&self) -> Vec<u8> {
-        if self.next_due_us.is_none() && self.inflight.is_none() {
+        if self.next_due_us.is_none() && self.inflight.is_none() && self.sched == Sched::default() {
             return Vec::new();
         }
-        let mut out = STATE_V1.to_vec();
-        let s = State {
+        let mut out = STATE_V2.to_vec();
+        let s = StateV2 {
             next_due_us: self.next_due_us,
             inflight: self.inflight,
+            sched: self.sched,
         };
         out.extend(postcard::to_allocvec(&s).expect("postcard encodes the state"));
         debug_assert!(out.len() <= MAX_STATE_BYTES);
@@ -133,10 +189,22 @@ impl Window {
             .fold(self.high, i64::min)
     }
 
-    /// Whether some pending event is due at `now_us`.
+    /// Whether some pending event of the seq lane is due at `now_us`.
     pub fn has_due(&self, now_us: i64) -> bool {
         self.next_due_us.is_some_and(|d| d <= now_us)
             || self.legacy.iter().any(|&(_, d)| d <= now_us)
+    }
+
+    /// Whether a round has work at `now_us`, given the partition's last seq `last`:
+    /// events not seen by a lane, a due pending or scheduled event, a round in flight
+    /// or a pending list of an earlier version to move.
+    pub fn has_work(&self, last: i64, now_us: i64) -> bool {
+        last > self.high
+            || last > self.sched.seen
+            || self.has_due(now_us)
+            || self.sched.next_due_us.is_some_and(|d| d <= now_us)
+            || self.inflight.is_some()
+            || !self.legacy.is_empty()
     }
 
     /// How `high` moves after a round: `fetched` are the `(seq, deliver_at_us)` of
@@ -246,6 +314,11 @@ mod tests {
                 attempts: u32::MAX,
             }),
             legacy: vec![],
+            sched: Sched {
+                seen: i64::MAX,
+                done: Some((i64::MIN, i64::MAX)),
+                next_due_us: Some(i64::MIN),
+            },
         };
         let bytes = w.encode_state();
         assert!(bytes.len() <= MAX_STATE_BYTES, "{}", bytes.len());
@@ -262,6 +335,30 @@ mod tests {
             "the old empty list"
         );
         assert!(Window::decode(2, &[0xff, 0xff]).unwrap_err().is_corrupted());
+        // A version 1 state (written by the previous version) still reads.
+        let mut v1 = STATE_V1.to_vec();
+        v1.extend(
+            postcard::to_allocvec(&State {
+                next_due_us: Some(5),
+                inflight: None,
+            })
+            .unwrap(),
+        );
+        let w = Window::decode(3, &v1).unwrap();
+        assert_eq!(
+            (w.high, w.next_due_us, w.sched),
+            (3, Some(5), Sched::default())
+        );
+        let lane = Window {
+            high: 1,
+            sched: Sched {
+                seen: 7,
+                ..Sched::default()
+            },
+            ..Window::default()
+        };
+        assert_eq!(Window::decode(1, &lane.encode_state()).unwrap(), lane);
+        assert!(lane.has_work(8, 0) && !lane.has_work(1, 0) && lane.has_work(2, 0));
     }
 
     #[test]

@@ -176,9 +176,12 @@ async fn immediate_event_behind_600_scheduled_is_delivered() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     run.stop().await;
     assert_eq!(early.load(Ordering::SeqCst), 0, "nothing delivered early");
-    // Retention keeps every scheduled event (and purges nothing they need).
-    assert_eq!(datalayer_outbox::purge(&db, "sched").await.unwrap(), 0);
-    assert_eq!(stored(&db, "sched").await.len(), 601);
+    // Retention deletes the delivered immediate event (the scheduled ones before it
+    // do not hold it back) and keeps every scheduled event.
+    assert_eq!(datalayer_outbox::purge(&db, "sched").await.unwrap(), 1);
+    let left = stored(&db, "sched").await;
+    assert_eq!(left.len(), 600);
+    assert!(left.iter().all(|e| e.payload.starts_with(b"later-")));
 }
 
 /// Defect 7: a handler that never returns (its worker "crashes" mid-handler and is
@@ -381,6 +384,69 @@ async fn long_transaction_never_lets_two_workers_deliver_one_partition() {
     );
 }
 
+/// Defect 7: a user transaction holding etch's writer lock for 3 TTLs does not cost a
+/// healthy worker its lease. Its renewals wait behind the transaction (it pauses its
+/// deliveries meanwhile: self-fencing); a worker that finds the lease expired right
+/// after does not take it over until its own writes have gone through promptly for a
+/// whole TTL, by which time the holder has renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_transaction_does_not_cost_the_holder_its_lease() {
+    let db = db().await;
+    datalayer_outbox::create_topic(&db, "keep", 1)
+        .await
+        .unwrap();
+    let calls = |name: &'static str, seen: Arc<parking_lot_free::Seen>| {
+        move |ev: Event| {
+            let seen = seen.clone();
+            async move {
+                let mut p = name.as_bytes().to_vec();
+                p.push(b':');
+                p.extend(ev.payload);
+                seen.add(p);
+                Ok(())
+            }
+        }
+    };
+    let seen = Arc::new(parking_lot_free::Seen::default());
+    let ttl = Duration::from_millis(300);
+    // "a" sorts first: with both live, its fair share is the only partition.
+    let a = spawn(
+        fast(&db, "g", "keep").lease_ttl(ttl).worker_id("a"),
+        calls("a", seen.clone()),
+    );
+    db.emit("keep", "k", b"e0".to_vec()).await.unwrap();
+    wait_until("a delivering", Duration::from_secs(5), || seen.has(b"a:e0")).await;
+    let user = db.begin().await.unwrap();
+    user.emit("other", "k", b"x".to_vec()).await.unwrap();
+    tokio::time::sleep(ttl * 3).await;
+    user.commit().await.unwrap();
+    // b starts as the store takes writes again: it finds a's heartbeat and lease
+    // expired (a's writes waited behind the transaction too).
+    let b = spawn(
+        fast(&db, "g", "keep").lease_ttl(ttl).worker_id("b"),
+        calls("b", seen.clone()),
+    );
+    for i in 1..20 {
+        db.emit("keep", "k", format!("e{i}").into_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until("the last event", Duration::from_secs(5), || {
+        seen.has(b"a:e19") || seen.has(b"b:e19")
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+    let by_b = seen.count_prefix(b"b:");
+    assert_eq!(
+        by_b, 0,
+        "b delivered {by_b} events: the healthy holder a lost its lease to expiry while a \
+         user transaction held the writer lock"
+    );
+    assert!(seen.has(b"a:e19"));
+}
+
 /// Defect 7: nonsensical lease settings are refused when the consumer starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_settings_are_validated() {
@@ -413,6 +479,14 @@ mod parking_lot_free {
         }
         pub fn has(&self, p: &[u8]) -> bool {
             self.0.lock().unwrap().iter().any(|x| x == p)
+        }
+        pub fn count_prefix(&self, p: &[u8]) -> usize {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|x| x.starts_with(p))
+                .count()
         }
     }
 }
