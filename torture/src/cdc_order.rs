@@ -410,8 +410,15 @@ async fn concurrent(ctx: Ctx, n: u64, url: &str, out: &mut Outcome) -> anyhow::R
                     }
                 }
                 restarts += 1;
+                // Done only when the writers are, and a read that starts after that
+                // finds nothing past this reader's position (timeouts alone could
+                // come from a slow read while changes remain).
                 if done.load(Ordering::SeqCst) && idle >= 2 {
-                    return (log, restarts);
+                    let after = saved[r].load(Ordering::SeqCst);
+                    match db.read_changes("torture_cdc_keys", after, 1).await {
+                        Ok(rest) if rest.is_empty() => return (log, restarts),
+                        _ => idle = 0,
+                    }
                 }
             }
         }));
