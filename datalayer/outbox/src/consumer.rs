@@ -1138,6 +1138,7 @@ impl Worker {
         {
             return Ok(());
         }
+        failpoint!(crate::failpoints::BEFORE_CHECKPOINT);
         let ck = Checkpoint {
             high: adv.high,
             add: adv.pending,
@@ -1315,6 +1316,7 @@ impl Worker {
             if let Some(f) = &self.b.checkpoint_fault {
                 f(part)?;
             }
+            failpoint!(crate::failpoints::CHECKPOINT_BEFORE_COMMIT);
             Ok(Some(next_due))
         }
         .await;
@@ -1378,6 +1380,7 @@ impl Worker {
                 *inflight = Some(m);
             }
             let ev = Event::from_row(row.clone(), attempt);
+            failpoint!(crate::failpoints::BEFORE_HANDLER);
             let call = AssertUnwindSafe(handler(ev)).catch_unwind();
             let r = tokio::select! {
                 r = call => r,
@@ -1387,7 +1390,10 @@ impl Worker {
                 }
             };
             let err = match r {
-                Ok(Ok(())) => return Outcome::Done,
+                Ok(Ok(())) => {
+                    failpoint!(crate::failpoints::AFTER_HANDLER);
+                    return Outcome::Done;
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(panic) => {
                     let msg = panic
