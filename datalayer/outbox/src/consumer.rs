@@ -1379,6 +1379,12 @@ impl Worker {
                 }
                 *inflight = Some(m);
             }
+            // The marker write (or the retry's backoff) may have ended after the lease's
+            // local deadline: never start a call then (`select!` below may poll the
+            // handler before noticing, and a handler that does not yield would run whole).
+            if !live(*lease.borrow()) {
+                return Outcome::Abandoned;
+            }
             let ev = Event::from_row(row.clone(), attempt);
             failpoint!(crate::failpoints::BEFORE_HANDLER);
             let call = AssertUnwindSafe(handler(ev)).catch_unwind();
