@@ -10,6 +10,7 @@ mod cdc_order;
 mod common;
 mod etch_store;
 mod kill;
+mod outbox_chaos;
 mod outbox_limits;
 mod pg;
 mod proxy;
@@ -46,6 +47,9 @@ enum Cmd {
     /// Outbox limits: a 15 MiB poison event, a 20 MiB handler error, an immediate
     /// event behind N scheduled ones (delivered within 1 s).
     OutboxLimits(outbox_limits::Args),
+    /// Outbox consumers in worker processes under kill -9 at failpoints, SIGSTOP past
+    /// the lease TTL and engine restarts.
+    OutboxChaos(outbox_chaos::Args),
     /// etch: power loss at every sync point of seeded workloads, 8 damage variants.
     PowerLoss(etch_store::PowerLossArgs),
     /// etch: fail every I/O operation in turn (EIO, ENOSPC), then power loss.
@@ -60,6 +64,9 @@ enum Cmd {
     /// The child process of `cdc-order` (internal).
     #[command(hide = true)]
     CdcChild(cdc_order::ChildArgs),
+    /// A worker process of `outbox-chaos` (internal).
+    #[command(hide = true)]
+    OutboxChaosChild(outbox_chaos::ChildArgs),
 }
 
 /// A test as `all` runs it: its name and its entry point with default arguments.
@@ -82,6 +89,9 @@ const ALL: &[Test] = &[
     ("outbox-limits", |ctx| {
         Box::pin(outbox_limits::run(ctx, outbox_limits::Args::default()))
     }),
+    ("outbox-chaos", |ctx| {
+        Box::pin(outbox_chaos::run(ctx, outbox_chaos::Args::default()))
+    }),
     ("power-loss", |ctx| {
         Box::pin(etch_store::power_loss(ctx, Default::default()))
     }),
@@ -99,11 +109,13 @@ async fn run(ctx: Ctx, cmd: Cmd) -> anyhow::Result<Outcome> {
         Cmd::Kill(a) => kill::run(ctx, a).await,
         Cmd::CdcOrder(a) => cdc_order::run(ctx, a).await,
         Cmd::OutboxLimits(a) => outbox_limits::run(ctx, a).await,
+        Cmd::OutboxChaos(a) => outbox_chaos::run(ctx, a).await,
         Cmd::PowerLoss(a) => etch_store::power_loss(ctx, a).await,
         Cmd::IoFaults(a) => etch_store::io_faults(ctx, a).await,
         Cmd::Fuzz(a) => etch_store::fuzz(ctx, a).await,
         Cmd::KillChild(a) => kill::child(a).await.map(|()| Outcome::default()),
         Cmd::CdcChild(a) => cdc_order::child(a).await.map(|()| Outcome::default()),
+        Cmd::OutboxChaosChild(a) => outbox_chaos::child(a).await.map(|()| Outcome::default()),
         Cmd::All => {
             let mut all = Outcome::default();
             for (name, test) in ALL {
@@ -120,7 +132,10 @@ async fn run(ctx: Ctx, cmd: Cmd) -> anyhow::Result<Outcome> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let child = matches!(cli.cmd, Cmd::KillChild(_) | Cmd::CdcChild(_));
+    let child = matches!(
+        cli.cmd,
+        Cmd::KillChild(_) | Cmd::CdcChild(_) | Cmd::OutboxChaosChild(_)
+    );
     let seed = cli.seed.unwrap_or_else(common::clock_seed);
     let ctx = Ctx {
         quick: cli.quick,

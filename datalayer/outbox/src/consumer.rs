@@ -1197,6 +1197,7 @@ impl Worker {
         {
             return Ok(());
         }
+        failpoint!(crate::failpoints::BEFORE_CHECKPOINT);
         let ck = Checkpoint {
             high: adv.high,
             add: adv.pending,
@@ -1467,6 +1468,7 @@ impl Worker {
             if let Some(f) = &self.b.checkpoint_fault {
                 f(part)?;
             }
+            failpoint!(crate::failpoints::CHECKPOINT_BEFORE_COMMIT);
             Ok(Some(next_due))
         }
         .await;
@@ -1529,7 +1531,14 @@ impl Worker {
                 }
                 *inflight = Some(m);
             }
+            // The marker write (or the retry's backoff) may have ended after the lease's
+            // local deadline: never start a call then (`select!` below may poll the
+            // handler before noticing, and a handler that does not yield would run whole).
+            if !live(*lease.borrow()) {
+                return Outcome::Abandoned;
+            }
             let ev = Event::from_row(row.clone(), attempt);
+            failpoint!(crate::failpoints::BEFORE_HANDLER);
             let call = AssertUnwindSafe(handler(ev)).catch_unwind();
             let r = tokio::select! {
                 r = call => r,
@@ -1539,7 +1548,10 @@ impl Worker {
                 }
             };
             let err = match r {
-                Ok(Ok(())) => return Outcome::Done,
+                Ok(Ok(())) => {
+                    failpoint!(crate::failpoints::AFTER_HANDLER);
+                    return Outcome::Done;
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(panic) => {
                     let msg = panic

@@ -165,6 +165,49 @@
 //! - **Unique ids.** [`EventId::id`] and [`Event::id`] carry 64 random bits, so an
 //!   event that reuses the seq of a commit lost in a crash (lazy flush policies) never
 //!   has the id of the lost one.
+//!
+//! # Failpoints
+//! With the cargo feature `failpoints` (off by default; the torture suite turns it on),
+//! the worker evaluates the [`fail`](https://docs.rs/fail) failpoints named in
+//! [`failpoints`] at the moments a crash is hardest to recover from: just before and
+//! just after the handler call, between the last handler call of a round and its
+//! checkpoint, and inside the checkpoint transaction just before its commit. Without
+//! the feature they are not compiled in.
+
+/// Evaluates the failpoint `$name` (a constant of [`failpoints`]) when the crate is
+/// built with the `failpoints` feature; nothing otherwise.
+macro_rules! failpoint {
+    ($name:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
+/// The names of the worker's failpoints (feature `failpoints`), for
+/// [`fail::cfg`](https://docs.rs/fail/latest/fail/fn.cfg.html) and
+/// `fail::cfg_callback`. A failpoint configured with a callback that blocks (print a
+/// marker, then sleep) lets a test SIGKILL the worker exactly there.
+pub mod failpoints {
+    /// In a delivery, just before the handler is called (after the round's in-flight
+    /// marker, and in careful mode the attempt, were stored).
+    pub const BEFORE_HANDLER: &str = "outbox::before_handler";
+    /// In a delivery, just after the handler returned `Ok` (its effects are done, the
+    /// checkpoint is not).
+    pub const AFTER_HANDLER: &str = "outbox::after_handler";
+    /// After the last handler call of a round, before its checkpoint transaction
+    /// begins.
+    pub const BEFORE_CHECKPOINT: &str = "outbox::before_checkpoint";
+    /// Inside the checkpoint transaction, after every write (fenced update, pending
+    /// rows, dead letter), just before the commit.
+    pub const CHECKPOINT_BEFORE_COMMIT: &str = "outbox::checkpoint_before_commit";
+    /// Every failpoint above.
+    pub const ALL: [&str; 4] = [
+        BEFORE_HANDLER,
+        AFTER_HANDLER,
+        BEFORE_CHECKPOINT,
+        CHECKPOINT_BEFORE_COMMIT,
+    ];
+}
 
 mod consumer;
 mod emit;

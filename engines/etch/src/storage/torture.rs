@@ -39,9 +39,9 @@ fn writes_for(w: u64, seq: u64) -> Writes {
     let mut out = Vec::new();
     // Up to ~3 KiB per value: records span 4 KiB pages, so page-level damage can
     // hit one record and spare a later one.
-    let len = ((seq * 397 + w * 11) % 3_000) as usize;
+    let len = ((seq * 397).wrapping_add(w.wrapping_mul(11)) % 3_000) as usize;
     for j in 0..(1 + seq % 3) {
-        let key = format!("k{:02}", (seq * 5 + j * 7 + w) % 23).into_bytes();
+        let key = format!("k{:02}", (seq * 5 + j * 7).wrapping_add(w) % 23).into_bytes();
         let mut value = format!("{w}:{seq}:{j}:").into_bytes();
         value.resize(len + value.len(), b'a' + (seq % 26) as u8);
         out.push((key, Some(value)));
