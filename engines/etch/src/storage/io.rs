@@ -113,6 +113,14 @@ impl OsDir {
 /// `create_dir_all`, then fsync the parent of every directory it created, deepest
 /// first (POSIX: a new entry is durable once its directory is fsynced).
 fn create_dir_durably(path: &Path) -> io::Result<()> {
+    create_dir_syncing(path, |dir| File::open(dir)?.sync_all())
+}
+
+/// [`create_dir_durably`] with the directory fsync as a parameter (tests record it).
+fn create_dir_syncing(
+    path: &Path,
+    mut sync_dir: impl FnMut(&Path) -> io::Result<()>,
+) -> io::Result<()> {
     let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.exists()).collect();
     std::fs::create_dir_all(path)?;
     for dir in missing {
@@ -120,9 +128,42 @@ fn create_dir_durably(path: &Path) -> io::Result<()> {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        File::open(parent)?.sync_all()?;
+        sync_dir(parent)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9, defect 9: every directory `OsDir::open` creates has its parent
+    /// fsynced, deepest first; existing ones are not synced again.
+    #[test]
+    fn new_directories_have_their_parents_fsynced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().to_path_buf();
+        let target = base.join("a").join("b").join("c");
+        let mut synced = Vec::new();
+        create_dir_syncing(&target, |d| {
+            synced.push(d.to_path_buf());
+            File::open(d)?.sync_all()
+        })
+        .unwrap();
+        assert!(target.is_dir());
+        let want = vec![base.join("a").join("b"), base.join("a"), base.clone()];
+        assert_eq!(synced, want);
+        synced.clear();
+        create_dir_syncing(&target, |d| {
+            synced.push(d.to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        assert!(synced.is_empty(), "{synced:?}");
+        // A failing fsync fails the open.
+        let err = create_dir_syncing(&base.join("x"), |_| Err(io::Error::other("EIO")));
+        assert!(err.is_err());
+    }
 }
 
 struct OsFile(File);
