@@ -133,39 +133,6 @@ fn create_dir_syncing(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Issue 9, defect 9: every directory `OsDir::open` creates has its parent
-    /// fsynced, deepest first; existing ones are not synced again.
-    #[test]
-    fn new_directories_have_their_parents_fsynced() {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = tmp.path().to_path_buf();
-        let target = base.join("a").join("b").join("c");
-        let mut synced = Vec::new();
-        create_dir_syncing(&target, |d| {
-            synced.push(d.to_path_buf());
-            File::open(d)?.sync_all()
-        })
-        .unwrap();
-        assert!(target.is_dir());
-        let want = vec![base.join("a").join("b"), base.join("a"), base.clone()];
-        assert_eq!(synced, want);
-        synced.clear();
-        create_dir_syncing(&target, |d| {
-            synced.push(d.to_path_buf());
-            Ok(())
-        })
-        .unwrap();
-        assert!(synced.is_empty(), "{synced:?}");
-        // A failing fsync fails the open.
-        let err = create_dir_syncing(&base.join("x"), |_| Err(io::Error::other("EIO")));
-        assert!(err.is_err());
-    }
-}
-
 struct OsFile(File);
 
 impl WalFile for OsFile {
@@ -233,5 +200,38 @@ impl Dir for OsDir {
     }
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.path)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9, defect 9: every directory `OsDir::open` creates has its parent
+    /// fsynced, deepest first; existing ones are not synced again.
+    #[test]
+    fn new_directories_have_their_parents_fsynced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().to_path_buf();
+        let target = base.join("a").join("b").join("c");
+        let mut synced = Vec::new();
+        create_dir_syncing(&target, |d| {
+            synced.push(d.to_path_buf());
+            File::open(d)?.sync_all()
+        })
+        .unwrap();
+        assert!(target.is_dir());
+        let want = vec![base.join("a").join("b"), base.join("a"), base.clone()];
+        assert_eq!(synced, want);
+        synced.clear();
+        create_dir_syncing(&target, |d| {
+            synced.push(d.to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        assert!(synced.is_empty(), "{synced:?}");
+        // A failing fsync fails the open.
+        let err = create_dir_syncing(&base.join("x"), |_| Err(io::Error::other("EIO")));
+        assert!(err.is_err());
     }
 }
