@@ -190,6 +190,9 @@ impl Region {
     }
 }
 
+/// The largest gRPC message the store accepts or sends, in bytes (64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The id of the one store.
 pub(crate) const STORE_ID: u64 = 1;
 
@@ -301,11 +304,15 @@ impl TestCluster {
             .add_service(proto::pdpb::pd_server::PdServer::new(pd::PdService {
                 shared: shared.clone(),
             }))
-            .add_service(proto::tikvpb::tikv_server::TikvServer::new(
-                server::TikvService {
+            .add_service(
+                proto::tikvpb::tikv_server::TikvServer::new(server::TikvService {
                     shared: shared.clone(),
-                },
-            ));
+                })
+                // TiKV's own gRPC limit (`server.max-grpc-send-msg-len`) is 10 MiB and
+                // more; tonic's default of 4 MiB would refuse a large value.
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
