@@ -12,11 +12,11 @@
 //! ([`KvTxn::lock`]).
 
 use crate::config::{TikvOptions, TxnMode, parse_url};
-use crate::error::{Class, busy, classify, map_commit_error, map_error};
+use crate::error::{Class, busy, classify, is_pessimistic_retry, map_commit_error, map_error};
 use async_trait::async_trait;
 use datalayer_core::{Capability, Error, Result, TxOptions};
 use datalayer_kv::{Bytes, KvCapability, KvEngine, KvStore, KvTxn, WriteSet};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::time::Duration;
 use tikv_client::{
@@ -89,6 +89,31 @@ pub async fn open_url(url: &str) -> Result<KvEngine> {
     open(parse_url(url)?).await
 }
 
+/// Deletes every key of `opts`' namespace (all of the cluster's keys when the namespace
+/// is empty), 1000 keys per transaction; returns how many were deleted. For tests and
+/// tools that reuse a cluster: a concurrent writer's keys may survive.
+///
+/// # Errors
+/// As [`TikvKv::connect`], and the errors of the scans and commits (`Conflict` when a
+/// concurrent writer touched a key being deleted).
+pub async fn clear_namespace(opts: TikvOptions) -> Result<u64> {
+    let store = TikvKv::connect(opts).await?;
+    let mut n = 0u64;
+    loop {
+        let mut t = store.begin(TxOptions::default()).await?;
+        let keys = t
+            .scan(Bound::Unbounded, Bound::Unbounded, 1000, false)
+            .await?;
+        if keys.is_empty() {
+            t.rollback().await?;
+            return Ok(n);
+        }
+        n += keys.len() as u64;
+        t.commit(keys.into_iter().map(|(k, _)| (k, None)).collect())
+            .await?;
+    }
+}
+
 /// Exponential backoff for busy retries: 10 ms doubling up to 500 ms.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((10u64 << attempt.min(6)).min(500))
@@ -158,6 +183,7 @@ impl KvStore for TikvKv {
             read_only: opts.read_only,
             pessimistic,
             locked: false,
+            locked_keys: HashSet::new(),
             cap: self.kv_capability(),
             busy_retries: self.opts.busy_retries,
             max_value_bytes: self.opts.max_value_bytes,
@@ -177,6 +203,8 @@ struct TikvTxn {
     pessimistic: bool,
     /// A pessimistic lock may be held: a drop must roll back.
     locked: bool,
+    /// Keys locked (and checked against the snapshot) so far.
+    locked_keys: HashSet<Key>,
     cap: KvCapability,
     busy_retries: u32,
     /// Values over this size fail the commit with `InvalidInput`.
@@ -217,6 +245,67 @@ impl TikvTxn {
         v.extend_from_slice(&self.prefix);
         v.extend_from_slice(k);
         Key::from(v)
+    }
+
+    /// Locks `full` (namespaced keys) pessimistically, keeping snapshot isolation.
+    ///
+    /// tikv-client locks at a fresh `for_update_ts` (TiDB's "current read"): a commit
+    /// between the snapshot and the lock is not a conflict to TiKV. To keep snapshot
+    /// isolation (no lost update), the lock returns the keys' current values and they
+    /// must equal the snapshot's; otherwise a key changed after the snapshot and the
+    /// transaction loses the race with `Conflict` (first committer wins, by value: a
+    /// change undone before the lock is not a conflict). A lock refused with
+    /// `PessimisticRetry` (a commit landed between `for_update_ts` and the lock) is
+    /// tried again at a newer `for_update_ts`, up to 10 times, as TiDB does.
+    async fn lock_keys(&mut self, full: Vec<Key>) -> Result<()> {
+        let full: Vec<Key> = full
+            .into_iter()
+            .filter(|k| !self.locked_keys.contains(k))
+            .collect();
+        if full.is_empty() {
+            return Ok(());
+        }
+        self.locked = true;
+        let mut tries = 0u32;
+        let current: Vec<tikv_client::KvPair> = loop {
+            let r = with_retry!(self, "lock", |t| async {
+                match t.batch_get_for_update(full.clone()).await {
+                    Err(e) if is_pessimistic_retry(&e) => Ok(None),
+                    r => r.map(Some),
+                }
+            })?;
+            match r {
+                Some(pairs) => break pairs,
+                None if tries < 10 => {
+                    tokio::time::sleep(backoff(tries)).await;
+                    tries += 1;
+                }
+                None => {
+                    return Err(Error::conflict(
+                        "tikv: lock: still conflicting after 10 pessimistic retries",
+                    ));
+                }
+            }
+        };
+        let snapshot: Vec<tikv_client::KvPair> = with_retry!(self, "lock", |t| async {
+            t.batch_get(full.clone()).await.map(Iterator::collect)
+        })?;
+        let as_map = |pairs: Vec<tikv_client::KvPair>| -> HashMap<Vec<u8>, Vec<u8>> {
+            pairs.into_iter().map(|p| (Vec::from(p.0), p.1)).collect()
+        };
+        let (current, snapshot) = (as_map(current), as_map(snapshot));
+        for k in &full {
+            let k = Vec::<u8>::from(k.clone());
+            if current.get(&k) != snapshot.get(&k) {
+                return Err(Error::conflict(format!(
+                    "tikv: lock: key {:?} was changed by a transaction that committed after \
+                     this one's snapshot",
+                    &k[self.prefix.len()..]
+                )));
+            }
+        }
+        self.locked_keys.extend(full);
+        Ok(())
     }
 
     /// The first key after `k` (`k` + `0x00`), in the namespace.
@@ -398,8 +487,7 @@ impl KvTxn for TikvTxn {
             return Ok(());
         }
         let full: Vec<Key> = keys.iter().map(|k| self.key(k)).collect();
-        self.locked = true;
-        with_retry!(self, "lock", |t| t.lock_keys(full.clone()))
+        self.lock_keys(full).await
     }
 
     async fn commit(mut self: Box<Self>, writes: WriteSet) -> Result<()> {
@@ -425,6 +513,13 @@ impl KvTxn for TikvTxn {
         }
         let keys: Vec<(Key, Option<Bytes>)> =
             writes.into_iter().map(|(k, v)| (self.key(&k), v)).collect();
+        if self.pessimistic {
+            // tikv-client would lock a written key itself, without the snapshot check:
+            // lock what the KV family did not lock yet.
+            let unlocked: Vec<Key> = keys.iter().map(|(k, _)| k.clone()).collect();
+            // On failure the drop rolls the transaction back.
+            self.lock_keys(unlocked).await?;
+        }
         let busy_retries = self.busy_retries;
         let Some(mut txn) = self.txn.take() else {
             return Err(Error::invalid_input("tikv: the transaction is finished"));

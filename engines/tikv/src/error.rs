@@ -78,6 +78,27 @@ pub(crate) fn classify(e: &TError) -> Class {
     }
 }
 
+/// `kvrpcpb.WriteConflict.Reason.PessimisticRetry` (kvproto; tikv-client keeps its
+/// generated enum private).
+const WRITE_CONFLICT_PESSIMISTIC_RETRY: i32 = 2;
+
+/// Whether `e` is a pessimistic lock's `WriteConflict` with reason `PessimisticRetry`:
+/// a commit landed between the lock's `for_update_ts` and the lock itself, and TiKV
+/// asks the client to lock again at a newer `for_update_ts` (as TiDB does).
+pub(crate) fn is_pessimistic_retry(e: &TError) -> bool {
+    match e {
+        TError::KeyError(k) => k
+            .conflict
+            .as_ref()
+            .is_some_and(|c| c.reason == WRITE_CONFLICT_PESSIMISTIC_RETRY),
+        TError::MultipleKeyErrors(v) | TError::ExtractedErrors(v) => {
+            !v.is_empty() && v.iter().all(is_pessimistic_retry)
+        }
+        TError::PessimisticLockError { inner, .. } => is_pessimistic_retry(inner),
+        _ => false,
+    }
+}
+
 /// Maps an error of a read, a lock or a rollback (`what` names the operation).
 pub(crate) fn map_error(what: &str, e: TError) -> Error {
     let msg = format!("tikv: {what}: {e}");

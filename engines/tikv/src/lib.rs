@@ -31,7 +31,7 @@ mod backend;
 pub mod config;
 mod error;
 
-pub use backend::{TikvKv, open, open_url};
+pub use backend::{TikvKv, clear_namespace, open, open_url};
 pub use config::{TikvOptions, TxnMode, parse_url};
 
 use datalayer_core::Engine;

@@ -43,6 +43,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/mod.rs"));
 }
 
+use futures::StreamExt;
 use mvcc::{Lock, LockKind, Mvcc, Ts};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -313,7 +314,13 @@ impl TestCluster {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // No Nagle: a small response must not wait for the client's delayed ACK
+        // (40 ms stalls otherwise).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            s.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });

@@ -41,32 +41,7 @@ impl Drop for Guard {
                     .build()
                     .expect("runtime");
                 rt.block_on(async move {
-                    let Ok(engine) = datalayer_tikv::open(opts).await else {
-                        return;
-                    };
-                    let store = engine.store().clone();
-                    loop {
-                        let Ok(mut t) = store.begin(Default::default()).await else {
-                            return;
-                        };
-                        let keys = t
-                            .scan(
-                                std::ops::Bound::Unbounded,
-                                std::ops::Bound::Unbounded,
-                                1000,
-                                false,
-                            )
-                            .await
-                            .unwrap_or_default();
-                        if keys.is_empty() {
-                            let _ = t.rollback().await;
-                            return;
-                        }
-                        let deletes = keys.into_iter().map(|(k, _)| (k, None)).collect();
-                        if t.commit(deletes).await.is_err() {
-                            return;
-                        }
-                    }
+                    let _ = datalayer_tikv::clear_namespace(opts).await;
                 });
             })
             .join();
