@@ -47,6 +47,10 @@ pub use datalayer_sqlite as sqlite;
 #[cfg(feature = "postgres")]
 pub use datalayer_pg as pg;
 
+/// The TiKV engine (feature `tikv`, off by default: a heavy build).
+#[cfg(feature = "tikv")]
+pub use datalayer_tikv as tikv;
+
 /// Registers every engine compiled into this build with the URL registry (idempotent).
 pub fn install_engines() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -57,6 +61,8 @@ pub fn install_engines() {
         datalayer_sqlite::register();
         #[cfg(feature = "postgres")]
         datalayer_pg::register();
+        #[cfg(feature = "tikv")]
+        datalayer_tikv::register();
     });
 }
 

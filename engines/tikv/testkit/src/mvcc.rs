@@ -11,7 +11,7 @@
 //!
 //! Values live in the write records (TiKV's "short value" form): no separate default
 //! column family. Every function works on the whole map; the region checks are the
-//! caller's ([`crate::tikv`]).
+//! caller's ([`crate::server`]).
 
 // Errors are the wire message `KeyError` itself (large, but built only on the error
 // path and sent as is).
