@@ -19,6 +19,7 @@ use datalayer_kv::{Bytes, KvCapability, KvEngine, KvStore, KvTxn, WriteSet};
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::time::Duration;
+use tikv_client::transaction::Mutation;
 use tikv_client::{
     BoundRange, CheckLevel, Config, Key, Transaction, TransactionClient, TransactionOptions,
 };
@@ -524,15 +525,16 @@ impl KvTxn for TikvTxn {
         let Some(mut txn) = self.txn.take() else {
             return Err(Error::invalid_input("tikv: the transaction is finished"));
         };
-        for (k, v) in keys {
-            let r = match v {
-                Some(v) => txn.put(k, v).await,
-                None => txn.delete(k).await,
-            };
-            if let Err(e) = r {
-                let _ = txn.rollback().await;
-                return Err(map_error("commit", e));
-            }
+        // One buffer update (in pessimistic mode one lock round, a no-op on the keys
+        // already locked) instead of a put or delete per key, each of which would lock
+        // again in a pessimistic transaction.
+        let mutations = keys.into_iter().map(|(k, v)| match v {
+            Some(v) => Mutation::Put(k, v),
+            None => Mutation::Delete(k),
+        });
+        if let Err(e) = txn.batch_mutate(mutations).await {
+            let _ = txn.rollback().await;
+            return Err(map_error("commit", e));
         }
         let mut tries = 0u32;
         loop {
