@@ -530,6 +530,9 @@ impl Mvcc {
     /// Resolve-lock (`commands/resolve_lock.rs`): every lock in `[start, end)` (or on
     /// `keys` when given) of a transaction in `txns` (start ts → commit ts, 0 = rolled
     /// back) is committed or rolled back.
+    ///
+    /// # Errors
+    /// An abort (`Committed`) when a rollback meets a key the transaction committed.
     pub fn resolve_locks(
         &mut self,
         txns: &[(Ts, Ts)],
@@ -607,8 +610,11 @@ impl Mvcc {
     /// `wait_timeout = 0`). Returns per key the latest committed value (for
     /// `return_values`), or the errors: `KeyIsLocked` per key locked by another
     /// transaction, else the first `WriteConflict` (a commit newer than
-    /// `for_update_ts`) or `PessimisticLockRolledBack`. Keys locked before an error stay
-    /// locked (as in TiKV, released with the transaction).
+    /// `for_update_ts`) or `PessimisticLockRolledBack`. All keys are checked before any
+    /// is locked, so a failed call locks nothing.
+    ///
+    /// # Errors
+    /// The key errors above, in `Err`.
     #[allow(clippy::too_many_arguments)]
     pub fn pessimistic_lock(
         &mut self,
