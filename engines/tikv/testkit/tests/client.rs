@@ -304,3 +304,25 @@ async fn a_dropped_commit_response_is_never_applied_twice() {
     assert_eq!(c.commit_count(b"a"), 1);
     assert_eq!(c.committed_value(b"a").as_deref(), Some(&b"1"[..]));
 }
+
+#[tokio::test]
+async fn unavailable_and_slow_stores_are_retried_by_the_client() {
+    let (c, client) = cluster().await;
+    put_all(&client, &[("k", "1")]).await;
+    c.inject(Rpc::Get, Fault::Unavailable, 2);
+    let mut t = begin(&client).await;
+    assert_eq!(s(t.get(b"k".to_vec()).await.unwrap()).as_deref(), Some("1"));
+    assert_eq!(c.pending_faults(Rpc::Get), 0);
+    // One answer later than the client's 2 s request timeout: it gives up on that
+    // request and asks again.
+    c.inject(Rpc::Get, Fault::Delay(Duration::from_millis(2500)), 1);
+    let started = Instant::now();
+    let mut t = begin(&client).await;
+    assert_eq!(s(t.get(b"k".to_vec()).await.unwrap()).as_deref(), Some("1"));
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(c.rpc_count(Rpc::Get) >= 5);
+}
