@@ -50,6 +50,9 @@ pub use datalayer_pg as pg;
 /// The Redis engine (feature `redis`, on by default).
 #[cfg(feature = "redis")]
 pub use datalayer_redis as redis;
+/// The TiKV engine (feature `tikv`, off by default: a heavy build).
+#[cfg(feature = "tikv")]
+pub use datalayer_tikv as tikv;
 
 /// Registers every engine compiled into this build with the URL registry (idempotent).
 pub fn install_engines() {
@@ -63,6 +66,8 @@ pub fn install_engines() {
         datalayer_pg::register();
         #[cfg(feature = "redis")]
         datalayer_redis::register();
+        #[cfg(feature = "tikv")]
+        datalayer_tikv::register();
     });
 }
 
