@@ -4,8 +4,15 @@
 //! the handler must not be called. Before the fix, `deliver` went on to the handler,
 //! and `select!` (which picks its first branch at random) ran a handler that returns at
 //! once in about a third of the trials, although the lease had ended locally.
+//!
+//! A renewal may land right after the lock is released (it is sent after the stalled
+//! heartbeat) and legitimately extend the lease, so a call is "late" when, as the
+//! handler reads the stored lease, less than the self-fencing margin (TTL/5) of it is
+//! left: the worker's local deadline (renewal sent + TTL − TTL/5) had passed.
 
+use datalayer_core::schema::internal::OUTBOX_GROUPS;
 use datalayer_core::{Db, Error};
+use datalayer_macros::Table;
 use datalayer_outbox::{BuilderOutbox, DbOutbox, create_topic};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,16 +23,46 @@ const TTL: Duration = Duration::from_millis(150);
 /// How long the blocking transaction holds the writer lock.
 const HOLD: Duration = Duration::from_millis(400);
 
-/// One trial: whether a retry was called within 30 ms after the writer lock was
-/// released, i.e. before any renewal sent after it could have succeeded (the renewal
-/// sent before it was sent at most 50 ms after the lock was taken, so its deadline
-/// had passed long before).
+/// A read-only mirror of the outbox's group row (same name and schema), to read the
+/// stored lease from the handler.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(crate = "datalayer_core", name = OUTBOX_GROUPS)]
+#[index(name = "by_topic", fields(topic, part))]
+struct Group {
+    #[pk]
+    grp: String,
+    #[pk]
+    topic: String,
+    #[pk]
+    part: i32,
+    high: i64,
+    pending: Vec<u8>,
+    lease_owner: String,
+    lease_until_us: i64,
+    fencing: i64,
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// One trial: whether a retry was called when less than the self-fencing margin of
+/// its stored lease was left (its local deadline had passed).
 async fn late_call() -> bool {
     let engine = Arc::new(datalayer_etch::memory());
-    let db = Db::with_engine(engine).outbox().connect().await.unwrap();
+    let db = Db::with_engine(engine)
+        .outbox()
+        .table::<Group>()
+        .connect()
+        .await
+        .unwrap();
     create_topic(&db, "t", 1).await.unwrap();
     db.emit("t", "k", b"x".to_vec()).await.unwrap();
-    let calls: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+    // (attempt, when, µs of the stored lease left at the call)
+    let calls: Arc<Mutex<Vec<(u32, Instant, i64)>>> = Arc::default();
     let released: Arc<Mutex<Option<Instant>>> = Arc::default();
     let (c, r, d) = (calls.clone(), released.clone(), db.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -38,7 +75,11 @@ async fn late_call() -> bool {
                 move |ev| {
                     let (c, r, d) = (c.clone(), r.clone(), d.clone());
                     async move {
-                        c.lock().unwrap().push((ev.attempt, Instant::now()));
+                        let at = Instant::now();
+                        let key = ("g".to_string(), "t".to_string(), 0i32);
+                        let row = d.repo::<Group>().get(key).await.unwrap();
+                        let left = row.map_or(i64::MIN, |g| g.lease_until_us - now_us());
+                        c.lock().unwrap().push((ev.attempt, at, left));
                         if ev.attempt > 1 {
                             return Ok(());
                         }
@@ -68,9 +109,12 @@ async fn late_call() -> bool {
         .expect("the lock was taken and released");
     let calls = calls.lock().unwrap().clone();
     assert!(calls.len() >= 2, "the event was retried: {calls:?}");
-    calls
-        .iter()
-        .any(|&(a, t)| a > 1 && t >= t1 && t < t1 + Duration::from_millis(30))
+    assert!(
+        calls.iter().any(|&(_, t, _)| t >= t1),
+        "no call after the release"
+    );
+    let margin = TTL.as_micros() as i64 / 5;
+    calls.iter().any(|&(a, _, left)| a > 1 && left < margin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
