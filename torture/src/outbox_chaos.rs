@@ -286,82 +286,59 @@ impl Raw {
 
     async fn handled(&self) -> anyhow::Result<Vec<Handled>> {
         const Q: &str = "SELECT payload, part, seq, worker, n, owner, fencing, until_us, start_us FROM torture_handled ORDER BY id";
-        Ok(match self {
-            Raw::Sqlite(c) => tokio::task::block_in_place(|| -> rusqlite::Result<_> {
-                let c = lock(c);
-                let mut s = c.prepare(Q)?;
-                let rows = s.query_map([], |r| {
-                    Ok(Handled {
-                        payload: r.get(0)?,
-                        part: r.get(1)?,
-                        seq: r.get(2)?,
-                        worker: r.get(3)?,
-                        n: r.get(4)?,
-                        owner: r.get(5)?,
-                        fencing: r.get(6)?,
-                        until_us: r.get(7)?,
-                        start_us: r.get(8)?,
-                    })
-                })?;
-                rows.collect()
-            })?,
-            Raw::Pg(c) => c
-                .query(Q, &[])
-                .await?
-                .iter()
-                .map(|r| Handled {
-                    payload: r.get(0),
-                    part: r.get(1),
-                    seq: r.get(2),
-                    worker: r.get(3),
-                    n: r.get(4),
-                    owner: r.get(5),
-                    fencing: r.get(6),
-                    until_us: r.get(7),
-                    start_us: r.get(8),
-                })
-                .collect(),
+        self.rows(Q, |r| {
+            Ok(Handled {
+                payload: r.text(0)?,
+                part: i32::try_from(r.int(1)?)?,
+                seq: r.int(2)?,
+                worker: r.text(3)?,
+                n: r.int(4)?,
+                owner: r.text(5)?,
+                fencing: r.int(6)?,
+                until_us: r.int(7)?,
+                start_us: r.int(8)?,
+            })
         })
+        .await
     }
 
     async fn audit(&self) -> anyhow::Result<Vec<Audit>> {
         const Q: &str = "SELECT id, part, old_owner, new_owner, old_fencing, new_fencing, old_high, new_high, at_us FROM torture_audit ORDER BY id";
-        Ok(match self {
-            Raw::Sqlite(c) => tokio::task::block_in_place(|| -> rusqlite::Result<_> {
-                let c = lock(c);
-                let mut s = c.prepare(Q)?;
-                let rows = s.query_map([], |r| {
-                    Ok(Audit {
-                        id: r.get(0)?,
-                        part: r.get(1)?,
-                        old_owner: r.get(2)?,
-                        new_owner: r.get(3)?,
-                        old_fencing: r.get(4)?,
-                        new_fencing: r.get(5)?,
-                        old_high: r.get(6)?,
-                        new_high: r.get(7)?,
-                        at_us: r.get(8)?,
-                    })
-                })?;
-                rows.collect()
-            })?,
-            Raw::Pg(c) => c
-                .query(Q, &[])
-                .await?
-                .iter()
-                .map(|r| Audit {
-                    id: r.get(0),
-                    part: r.get(1),
-                    old_owner: r.get(2),
-                    new_owner: r.get(3),
-                    old_fencing: r.get(4),
-                    new_fencing: r.get(5),
-                    old_high: r.get(6),
-                    new_high: r.get(7),
-                    at_us: r.get(8),
-                })
-                .collect(),
+        self.rows(Q, |r| {
+            Ok(Audit {
+                id: r.int(0)?,
+                part: i32::try_from(r.int(1)?)?,
+                old_owner: r.text(2)?,
+                new_owner: r.text(3)?,
+                old_fencing: r.int(4)?,
+                new_fencing: r.int(5)?,
+                old_high: r.int(6)?,
+                new_high: r.int(7)?,
+                at_us: r.int(8)?,
+            })
         })
+        .await
+    }
+
+    /// Every row of `sql` (no parameters), each built by `make` from its columns.
+    async fn rows<T>(
+        &self,
+        sql: &str,
+        make: fn(&dyn Cols) -> anyhow::Result<T>,
+    ) -> anyhow::Result<Vec<T>> {
+        match self {
+            Raw::Sqlite(c) => tokio::task::block_in_place(|| {
+                let c = lock(c);
+                let mut s = c.prepare(sql)?;
+                let mut rows = s.query([])?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    out.push(make(r)?);
+                }
+                Ok(out)
+            }),
+            Raw::Pg(c) => c.query(sql, &[]).await?.iter().map(|r| make(r)).collect(),
+        }
     }
 
     /// How many distinct payloads were handled.
@@ -404,6 +381,35 @@ impl Raw {
             }
         }
         Ok(out)
+    }
+}
+
+/// The columns of one row of a raw query, from either driver.
+trait Cols {
+    /// An integer column (INTEGER, INT4 or INT8).
+    fn int(&self, i: usize) -> anyhow::Result<i64>;
+    /// A text column.
+    fn text(&self, i: usize) -> anyhow::Result<String>;
+}
+
+impl Cols for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> anyhow::Result<i64> {
+        Ok(self.get(i)?)
+    }
+    fn text(&self, i: usize) -> anyhow::Result<String> {
+        Ok(self.get(i)?)
+    }
+}
+
+impl Cols for tokio_postgres::Row {
+    fn int(&self, i: usize) -> anyhow::Result<i64> {
+        match self.try_get::<_, i64>(i) {
+            Ok(v) => Ok(v),
+            Err(_) => Ok(i64::from(self.try_get::<_, i32>(i)?)),
+        }
+    }
+    fn text(&self, i: usize) -> anyhow::Result<String> {
+        Ok(self.try_get(i)?)
     }
 }
 
