@@ -37,6 +37,8 @@
 //! - [`count_ranges`]: `count` agrees with the model for every bound combination.
 //! - [`batch_get_order`]: one result per key, in the order asked, duplicates and missing
 //!   keys included.
+//! - [`scan_with_targets`]: scanned entries with the values their values point at, as
+//!   a scan and a `batch_get` would give them, isolated alike.
 //! - [`rollback_discards`]: `rollback` changes nothing and releases the transaction (a
 //!   read-write one can begin again afterwards).
 //! - [`drop_discards`]: dropping a transaction without `commit` does the same.
@@ -153,6 +155,7 @@ macro_rules! __kv_contract_list {
             large_value
             count_ranges
             batch_get_order
+            scan_with_targets
             rollback_discards
             drop_discards
             lock_keys
@@ -285,6 +288,12 @@ impl<T: Show> Show for Option<T> {
 impl<A: Show, B: Show> Show for (A, B) {
     fn show(&self) -> String {
         format!("{}={}", self.0.show(), self.1.show())
+    }
+}
+
+impl<A: Show, B: Show, C: Show> Show for (A, B, C) {
+    fn show(&self) -> String {
+        format!("{}={}->{}", self.0.show(), self.1.show(), self.2.show())
     }
 }
 
@@ -639,7 +648,8 @@ pub async fn validated_reads(store: &dyn KvStore) -> Result<()> {
         ),
     };
 
-    // get, read-only, empty write set.
+    // get, read-only, empty write set. Two reads: a transaction served by one atomic
+    // read may commit unvalidated (see the KvTxn docs).
     let mut t = store.begin(ro()).await?;
     expect(
         store,
@@ -648,8 +658,9 @@ pub async fn validated_reads(store: &dyn KvStore) -> Result<()> {
         "get before a commit",
     );
     put(store, &[("a", "2")]).await?;
+    expect(store, &t.get(b"zz").await?, &None, "get of a missing key");
     must_conflict(
-        "a read-only transaction read a, then a commit changed a",
+        "a read-only transaction read a, then a commit changed a, then it read zz",
         t.commit(Vec::new()).await,
     );
 
@@ -682,6 +693,7 @@ pub async fn validated_reads(store: &dyn KvStore) -> Result<()> {
         "scan before a commit",
     );
     put(store, &[("c", "3")]).await?;
+    t.get(b"zz").await?;
     must_conflict(
         "a transaction scanned everything, then a commit added c",
         t.commit(Vec::new()).await,
@@ -694,6 +706,7 @@ pub async fn validated_reads(store: &dyn KvStore) -> Result<()> {
         "count before a commit",
     );
     put(store, &[("d", "4")]).await?;
+    t.get(b"zz").await?;
     must_conflict(
         "a transaction counted everything, then a commit added d",
         t.commit(Vec::new()).await,
@@ -1379,6 +1392,158 @@ pub async fn batch_get_order(store: &dyn KvStore) -> Result<()> {
         t.rollback().await?;
     }
     Ok(())
+}
+
+/// `scan_with_targets` returns what `scan` returns, each entry with the value at
+/// `prefix ‖ entry value` (`None` when absent), for bounds, limits and both
+/// directions; its reads are isolated like a scan and a `batch_get`: on a store with
+/// snapshot reads a later commit to a target is not seen, on one without, it fails the
+/// commit with `Conflict`.
+///
+/// # Errors
+/// The store's error when an operation fails.
+pub async fn scan_with_targets(store: &dyn KvStore) -> Result<()> {
+    put(
+        store,
+        &[
+            ("i1", "x"),
+            ("i2", "y"),
+            ("i3", "gone"),
+            ("i4", "x"),
+            ("j", "y"),
+            ("r:x", "X"),
+            ("r:y", "Y"),
+        ],
+    )
+    .await?;
+    let bounds = |k: &[u8], kind: u8| match kind {
+        0 => Bound::Unbounded,
+        1 => Bound::Included(k.to_vec()),
+        _ => Bound::Excluded(k.to_vec()),
+    };
+    let mut t = store.begin(ro()).await?;
+    for (lo, hi) in [(b("i"), b("j")), (b("i2"), b("i4")), (b("i4"), b("i1"))] {
+        for (lk, hk) in [(0u8, 0u8), (1, 1), (1, 2), (2, 1), (2, 2)] {
+            let (start, end) = (bounds(&lo, lk), bounds(&hi, hk));
+            for reverse in [false, true] {
+                for limit in [0, 1, 2, 3, usize::MAX] {
+                    let got = t
+                        .scan_with_targets(as_ref(&start), as_ref(&end), limit, reverse, b"r:")
+                        .await?;
+                    let mut want: Vec<(Bytes, Bytes, Option<Bytes>)> = Vec::new();
+                    let model = [
+                        ("i1", "x", Some("X")),
+                        ("i2", "y", Some("Y")),
+                        ("i3", "gone", None),
+                        ("i4", "x", Some("X")),
+                        ("j", "y", Some("Y")),
+                        ("r:x", "X", None),
+                        ("r:y", "Y", None),
+                    ];
+                    let mut rows: Vec<_> = model
+                        .iter()
+                        .filter(|(k, _, _)| in_bounds(k.as_bytes(), as_ref(&start), as_ref(&end)))
+                        .collect();
+                    if reverse {
+                        rows.reverse();
+                    }
+                    for (k, v, target) in rows.into_iter().take(limit) {
+                        // Entries outside the index also get their target looked up.
+                        let target = match *k {
+                            "r:x" | "r:y" => None,
+                            _ => target.map(b),
+                        };
+                        want.push((b(k), b(v), target));
+                    }
+                    expect(
+                        store,
+                        &got,
+                        &want,
+                        &format!(
+                            "scan_with_targets({}, {}, limit {limit}, reverse {reverse}, \
+                             prefix r:)",
+                            show_bound(as_ref(&start)),
+                            show_bound(as_ref(&end))
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    t.rollback().await?;
+
+    // Read-only where reads are snapshots (a single-writer store could not run the
+    // commit below next to a read-write one); read-write with a write where they are
+    // validated.
+    let snapshot = store.kv_capability().snapshot_reads;
+    let mut t = store.begin(if snapshot { ro() } else { rw() }).await?;
+    let first = t
+        .scan_with_targets(
+            Bound::Included(b"i"),
+            Bound::Excluded(b"j"),
+            usize::MAX,
+            false,
+            b"r:",
+        )
+        .await?;
+    expect(
+        store,
+        &first.iter().map(|(_, _, t)| t.clone()).collect::<Vec<_>>(),
+        &vec![Some(b("X")), Some(b("Y")), None, Some(b("X"))],
+        "targets of i1..i4",
+    );
+    put(store, &[("r:y", "Y2")]).await?;
+    if snapshot {
+        let again = t
+            .scan_with_targets(
+                Bound::Included(b"i"),
+                Bound::Excluded(b"j"),
+                usize::MAX,
+                false,
+                b"r:",
+            )
+            .await?;
+        expect(
+            store,
+            &again,
+            &first,
+            "scan_with_targets saw a commit made after the transaction's first read",
+        );
+        t.rollback().await?;
+    } else {
+        t.get(b"zz").await?;
+        match t.commit(vec![(b("w"), Some(b("1")))]).await {
+            Err(e) if e.kind() == ErrorKind::Conflict => {}
+            other => violated(
+                store,
+                &format!(
+                    "a transaction read target r:y through scan_with_targets, then a \
+                     commit changed it: its commit returned {other:?}, not Conflict"
+                ),
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Unbounded => Bound::Unbounded,
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+    }
+}
+
+fn in_bounds(k: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    (match start {
+        Bound::Unbounded => true,
+        Bound::Included(s) => k >= s,
+        Bound::Excluded(s) => k > s,
+    }) && (match end {
+        Bound::Unbounded => true,
+        Bound::Included(e) => k <= e,
+        Bound::Excluded(e) => k < e,
+    })
 }
 
 /// `rollback` of a read-write and of a read-only transaction (after reads) succeeds,

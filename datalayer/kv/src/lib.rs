@@ -114,7 +114,10 @@ pub trait KvSnapshot: Send + Sync {
 ///   [`KvCapability::max_txn_bytes`] is `InvalidInput`, and nothing is applied.
 /// - A store without [`KvCapability::snapshot_reads`] validates at `commit` every key
 ///   and range the transaction read, even when the write set is empty: one that changed
-///   after it was read fails the commit with `Conflict`.
+///   after it was read fails the commit with `Conflict`. One exception: a transaction
+///   with an empty write set whose reads were all served by **one** atomic read of the
+///   server (one call, e.g. a single `get`) saw one state at one point of the server's
+///   serial order, where it is serialized; it may commit without validation.
 /// - Dropping a transaction without `commit` discards it (and releases its locks).
 #[async_trait]
 pub trait KvTxn: Send {
@@ -145,6 +148,28 @@ pub trait KvTxn: Send {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<(Bytes, Bytes)>>;
+    /// The entries [`KvTxn::scan`] returns for the same arguments, each with the value
+    /// stored at `target_prefix ‖ entry value` (`None` when that key is absent): a
+    /// secondary index's entries, whose values are primary keys, with the rows they
+    /// point at. Shapes: `(entry key, entry value, target value)`, in scan order.
+    ///
+    /// Reads count as a `scan` followed by a `batch_get` of the targets (the same
+    /// isolation and validation). The default does exactly that, in two calls; a
+    /// server store should override it to serve both in one atomic round trip.
+    ///
+    /// # Errors
+    /// As [`KvTxn::get`].
+    async fn scan_with_targets(
+        &mut self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+        target_prefix: &[u8],
+    ) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+        let entries = self.scan(start, end, limit, reverse).await?;
+        join_targets(self, entries, target_prefix).await
+    }
     /// The number of entries in `[start, end)` per the bounds. The default scans in
     /// chunks; stores that can count without copying values should override it.
     ///
@@ -206,4 +231,31 @@ pub trait KvTxn: Send {
     /// The store's own errors (a server store's `ConnectionLost`); the transaction is
     /// discarded all the same.
     async fn rollback(self: Box<Self>) -> Result<()>;
+}
+
+/// What [`KvTxn::scan_with_targets`] does by default: one
+/// [`KvTxn::batch_get`] of `target_prefix ‖ value` for every scanned `(key, value)`,
+/// returned as `(key, value, target value)` in the order of `entries`. For stores that
+/// serve large scans the two-call way and small ones in one round trip.
+///
+/// # Errors
+/// As [`KvTxn::batch_get`].
+pub async fn join_targets<T: KvTxn + ?Sized>(
+    txn: &mut T,
+    entries: Vec<(Bytes, Bytes)>,
+    target_prefix: &[u8],
+) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Bytes> = entries
+        .iter()
+        .map(|(_, v)| [target_prefix, v].concat())
+        .collect();
+    let targets = txn.batch_get(&keys).await?;
+    Ok(entries
+        .into_iter()
+        .zip(targets)
+        .map(|((k, v), t)| (k, v, t))
+        .collect())
 }

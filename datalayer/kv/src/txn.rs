@@ -24,6 +24,8 @@ type KeyRange = (Bound<Bytes>, Bound<Bytes>);
 
 /// Largest number of entries read per scan round trip.
 const MAX_CHUNK: usize = 4096;
+/// Entries read by the first scan of a walk that takes every row of its range.
+const FIRST_CHUNK: usize = 1024;
 
 /// What a [`KvTx`] needs to know about its engine and store.
 #[derive(Clone, Copy)]
@@ -507,48 +509,55 @@ impl KvTx {
 
     /// Visits rows of `table` in `range` (over the primary key when `index` is `None`,
     /// else over the index's entries) in key order; `visit` returns false to stop.
+    /// `wanted` is how many rows the caller expects to take at most (a limit), which
+    /// sizes the first chunk; `None` reads a large first chunk (the caller takes all).
     async fn walk(
         &mut self,
         table: &TableSchema,
         index: Option<usize>,
         mut range: KeyRange,
         reverse: bool,
+        wanted: Option<usize>,
         mut visit: impl FnMut(Row) -> Result<bool>,
     ) -> Result<()> {
-        let mut chunk = 64;
+        // One chunk per round trip on a server store: a caller that takes everything
+        // gets up to FIRST_CHUNK rows from the first one; a limit asks for no more than
+        // it needs (a filter may still reject rows: later chunks grow).
+        let mut chunk = wanted.map_or(FIRST_CHUNK, |w| w.clamp(1, MAX_CHUNK));
         let rp = row_prefix(table);
         loop {
-            let entries = self.scan(&range, chunk, reverse).await?;
-            let done = entries.len() < chunk;
-            let Some(last) = entries.last().map(|(k, _)| k.clone()) else {
-                return Ok(());
-            };
-            let rows: Vec<Row> = match index {
-                None => entries
-                    .iter()
-                    .map(|(_, v)| decode_row(table, v))
-                    .collect::<Result<_>>()?,
-                Some(_) => {
-                    let keys = entries
+            let (n, last, rows): (usize, Option<Bytes>, Vec<Row>) = match index {
+                None => {
+                    let entries = self.scan(&range, chunk, reverse).await?;
+                    let rows = entries
                         .iter()
-                        .map(|(_, pk)| [rp.as_slice(), pk].concat())
-                        .collect();
-                    self.batch_get(keys)
-                        .await?
+                        .map(|(_, v)| decode_row(table, v))
+                        .collect::<Result<_>>()?;
+                    (entries.len(), entries.last().map(|(k, _)| k.clone()), rows)
+                }
+                Some(_) => {
+                    let joined = self.scan_rows(&range, chunk, reverse, &rp).await?;
+                    let last = joined.last().map(|(k, _, _)| k.clone());
+                    let n = joined.len();
+                    let rows = joined
                         .into_iter()
-                        .map(|v| {
-                            v.ok_or_else(|| self.missing_row(table))
+                        .map(|(_, _, row)| {
+                            row.ok_or_else(|| self.missing_row(table))
                                 .and_then(|b| decode_row(table, &b))
                         })
-                        .collect::<Result<_>>()?
+                        .collect::<Result<_>>()?;
+                    (n, last, rows)
                 }
+            };
+            let Some(last) = last else {
+                return Ok(());
             };
             for r in rows {
                 if !visit(r)? {
                     return Ok(());
                 }
             }
-            if done {
+            if n < chunk {
                 return Ok(());
             }
             if reverse {
@@ -558,6 +567,53 @@ impl KvTx {
             }
             chunk = (chunk * 4).min(MAX_CHUNK);
         }
+    }
+
+    /// Index entries in `range` with the rows they point at (`row_prefix ‖ entry
+    /// value`), through the overlay: straight from the store in one call
+    /// ([`KvTxn::scan_with_targets`]) when this transaction has written nothing in
+    /// the range or the table, else a scan and a batch get through the overlay.
+    async fn scan_rows(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+        row_prefix: &[u8],
+    ) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+        let (start, end) = (as_slice(&range.0), as_slice(&range.1));
+        if inverted(start, end) || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows_end = prefix_end(row_prefix);
+        let rows_written = match &rows_end {
+            Some(e) => self
+                .writes
+                .range::<[u8], _>((Bound::Included(row_prefix), Bound::Excluded(e.as_slice())))
+                .next()
+                .is_some(),
+            None => self
+                .writes
+                .range::<[u8], _>((Bound::Included(row_prefix), Bound::Unbounded))
+                .next()
+                .is_some(),
+        };
+        if !rows_written && self.writes.range::<[u8], _>((start, end)).next().is_none() {
+            return self
+                .txn
+                .scan_with_targets(start, end, limit, reverse, row_prefix)
+                .await;
+        }
+        let entries = self.scan(range, limit, reverse).await?;
+        let keys = entries
+            .iter()
+            .map(|(_, pk)| [row_prefix, pk].concat())
+            .collect();
+        let rows = self.batch_get(keys).await?;
+        Ok(entries
+            .into_iter()
+            .zip(rows)
+            .map(|((k, v), r)| (k, v, r))
+            .collect())
     }
 
     /// The error for an index entry whose row is missing. On a store with snapshot
@@ -611,7 +667,7 @@ impl KvTx {
         if limit == 0 {
             return Ok(out);
         }
-        self.walk(t, req.index, range, req.reverse, |r| {
+        self.walk(t, req.index, range, req.reverse, req.limit, |r| {
             out.push(r);
             Ok(out.len() < limit)
         })
@@ -658,7 +714,7 @@ impl KvTx {
                 // the filter: re-check every row even when the plan is covered.
                 let filter = if exact { filter } else { q.filter.as_ref() };
                 let limit = stop_at.unwrap_or(usize::MAX);
-                self.walk(t, *index, range, plan.reverse, |r| {
+                self.walk(t, *index, range, plan.reverse, stop_at, |r| {
                     if matches(filter, &r, params)? {
                         out.push(r);
                     }

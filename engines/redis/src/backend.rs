@@ -21,8 +21,10 @@
 //! - `get`, `batch_get` (one `MGET` per 512 keys, atomic round trips): each key's
 //!   version, or its absence;
 //! - `count` (`ZLEXCOUNT`): the range and the count seen;
-//! - `scan` (`MULTI` of `GET {ns}:c` and `ZRANGE … BYLEX [REV] LIMIT`, then `MGET` of
-//!   the values): the range actually read (up to the last key when the limit cut it
+//! - `scan` and `scan_with_targets` (up to 4,096 entries: one atomic `FCALL_RO` of the
+//!   library's scan function, which reads the counter, `ZRANGE … BYLEX [REV] LIMIT`,
+//!   the values and, for an index, the rows they point at; larger scans: a `MULTI` of
+//!   `GET {ns}:c` and the `ZRANGE`, then `MGET`s of the values): the range actually read (up to the last key when the limit cut it
 //!   short). A scan of at most `exact_scan_keys` keys records each key's version and
 //!   the range's count (exact: only a real change of what it read fails the commit),
 //!   while the transaction has recorded fewer than 65,536 keys; a larger one records the commit counter read with the range, and the commit checks
@@ -45,7 +47,9 @@
 //! transaction.
 //!
 //! A transaction without writes is validated with `FCALL_RO` (one round trip, no
-//! writes), or not at all when it read nothing. Every key the function touches is in
+//! writes), or not at all when one atomic round trip served every read (a point read,
+//! a get of many keys, an index range of up to 4,096 rows): it saw one state at one
+//! point of the server's serial order. Every key the function touches is in
 //! its `KEYS`, and every key shares the namespace's hash tag (one cluster slot).
 
 use crate::config::{MAX_TXN_ENTRIES, RedisOptions};
@@ -64,6 +68,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) const LIBRARY: &str = include_str!("library.lua");
 const COMMIT_FN: &str = "dl_v1_commit";
 const VALIDATE_FN: &str = "dl_v1_validate";
+const SCAN_FN: &str = "dl_v1_scan";
+/// Largest `limit` a scan serves in one atomic `FCALL_RO` of [`SCAN_FN`] (range and
+/// values, and targets); larger ones take the two-step path (`ZRANGE`, then `MGET`s),
+/// so that no single call blocks the server for long.
+const ONE_TRIP_SCAN: usize = 4096;
 /// Keys per `MGET`.
 const MGET_CHUNK: usize = 512;
 /// Keys a transaction records one by one for exact validation before its further
@@ -556,6 +565,59 @@ impl RedisTxn {
         self.scans.push(rec);
     }
 
+    /// Records what a scan of `[start, end)` read (the counter `seen` with it, the
+    /// `members` found, in scan order, and their stored `values`) for validation at
+    /// commit, and returns the entries. A member whose value is gone or newer than
+    /// `seen` is a `Conflict` (only the two-step path can see one).
+    #[allow(clippy::too_many_arguments)]
+    fn absorb_scan(
+        &mut self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+        seen: u64,
+        members: Vec<Vec<u8>>,
+        values: Vec<Option<Vec<u8>>>,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        // The range actually read: up to the last key when the limit cut it short.
+        let full = members.len() == limit;
+        let (lo, hi) = match (members.last(), full, reverse) {
+            (Some(l), true, false) => (start, Bound::Included(l.as_slice())),
+            (Some(l), true, true) => (Bound::Included(l.as_slice()), end),
+            _ => (start, end),
+        };
+        let exact = members.len() <= self.kv.inner.opts.exact_scan_keys
+            && self.reads.len() + members.len() <= EXACT_READS_BUDGET;
+        if exact {
+            // Every key seen is recorded with its version below; the count of the
+            // range makes sure no key joined it.
+            let n = members.len() as u64;
+            self.counts.push((lex(lo, b"-"), lex(hi, b"+"), n));
+        } else {
+            self.record_scan(lo, hi, seen);
+        }
+        let mut out = Vec::with_capacity(members.len());
+        for (k, v) in members.into_iter().zip(values) {
+            let Some(stored) = v else {
+                return Err(Error::conflict(
+                    "redis: a key of the scanned range was deleted during the scan",
+                ));
+            };
+            let (ver, value) = split(stored, &k)?;
+            if exact {
+                let dkey = self.kv.inner.keys.data(&k);
+                self.record(dkey, ver)?;
+            } else if version_u64(&ver) > seen {
+                return Err(Error::conflict(
+                    "redis: a key of the scanned range changed during the scan",
+                ));
+            }
+            out.push((k, value));
+        }
+        Ok(out)
+    }
+
     /// `MGET`s of the data keys `dkeys`, chunked, `pipeline_depth` commands per atomic
     /// round trip; `None` for a missing key.
     async fn mget(&mut self, dkeys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -654,9 +716,16 @@ impl RedisTxn {
         for b in &buckets {
             cmd.arg(*b);
         }
-        match cmd.query_async::<Value>(&mut self.conn).await {
+        self.call(&cmd).await
+    }
+
+    /// Sends `cmd` (an `FCALL` of the library); loads the library again once if the
+    /// server has lost it (a restart without persistence, `FUNCTION FLUSH`) and
+    /// resends.
+    async fn call<T: redis::FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match cmd.query_async::<T>(&mut self.conn).await {
             Err(e) if is_function_missing(&e) => {
-                load_library(&mut self.conn, &inner.addr)
+                load_library(&mut self.conn, &self.kv.inner.addr)
                     .await
                     .map_err(|le| {
                         redis::RedisError::from((
@@ -665,10 +734,45 @@ impl RedisTxn {
                             le.to_string(),
                         ))
                     })?;
-                cmd.query_async::<Value>(&mut self.conn).await
+                cmd.query_async::<T>(&mut self.conn).await
             }
             r => r,
         }
+    }
+
+    /// One atomic `FCALL_RO` of [`SCAN_FN`]: the commit counter, up to `limit`
+    /// members of the range with their stored values and, with a `target_prefix`,
+    /// the stored values their values point at.
+    #[allow(clippy::type_complexity)]
+    async fn scan_call(
+        &mut self,
+        min: &[u8],
+        max: &[u8],
+        limit: usize,
+        reverse: bool,
+        target_prefix: &[u8],
+    ) -> Result<(
+        u64,
+        Vec<Vec<u8>>,
+        Vec<Option<Vec<u8>>>,
+        Vec<Option<Vec<u8>>>,
+    )> {
+        let k = &self.kv.inner.keys;
+        let mut cmd = Cmd::new();
+        cmd.arg("FCALL_RO")
+            .arg(SCAN_FN)
+            .arg(2)
+            .arg(&k.counter)
+            .arg(&k.zkeys)
+            .arg(min)
+            .arg(max)
+            .arg(limit)
+            .arg(if reverse { "1" } else { "0" })
+            .arg(&k.data_prefix)
+            .arg(target_prefix);
+        let r = self.call(&cmd).await.map_err(|e| self.err(e))?;
+        self.round_trips += 1;
+        Ok(r)
     }
 }
 
@@ -719,9 +823,11 @@ impl KvTxn for RedisTxn {
         Ok(out)
     }
 
-    /// `MULTI` of `GET {ns}:c` and `ZRANGE {ns}:k … BYLEX [REV] LIMIT 0 n`, then the
-    /// values with `MGET`. A key whose value is gone or newer than the counter read
-    /// fails the scan with `Conflict` at once (the commit could not validate).
+    /// Up to [`ONE_TRIP_SCAN`] entries: one atomic `FCALL_RO` of the library's scan
+    /// function (counter, range and values). More: a `MULTI` of `GET {ns}:c` and
+    /// `ZRANGE {ns}:k … BYLEX [REV] LIMIT 0 n`, then the values with `MGET`; a key
+    /// whose value is gone or newer than the counter read fails the scan with
+    /// `Conflict` at once (the commit could not validate).
     async fn scan(
         &mut self,
         start: Bound<&[u8]>,
@@ -733,6 +839,11 @@ impl KvTxn for RedisTxn {
             return Ok(Vec::new());
         }
         let (min, max) = (lex(start, b"-"), lex(end, b"+"));
+        if limit <= ONE_TRIP_SCAN {
+            let (seen, members, values, _) =
+                self.scan_call(&min, &max, limit, reverse, b"").await?;
+            return self.absorb_scan(start, end, limit, reverse, seen, members, values);
+        }
         let mut p = redis::pipe();
         p.atomic().cmd("GET").arg(&self.kv.inner.keys.counter);
         let z = p.cmd("ZRANGE").arg(&self.kv.inner.keys.zkeys);
@@ -748,45 +859,60 @@ impl KvTxn for RedisTxn {
             .await
             .map_err(|e| self.err(e))?;
         self.round_trips += 1;
-        let seen = seen.unwrap_or(0);
-        // The range actually read: up to the last key when the limit cut it short.
-        let full = members.len() == limit;
-        let (lo, hi) = match (members.last(), full, reverse) {
-            (Some(l), true, false) => (start, Bound::Included(l.as_slice())),
-            (Some(l), true, true) => (Bound::Included(l.as_slice()), end),
-            _ => (start, end),
-        };
-        let exact = members.len() <= self.kv.inner.opts.exact_scan_keys
-            && self.reads.len() + members.len() <= EXACT_READS_BUDGET;
-        if exact {
-            // Every key seen is recorded with its version below; the count of the
-            // range makes sure no key joined it.
-            let n = members.len() as u64;
-            self.counts.push((lex(lo, b"-"), lex(hi, b"+"), n));
-        } else {
-            self.record_scan(lo, hi, seen);
-        }
-        if members.is_empty() {
-            return Ok(Vec::new());
-        }
         let dkeys: Vec<Vec<u8>> = members.iter().map(|k| self.kv.inner.keys.data(k)).collect();
-        let values = self.mget(&dkeys).await?;
-        let mut out = Vec::with_capacity(members.len());
-        for ((k, dkey), v) in members.into_iter().zip(dkeys).zip(values) {
-            let Some(stored) = v else {
-                return Err(Error::conflict(
-                    "redis: a key of the scanned range was deleted during the scan",
-                ));
+        let values = if dkeys.is_empty() {
+            Vec::new()
+        } else {
+            self.mget(&dkeys).await?
+        };
+        self.absorb_scan(
+            start,
+            end,
+            limit,
+            reverse,
+            seen.unwrap_or(0),
+            members,
+            values,
+        )
+    }
+
+    /// Up to [`ONE_TRIP_SCAN`] entries with a non-empty `target_prefix`: range, values
+    /// and targets in one atomic `FCALL_RO` of the library's scan function (so that a
+    /// read-only transaction served by it commits without validation). Otherwise a
+    /// scan and an `MGET` of the targets.
+    async fn scan_with_targets(
+        &mut self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+        target_prefix: &[u8],
+    ) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+        if limit == 0 || limit > ONE_TRIP_SCAN || target_prefix.is_empty() {
+            let entries = self.scan(start, end, limit, reverse).await?;
+            return datalayer_kv::join_targets(self, entries, target_prefix).await;
+        }
+        let (min, max) = (lex(start, b"-"), lex(end, b"+"));
+        let (seen, members, values, targets) = self
+            .scan_call(&min, &max, limit, reverse, target_prefix)
+            .await?;
+        let entries = self.absorb_scan(start, end, limit, reverse, seen, members, values)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for ((k, v), t) in entries.into_iter().zip(targets) {
+            let tkey = [target_prefix, &v].concat();
+            let dkey = self.kv.inner.keys.data(&tkey);
+            let t = match t {
+                None => {
+                    self.record(dkey, Vec::new())?;
+                    None
+                }
+                Some(stored) => {
+                    let (ver, value) = split(stored, &tkey)?;
+                    self.record(dkey, ver)?;
+                    Some(value)
+                }
             };
-            let (ver, value) = split(stored, &k)?;
-            if exact {
-                self.record(dkey, ver)?;
-            } else if version_u64(&ver) > seen {
-                return Err(Error::conflict(
-                    "redis: a key of the scanned range changed during the scan",
-                ));
-            }
-            out.push((k, value));
+            out.push((k, v, t));
         }
         Ok(out)
     }
@@ -832,12 +958,12 @@ impl KvTxn for RedisTxn {
             )));
         }
         if writes.is_empty() {
-            if self.reads.is_empty() && self.scans.is_empty() && self.counts.is_empty() {
+            // Nothing read, or every read served by one atomic round trip: the
+            // transaction saw one state at one point of the server's serial order and
+            // is serialized there (the KvTxn contract's exception); nothing to check.
+            if self.round_trips <= 1 {
                 return Ok(());
             }
-            // Validated even when one atomic reply served every read (which would be
-            // serializable as it is): the KvStore contract asks every read of a store
-            // without snapshot reads to be validated at commit.
             return self
                 .fcall(VALIDATE_FN, &writes)
                 .await

@@ -103,7 +103,65 @@ local function commit(keys, args)
   return c
 end
 
+-- One atomic read of a range: KEYS 1 the commit counter, 2 the sorted set of every key;
+-- ARGV 1 min, 2 max (ZRANGE BYLEX bounds), 3 limit, 4 '1' = reverse, 5 data-key
+-- prefix, 6 target prefix ('' = no targets). Returns {counter, members, values,
+-- targets}: the values of the members' data keys (version .. value) and, with a
+-- target prefix, the values of the data keys prefix .. target prefix .. (value
+-- without its version). Those data keys are not in KEYS: they are built from members
+-- of KEYS[2] and share the namespace's hash tag, so they live in the slot of the
+-- declared keys. O(limit).
+local function scan(keys, args)
+  local c = tonumber(redis.call('GET', keys[1]) or '0')
+  local members
+  if args[4] == '1' then
+    members = redis.call('ZRANGE', keys[2], args[2], args[1], 'BYLEX', 'REV', 'LIMIT', 0, args[3])
+  else
+    members = redis.call('ZRANGE', keys[2], args[1], args[2], 'BYLEX', 'LIMIT', 0, args[3])
+  end
+  local n = #members
+  local dp = args[5]
+  local values = {}
+  for s = 1, n, 1000 do
+    local e = math.min(s + 999, n)
+    local dk = {}
+    for i = s, e do
+      dk[#dk + 1] = dp .. members[i]
+    end
+    local vs = redis.call('MGET', unpack(dk))
+    for i = 1, #dk do
+      values[s + i - 1] = vs[i]
+    end
+  end
+  local targets = {}
+  if args[6] ~= '' then
+    local tp = dp .. args[6]
+    for s = 1, n, 1000 do
+      local e = math.min(s + 999, n)
+      local tk = {}
+      for i = s, e do
+        local v = values[i]
+        if v then
+          tk[#tk + 1] = tp .. string.sub(v, 9)
+        else
+          tk[#tk + 1] = tp
+        end
+      end
+      local vs = redis.call('MGET', unpack(tk))
+      for i = 1, #tk do
+        if values[s + i - 1] then
+          targets[s + i - 1] = vs[i]
+        else
+          targets[s + i - 1] = false
+        end
+      end
+    end
+  end
+  return {c, members, values, targets}
+end
+
 redis.register_function{function_name = 'dl_v1_commit', callback = commit}
+redis.register_function{function_name = 'dl_v1_scan', callback = scan, flags = {'no-writes'}}
 redis.register_function{
   function_name = 'dl_v1_validate',
   callback = function(keys, args)

@@ -114,7 +114,60 @@ async fn limited_scans_validate_what_they_read() {
         .await
         .unwrap();
     put(s, &[("a45", "x")]).await;
+    // A second read: a transaction served by one atomic read commits unvalidated.
+    t.get(b"zz").await.unwrap();
     let e = t.commit(Vec::new()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+}
+
+/// A read-only transaction whose reads one atomic call served (a `get`, a scan of up to
+/// 4,096 keys, a scan with its targets) saw one state and commits without validation,
+/// even when what it read changed afterwards; with a second read it is validated.
+#[tokio::test]
+async fn one_atomic_read_needs_no_validation() {
+    let (engine, _g) = fresh("").await;
+    let s = engine.store().as_ref();
+    put(s, &[("i1", "x"), ("i2", "y"), ("r:x", "X"), ("r:y", "Y")]).await;
+    let mut t = s.begin(rw()).await.unwrap();
+    let got = t
+        .scan_with_targets(
+            Bound::Included(b"i"),
+            Bound::Excluded(b"j"),
+            100,
+            false,
+            b"r:",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            (b("i1"), b("x"), Some(b("X"))),
+            (b("i2"), b("y"), Some(b("Y")))
+        ]
+    );
+    put(s, &[("r:y", "Y2"), ("i3", "x")]).await;
+    t.commit(Vec::new()).await.unwrap();
+    // The same with a second read: the target changed, so the commit fails.
+    let mut t = s.begin(rw()).await.unwrap();
+    t.scan_with_targets(
+        Bound::Included(b"i"),
+        Bound::Excluded(b"j"),
+        100,
+        false,
+        b"r:",
+    )
+    .await
+    .unwrap();
+    put(s, &[("r:y", "Y3")]).await;
+    t.get(b"zz").await.unwrap();
+    let e = t.commit(Vec::new()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    // With writes, one read is validated all the same.
+    let mut t = s.begin(rw()).await.unwrap();
+    t.get(b"i1").await.unwrap();
+    put(s, &[("i1", "z")]).await;
+    let e = t.commit(vec![(b("w"), Some(b("1")))]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
 }
 
