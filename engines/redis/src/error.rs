@@ -4,7 +4,9 @@
 //! |---------------------------------------------------------------|------------------------|
 //! | I/O: connection refused, reset, closed, broken pipe           | `ConnectionLost` (retryable) |
 //! | I/O timeout (no reply within `response_timeout`)              | `Timeout` (retryable)  |
-//! | `READONLY` (the server is a replica), `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN` | `ConnectionLost` (retryable) |
+//! | TLS: the server's certificate refused (`rediss://`)           | `Engine`, code `TLS`, naming `ca_file=` |
+//! | `READONLY` (the server is a replica), `LOADING`, `MASTERDOWN` | `ConnectionLost` (retryable) |
+//! | Redis Cluster: `CLUSTERDOWN`, `TRYAGAIN`, `MOVED`/`ASK` still returned after redis-rs' own redirections and retries, no connection to the slot's node | `ConnectionLost` (retryable) |
 //! | `BUSY` (a script or function is running past `busy-reply-threshold`) | `Timeout`, code `BUSY` (retryable) |
 //! | `OOM` (`used_memory` over `maxmemory`)                        | `Engine`, code `OOM`, naming `maxmemory` |
 //! | `CROSSSLOT`                                                   | `InvalidInput`         |
@@ -41,6 +43,13 @@ pub(crate) fn map_error(e: RedisError, addr: &str) -> Error {
             ErrorKind::Timeout,
             format!("{msg} (no reply within the response timeout)"),
         ),
+        _ if e.is_io_error() && msg.contains("certificate") => Error::engine(
+            "TLS",
+            format!(
+                "{msg} (TLS: the server's certificate was refused; trust its CA with the URL \
+                 parameter ca_file=/path/to/ca.pem)"
+            ),
+        ),
         _ if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
             Error::connection_lost(msg)
         }
@@ -56,9 +65,17 @@ pub(crate) fn map_error(e: RedisError, addr: &str) -> Error {
         (RK::Server(SK::ReadOnly), _) => Error::connection_lost(format!(
             "{msg} (the server is a read-only replica; connect to the primary)"
         )),
-        (RK::Server(SK::BusyLoading | SK::MasterDown | SK::ClusterDown | SK::TryAgain), _) => {
-            Error::connection_lost(msg)
-        }
+        (RK::Server(SK::BusyLoading | SK::MasterDown), _) => Error::connection_lost(msg),
+        // Redis Cluster: redis-rs follows MOVED/ASK and retries TRYAGAIN/CLUSTERDOWN
+        // itself; one that is still returned after its retries means the cluster is
+        // resharding or failing over (or lost quorum): retryable.
+        (
+            RK::Server(SK::ClusterDown | SK::TryAgain | SK::Moved | SK::Ask)
+            | RK::ClusterConnectionNotFound,
+            _,
+        ) => Error::connection_lost(format!(
+            "{msg} (the Redis Cluster is resharding, failing over or down; retry)"
+        )),
         (_, Some("BUSY")) => Error::new(
             ErrorKind::Timeout,
             format!("{msg} (a script or function is running on the server; retry later)"),
@@ -123,6 +140,19 @@ mod tests {
             a,
         );
         assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+        for c in [
+            "CLUSTERDOWN The cluster is down",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+        ] {
+            let (code, detail) = c.split_once(' ').unwrap();
+            let e = map_error(server(code, detail), a);
+            assert!(
+                e.kind() == ErrorKind::ConnectionLost && e.is_retryable(),
+                "{c}: {e}"
+            );
+        }
         let e = map_error(server(CONFLICT_CODE, "read key 1 changed"), a);
         assert!(e.is_conflict() && e.is_retryable(), "{e}");
         let e = map_error(server("WRONGTYPE", "Operation against a key"), a);
@@ -130,6 +160,15 @@ mod tests {
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         let e = map_error(io, a);
         assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+        let tls = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        let t = map_error(tls, a);
+        assert!(
+            t.code() == Some("TLS") && !t.is_retryable() && t.message().contains("ca_file"),
+            "{t}"
+        );
         assert!(e.at_commit().is_commit_unknown());
     }
 }
