@@ -15,6 +15,16 @@
 //!
 //! Commands without a key that must reach the namespace's node (`SCAN`, `CONFIG GET`,
 //! `WAITAOF`) go through [`Conn::query_at`].
+//!
+//! **The commit is sent once.** redis-rs' cluster client sends a command again after a
+//! lost connection or a response timeout, which is harmless for reads but not for the
+//! commit `FCALL`: the first call may have been applied, and the second would then
+//! fail its validation and report `Conflict` ("not applied, retry") for a commit that
+//! happened. So an `FCALL` goes through a second cluster connection built with no
+//! retries: a lost connection or a timeout is reported (the engine makes it
+//! `CommitUnknown`), and a `MOVED` (the server did not run the call) is followed once
+//! by sending the call to the node it names. Other redirections and cluster errors
+//! are reported as they are (retryable `ConnectionLost`, the call did not run).
 
 use crate::config::RedisOptions;
 use crate::error::map_error;
@@ -32,14 +42,44 @@ pub(crate) enum Conn {
     /// One server.
     Single(ConnectionManager),
     /// A Redis Cluster.
-    Cluster(ClusterConnection),
+    Cluster {
+        /// Every command but `FCALL`: redirections, retries and reconnection by
+        /// redis-rs.
+        conn: ClusterConnection,
+        /// `FCALL` (the commit): never sent twice by the client.
+        once: ClusterConnection,
+    },
+}
+
+/// Whether `cmd` is an `FCALL` (a commit: not to be repeated blindly).
+fn is_fcall(cmd: &Cmd) -> bool {
+    matches!(cmd.args_iter().next(), Some(redis::Arg::Simple(name)) if name.eq_ignore_ascii_case(b"FCALL"))
+}
+
+/// Sends `cmd` (an `FCALL`) through `once` by the slot of its first key; after a
+/// `MOVED` (the call did not run) sends it once more, to the node the error names.
+async fn fcall_once(once: &mut ClusterConnection, cmd: &Cmd) -> RedisResult<Value> {
+    match once.req_packed_command(cmd).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Moved) => {
+            let Some((host, port)) = e
+                .redirect_node()
+                .and_then(|(addr, _slot)| addr.rsplit_once(':'))
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            else {
+                return Err(e);
+            };
+            let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+            once.route_command(cmd.clone(), to).await
+        }
+        r => r,
+    }
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Conn::Single(c) => f.debug_tuple("Single").field(c).finish(),
-            Conn::Cluster(_) => f.write_str("Cluster"),
+            Conn::Cluster { .. } => f.write_str("Cluster"),
         }
     }
 }
@@ -48,7 +88,8 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster { once, .. } if is_fcall(cmd) => Box::pin(fcall_once(once, cmd)),
+            Conn::Cluster { conn, .. } => conn.req_packed_command(cmd),
         }
     }
 
@@ -60,14 +101,17 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster { once, .. } if pipeline.cmd_iter().any(is_fcall) => {
+                once.req_packed_commands(pipeline, offset, count)
+            }
+            Conn::Cluster { conn, .. } => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster { conn, .. } => conn.get_db(),
         }
     }
 }
@@ -83,7 +127,7 @@ impl Conn {
     ) -> RedisResult<T> {
         match self {
             Conn::Single(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => {
+            Conn::Cluster { conn: c, .. } => {
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                     Route::with_key(key, SlotAddr::Master),
                 ));
@@ -141,22 +185,29 @@ pub(crate) async fn connect(opts: &RedisOptions, addr: &str) -> Result<Vec<Conn>
             .iter()
             .map(|(h, p)| opts.node_url(h, *p))
             .collect();
-        #[allow(unused_mut)]
-        let mut b = ClusterClientBuilder::new(urls)
-            .connection_timeout(opts.connect_timeout)
-            .response_timeout(opts.response_timeout)
-            .retries(6);
-        #[cfg(feature = "tls")]
-        if let Some(certs) = tls_certs(opts)? {
-            b = b.certs(certs);
-        }
-        let client = b.build().map_err(|e| bad_settings(addr, e))?;
+        let build = |retries: u32| {
+            #[allow(unused_mut)]
+            let mut b = ClusterClientBuilder::new(urls.clone())
+                .connection_timeout(opts.connect_timeout)
+                .response_timeout(opts.response_timeout)
+                .retries(retries);
+            #[cfg(feature = "tls")]
+            if let Some(certs) = tls_certs(opts)? {
+                b = b.certs(certs);
+            }
+            b.build().map_err(|e| bad_settings(addr, e))
+        };
+        let (client, once_client) = (build(6)?, build(0)?);
         for _ in 0..opts.pool_size {
-            let c = client
+            let conn = client
                 .get_async_connection()
                 .await
                 .map_err(|e| map_error(e, addr))?;
-            conns.push(Conn::Cluster(c));
+            let once = once_client
+                .get_async_connection()
+                .await
+                .map_err(|e| map_error(e, addr))?;
+            conns.push(Conn::Cluster { conn, once });
         }
     } else {
         let client = client(opts, &opts.host, opts.port)?;

@@ -18,7 +18,9 @@
 //!   another; the function library is on every primary, and is loaded again after a
 //!   primary lost it; `destroy_namespace` removes the keys on the namespace's node; an
 //!   idle outbox consumer wakes on a commit on another node; `Db` opens
-//!   `redis+cluster://` URLs; the persistence settings are read.
+//!   `redis+cluster://` URLs; the persistence settings are read; a commit that timed
+//!   out is `CommitUnknown` and applied once (never sent twice); a commit follows a
+//!   `MOVED` after its slot moved. The fault cases start clusters of their own.
 
 use async_trait::async_trait;
 use datalayer_conformance::{Namespace, Target};
@@ -69,9 +71,9 @@ fn cli(port: u16, args: &[&str]) -> Result<String, String> {
 }
 
 impl Cluster {
-    /// Starts three nodes, joins them and waits until every node reports
-    /// `cluster_state:ok` and knows the other two.
-    fn start() -> Result<Cluster, String> {
+    /// Starts three nodes (with `extra` server options), joins them and waits until
+    /// every node reports `cluster_state:ok` and knows the other two.
+    fn start(extra: &[&str]) -> Result<Cluster, String> {
         let mut c = Cluster {
             ports: Vec::new(),
             children: Vec::new(),
@@ -91,6 +93,7 @@ impl Cluster {
                 .args(["--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", "2000"])
                 .args(["--appendonly", "no", "--save", ""])
+                .args(extra)
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
@@ -306,7 +309,7 @@ fn read_through_another_node(c: &Cluster) {
 /// primary) when the namespace's node has lost it. On a cluster of its own: on the
 /// shared one, another case's connect could load the library again first.
 fn function_on_every_primary(_: &Cluster) {
-    let c = &Cluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let c = &Cluster::start(&[]).unwrap_or_else(|e| panic!("{e}"));
     rt().block_on(async {
         let n = ns();
         let url = c.url(&c.ports[1..2], &format!("namespace={n}"));
@@ -337,6 +340,219 @@ fn function_on_every_primary(_: &Cluster) {
         d.close().await.unwrap();
         datalayer_redis::destroy_namespace(&opts).await.unwrap();
     });
+}
+
+/// A commit whose reply does not come within the response timeout is `CommitUnknown`,
+/// and is applied once: the cluster client does not send the `FCALL` again (a second
+/// call would fail validation and report `Conflict` for a commit that happened). The
+/// namespace's node is made to stall with `DEBUG SLEEP` after the transaction's reads.
+/// On a cluster of its own.
+fn commit_timeout_is_unknown_not_conflict(_: &Cluster) {
+    let c = &Cluster::start(&[
+        "--enable-debug-command",
+        "local",
+        "--cluster-node-timeout",
+        "10000",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    rt().block_on(async {
+        use datalayer_conformance::model::User;
+        let n = ns();
+        let owner = c.owner(&n);
+        let url = c.url(
+            &c.ports,
+            &format!("namespace={n}&pool_size=1&response_timeout_ms=400"),
+        );
+        let d = db(&url).await;
+        let tx = d.begin().await.unwrap();
+        tx.repo::<User>().insert(&User::sample(1)).await.unwrap();
+        let sleeper = std::thread::spawn(move || cli(owner, &["DEBUG", "SLEEP", "1.5"]));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let e = tx.commit().await.expect_err("the commit must time out");
+        assert!(e.is_commit_unknown(), "want CommitUnknown, got {e}");
+        sleeper.join().unwrap().unwrap();
+        // Applied once, after the node woke up.
+        assert_eq!(
+            d.repo::<User>().get(1i64).await.unwrap(),
+            Some(User::sample(1))
+        );
+        assert_eq!(d.repo::<User>().count().await.unwrap(), 1);
+        d.close().await.unwrap();
+    });
+}
+
+/// A commit whose connection is closed after the server applied it, before the reply
+/// reached the client, is `CommitUnknown`, never `Conflict`: the cluster client must
+/// not send the `FCALL` again on a new connection (that second call would fail its
+/// validation). The node stalls with `DEBUG SLEEP` while the commit and then a
+/// `CLIENT KILL TYPE normal` queue up behind it; when it wakes it runs the commit,
+/// then closes the engine's connections before the reply is written. On a cluster of
+/// its own.
+fn commit_not_sent_twice_after_connection_loss(_: &Cluster) {
+    let c = &Cluster::start(&[
+        "--enable-debug-command",
+        "local",
+        "--cluster-node-timeout",
+        "10000",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    rt().block_on(async {
+        use datalayer_conformance::model::User;
+        let n = ns();
+        let owner = c.owner(&n);
+        let url = c.url(&c.ports, &format!("namespace={n}&pool_size=1"));
+        let d = db(&url).await;
+        let tx = d.begin().await.unwrap();
+        tx.repo::<User>().insert(&User::sample(3)).await.unwrap();
+        // The killer's connection is accepted before the node stalls (a stalled node
+        // accepts nothing), and its command is written while the node sleeps, after the
+        // commit's: when the node wakes, both are read in one event-loop turn, the
+        // commit first, and its reply is still unwritten when the kill runs.
+        use std::io::{Read, Write};
+        let mut killer = std::net::TcpStream::connect(("127.0.0.1", owner)).unwrap();
+        killer.write_all(b"PING\r\n").unwrap();
+        let mut pong = [0u8; 7];
+        killer.read_exact(&mut pong).unwrap();
+        let sleeper = std::thread::spawn(move || cli(owner, &["DEBUG", "SLEEP", "1.5"]));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let commit = tokio::spawn(tx.commit());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        killer
+            .write_all(b"CLIENT KILL TYPE normal SKIPME yes\r\n")
+            .unwrap();
+        let r = commit.await.unwrap();
+        sleeper.join().unwrap().unwrap();
+        let mut killed = [0u8; 16];
+        let k = killer.read(&mut killed).unwrap();
+        assert!(
+            killed[..k].starts_with(b":"),
+            "CLIENT KILL: {:?}",
+            &killed[..k]
+        );
+        // (Ok only if the reply got out before the kill.)
+        if let Err(e) = r {
+            assert!(e.is_commit_unknown(), "want CommitUnknown, got {e}");
+        }
+        // The commit ran (it was queued before the kill), and only once.
+        assert_eq!(
+            d.repo::<User>().get(3i64).await.unwrap(),
+            Some(User::sample(3))
+        );
+        d.close().await.unwrap();
+    });
+}
+
+/// A commit sent to a node that no longer owns the namespace's slot (the slot moved
+/// after the engine learnt the slot map) follows the `MOVED` and is applied on the new
+/// owner. On a cluster of its own.
+fn commit_follows_moved(_: &Cluster) {
+    let c = &Cluster::start(&[]).unwrap_or_else(|e| panic!("{e}"));
+    rt().block_on(async {
+        use datalayer_conformance::model::User;
+        let n = ns();
+        let from = c.owner(&n);
+        let to = *c.ports.iter().find(|p| **p != from).unwrap();
+        let url = c.url(&c.ports, &format!("namespace={n}&pool_size=1"));
+        let d = db(&url).await;
+        let tx = d.begin().await.unwrap();
+        tx.repo::<User>().insert(&User::sample(5)).await.unwrap();
+        // Reshard the namespace's slot (with its catalog keys) to `to`, as the
+        // cluster specification describes: IMPORTING/MIGRATING, MIGRATE every key,
+        // then SETSLOT NODE on the target, the source and the others.
+        move_slot(c, &n, from, to).await;
+        assert_eq!(c.owner(&n), to);
+        tx.commit().await.unwrap();
+        let keys = cli(to, &["--scan", "--pattern", &format!("{{{n}}}*")]).unwrap();
+        assert!(keys.lines().count() >= 3, "keys on the new owner: {keys}");
+        assert_eq!(
+            d.repo::<User>().get(5i64).await.unwrap(),
+            Some(User::sample(5))
+        );
+        d.close().await.unwrap();
+    });
+}
+
+/// Moves namespace `ns`' slot, keys included, from node `from` to node `to`.
+async fn move_slot(c: &Cluster, ns: &str, from: u16, to: u16) {
+    async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+    async fn q<T: redis::FromRedisValue>(
+        conn: &mut redis::aio::MultiplexedConnection,
+        cmd: &mut redis::Cmd,
+    ) -> T {
+        cmd.query_async(conn).await.unwrap()
+    }
+    let (mut src, mut dst) = (node(from).await, node(to).await);
+    let slot: u16 = q(
+        &mut src,
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("{{{ns}}}:c")),
+    )
+    .await;
+    let src_id: String = q(&mut src, redis::cmd("CLUSTER").arg("MYID")).await;
+    let dst_id: String = q(&mut dst, redis::cmd("CLUSTER").arg("MYID")).await;
+    let _: () = q(
+        &mut dst,
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&src_id),
+    )
+    .await;
+    let _: () = q(
+        &mut src,
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&dst_id),
+    )
+    .await;
+    loop {
+        let keys: Vec<Vec<u8>> = q(
+            &mut src,
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(1000),
+        )
+        .await;
+        if keys.is_empty() {
+            break;
+        }
+        let _: redis::Value = q(
+            &mut src,
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys),
+        )
+        .await;
+    }
+    let mut order = vec![to, from];
+    order.extend(c.ports.iter().filter(|p| **p != to && **p != from));
+    for p in order {
+        let _: () = q(
+            &mut node(p).await,
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&dst_id),
+        )
+        .await;
+    }
 }
 
 /// `Db::builder` opens `redis+cluster://` once the engine is registered.
@@ -433,7 +649,7 @@ fn outbox_wakeup_across_nodes(c: &Cluster) {
 
 fn main() -> std::process::ExitCode {
     let started = Instant::now();
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(&[]);
     let (cluster, down) = match cluster {
         Ok(c) => (Some(Arc::new(c)), None),
         Err(why) => {
@@ -468,7 +684,7 @@ fn main() -> std::process::ExitCode {
         }),
     );
     type Case = fn(&Cluster);
-    let own: [(&str, Case); 4] = [
+    let own: [(&str, Case); 7] = [
         (
             "cluster::read_through_another_node",
             read_through_another_node,
@@ -478,6 +694,15 @@ fn main() -> std::process::ExitCode {
             function_on_every_primary,
         ),
         ("cluster::db_opens_a_cluster_url", db_opens_a_cluster_url),
+        (
+            "cluster::commit_timeout_is_unknown_not_conflict",
+            commit_timeout_is_unknown_not_conflict,
+        ),
+        ("cluster::commit_follows_moved", commit_follows_moved),
+        (
+            "cluster::commit_not_sent_twice_after_connection_loss",
+            commit_not_sent_twice_after_connection_loss,
+        ),
         (
             "cluster::outbox_wakeup_across_nodes",
             outbox_wakeup_across_nodes,
