@@ -27,7 +27,7 @@
 //! are reported as they are (retryable `ConnectionLost`, the call did not run).
 
 use crate::config::RedisOptions;
-use crate::error::map_error;
+use crate::error::{map_cluster_connect_error, map_error};
 use datalayer_core::{Error, Result};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -202,11 +202,11 @@ pub(crate) async fn connect(opts: &RedisOptions, addr: &str) -> Result<Vec<Conn>
             let conn = client
                 .get_async_connection()
                 .await
-                .map_err(|e| map_error(e, addr))?;
+                .map_err(|e| map_cluster_connect_error(e, addr))?;
             let once = once_client
                 .get_async_connection()
                 .await
-                .map_err(|e| map_error(e, addr))?;
+                .map_err(|e| map_cluster_connect_error(e, addr))?;
             conns.push(Conn::Cluster { conn, once });
         }
     } else {

@@ -14,6 +14,9 @@
 //! | `DLCONFLICT` (the commit function's failed validation)        | `Conflict` (retryable) |
 //! | anything else                                                 | `Engine`, with the server's code |
 //!
+//! Opening a Redis Cluster: a seed node without cluster support is `InvalidInput`; a
+//! failed authentication is `Engine` code `AUTH` ([`map_cluster_connect_error`]).
+//!
 //! The error of the call that sent a commit goes through
 //! [`Error::at_commit`]: a broken connection or a client-side timeout there becomes
 //! `CommitUnknown` (the commit may have been applied). A value over
@@ -95,6 +98,37 @@ pub(crate) fn map_error(e: RedisError, addr: &str) -> Error {
         _ => Error::engine(code.unwrap_or_else(|| "redis".into()), msg),
     };
     mapped.with_source(e)
+}
+
+/// Maps the error of opening a Redis Cluster connection. redis-rs reports the failed
+/// initial connections as one I/O error whose text carries the cause, so: a seed that
+/// answers "cluster support disabled" is `InvalidInput` (a single server: use
+/// `redis://`); a failed authentication is `Engine` code `AUTH`; anything else as
+/// [`map_error`].
+pub(crate) fn map_cluster_connect_error(e: RedisError, addr: &str) -> Error {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("cluster support disabled") {
+        return Error::invalid_input(format!(
+            "redis at {addr}: the server is not a Redis Cluster node (cluster support \
+             disabled); open a single server with redis://host:port"
+        ))
+        .with_source(e);
+    }
+    if lower.contains("authentication failed")
+        || lower.contains("wrongpass")
+        || lower.contains("noauth")
+    {
+        return Error::engine(
+            "AUTH",
+            format!(
+                "redis at {addr}: authentication failed ({text}); check the user and password \
+                 of the URL (redis+cluster://user:password@host:port,...)"
+            ),
+        )
+        .with_source(e);
+    }
+    map_error(e, addr)
 }
 
 /// Whether `e` says the engine's function library is missing (a server restart

@@ -20,7 +20,9 @@
 //!   idle outbox consumer wakes on a commit on another node; `Db` opens
 //!   `redis+cluster://` URLs; the persistence settings are read; a commit that timed
 //!   out is `CommitUnknown` and applied once (never sent twice); a commit follows a
-//!   `MOVED` after its slot moved. The fault cases start clusters of their own.
+//!   `MOVED` after its slot moved; opening fails clearly (nothing listening, a seed
+//!   without cluster support, a wrong password). The fault cases start clusters of
+//!   their own.
 
 use async_trait::async_trait;
 use datalayer_conformance::{Namespace, Target};
@@ -555,6 +557,80 @@ async fn move_slot(c: &Cluster, ns: &str, from: u16, to: u16) {
     }
 }
 
+/// Opening fails clearly: no node reachable is `ConnectionLost` (retryable), within
+/// the connect timeout's order of magnitude; a seed that is a server without cluster
+/// support is `InvalidInput`, saying so; a wrong password is `AUTH`.
+fn connect_errors(c: &Cluster) {
+    rt().block_on(async {
+        let started = Instant::now();
+        let url = format!(
+            "redis+cluster://127.0.0.1:{}?namespace=x&connect_timeout_ms=300",
+            free_port()
+        );
+        let e = datalayer_redis::open_url(&url).await.err().unwrap();
+        assert!(
+            e.kind() == datalayer_core::ErrorKind::ConnectionLost && e.is_retryable(),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        // A standalone server of our own (never the shared one).
+        let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("dl-redis-standalone-")
+            .tempdir()
+            .unwrap();
+        let mut standalone = Cluster {
+            ports: vec![port],
+            children: Vec::new(),
+            dirs: Vec::new(),
+        };
+        standalone.children.push(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): {INSTALL}")),
+        );
+        standalone.dirs.push(dir);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no standalone server"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let e = datalayer_redis::open_url(&format!("redis+cluster://127.0.0.1:{port}?namespace=x"))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.is_invalid_input() && e.message().contains("not a Redis Cluster node"),
+            "{e}"
+        );
+        drop(standalone);
+        let url = c
+            .url(&c.ports[..1], "namespace=x")
+            .replace("redis+cluster://", "redis+cluster://:s3cr3tpw@");
+        let e = datalayer_redis::open_url(&url).await.err().unwrap();
+        assert!(
+            e.code() == Some("AUTH") && e.message().contains("authentication failed"),
+            "{e}"
+        );
+        assert!(
+            !e.message().contains("s3cr3tpw"),
+            "the password leaked: {e}"
+        );
+    });
+}
+
 /// `Db::builder` opens `redis+cluster://` once the engine is registered.
 fn db_opens_a_cluster_url(c: &Cluster) {
     rt().block_on(async {
@@ -684,7 +760,8 @@ fn main() -> std::process::ExitCode {
         }),
     );
     type Case = fn(&Cluster);
-    let own: [(&str, Case); 7] = [
+    let own: [(&str, Case); 8] = [
+        ("cluster::connect_errors", connect_errors),
         (
             "cluster::read_through_another_node",
             read_through_another_node,
