@@ -53,11 +53,11 @@
 //! its `KEYS`, and every key shares the namespace's hash tag (one cluster slot).
 
 use crate::config::{MAX_TXN_ENTRIES, RedisOptions};
+use crate::conn::{self, Conn};
 use crate::error::{is_function_missing, map_error};
 use async_trait::async_trait;
 use datalayer_core::{Capability, Error, Result, TxOptions};
 use datalayer_kv::{Bytes, KvCapability, KvEngine, KvStore, KvTxn, WriteSet};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisResult, Value};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -137,8 +137,10 @@ impl Keys {
 struct Inner {
     opts: RedisOptions,
     addr: String,
-    client: redis::Client,
-    conns: Vec<ConnectionManager>,
+    /// Clients of the servers the outbox driver may subscribe on: the server, or the
+    /// cluster's seed nodes (a classic `PUBLISH` reaches every node of a cluster).
+    pubsub: Vec<redis::Client>,
+    conns: Vec<Conn>,
     next: AtomicUsize,
     keys: Keys,
     durability: Durability,
@@ -152,41 +154,38 @@ pub struct RedisKv {
 }
 
 impl RedisKv {
-    /// Connects (`pool_size` multiplexed connections, each a redis-rs
-    /// `ConnectionManager` that reconnects by itself), loads the function library and
-    /// reads the server's persistence settings.
+    /// Connects (`pool_size` multiplexed connections: on one server each a redis-rs
+    /// `ConnectionManager` that reconnects by itself, on a Redis Cluster each a redis-rs
+    /// cluster connection that follows the slot map), loads the function library (on
+    /// every primary of a cluster) and reads the persistence settings of the server
+    /// (on a cluster: of the primary that owns the namespace's slot).
     ///
     /// # Errors
-    /// `InvalidInput` for options that fail [`RedisOptions::validate`];
-    /// `ConnectionLost` when the server cannot be reached (refused, timed out);
+    /// `InvalidInput` for options that fail [`RedisOptions::validate`] (or a `ca_file`
+    /// that cannot be read); `Unsupported` for TLS without the cargo feature `tls`;
+    /// `ConnectionLost` when the server (or no seed node of the cluster) cannot be
+    /// reached (refused, timed out, a cluster whose slots are not all served);
     /// `Engine` with code `AUTH` for a wrong user or password; the server's error when
-    /// the library cannot be loaded (Redis before 7.0 has no Functions).
+    /// the library cannot be loaded (`Unsupported` for Redis before 7.0, which has no
+    /// Functions).
     pub async fn connect(opts: RedisOptions) -> Result<Self> {
         opts.validate()?;
         let addr = opts.address();
-        let client = redis::Client::open(opts.client_url()).map_err(|e| {
-            Error::invalid_input(format!("redis: bad connection settings for {addr}: {e}"))
-        })?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(opts.response_timeout))
-            .set_connection_timeout(Some(opts.connect_timeout))
-            .set_number_of_retries(3);
-        let mut conns = Vec::with_capacity(opts.pool_size);
-        for _ in 0..opts.pool_size {
-            let c = ConnectionManager::new_with_config(client.clone(), cfg.clone())
-                .await
-                .map_err(|e| map_error(e, &addr))?;
-            conns.push(c);
-        }
+        let conns = conn::connect(&opts, &addr).await?;
+        let pubsub = opts
+            .servers()
+            .iter()
+            .map(|(h, p)| conn::client(&opts, h, *p))
+            .collect::<Result<Vec<_>>>()?;
         let keys = Keys::new(&opts.namespace);
         let mut conn = conns[0].clone();
         load_library(&mut conn, &addr).await?;
-        let durability = read_durability(&mut conn).await;
+        let durability = read_durability(&mut conn, &keys.counter).await;
         Ok(RedisKv {
             inner: Arc::new(Inner {
                 opts,
                 addr,
-                client,
+                pubsub,
                 conns,
                 next: AtomicUsize::new(0),
                 keys,
@@ -216,22 +215,23 @@ impl RedisKv {
     /// [`RedisKv::outbox_channel`] instead of polling. The engine hands one to every
     /// consumer by itself (through `Engine::extension`).
     pub fn outbox_driver(&self) -> crate::RedisDriver {
-        crate::outbox::RedisDriver::new(self.inner.client.clone(), self.inner.keys.channel.clone())
+        crate::outbox::RedisDriver::new(self.inner.pubsub.clone(), self.inner.keys.channel.clone())
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.conns.len();
         self.inner.conns[i].clone()
     }
 }
 
-/// `FUNCTION LOAD REPLACE` of [`LIBRARY`].
-async fn load_library(conn: &mut ConnectionManager, addr: &str) -> Result<()> {
+/// `FUNCTION LOAD REPLACE` of [`LIBRARY`]; on a cluster on every primary (redis-rs
+/// routes `FUNCTION LOAD` to all primaries and fails unless every one succeeded).
+async fn load_library(conn: &mut Conn, addr: &str) -> Result<()> {
     redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
         .arg(LIBRARY)
-        .query_async::<String>(conn)
+        .query_async::<Value>(conn)
         .await
         .map(|_| ())
         .map_err(|e| {
@@ -243,19 +243,18 @@ async fn load_library(conn: &mut ConnectionManager, addr: &str) -> Result<()> {
         })
 }
 
-/// `CONFIG GET appendonly` / `appendfsync`; `None`s when refused.
-async fn read_durability(conn: &mut ConnectionManager) -> Durability {
-    async fn get(conn: &mut ConnectionManager, name: &str) -> Option<String> {
-        let v: RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query_async(conn)
+/// `CONFIG GET appendonly` / `appendfsync` on the node that owns `key` (the
+/// namespace's node on a cluster); `None`s when refused.
+async fn read_durability(conn: &mut Conn, key: &[u8]) -> Durability {
+    async fn get(conn: &mut Conn, key: &[u8], name: &str) -> Option<String> {
+        let v: RedisResult<Vec<String>> = conn
+            .query_at(redis::cmd("CONFIG").arg("GET").arg(name), key)
             .await;
         v.ok().and_then(|v| v.into_iter().nth(1))
     }
     Durability {
-        appendonly: get(conn, "appendonly").await.map(|v| v == "yes"),
-        appendfsync: get(conn, "appendfsync").await,
+        appendonly: get(conn, key, "appendonly").await.map(|v| v == "yes"),
+        appendfsync: get(conn, key, "appendfsync").await,
     }
 }
 
@@ -278,19 +277,24 @@ pub async fn open_url(url: &str) -> Result<KvEngine> {
 
 /// Removes every key of `opts.namespace` (`SCAN MATCH {namespace}*` and `UNLINK`, in
 /// batches): the namespace's data, indexes, catalog and change feed. Returns the
-/// number of keys removed. Not atomic: run it when no engine uses the namespace.
+/// number of keys removed. Not atomic: run it when no engine uses the namespace. On a
+/// Redis Cluster the `SCAN` goes to the primary that owns the namespace's hash slot
+/// (every key of the namespace is there); the function library stays loaded.
 ///
 /// # Errors
 /// As [`RedisKv::connect`] for the connection; the server's errors.
 pub async fn destroy_namespace(opts: &RedisOptions) -> Result<u64> {
     opts.validate()?;
     let addr = opts.address();
-    let client = redis::Client::open(opts.client_url())
-        .map_err(|e| Error::invalid_input(format!("redis: bad settings for {addr}: {e}")))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| map_error(e, &addr))?;
+    let one = RedisOptions {
+        pool_size: 1,
+        ..opts.clone()
+    };
+    let mut conn = conn::connect(&one, &addr)
+        .await?
+        .pop()
+        .expect("one connection");
+    let slot_key = Keys::new(&opts.namespace).counter;
     let mut pattern = String::from("\\{");
     for c in opts.namespace.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -302,13 +306,16 @@ pub async fn destroy_namespace(opts: &RedisOptions) -> Result<u64> {
     let mut cursor: u64 = 0;
     let mut removed = 0u64;
     loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
+        let (next, keys): (u64, Vec<Vec<u8>>) = conn
+            .query_at(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000),
+                &slot_key,
+            )
             .await
             .map_err(|e| map_error(e, &addr))?;
         if !keys.is_empty() {
@@ -395,11 +402,11 @@ impl KvStore for RedisKv {
             return Ok(());
         }
         let mut conn = self.conn();
-        let r: RedisResult<Vec<i64>> = redis::cmd("WAITAOF")
-            .arg(1)
-            .arg(0)
-            .arg(10_000)
-            .query_async(&mut conn)
+        let r: RedisResult<Vec<i64>> = conn
+            .query_at(
+                redis::cmd("WAITAOF").arg(1).arg(0).arg(10_000),
+                &self.inner.keys.counter,
+            )
             .await;
         match r {
             Ok(v) if v.first().copied().unwrap_or(0) >= 1 => Ok(()),
@@ -448,7 +455,7 @@ struct ScanRecord {
 
 struct RedisTxn {
     kv: RedisKv,
-    conn: ConnectionManager,
+    conn: Conn,
     read_only: bool,
     /// Data key → the version read (8 bytes), or empty when the key was absent.
     reads: BTreeMap<Vec<u8>, Vec<u8>>,

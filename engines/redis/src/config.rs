@@ -2,6 +2,7 @@
 
 use datalayer_core::{Error, Result};
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The largest value the engine accepts by default, in bytes (16 MiB): far below the
@@ -73,6 +74,22 @@ pub struct RedisOptions {
     pub response_timeout: Duration,
     /// How long one connection attempt may take. Default 2 s.
     pub connect_timeout: Duration,
+    /// Redis Cluster seed nodes (`host`, `port`); empty (the default) for one server
+    /// at [`host`](RedisOptions::host):[`port`](RedisOptions::port), which are then
+    /// ignored. With seeds the engine speaks the Redis Cluster protocol
+    /// (redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec) through
+    /// redis-rs' cluster client: it learns the slot map from any reachable seed and
+    /// follows `MOVED`/`ASK` redirections by itself. A namespace lives in one slot
+    /// (its hash tag), so one primary serves it. Only database 0 exists on a cluster.
+    pub cluster_nodes: Vec<(String, u16)>,
+    /// TLS (`rediss://`): every connection is encrypted with rustls and the server's
+    /// certificate is verified against [`tls_ca_file`](RedisOptions::tls_ca_file), or
+    /// the system's root certificates when that is `None`. Needs the crate's cargo
+    /// feature `tls`. Default `false`.
+    pub tls: bool,
+    /// A PEM file of CA certificates to trust for TLS instead of the system's roots
+    /// (URL parameter `ca_file=`, a percent-encoded path). Only with `tls`.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -92,6 +109,9 @@ impl Default for RedisOptions {
             max_txn_bytes: DEFAULT_MAX_TXN_BYTES,
             response_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            cluster_nodes: Vec::new(),
+            tls: false,
+            tls_ca_file: None,
         }
     }
 }
@@ -106,39 +126,56 @@ impl RedisOptions {
         }
     }
 
-    /// Parses a Redis URL:
-    /// `redis://[user:password@]host[:port][/db][?namespace=&pool_size=&pipeline_depth=]`
-    /// plus the engine's own parameters `bucket_prefix_bytes=`, `exact_scan_keys=`,
-    /// `max_value_bytes=`,
-    /// `max_txn_bytes=` (bytes), `response_timeout_ms=`, `connect_timeout_ms=`
-    /// (milliseconds). User and password may be percent-encoded; `redis://:pw@host`
-    /// authenticates the `default` user. `rediss://` (TLS) and `redis+cluster://` are
-    /// not supported yet.
+    /// Parses a Redis URL. The forms:
+    ///
+    /// | URL | server |
+    /// |-----|--------|
+    /// | `redis://[user:password@]host[:port][/db][?params]` | one server (default port 6379, db 0) |
+    /// | `rediss://[user:password@]host[:port][/db][?params]` | one server over TLS (cargo feature `tls`) |
+    /// | `redis+cluster://[user:password@]h1:p1[,h2:p2…][?params]` | a Redis Cluster, through these seed nodes |
+    /// | `rediss+cluster://[user:password@]h1:p1[,h2:p2…][?params]` | a Redis Cluster over TLS (cargo feature `tls`) |
+    ///
+    /// `params`: `namespace=`, `pool_size=`, `pipeline_depth=`, `bucket_prefix_bytes=`,
+    /// `exact_scan_keys=`, `max_value_bytes=`, `max_txn_bytes=` (bytes),
+    /// `response_timeout_ms=`, `connect_timeout_ms=` (milliseconds), and for TLS
+    /// `ca_file=` (a PEM file of CA certificates to trust instead of the system's
+    /// roots, percent-encoded path). User and password may be percent-encoded;
+    /// `redis://:pw@host` authenticates the `default` user; on a cluster the same user
+    /// and password go to every node. A cluster URL names at least one node (any node
+    /// of the cluster: the others are learnt from it) and no database but 0. IPv6
+    /// addresses are written in brackets (`[::1]:7000`).
     ///
     /// # Errors
     /// `InvalidInput` for another scheme, a port or number that does not parse, an
     /// unknown parameter, or options that fail [`RedisOptions::validate`];
-    /// `Unsupported` for `rediss://` and `redis+cluster://`.
+    /// `Unsupported` for `rediss://` and `rediss+cluster://` when the crate is built
+    /// without its `tls` feature (the message names the feature).
     pub fn from_url(url: &str) -> Result<Self> {
-        if url.starts_with("rediss://") {
-            return Err(Error::unsupported("redis", "TLS (rediss:// URLs)"));
-        }
-        if url.starts_with("redis+cluster://") {
-            return Err(Error::unsupported(
-                "redis",
-                "Redis Cluster (redis+cluster:// URLs)",
-            ));
-        }
-        let rest = url.strip_prefix("redis://").ok_or_else(|| {
+        let not_redis = || {
             Error::invalid_input(format!(
-                "not a Redis URL: {:?} (use redis://[user:password@]host:port[/db]?namespace=...)",
+                "not a Redis URL: {:?} (use redis://[user:password@]host:port[/db]?namespace=... \
+                 or redis+cluster://host1:port1,host2:port2?namespace=...)",
                 datalayer_core::redact(url)
             ))
-        })?;
-        let mut o = RedisOptions::default();
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(not_redis)?;
+        let (tls, cluster) = match scheme {
+            "redis" => (false, false),
+            "rediss" => (true, false),
+            "redis+cluster" => (false, true),
+            "rediss+cluster" => (true, true),
+            _ => return Err(not_redis()),
+        };
+        if tls {
+            check_tls_feature()?;
+        }
+        let mut o = RedisOptions {
+            tls,
+            ..RedisOptions::default()
+        };
         let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = main.split_once('/').unwrap_or((main, ""));
-        let hostport = match authority.rsplit_once('@') {
+        let hosts = match authority.rsplit_once('@') {
             Some((auth, hp)) => {
                 let (user, pw) = auth.split_once(':').unwrap_or((auth, ""));
                 if !user.is_empty() {
@@ -151,22 +188,29 @@ impl RedisOptions {
             }
             None => authority,
         };
-        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            // [v6]:port
-            let (h, p) = h
-                .split_once(']')
-                .ok_or_else(|| Error::invalid_input("Redis URL: unclosed [ in the host"))?;
-            (h, p.strip_prefix(':').unwrap_or(""))
+        if cluster {
+            for node in hosts.split(',') {
+                let (host, port) = parse_host_port(node)?;
+                if host.is_empty() {
+                    return Err(Error::invalid_input(format!(
+                        "Redis Cluster URL: empty node in {:?} (use redis+cluster://host1:port1,host2:port2)",
+                        datalayer_core::redact(url)
+                    )));
+                }
+                o.cluster_nodes
+                    .push((host.to_owned(), port.unwrap_or(6379)));
+            }
+            // host/port are not used on a cluster; keep them naming the first seed.
+            o.host.clone_from(&o.cluster_nodes[0].0);
+            o.port = o.cluster_nodes[0].1;
         } else {
-            hostport.rsplit_once(':').unwrap_or((hostport, ""))
-        };
-        if !host.is_empty() {
-            o.host = host.to_owned();
-        }
-        if !port.is_empty() {
-            o.port = port
-                .parse()
-                .map_err(|_| Error::invalid_input(format!("Redis URL: bad port {port:?}")))?;
+            let (host, port) = parse_host_port(hosts)?;
+            if !host.is_empty() {
+                o.host = host.to_owned();
+            }
+            if let Some(port) = port {
+                o.port = port;
+            }
         }
         if !path.is_empty() {
             o.db = path.parse().map_err(|_| {
@@ -191,11 +235,12 @@ impl RedisOptions {
                 "max_txn_bytes" => o.max_txn_bytes = v.parse().map_err(|_| bad())?,
                 "response_timeout_ms" => o.response_timeout = ms(v)?,
                 "connect_timeout_ms" => o.connect_timeout = ms(v)?,
+                "ca_file" => o.tls_ca_file = Some(PathBuf::from(percent_decode(v)?)),
                 _ => {
                     return Err(Error::invalid_input(format!(
                         "unknown Redis URL option {k:?} (known: namespace, pool_size, \
                          pipeline_depth, bucket_prefix_bytes, exact_scan_keys, max_value_bytes, max_txn_bytes, \
-                         response_timeout_ms, connect_timeout_ms)"
+                         response_timeout_ms, connect_timeout_ms, ca_file)"
                     )));
                 }
             }
@@ -210,7 +255,9 @@ impl RedisOptions {
     /// `InvalidInput` for an empty namespace or one with `{`, `}` or whitespace (it is
     /// the hash tag of every key), a zero `pool_size`, `pipeline_depth` or
     /// `bucket_prefix_bytes`, a zero `max_value_bytes`, a `max_txn_bytes` below
-    /// `max_value_bytes`, or a zero timeout.
+    /// `max_value_bytes`, a zero timeout, a database other than 0 on a cluster, or a
+    /// `tls_ca_file` without `tls`; `Unsupported` for `tls` when the crate is built
+    /// without its cargo feature `tls`.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid_input(format!("redis options: {m}")));
         if self.namespace.is_empty()
@@ -239,12 +286,31 @@ impl RedisOptions {
         if self.response_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts must be positive".into());
         }
+        if self.is_cluster() && self.db != 0 {
+            return bad(format!(
+                "a Redis Cluster has only database 0 (got database {})",
+                self.db
+            ));
+        }
+        if self.tls_ca_file.is_some() && !self.tls {
+            return bad("ca_file is for TLS: use a rediss:// URL (or set tls)".into());
+        }
+        if self.tls {
+            check_tls_feature()?;
+        }
         Ok(())
     }
 
-    /// The URL handed to the redis-rs client (no engine parameters), with the
-    /// password: never log it.
-    pub(crate) fn client_url(&self) -> String {
+    /// Whether the options name a Redis Cluster (non-empty
+    /// [`cluster_nodes`](RedisOptions::cluster_nodes)).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
+    }
+
+    /// The URL of one server for the redis-rs client (no engine parameters), with the
+    /// password: never log it. `redis://` or `rediss://`; the database only for a
+    /// single server.
+    pub(crate) fn node_url(&self, host: &str, port: u16) -> String {
         let mut auth = String::new();
         if self.username.is_some() || self.password.is_some() {
             if let Some(u) = &self.username {
@@ -256,18 +322,75 @@ impl RedisOptions {
             }
             auth.push('@');
         }
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
+        let host = if host.contains(':') {
+            format!("[{host}]")
         } else {
-            self.host.clone()
+            host.to_owned()
         };
-        format!("redis://{auth}{host}:{}/{}", self.port, self.db)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{auth}{host}:{port}/{}", self.db)
     }
 
-    /// `host:port/db`, for messages.
-    pub(crate) fn address(&self) -> String {
-        format!("{}:{}/{}", self.host, self.port, self.db)
+    /// [`RedisOptions::node_url`] of the single server.
+    #[cfg(test)]
+    pub(crate) fn client_url(&self) -> String {
+        self.node_url(&self.host, self.port)
     }
+
+    /// The servers to connect to: the cluster's seed nodes, or the single server.
+    pub(crate) fn servers(&self) -> Vec<(String, u16)> {
+        if self.is_cluster() {
+            self.cluster_nodes.clone()
+        } else {
+            vec![(self.host.clone(), self.port)]
+        }
+    }
+
+    /// `host:port/db`, or `cluster host1:port1,host2:port2`, for messages.
+    pub(crate) fn address(&self) -> String {
+        if self.is_cluster() {
+            let nodes: Vec<String> = self
+                .cluster_nodes
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect();
+            format!("cluster {}", nodes.join(","))
+        } else {
+            format!("{}:{}/{}", self.host, self.port, self.db)
+        }
+    }
+}
+
+/// `Unsupported`, naming the cargo feature, when the crate is built without `tls`.
+fn check_tls_feature() -> Result<()> {
+    if cfg!(feature = "tls") {
+        Ok(())
+    } else {
+        Err(Error::unsupported(
+            "redis",
+            "TLS (rediss:// URLs) in this build: enable the cargo feature `tls` of \
+             datalayer-redis (or `redis-tls` of datalayer)",
+        ))
+    }
+}
+
+/// `host[:port]` or `[v6][:port]`: the host (maybe empty) and the port, if any.
+fn parse_host_port(hostport: &str) -> Result<(&str, Option<u16>)> {
+    let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+        let (h, p) = h
+            .split_once(']')
+            .ok_or_else(|| Error::invalid_input("Redis URL: unclosed [ in the host"))?;
+        (h, p.strip_prefix(':').unwrap_or(""))
+    } else {
+        hostport.rsplit_once(':').unwrap_or((hostport, ""))
+    };
+    if port.is_empty() {
+        return Ok((host, None));
+    }
+    let port = port
+        .parse()
+        .map_err(|_| Error::invalid_input(format!("Redis URL: bad port {port:?}")))?;
+    Ok((host, Some(port)))
 }
 
 impl fmt::Debug for RedisOptions {
@@ -287,6 +410,9 @@ impl fmt::Debug for RedisOptions {
             .field("max_txn_bytes", &self.max_txn_bytes)
             .field("response_timeout_ms", &self.response_timeout.as_millis())
             .field("connect_timeout_ms", &self.connect_timeout.as_millis())
+            .field("cluster_nodes", &self.cluster_nodes)
+            .field("tls", &self.tls)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -386,9 +512,75 @@ mod tests {
             let e = RedisOptions::from_url(bad).unwrap_err();
             assert!(e.is_invalid_input(), "{bad}: {e}");
         }
-        for unsupported in ["rediss://h:1", "redis+cluster://a:1,b:2?namespace=x"] {
-            let e = RedisOptions::from_url(unsupported).unwrap_err();
-            assert!(e.is_unsupported(), "{unsupported}: {e}");
+        for bad in [
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://a:1,b:x",
+            "redis+cluster://a:1/3",
+            "redis://h:1?ca_file=%2Ftmp%2Fca.pem",
+            "redis+unix://x",
+        ] {
+            let e = RedisOptions::from_url(bad).unwrap_err();
+            assert!(e.is_invalid_input(), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn cluster_urls() {
+        let o = RedisOptions::from_url(
+            "redis+cluster://u:pw@10.0.0.1:7000,node2,[::1]:7002?namespace=app&pool_size=1",
+        )
+        .unwrap();
+        assert!(o.is_cluster() && !o.tls);
+        assert_eq!(
+            o.cluster_nodes,
+            vec![
+                ("10.0.0.1".to_owned(), 7000),
+                ("node2".to_owned(), 6379),
+                ("::1".to_owned(), 7002)
+            ]
+        );
+        assert_eq!((o.host.as_str(), o.port, o.db), ("10.0.0.1", 7000, 0));
+        assert_eq!(o.namespace, "app");
+        assert_eq!(o.node_url("::1", 7002), "redis://u:pw@[::1]:7002/0");
+        assert_eq!(o.address(), "cluster 10.0.0.1:7000,node2:6379,::1:7002");
+        let s = format!("{o:?}");
+        assert!(
+            !s.contains("pw\"") && s.contains("***") && s.contains("7002"),
+            "{s}"
+        );
+        let one = RedisOptions::from_url("redis+cluster://h:1/0").unwrap();
+        assert_eq!(one.cluster_nodes, vec![("h".to_owned(), 1)]);
+        assert!(!RedisOptions::from_url("redis://h:1").unwrap().is_cluster());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_needs_the_feature() {
+        for url in ["rediss://h:1", "rediss+cluster://a:1,b:2?namespace=x"] {
+            let e = RedisOptions::from_url(url).unwrap_err();
+            assert!(e.is_unsupported(), "{url}: {e}");
+            assert!(e.message().contains("`tls`"), "{url}: {e}");
+        }
+        let o = RedisOptions {
+            tls: true,
+            ..RedisOptions::default()
+        };
+        assert!(o.validate().unwrap_err().is_unsupported());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_urls() {
+        let o =
+            RedisOptions::from_url("rediss://:pw@h:6380/2?ca_file=%2Ftmp%2Fca%20x.pem").unwrap();
+        assert!(o.tls && !o.is_cluster());
+        assert_eq!(
+            o.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/tmp/ca x.pem"))
+        );
+        assert_eq!(o.client_url(), "rediss://:pw@h:6380/2");
+        let o = RedisOptions::from_url("rediss+cluster://a:1,b:2").unwrap();
+        assert!(o.tls && o.is_cluster());
+        assert_eq!(o.node_url("b", 2), "rediss://b:2/0");
     }
 }

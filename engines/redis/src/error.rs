@@ -4,13 +4,18 @@
 //! |---------------------------------------------------------------|------------------------|
 //! | I/O: connection refused, reset, closed, broken pipe           | `ConnectionLost` (retryable) |
 //! | I/O timeout (no reply within `response_timeout`)              | `Timeout` (retryable)  |
-//! | `READONLY` (the server is a replica), `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN` | `ConnectionLost` (retryable) |
+//! | TLS: the server's certificate refused (`rediss://`)           | `Engine`, code `TLS`, naming `ca_file=` |
+//! | `READONLY` (the server is a replica), `LOADING`, `MASTERDOWN` | `ConnectionLost` (retryable) |
+//! | Redis Cluster: `CLUSTERDOWN`, `TRYAGAIN`, `MOVED`/`ASK` still returned after redis-rs' own redirections and retries, no connection to the slot's node | `ConnectionLost` (retryable) |
 //! | `BUSY` (a script or function is running past `busy-reply-threshold`) | `Timeout`, code `BUSY` (retryable) |
 //! | `OOM` (`used_memory` over `maxmemory`)                        | `Engine`, code `OOM`, naming `maxmemory` |
 //! | `CROSSSLOT`                                                   | `InvalidInput`         |
 //! | `NOAUTH`, `WRONGPASS`, failed `AUTH`, `NOPERM`                | `Engine`, code `AUTH`, saying authentication failed |
 //! | `DLCONFLICT` (the commit function's failed validation)        | `Conflict` (retryable) |
 //! | anything else                                                 | `Engine`, with the server's code |
+//!
+//! Opening a Redis Cluster: a seed node without cluster support is `InvalidInput`; a
+//! failed authentication is `Engine` code `AUTH` ([`map_cluster_connect_error`]).
 //!
 //! The error of the call that sent a commit goes through
 //! [`Error::at_commit`]: a broken connection or a client-side timeout there becomes
@@ -41,6 +46,13 @@ pub(crate) fn map_error(e: RedisError, addr: &str) -> Error {
             ErrorKind::Timeout,
             format!("{msg} (no reply within the response timeout)"),
         ),
+        _ if e.is_io_error() && msg.contains("certificate") => Error::engine(
+            "TLS",
+            format!(
+                "{msg} (TLS: the server's certificate was refused; trust its CA with the URL \
+                 parameter ca_file=/path/to/ca.pem)"
+            ),
+        ),
         _ if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
             Error::connection_lost(msg)
         }
@@ -56,9 +68,17 @@ pub(crate) fn map_error(e: RedisError, addr: &str) -> Error {
         (RK::Server(SK::ReadOnly), _) => Error::connection_lost(format!(
             "{msg} (the server is a read-only replica; connect to the primary)"
         )),
-        (RK::Server(SK::BusyLoading | SK::MasterDown | SK::ClusterDown | SK::TryAgain), _) => {
-            Error::connection_lost(msg)
-        }
+        (RK::Server(SK::BusyLoading | SK::MasterDown), _) => Error::connection_lost(msg),
+        // Redis Cluster: redis-rs follows MOVED/ASK and retries TRYAGAIN/CLUSTERDOWN
+        // itself; one that is still returned after its retries means the cluster is
+        // resharding or failing over (or lost quorum): retryable.
+        (
+            RK::Server(SK::ClusterDown | SK::TryAgain | SK::Moved | SK::Ask)
+            | RK::ClusterConnectionNotFound,
+            _,
+        ) => Error::connection_lost(format!(
+            "{msg} (the Redis Cluster is resharding, failing over or down; retry)"
+        )),
         (_, Some("BUSY")) => Error::new(
             ErrorKind::Timeout,
             format!("{msg} (a script or function is running on the server; retry later)"),
@@ -78,6 +98,37 @@ pub(crate) fn map_error(e: RedisError, addr: &str) -> Error {
         _ => Error::engine(code.unwrap_or_else(|| "redis".into()), msg),
     };
     mapped.with_source(e)
+}
+
+/// Maps the error of opening a Redis Cluster connection. redis-rs reports the failed
+/// initial connections as one I/O error whose text carries the cause, so: a seed that
+/// answers "cluster support disabled" is `InvalidInput` (a single server: use
+/// `redis://`); a failed authentication is `Engine` code `AUTH`; anything else as
+/// [`map_error`].
+pub(crate) fn map_cluster_connect_error(e: RedisError, addr: &str) -> Error {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("cluster support disabled") {
+        return Error::invalid_input(format!(
+            "redis at {addr}: the server is not a Redis Cluster node (cluster support \
+             disabled); open a single server with redis://host:port"
+        ))
+        .with_source(e);
+    }
+    if lower.contains("authentication failed")
+        || lower.contains("wrongpass")
+        || lower.contains("noauth")
+    {
+        return Error::engine(
+            "AUTH",
+            format!(
+                "redis at {addr}: authentication failed ({text}); check the user and password \
+                 of the URL (redis+cluster://user:password@host:port,...)"
+            ),
+        )
+        .with_source(e);
+    }
+    map_error(e, addr)
 }
 
 /// Whether `e` says the engine's function library is missing (a server restart
@@ -123,6 +174,19 @@ mod tests {
             a,
         );
         assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+        for c in [
+            "CLUSTERDOWN The cluster is down",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+        ] {
+            let (code, detail) = c.split_once(' ').unwrap();
+            let e = map_error(server(code, detail), a);
+            assert!(
+                e.kind() == ErrorKind::ConnectionLost && e.is_retryable(),
+                "{c}: {e}"
+            );
+        }
         let e = map_error(server(CONFLICT_CODE, "read key 1 changed"), a);
         assert!(e.is_conflict() && e.is_retryable(), "{e}");
         let e = map_error(server("WRONGTYPE", "Operation against a key"), a);
@@ -130,6 +194,15 @@ mod tests {
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         let e = map_error(io, a);
         assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+        let tls = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        let t = map_error(tls, a);
+        assert!(
+            t.code() == Some("TLS") && !t.is_retryable() && t.message().contains("ca_file"),
+            "{t}"
+        );
         assert!(e.at_commit().is_commit_unknown());
     }
 }

@@ -16,6 +16,10 @@
 //!   reconnecting is lost). The subscription is one dedicated connection per driver,
 //!   opened at the first `wait`; after it breaks it is opened again and every waiter is
 //!   woken (events may have been missed).
+//! - **Redis Cluster**: a classic `PUBLISH` is propagated to every node of the cluster
+//!   over the cluster bus (redis.io/docs/latest/develop/interact/pubsub, "Pub/Sub and
+//!   Redis Cluster"), so the driver subscribes on one node, the first seed node it can
+//!   reach; after the subscription breaks it tries the next seed.
 //! - **Claiming**: the generic conditional updates of the outbox (Redis serializes them
 //!   through the commit function).
 //!
@@ -39,7 +43,8 @@ pub(crate) const EVENTS_TABLE: &str = "_dl_outbox";
 /// [`RedisKv::outbox_driver`](crate::RedisKv::outbox_driver), or handed to consumers
 /// by the engine.
 pub struct RedisDriver {
-    client: redis::Client,
+    /// The server, or the cluster's seed nodes (tried in turn).
+    clients: Vec<redis::Client>,
     channel: String,
     /// Counts messages (and reconnections); waiters watch it.
     wakeups: watch::Sender<u64>,
@@ -59,10 +64,11 @@ impl std::fmt::Debug for RedisDriver {
 }
 
 impl RedisDriver {
-    /// A driver listening on `channel` through `client`. Opens nothing yet.
-    pub(crate) fn new(client: redis::Client, channel: String) -> Self {
+    /// A driver listening on `channel` through one of `clients` (not empty). Opens
+    /// nothing yet.
+    pub(crate) fn new(clients: Vec<redis::Client>, channel: String) -> Self {
         RedisDriver {
-            client,
+            clients,
             channel,
             wakeups: watch::channel(0).0,
             seen: AtomicU64::new(0),
@@ -76,12 +82,12 @@ impl RedisDriver {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let (client, channel, tx) = (
-            self.client.clone(),
+        let (clients, channel, tx) = (
+            self.clients.clone(),
             self.channel.clone(),
             self.wakeups.clone(),
         );
-        *task = Some(tokio::spawn(listen_loop(client, channel, tx)));
+        *task = Some(tokio::spawn(listen_loop(clients, channel, tx)));
     }
 }
 
@@ -94,12 +100,16 @@ impl Drop for RedisDriver {
 }
 
 /// Subscribes to `channel` and bumps `tx` per message; after a broken connection
-/// subscribes again (after 100 ms, up to 2 s between attempts) and bumps once, since
-/// messages may have been lost meanwhile. Ends when every receiver is gone.
-async fn listen_loop(client: redis::Client, channel: String, tx: watch::Sender<u64>) {
+/// subscribes again, through the next of `clients` (after 100 ms, up to 2 s between
+/// attempts), and bumps once, since messages may have been lost meanwhile. Ends when
+/// every receiver is gone.
+async fn listen_loop(clients: Vec<redis::Client>, channel: String, tx: watch::Sender<u64>) {
     use futures::StreamExt;
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
     loop {
+        let client = &clients[next % clients.len()];
+        next = next.wrapping_add(1);
         match client.get_async_pubsub().await {
             Ok(mut sub) => {
                 if sub.subscribe(&channel).await.is_ok() {
