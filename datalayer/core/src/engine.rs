@@ -279,28 +279,38 @@ impl Output {
 
 /// How many times an autocommit op (or engine batch) is re-run after a `Conflict`
 /// before the conflict is returned: the one autocommit retry policy of every engine.
-pub const AUTOCOMMIT_RETRIES: u32 = 3;
+pub const AUTOCOMMIT_RETRIES: u32 = 8;
 
-/// Runs `attempt` and re-runs it on `Conflict`, at most [`AUTOCOMMIT_RETRIES`] times.
-/// Only for autocommit work, where a conflict means nothing was applied; never re-runs
-/// any other error (`CommitUnknown` above all).
+/// Runs `attempt` and re-runs it on `Conflict`, at most [`AUTOCOMMIT_RETRIES`] times,
+/// after an exponential backoff with jitter (1 ms, doubling, at most 64 ms between
+/// tries: about 0.25 s in all), so that a conflict with a transaction that holds locks
+/// for a while (TiKV's pessimistic locks, a lock being resolved) is outwaited rather
+/// than hit again at once. Only for autocommit work, where a conflict means nothing
+/// was applied; never re-runs any other error (`CommitUnknown` above all). Backoff by
+/// the `backon` crate.
 ///
 /// # Errors
 /// The last attempt's error.
-pub async fn retry_autocommit<T, F, Fut>(mut attempt: F) -> Result<T>
+pub async fn retry_autocommit<T, F, Fut>(attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let mut n = 0;
-    loop {
-        match attempt().await {
-            Err(e) if e.is_conflict() && n < AUTOCOMMIT_RETRIES => n += 1,
-            r => return r,
-        }
-    }
+    use backon::{ExponentialBuilder, Retryable};
+    let policy = ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(1))
+        .with_max_delay(std::time::Duration::from_millis(64))
+        .with_max_times(AUTOCOMMIT_RETRIES as usize)
+        .with_jitter();
+    attempt
+        .retry(policy)
+        .sleep(tokio::time::sleep)
+        .when(crate::Error::is_conflict)
+        .await
 }
 
+/// A storage engine: what etch, SQLite, PostgreSQL, Redis and TiKV implement (the KV
+/// engines through `datalayer_kv::KvEngine`), and what [`crate::Db`] runs on.
 ///
 /// # Behavior
 /// - `run` executes one op atomically outside any explicit transaction (autocommit).

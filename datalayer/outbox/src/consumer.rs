@@ -670,15 +670,22 @@ impl Worker {
                 tx.repo::<GroupRow>().insert_many(&missing).await
             }
             .await;
-            match r {
-                Ok(_) => return tx.commit().await,
+            // A commit can lose a race too (optimistic engines report it at commit):
+            // the transaction re-reads what exists, so running it again is safe even
+            // after a commit whose outcome is unknown.
+            let r = match r {
+                Ok(_) => tx.commit().await,
                 Err(e) => {
                     let _ = tx.rollback().await;
-                    if !(e.is_already_exists() || e.is_retryable()) {
-                        return Err(e);
-                    }
+                    Err(e)
+                }
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_already_exists() || e.is_retryable() || e.is_commit_unknown() => {
                     last = Some(e);
                 }
+                Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| Error::conflict("outbox: could not create the group's rows")))
