@@ -16,7 +16,7 @@ use datalayer_core::query::{Expr, Limit, QueryDef, QueryKind};
 use datalayer_core::schema::TableSchema;
 use datalayer_core::value::{Row, Value};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 type Overlay = BTreeMap<Bytes, Option<Bytes>>;
@@ -60,6 +60,13 @@ pub(crate) struct KvTx {
     /// Change-capture state of each table written in this transaction (read once per
     /// transaction from the table's `'f'` key).
     capture: Vec<Captured>,
+    /// Values a multi-row write read ahead from the store in one `batch_get` (row keys,
+    /// unique entries), so that its per-row checks do not each go to the store. Read
+    /// after the overlay: a key this transaction wrote is never answered from here.
+    /// Sound on every store: the store recorded (or snapshotted) these reads, so
+    /// answering a later `get` of the key with them is what re-reading would give or
+    /// the commit would refuse.
+    prefetched: HashMap<Bytes, Option<Bytes>>,
 }
 
 /// One stored change record: its key, position and encoded bytes.
@@ -111,6 +118,7 @@ impl KvTx {
             kv: caps.kv,
             store: caps.store,
             locked: BTreeSet::new(),
+            prefetched: HashMap::new(),
             position_base: caps.position_base,
             capture: Vec::new(),
         }
@@ -172,7 +180,51 @@ impl KvTx {
         if let Some(v) = self.writes.get(key) {
             return Ok(v.clone());
         }
+        if let Some(v) = self.prefetched.get(key) {
+            return Ok(v.clone());
+        }
         self.txn.get(key).await
+    }
+
+    /// Reads `keys` ahead in one `batch_get` (those neither written by this
+    /// transaction nor read ahead already) into [`KvTx::prefetched`], for a write of
+    /// many rows. Nothing to do for fewer than two keys.
+    async fn prefetch(&mut self, keys: Vec<Bytes>) -> Result<()> {
+        let missing: Vec<Bytes> = keys
+            .into_iter()
+            .filter(|k| !self.writes.contains_key(k) && !self.prefetched.contains_key(k))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if missing.len() < 2 {
+            return Ok(());
+        }
+        let vals = self.txn.batch_get(&missing).await?;
+        self.prefetched.extend(missing.into_iter().zip(vals));
+        Ok(())
+    }
+
+    /// The row keys of `rows` and, for inserts, the unique entries they would take.
+    fn keys_to_prefetch(
+        table: &TableSchema,
+        keys: &TableKeys,
+        rows: &[Row],
+        unique: bool,
+    ) -> Result<Vec<Bytes>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key = keys.row_key(table, row);
+            if unique {
+                let pk = &key[keys.row.len()..];
+                for (ix, prefix) in table.indexes.iter().zip(&keys.indexes) {
+                    if ix.unique && matches(ix.when.as_ref(), row, &[])? {
+                        out.push(index_key(prefix, table, ix, row, pk));
+                    }
+                }
+            }
+            out.push(key);
+        }
+        Ok(out)
     }
 
     async fn batch_get(&mut self, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>> {
@@ -321,6 +373,10 @@ impl KvTx {
             Op::Insert { table, rows, mode } => {
                 let n = rows.len() as u64;
                 let keys = TableKeys::new(table);
+                if rows.len() > 1 {
+                    let ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
+                    self.prefetch(ahead).await?;
+                }
                 for row in rows {
                     self.insert_row(table, &keys, row, mode).await?;
                 }
@@ -329,6 +385,10 @@ impl KvTx {
             Op::Update { table, rows } => {
                 let mut n = 0;
                 let keys = TableKeys::new(table);
+                if rows.len() > 1 {
+                    let ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
+                    self.prefetch(ahead).await?;
+                }
                 for row in rows {
                     let key = keys.row_key(table, &row);
                     if let Some(old) = self.get(&key).await? {
@@ -343,6 +403,10 @@ impl KvTx {
             Op::Delete { table, keys } => {
                 let mut n = 0;
                 let tk = TableKeys::new(table);
+                if keys.len() > 1 {
+                    let ahead = keys.iter().map(|k| encode_key(&tk.row, k)).collect();
+                    self.prefetch(ahead).await?;
+                }
                 for k in keys {
                     let key = encode_key(&tk.row, &k);
                     if let Some(old) = self.get(&key).await? {
