@@ -691,6 +691,12 @@ impl TestCluster {
         self.shared.stopped.lock().remove(&store);
     }
 
+    /// The keys under `prefix` that have a lock or a write (any version), in key
+    /// order: split points that fall between a test's rows.
+    pub fn keys(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.shared.mvcc.lock().keys_with_prefix(prefix)
+    }
+
     /// The locks in the store, in key order.
     pub fn locks(&self) -> Vec<LockInfo> {
         self.shared
