@@ -12,6 +12,10 @@
 //! The races are built deterministically with the test cluster's hooks: the earlier
 //! transaction's primary `KvCommit` is held (before it applies, or after it applied
 //! with its response held) while a later transaction commits and a reader consumes.
+//! tikv-client takes the commit timestamp before it sends the primary's `KvCommit`, so
+//! a transaction begun while the commit is held reads the held one's change once its
+//! locks are resolved (no conflict), and a reader never sees its change without the
+//! held one's before it.
 //! (These need the test cluster: they do not run against `DATALAYER_TIKV_PD`.)
 
 use datalayer_core::{

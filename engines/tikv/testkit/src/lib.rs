@@ -34,7 +34,9 @@
 //! ```
 //!
 //! Not modelled: Raft and replication (the stores share one MVCC state: a leader move
-//! or a stopped store changes who answers, never the data), async commit and 1PC, GC (`KvScanLock`, `KvDeleteRange`, `UnsafeDestroyRange`), the raw API.
+//! or a stopped store changes who answers, never the data; a stopped store answers
+//! gRPC `Unavailable` rather than closing its listener), async commit and 1PC, GC
+//! (`KvScanLock`, `KvDeleteRange`, `UnsafeDestroyRange`), the raw API.
 
 pub mod codec;
 pub mod mvcc;
