@@ -4,6 +4,11 @@
 //! concurrently. On PostgreSQL a private instance is crashed and restarted
 //! (`pg_ctl -m immediate`) and a proxy cuts connections, also right around `COMMIT`.
 //!
+//! On TiKV an in-process test cluster (2 stores, 5 regions) gets region errors on
+//! every RPC kind, live splits between the rows, leader transfers and bursts of lost
+//! or refused commit responses (`CommitUnknown`, resolved by the transfer row as on
+//! the other engines) while the transfers run.
+//!
 //! Invariants: every read sees the initial total; every acknowledged transfer has its
 //! row (0 lost); every balance equals its initial value plus the effects of the stored
 //! transfer rows (0 double-applied).
@@ -12,6 +17,7 @@ use crate::common::{self, Ctx, Outcome, PgSchema};
 use crate::pg::PrivatePg;
 use crate::proxy::{CutRates, Proxy};
 use crate::redis::{PrivateRedis, RedisNs};
+use crate::tikv::{FaultCounts, TikvCluster};
 use datalayer::prelude::*;
 use datalayer::{Capability, TxOptions};
 use rand::Rng;
@@ -37,6 +43,10 @@ pub struct Args {
     /// instance with faults.
     #[arg(long)]
     pub url: Vec<String>,
+    /// Run only the default targets of this engine (`etch`, `sqlite`, `postgres`,
+    /// `redis`, `tikv`); ignored with `--url`.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 /// An account.
@@ -131,6 +141,8 @@ struct Target {
     url: String,
     check_url: String,
     faults: Option<Faults>,
+    /// The in-process TiKV test cluster the target runs on, with its faults.
+    tikv: Option<TikvCluster>,
     note: String,
 }
 
@@ -200,6 +212,7 @@ async fn fault_target(ctx: Ctx, label: &str, server: PrivateServer) -> anyhow::R
         url: server.url(proxy.addr().port()),
         check_url: server.url(server.port()),
         faults: Some(Faults { server, proxy }),
+        tikv: None,
         note: String::new(),
     })
 }
@@ -216,20 +229,26 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
     let mut schemas = Vec::new();
     let mut namespaces = Vec::new();
     let mut targets = Vec::new();
+    let want = |engine: &str| args.only.as_deref().is_none_or(|o| o == engine);
     if args.url.is_empty() {
         let etch = format!("etch://{}/bank-etch", tmp.path().display());
         let sqlite = format!("sqlite://{}/bank.db", tmp.path().display());
         for url in [etch, sqlite] {
+            if !want(common::engine_of(&url)) {
+                continue;
+            }
             targets.push(Target {
                 label: common::engine_of(&url).to_owned(),
                 check_url: url.clone(),
                 url,
                 faults: None,
+                tikv: None,
                 note: String::new(),
             });
         }
         let shared = common::shared_pg_url();
         match common::pg_reachable(&shared).await {
+            _ if !want("postgres") => {}
             Ok(()) => {
                 let s = PgSchema::new(&shared, &mut rng);
                 let url = s.url("pool_size=24");
@@ -239,6 +258,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
                     check_url: url.clone(),
                     url,
                     faults: None,
+                    tikv: None,
                     note: String::new(),
                 });
             }
@@ -249,6 +269,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
         }
         let redis = crate::redis::shared_url();
         match crate::redis::reachable(&redis).await {
+            _ if !want("redis") => {}
             Ok(()) => {
                 let ns = RedisNs::new(&redis, &mut rng);
                 let url = ns.url("pool_size=8");
@@ -258,6 +279,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
                     check_url: url.clone(),
                     url,
                     faults: None,
+                    tikv: None,
                     note: String::new(),
                 });
             }
@@ -271,6 +293,9 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
             ("redis", || PrivateRedis::start().map(PrivateServer::Redis)),
         ];
         for (engine, start) in private {
+            if !want(engine) {
+                continue;
+            }
             let label = format!("{engine} (private instance, faults)");
             match start() {
                 Ok(server) => targets.push(fault_target(ctx, &label, server).await?),
@@ -280,6 +305,21 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
                 )),
             }
         }
+        if want("tikv") {
+            let cluster = TikvCluster::start().await?;
+            let url = cluster.url();
+            targets.push(Target {
+                label: format!(
+                    "tikv (in-process test cluster, 2 stores, {} regions at start, faults)",
+                    cluster.regions()
+                ),
+                check_url: url.clone(),
+                url,
+                faults: None,
+                tikv: Some(cluster),
+                note: String::new(),
+            });
+        }
     } else {
         for url in &args.url {
             targets.push(Target {
@@ -287,6 +327,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
                 url: url.clone(),
                 check_url: url.clone(),
                 faults: None,
+                tikv: None,
                 note: " (no faults: a given URL)".into(),
             });
         }
@@ -402,7 +443,12 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
         unknown_applied: AtomicU64::new(0),
         acked: Default::default(),
     });
-    let duration = ctx.pick(Duration::from_secs(3), Duration::from_secs(60));
+    // TiKV: long enough in quick mode for both bursts of commit faults to be spent.
+    let duration = if t.tikv.is_some() {
+        ctx.pick(Duration::from_secs(6), Duration::from_secs(60))
+    } else {
+        ctx.pick(Duration::from_secs(3), Duration::from_secs(60))
+    };
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
         let (db, shared) = (db.clone(), shared.clone());
@@ -418,6 +464,18 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
     }
     let mut restarts = 0u64;
     let started = Instant::now();
+    let tikv_stop = Arc::new(AtomicBool::new(false));
+    let tikv_counts = Arc::new(FaultCounts::default());
+    let tikv_faults = t.tikv.as_ref().map(|c| {
+        tokio::spawn(crate::tikv::inject_faults(
+            c.cluster.clone(),
+            ctx.rng(n * 1000 + 999),
+            Duration::from_millis(ctx.pick(100, 200)),
+            b"r".to_vec(),
+            tikv_stop.clone(),
+            tikv_counts.clone(),
+        ))
+    });
     if let Some(f) = &t.faults {
         let count = ctx.pick(2, 6);
         let gap = duration / (count + 1);
@@ -432,6 +490,10 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
         tokio::time::sleep(rest).await;
     }
     shared.stop.store(true, Ordering::SeqCst);
+    tikv_stop.store(true, Ordering::SeqCst);
+    if let Some(task) = tikv_faults {
+        task.await?;
+    }
     for task in tasks {
         task.await?;
     }
@@ -439,7 +501,7 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
         f.proxy.set_cutting(false);
     }
     let cuts = t.faults.as_ref().map_or(0, |f| f.proxy.stats.total_cuts());
-    let faults = restarts + cuts;
+    let faults = restarts + cuts + tikv_counts.total();
     let _ = db.close().await;
     drop(db);
 
@@ -466,6 +528,15 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
             f.proxy.stats.cuts.load(Ordering::Relaxed),
             f.proxy.stats.commit_cuts_after.load(Ordering::Relaxed),
             f.proxy.stats.commit_cuts_before.load(Ordering::Relaxed),
+            shared.unknown_applied.load(Ordering::Relaxed),
+            shared.unknown.load(Ordering::Relaxed),
+            shared.errors.load(Ordering::Relaxed),
+        ),
+        None if t.tikv.is_some() => format!(
+            " ({}; {} regions at the end; CommitUnknown resolved by the transfer row: {} applied, \
+             {} not applied and re-run; {} errors retried)",
+            tikv_counts.describe(),
+            t.tikv.as_ref().map_or(0, TikvCluster::regions),
             shared.unknown_applied.load(Ordering::Relaxed),
             shared.unknown.load(Ordering::Relaxed),
             shared.errors.load(Ordering::Relaxed),
@@ -499,6 +570,16 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
     }
     if acked.is_empty() {
         out.fail(format!("bank {}: no transfer was acknowledged", t.label));
+    }
+    if t.tikv.is_some()
+        && shared.unknown_applied.load(Ordering::Relaxed) + shared.unknown.load(Ordering::Relaxed)
+            == 0
+    {
+        out.fail(format!(
+            "bank {}: the bursts of commit faults provoked no CommitUnknown (the resolution \
+             path was not exercised)",
+            t.label
+        ));
     }
     for l in result.lost.iter().chain(&result.misapplied).take(10) {
         out.fail(format!("bank {}: {l}", t.label));

@@ -1,7 +1,9 @@
 //! `cdc-order`: the change feed under concurrency and across crashes.
 //!
 //! 1. **Concurrent writers** (every engine declaring `Capability::concurrent_writers`
-//!    and `change_feed`): 16 writers bump random keys with random delays inside their
+//!    and `change_feed`; TiKV on an in-process test cluster of 2 stores and 5 regions,
+//!    so rows, change records and the change sequence live in different regions): 16
+//!    writers bump random keys with random delays inside their
 //!    transactions; each bump sets the row's `version` to the next value under the row
 //!    lock, so per key the versions follow commit order. 4 readers follow the feed,
 //!    each restarting its stream from its saved position at random, while the log is
@@ -39,6 +41,11 @@ pub struct Args {
     /// are reported and skipped by capability.
     #[arg(long)]
     pub url: Vec<String>,
+    /// Run only the default targets of this engine (`etch`, `sqlite`, `postgres`,
+    /// `redis`, `tikv`), concurrent and crash parts alike; ignored with `--url` for the
+    /// concurrent part.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 /// Arguments of the hidden child.
@@ -106,11 +113,15 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
     let mut schemas = Vec::new();
     let mut namespaces = Vec::new();
     let mut urls = args.url.clone();
+    let want = |engine: &str| args.only.as_deref().is_none_or(|o| o == engine);
+    let mut tikv = None;
     if urls.is_empty() {
         urls.push(format!("etch://{}/cdc-etch", tmp.path().display()));
         urls.push(format!("sqlite://{}/cdc.db", tmp.path().display()));
+        urls.retain(|u| want(common::engine_of(u)));
         let shared = common::shared_pg_url();
         match common::pg_reachable(&shared).await {
+            _ if !want("postgres") => {}
             Ok(()) => {
                 let s = PgSchema::new(&shared, &mut rng);
                 urls.push(s.url("pool_size=24"));
@@ -123,6 +134,7 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
         }
         let redis = crate::redis::shared_url();
         match crate::redis::reachable(&redis).await {
+            _ if !want("redis") => {}
             Ok(()) => {
                 let ns = crate::redis::RedisNs::new(&redis, &mut rng);
                 urls.push(ns.url("pool_size=8"));
@@ -132,6 +144,11 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
                 "cdc-order redis: NOT RUN: cannot reach {} ({e})",
                 datalayer::redact(&redis)
             )),
+        }
+        if want("tikv") {
+            let cluster = crate::tikv::TikvCluster::start().await?;
+            urls.push(cluster.url());
+            tikv = Some(cluster);
         }
     }
     for (i, url) in urls.iter().enumerate() {
@@ -143,10 +160,19 @@ pub async fn run(ctx: Ctx, args: Args) -> anyhow::Result<Outcome> {
     }
     drop(schemas);
     drop(namespaces);
+    if let Some(c) = tikv {
+        out.figure(format!(
+            "cdc-order tikv: the in-process test cluster ended with {} regions",
+            c.regions()
+        ));
+    }
     for (engine, durable, lossy) in [
         ("etch", "", "flush=never"),
         ("sqlite", "synchronous=full", "synchronous=normal"),
     ] {
+        if !want(engine) {
+            continue;
+        }
         eprintln!("-- cdc-order {engine} (crash-restart)");
         let dir = tmp.path().join(format!("crash-{engine}"));
         let url = store_url(engine, &dir, durable);

@@ -117,6 +117,8 @@ pub fn engine_of(url: &str) -> &'static str {
         "postgres"
     } else if url.starts_with("redis") {
         "redis"
+    } else if url.starts_with("tikv:") {
+        "tikv"
     } else {
         "unknown"
     }

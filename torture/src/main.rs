@@ -15,6 +15,7 @@ mod outbox_limits;
 mod pg;
 mod proxy;
 mod redis;
+mod tikv;
 
 use clap::{Parser, Subcommand};
 use common::{Ctx, Outcome};

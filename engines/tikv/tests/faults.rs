@@ -1,11 +1,14 @@
 //! Faults injected into the in-process test cluster, seen through the engine's
 //! `KvStore`: region errors on every RPC kind, a cluster that stays busy, live splits
-//! during scans, and a commit whose response is lost after the primary committed.
+//! during scans, a commit whose response is lost after the primary committed, leader
+//! transfers mid-transaction (between reads and commit, between prewrite and the
+//! primary commit, between the primary and the secondaries) and a stopped store (with
+//! and without a failover of its leaders, back within the client's retries or not).
 //! (These need the test cluster: they do not run against `DATALAYER_TIKV_PD`.)
 
 use datalayer_kv::{Bytes, KvStore, WriteSet};
 use datalayer_tikv::TxnMode;
-use datalayer_tikv_testkit::{ClusterConfig, Fault, RegionFault, Rpc, TestCluster};
+use datalayer_tikv_testkit::{ClusterConfig, Fault, HoldPoint, RegionFault, Rpc, TestCluster};
 use std::ops::Bound;
 use std::time::Duration;
 
@@ -233,4 +236,188 @@ async fn abandoned_locks_are_resolved_by_engine_readers() {
     );
     t.rollback().await.unwrap();
     assert!(c.settle(Duration::from_secs(5)).await);
+}
+
+/// An engine on a fresh two-store cluster (leaders on store 1).
+async fn two_stores(mode: TxnMode) -> (datalayer_kv::KvEngine, TestCluster) {
+    let cluster = TestCluster::start(ClusterConfig {
+        stores: 2,
+        ..ClusterConfig::default()
+    })
+    .await
+    .unwrap();
+    assert_ne!(cluster.store_addr(1), cluster.store_addr(2));
+    let mut opts = datalayer_tikv::TikvOptions::new(vec![cluster.pd_addr()]);
+    opts.mode = mode;
+    (datalayer_tikv::open(opts).await.unwrap(), cluster)
+}
+
+/// The keys of the multi-region transactions below: one in each of the 4 regions.
+const KEYS: [&str; 4] = ["a", "d", "k", "t"];
+
+/// What a new transaction reads for [`KEYS`].
+async fn read_all(store: &dyn KvStore) -> Vec<Option<Bytes>> {
+    let keys: Vec<Bytes> = KEYS.iter().map(|k| b(k)).collect();
+    let mut t = store.begin(Default::default()).await.unwrap();
+    let got = t.batch_get(&keys).await.unwrap();
+    t.rollback().await.unwrap();
+    got
+}
+
+/// Every key of [`KEYS`] holding `v`.
+fn all(v: &str) -> Vec<Option<Bytes>> {
+    KEYS.iter().map(|_| Some(b(v))).collect()
+}
+
+/// The write set putting `v` at every key of [`KEYS`].
+fn writes(v: &str) -> WriteSet {
+    KEYS.iter().map(|k| (b(k), Some(b(v)))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_transfer_mid_transaction_is_invisible() {
+    for mode in [TxnMode::Optimistic, TxnMode::Pessimistic] {
+        let (engine, c) = two_stores(mode).await;
+        let store = engine.store().clone();
+        let kvs: Vec<(&str, &str)> = KEYS.iter().map(|k| (*k, "0")).collect();
+        put(store.as_ref(), &kvs).await.unwrap();
+        assert!(c.settle(Duration::from_secs(5)).await);
+        let regions = c.regions().len();
+        assert!(regions >= 4, "{regions} regions");
+
+        // 1. Between the transaction's reads (and pessimistic locks) and its commit.
+        let mut t = store.begin(Default::default()).await.unwrap();
+        assert_eq!(t.get(b"k").await.unwrap(), Some(b("0")), "{mode:?}");
+        if mode == TxnMode::Pessimistic {
+            t.lock(&[b("a"), b("t")]).await.unwrap();
+        }
+        assert_eq!(c.transfer_all_leaders(2), regions, "{mode:?}");
+        t.commit(writes("1"))
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?} after a leader transfer: {e}"));
+        assert_eq!(read_all(store.as_ref()).await, all("1"), "{mode:?}");
+        assert!(KEYS.iter().all(|k| c.leader_store(k.as_bytes()) == 2));
+        assert!(c.settle(Duration::from_secs(5)).await);
+
+        // 2. Between prewrite and the primary commit: the held commit reaches the old
+        // leader after the transfer, is refused with NotLeader and retried on the new
+        // leader by the client.
+        let hold = c.hold(Rpc::Commit, 1, HoldPoint::BeforeApply);
+        let t = store.begin(Default::default()).await.unwrap();
+        let commit = tokio::spawn(async move { t.commit(writes("2")).await });
+        assert!(hold.reached(Duration::from_secs(5)).await, "{mode:?}");
+        assert_eq!(c.lock_count(), KEYS.len(), "{mode:?}: prewritten");
+        assert_eq!(c.transfer_all_leaders(1), regions, "{mode:?}");
+        hold.release();
+        commit
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{mode:?} transfer before the primary commit: {e}"));
+        assert_eq!(read_all(store.as_ref()).await, all("2"), "{mode:?}");
+        assert!(c.settle(Duration::from_secs(5)).await);
+
+        // 3. Between the primary commit and the secondaries: a secondary's commit is
+        // held, the leaders move, the client retries it on the new leader (and readers
+        // resolve from the primary meanwhile).
+        let hold = c.hold(Rpc::Commit, 2, HoldPoint::BeforeApply);
+        let t = store.begin(Default::default()).await.unwrap();
+        t.commit(writes("3")).await.unwrap();
+        assert!(hold.reached(Duration::from_secs(5)).await, "{mode:?}");
+        assert!(c.lock_count() >= 1, "{mode:?}: a secondary is still locked");
+        assert_eq!(c.transfer_all_leaders(2), regions, "{mode:?}");
+        assert_eq!(read_all(store.as_ref()).await, all("3"), "{mode:?}");
+        hold.release();
+        assert!(c.settle(Duration::from_secs(5)).await, "{mode:?}");
+        for k in KEYS {
+            assert_eq!(
+                c.commit_count(k.as_bytes()),
+                4,
+                "{mode:?} {k}: applied once"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_store_fails_over_or_fails_typed_and_nothing_partial_is_visible() {
+    let (engine, c) = two_stores(TxnMode::Optimistic).await;
+    let store = engine.store().clone();
+    let kvs: Vec<(&str, &str)> = KEYS.iter().map(|k| (*k, "0")).collect();
+    put(store.as_ref(), &kvs).await.unwrap();
+    assert!(c.settle(Duration::from_secs(5)).await);
+    let regions = c.regions().len();
+
+    // 1. The leaders' store stops mid-transaction and its leaders fail over to the
+    // other store (an election): the transaction completes.
+    let mut t = store.begin(Default::default()).await.unwrap();
+    assert_eq!(t.get(b"d").await.unwrap(), Some(b("0")));
+    c.stop_store(1);
+    assert_eq!(c.transfer_all_leaders(2), regions);
+    t.commit(writes("1"))
+        .await
+        .unwrap_or_else(|e| panic!("commit after a failover: {e}"));
+    assert_eq!(read_all(store.as_ref()).await, all("1"));
+    c.restart_store(1);
+    assert!(c.settle(Duration::from_secs(5)).await);
+
+    // 2. The store holding every leader stops, no failover: a read fails with a
+    // typed, retryable `ConnectionLost` once the client's retries are spent. A commit
+    // fails with `CommitUnknown` (typed, never retried blindly): tikv-client 0.4 gives
+    // the same gRPC error for a failed prewrite as for a primary commit whose answer
+    // was lost, so the engine cannot tell them apart. Nothing was applied here.
+    c.stop_store(2);
+    let mut t = store.begin(Default::default()).await.unwrap();
+    let started = std::time::Instant::now();
+    let e = t.get(b"k").await.unwrap_err();
+    assert_eq!(e.kind(), datalayer_core::ErrorKind::ConnectionLost, "{e}");
+    assert!(e.is_retryable(), "{e}");
+    eprintln!(
+        "read against a stopped store failed after {:?}",
+        started.elapsed()
+    );
+    let e = t.commit(writes("2")).await.unwrap_err();
+    assert!(e.is_commit_unknown(), "{e}");
+    assert!(!e.is_retryable(), "{e}");
+    c.restart_store(2);
+    assert_eq!(c.lock_count(), 0, "the prewrite never reached the store");
+    assert_eq!(read_all(store.as_ref()).await, all("1"), "nothing partial");
+    assert!(c.settle(Duration::from_secs(5)).await);
+
+    // 3. The store stops between prewrite and the primary commit and is back within
+    // the client's retries: the commit completes.
+    let hold = c.hold(Rpc::Commit, 1, HoldPoint::BeforeApply);
+    let t = store.begin(Default::default()).await.unwrap();
+    let commit = tokio::spawn(async move { t.commit(writes("3")).await });
+    assert!(hold.reached(Duration::from_secs(5)).await);
+    c.stop_store(2);
+    hold.release();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.restart_store(2);
+    commit
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("commit across a store restart: {e}"));
+    assert_eq!(read_all(store.as_ref()).await, all("3"));
+    assert!(c.settle(Duration::from_secs(5)).await);
+
+    // 4. The store stops between prewrite and the primary commit and stays down past
+    // the client's retries: CommitUnknown (never retried blindly). The primary never
+    // committed, so once the store is back readers roll the locks back after their
+    // TTL: nothing of the transaction is ever visible.
+    let hold = c.hold(Rpc::Commit, 1, HoldPoint::BeforeApply);
+    let t = store.begin(Default::default()).await.unwrap();
+    let commit = tokio::spawn(async move { t.commit(writes("4")).await });
+    assert!(hold.reached(Duration::from_secs(5)).await);
+    c.stop_store(2);
+    hold.release();
+    let e = commit.await.unwrap().unwrap_err();
+    assert!(e.is_commit_unknown(), "{e}");
+    assert!(!e.is_retryable(), "{e}");
+    c.restart_store(2);
+    assert_eq!(c.lock_count(), KEYS.len());
+    assert_eq!(read_all(store.as_ref()).await, all("3"), "nothing partial");
+    assert!(c.settle(Duration::from_secs(5)).await);
+    for k in KEYS {
+        assert_eq!(c.commit_count(k.as_bytes()), 3, "{k}");
+    }
 }

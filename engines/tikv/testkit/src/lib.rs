@@ -15,11 +15,16 @@
 //! - **Regions**: split at [`ClusterConfig::split_keys`] (default: 4 regions), each
 //!   with an epoch; requests are checked against the region they name (`RegionNotFound`,
 //!   `EpochNotMatch`, `KeyNotInRegion`, `StoreNotMatch`), and [`TestCluster::split`]
-//!   splits a region while clients run. One store.
+//!   splits a region while clients run. One store by default; with
+//!   [`ClusterConfig::stores`] = 2 every region has a peer on both stores (each store
+//!   on its own listener) and [`TestCluster::transfer_leader`] moves a region's
+//!   leader: the old leader answers `NotLeader` naming the new one, as TiKV does.
 //! - **Faults** ([`TestCluster::inject`]): N-shot region errors per RPC
 //!   ([`RegionFault`]), gRPC `Unavailable` before or after an RPC applied (a response
 //!   lost after the primary commit), delays; orphan locks with an expired TTL
-//!   ([`TestCluster::orphan_locks`]).
+//!   ([`TestCluster::orphan_locks`]); an RPC held at a chosen point until the test
+//!   releases or fails it ([`TestCluster::hold`]); a stopped store
+//!   ([`TestCluster::stop_store`], [`TestCluster::restart_store`]).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -28,8 +33,10 @@
 //! # let _ = client; }
 //! ```
 //!
-//! Not modelled: Raft, replication, several stores and leader moves, async commit and
-//! 1PC, GC (`KvScanLock`, `KvDeleteRange`, `UnsafeDestroyRange`), the raw API.
+//! Not modelled: Raft and replication (the stores share one MVCC state: a leader move
+//! or a stopped store changes who answers, never the data; a stopped store answers
+//! gRPC `Unavailable` rather than closing its listener), async commit and 1PC, GC
+//! (`KvScanLock`, `KvDeleteRange`, `UnsafeDestroyRange`), the raw API.
 
 pub mod codec;
 pub mod mvcc;
@@ -64,6 +71,10 @@ pub struct ClusterConfig {
     pub split_keys: Vec<Vec<u8>>,
     /// The cluster id PD reports. Default 1.
     pub cluster_id: u64,
+    /// The number of TiKV stores, 1 or 2 (default 1). Store 1 shares the PD listener
+    /// ([`ClusterConfig::addr`]); store 2 listens on its own free loopback port. Every
+    /// region has a peer on every store; the leaders start on store 1.
+    pub stores: u64,
 }
 
 impl Default for ClusterConfig {
@@ -72,6 +83,7 @@ impl Default for ClusterConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             split_keys: vec![b"b".to_vec(), b"i".to_vec(), b"r".to_vec()],
             cluster_id: 1,
+            stores: 1,
         }
     }
 }
@@ -160,6 +172,8 @@ pub(crate) struct Region {
     pub(crate) version: u64,
     pub(crate) conf_ver: u64,
     pub(crate) peer_id: u64,
+    /// The store whose peer leads the region.
+    pub(crate) leader_store: u64,
 }
 
 impl Region {
@@ -167,8 +181,9 @@ impl Region {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
     }
 
-    /// The region as PD and TiKV describe it (keys encoded).
-    pub(crate) fn meta(&self) -> proto::metapb::Region {
+    /// The region as PD and TiKV describe it (keys encoded), with a peer on each of
+    /// `stores` stores.
+    pub(crate) fn meta(&self, stores: u64) -> proto::metapb::Region {
         proto::metapb::Region {
             id: self.id,
             start_key: codec::encode_bytes(&self.start),
@@ -177,31 +192,158 @@ impl Region {
                 conf_ver: self.conf_ver,
                 version: self.version,
             }),
-            peers: vec![self.peer()],
+            peers: (1..=stores).map(|s| self.peer_on(s)).collect(),
             ..Default::default()
         }
     }
 
-    pub(crate) fn peer(&self) -> proto::metapb::Peer {
+    /// The region's peer on `store` (peer ids are unique across stores).
+    pub(crate) fn peer_on(&self, store: u64) -> proto::metapb::Peer {
         proto::metapb::Peer {
-            id: self.peer_id,
-            store_id: STORE_ID,
+            id: self.peer_id + ((store - 1) << 32),
+            store_id: store,
             ..Default::default()
         }
+    }
+
+    /// The leader peer.
+    pub(crate) fn peer(&self) -> proto::metapb::Peer {
+        self.peer_on(self.leader_store)
     }
 }
 
 /// The largest gRPC message the store accepts or sends, in bytes (64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The id of the one store.
-pub(crate) const STORE_ID: u64 = 1;
+/// Where an RPC is held by [`TestCluster::hold`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldPoint {
+    /// Before the RPC applies (after its fault, if any, was taken).
+    BeforeApply,
+    /// After the RPC applied, before its response is sent.
+    AfterApply,
+}
+
+/// The state of a [`Hold`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HoldState {
+    Armed,
+    Reached,
+    Released,
+    Failed,
+}
+
+#[derive(Debug)]
+pub(crate) struct HoldInner {
+    rpc: Rpc,
+    point: HoldPoint,
+    /// Calls of `rpc` still to let through before the held one.
+    skip: Mutex<u32>,
+    state: tokio::sync::watch::Sender<HoldState>,
+}
+
+impl HoldInner {
+    /// Parks the current RPC until the hold is released (`true`: go on) or failed
+    /// (`false`: answer gRPC `Unavailable`).
+    pub(crate) async fn park(&self) -> bool {
+        self.state.send_if_modified(|s| {
+            let armed = *s == HoldState::Armed;
+            if armed {
+                *s = HoldState::Reached;
+            }
+            armed
+        });
+        let mut rx = self.state.subscribe();
+        let r = rx
+            .wait_for(|s| matches!(s, HoldState::Released | HoldState::Failed))
+            .await
+            .map(|s| *s == HoldState::Released);
+        r.unwrap_or(true)
+    }
+
+    pub(crate) fn point(&self) -> HoldPoint {
+        self.point
+    }
+}
+
+/// One RPC call held by [`TestCluster::hold`]: the test waits until a client's call
+/// reaches the hold point ([`Hold::reached`]), does what it wants (kill the client,
+/// commit another transaction, move a leader), then lets the call go on
+/// ([`Hold::release`]) or fails it ([`Hold::fail`]). Dropping the handle releases the
+/// call, so nothing stays parked after a test.
+///
+/// A call held longer than the client's request timeout (2 s) is given up by the
+/// client (a gRPC error: for the primary's `KvCommit`, an undetermined outcome).
+#[derive(Debug)]
+pub struct Hold {
+    inner: Arc<HoldInner>,
+}
+
+impl Hold {
+    /// Waits until a call reached the hold point, for at most `timeout`; returns
+    /// whether one did.
+    pub async fn reached(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.state.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s != HoldState::Armed))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether a call is parked at the hold point now.
+    pub fn is_parked(&self) -> bool {
+        *self.inner.state.borrow() == HoldState::Reached
+    }
+
+    /// Lets the held call go on (apply, or send its response).
+    pub fn release(&self) {
+        self.inner.state.send_replace(HoldState::Released);
+    }
+
+    /// Fails the held call with gRPC `Unavailable`: at [`HoldPoint::BeforeApply`] the
+    /// RPC never applies; at [`HoldPoint::AfterApply`] it applied and its response is
+    /// lost.
+    pub fn fail(&self) {
+        self.inner.state.send_replace(HoldState::Failed);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.inner.state.send_if_modified(|s| {
+            if matches!(s, HoldState::Armed | HoldState::Reached) {
+                *s = HoldState::Released;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// A lock in the store, as [`TestCluster::locks`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    /// The locked key (raw).
+    pub key: Vec<u8>,
+    /// The transaction's primary key.
+    pub primary: Vec<u8>,
+    /// The transaction's start timestamp (TSO: physical ms << 18 | logical).
+    pub start_ts: u64,
+    /// Time to live in milliseconds, counted from the physical part of `start_ts`.
+    pub ttl_ms: u64,
+}
 
 /// The state shared by the PD and TiKV services.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) cluster_id: u64,
+    /// The PD address (also store 1's).
     pub(crate) addr: String,
+    /// Store `i + 1` listens at `store_addrs[i]`.
+    pub(crate) store_addrs: Vec<String>,
+    /// Stores answering every RPC with gRPC `Unavailable`.
+    pub(crate) stopped: Mutex<std::collections::HashSet<u64>>,
+    pub(crate) holds: Mutex<Vec<Arc<HoldInner>>>,
     pub(crate) mvcc: Mutex<Mvcc>,
     /// Sorted by start key, covering the keyspace.
     pub(crate) regions: Mutex<Vec<Region>>,
@@ -241,6 +383,32 @@ impl Shared {
         (p << 18) | l
     }
 
+    /// The hold that catches this call of `rpc`, if one is armed and its skip count
+    /// is used up (the hold is then disarmed).
+    pub(crate) fn take_hold(&self, rpc: Rpc) -> Option<Arc<HoldInner>> {
+        let mut holds = self.holds.lock();
+        // A hold released, failed or dropped before a call reached it is disarmed.
+        holds.retain(|h| *h.state.borrow() == HoldState::Armed);
+        let i = holds.iter().position(|h| {
+            if h.rpc != rpc {
+                return false;
+            }
+            let mut skip = h.skip.lock();
+            if *skip == 0 {
+                true
+            } else {
+                *skip -= 1;
+                false
+            }
+        })?;
+        Some(holds.remove(i))
+    }
+
+    /// The number of stores.
+    pub(crate) fn stores(&self) -> u64 {
+        self.store_addrs.len() as u64
+    }
+
     /// Takes one shot of the fault queued for `rpc`, if any.
     pub(crate) fn take_fault(&self, rpc: Rpc) -> Option<Fault> {
         *self.counts.lock().entry(rpc).or_default() += 1;
@@ -256,23 +424,73 @@ impl Shared {
     }
 }
 
-/// An in-process PD + one TiKV store, serving gRPC on one address until dropped.
+/// An in-process PD + one or two TiKV stores, serving gRPC until dropped.
 #[derive(Debug)]
 pub struct TestCluster {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A tonic server on `listener` with the TiKV service of `store` (and PD with it).
+fn serve(
+    listener: tokio::net::TcpListener,
+    shared: &Arc<Shared>,
+    store: u64,
+    with_pd: bool,
+) -> tokio::task::JoinHandle<()> {
+    let tikv = proto::tikvpb::tikv_server::TikvServer::new(server::TikvService {
+        shared: shared.clone(),
+        store_id: store,
+    })
+    // TiKV's own gRPC limit (`server.max-grpc-send-msg-len`) is 10 MiB and
+    // more; tonic's default of 4 MiB would refuse a large value.
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let pd = with_pd.then(|| {
+        proto::pdpb::pd_server::PdServer::new(pd::PdService {
+            shared: shared.clone(),
+        })
+    });
+    let router = tonic::transport::Server::builder()
+        .add_optional_service(pd)
+        .add_service(tikv);
+    // No Nagle: a small response must not wait for the client's delayed ACK
+    // (40 ms stalls otherwise).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    tokio::spawn(async move {
+        let _ = router.serve_with_incoming(incoming).await;
+    })
 }
 
 impl TestCluster {
-    /// Binds [`ClusterConfig::addr`] and serves PD and TiKV on it, on the current tokio
-    /// runtime, until the cluster is dropped.
+    /// Binds [`ClusterConfig::addr`] and serves PD and TiKV on it (store 2, if any, on
+    /// another free loopback port), on the current tokio runtime, until the cluster is
+    /// dropped.
     ///
     /// # Errors
-    /// The bind error (address in use, permission).
+    /// The bind error (address in use, permission); `InvalidInput` for
+    /// [`ClusterConfig::stores`] outside 1..=2.
     pub async fn start(config: ClusterConfig) -> std::io::Result<TestCluster> {
+        if !(1..=2).contains(&config.stores) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} stores: the test cluster has 1 or 2", config.stores),
+            ));
+        }
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
+        let mut listeners = vec![listener];
+        let mut store_addrs = vec![addr.to_string()];
+        for _ in 1..config.stores {
+            let l = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            store_addrs.push(l.local_addr()?.to_string());
+            listeners.push(l);
+        }
         let mut splits = config.split_keys.clone();
         splits.sort();
         splits.dedup();
@@ -288,12 +506,16 @@ impl TestCluster {
                 version: 1,
                 conf_ver: 1,
                 peer_id: id + 1,
+                leader_store: 1,
             });
             id += 2;
         }
         let shared = Arc::new(Shared {
             cluster_id: config.cluster_id,
             addr: addr.to_string(),
+            store_addrs,
+            stopped: Mutex::default(),
+            holds: Mutex::default(),
             mvcc: Mutex::new(Mvcc::default()),
             regions: Mutex::new(regions),
             next_id: Mutex::new(id),
@@ -301,30 +523,16 @@ impl TestCluster {
             faults: Mutex::new(HashMap::new()),
             counts: Mutex::new(HashMap::new()),
         });
-        let router = tonic::transport::Server::builder()
-            .add_service(proto::pdpb::pd_server::PdServer::new(pd::PdService {
-                shared: shared.clone(),
-            }))
-            .add_service(
-                proto::tikvpb::tikv_server::TikvServer::new(server::TikvService {
-                    shared: shared.clone(),
-                })
-                // TiKV's own gRPC limit (`server.max-grpc-send-msg-len`) is 10 MiB and
-                // more; tonic's default of 4 MiB would refuse a large value.
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            );
-        // No Nagle: a small response must not wait for the client's delayed ACK
-        // (40 ms stalls otherwise).
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
-        let task = tokio::spawn(async move {
-            let _ = router.serve_with_incoming(incoming).await;
-        });
-        Ok(TestCluster { shared, addr, task })
+        let tasks = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| serve(l, &shared, i as u64 + 1, i == 0))
+            .collect();
+        Ok(TestCluster {
+            shared,
+            addr,
+            tasks,
+        })
     }
 
     /// The PD endpoint, `127.0.0.1:PORT` (what `tikv_client::TransactionClient::new`
@@ -392,11 +600,119 @@ impl TestCluster {
             version,
             conf_ver: regions[i].conf_ver,
             peer_id: id + 1,
+            leader_store: regions[i].leader_store,
         };
         regions[i].start = key.to_vec();
         regions[i].version = version;
         regions.insert(i, left);
         true
+    }
+
+    /// Holds the `nth` call of `rpc` from now (1: the next one) at `point`, until the
+    /// returned [`Hold`] is released, failed or dropped. Holds are independent of
+    /// injected faults (a faulted call is not held) and of each other.
+    ///
+    /// # Panics
+    /// When `nth` is 0.
+    pub fn hold(&self, rpc: Rpc, nth: u32, point: HoldPoint) -> Hold {
+        assert!(nth > 0, "hold: nth counts from 1");
+        let inner = Arc::new(HoldInner {
+            rpc,
+            point,
+            skip: Mutex::new(nth - 1),
+            state: tokio::sync::watch::channel(HoldState::Armed).0,
+        });
+        self.shared.holds.lock().push(inner.clone());
+        Hold { inner }
+    }
+
+    /// The address of store `store` (1 or 2): store 1 shares PD's.
+    ///
+    /// # Panics
+    /// For a store the cluster does not have.
+    pub fn store_addr(&self, store: u64) -> String {
+        self.shared.store_addrs[store as usize - 1].clone()
+    }
+
+    /// The store whose peer leads the region holding `key`.
+    pub fn leader_store(&self, key: &[u8]) -> u64 {
+        let regions = self.shared.regions.lock();
+        regions
+            .iter()
+            .find(|r| r.contains(key))
+            .map_or(1, |r| r.leader_store)
+    }
+
+    /// Moves the leader of the region holding `key` to `store` (a leader transfer:
+    /// the epoch is unchanged; the old leader answers `NotLeader` naming the new
+    /// one, and PD reports the new leader). Returns whether the leader moved.
+    ///
+    /// # Panics
+    /// For a store the cluster does not have.
+    pub fn transfer_leader(&self, key: &[u8], store: u64) -> bool {
+        assert!(
+            (1..=self.shared.stores()).contains(&store),
+            "no store {store}"
+        );
+        let mut regions = self.shared.regions.lock();
+        let r = regions
+            .iter_mut()
+            .find(|r| r.contains(key))
+            .expect("regions cover the keyspace");
+        std::mem::replace(&mut r.leader_store, store) != store
+    }
+
+    /// Moves every region's leader to `store`; returns how many moved.
+    ///
+    /// # Panics
+    /// For a store the cluster does not have.
+    pub fn transfer_all_leaders(&self, store: u64) -> usize {
+        assert!(
+            (1..=self.shared.stores()).contains(&store),
+            "no store {store}"
+        );
+        let mut regions = self.shared.regions.lock();
+        regions
+            .iter_mut()
+            .map(|r| std::mem::replace(&mut r.leader_store, store) != store)
+            .filter(|moved| *moved)
+            .count()
+    }
+
+    /// Stops store `store`: from now on it answers every TiKV RPC (calls in flight
+    /// included, when they reach it) with gRPC `Unavailable`, as a store whose process
+    /// is down does to a client; its data stays (the stores share one MVCC state).
+    /// Leaders on it stay there until moved ([`TestCluster::transfer_leader`], what
+    /// an election does on a real cluster).
+    pub fn stop_store(&self, store: u64) {
+        self.shared.stopped.lock().insert(store);
+    }
+
+    /// Restarts a store stopped by [`TestCluster::stop_store`].
+    pub fn restart_store(&self, store: u64) {
+        self.shared.stopped.lock().remove(&store);
+    }
+
+    /// The keys under `prefix` that have a lock or a write (any version), in key
+    /// order: split points that fall between a test's rows.
+    pub fn keys(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.shared.mvcc.lock().keys_with_prefix(prefix)
+    }
+
+    /// The locks in the store, in key order.
+    pub fn locks(&self) -> Vec<LockInfo> {
+        self.shared
+            .mvcc
+            .lock()
+            .locks()
+            .into_iter()
+            .map(|(key, l)| LockInfo {
+                key,
+                primary: l.primary,
+                start_ts: l.start_ts,
+                ttl_ms: l.ttl_ms,
+            })
+            .collect()
     }
 
     /// The regions' raw `[start, end)` boundaries (empty end: unbounded), in key order.
@@ -500,6 +816,8 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }

@@ -701,6 +701,15 @@ impl Mvcc {
         self.keys.entry(key.to_vec()).or_default().lock = Some(lock);
     }
 
+    /// The keys starting with `prefix` that have a lock or a write, in key order.
+    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.keys
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Every lock in the keyspace, with its key.
     pub fn locks(&self) -> Vec<(Vec<u8>, Lock)> {
         self.keys

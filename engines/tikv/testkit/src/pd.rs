@@ -6,7 +6,7 @@
 
 use crate::proto::metapb;
 use crate::proto::pdpb::{self, pd_server::Pd};
-use crate::{STORE_ID, Shared, codec};
+use crate::{Shared, codec};
 use futures::StreamExt;
 use std::sync::Arc;
 use tonic::codegen::BoxStream;
@@ -26,10 +26,10 @@ impl PdService {
         })
     }
 
-    fn store(&self) -> metapb::Store {
+    fn store(&self, id: u64) -> metapb::Store {
         metapb::Store {
-            id: STORE_ID,
-            address: self.shared.addr.clone(),
+            id,
+            address: self.shared.store_addrs[id as usize - 1].clone(),
             state: metapb::StoreState::Up as i32,
             version: "8.5.0".into(),
             ..Default::default()
@@ -37,11 +37,12 @@ impl PdService {
     }
 
     fn region_response(&self, find: impl Fn(&crate::Region) -> bool) -> pdpb::GetRegionResponse {
+        let stores = self.shared.stores();
         let regions = self.shared.regions.lock();
         match regions.iter().find(|r| find(r)) {
             Some(r) => pdpb::GetRegionResponse {
                 header: self.header(),
-                region: Some(r.meta()),
+                region: Some(r.meta(stores)),
                 leader: Some(r.peer()),
                 ..Default::default()
             },
@@ -103,12 +104,12 @@ impl Pd for PdService {
         request: Request<pdpb::GetStoreRequest>,
     ) -> Result<Response<pdpb::GetStoreResponse>, Status> {
         let id = request.into_inner().store_id;
-        if id != STORE_ID {
+        if !(1..=self.shared.stores()).contains(&id) {
             return Err(Status::not_found(format!("no store {id}")));
         }
         Ok(Response::new(pdpb::GetStoreResponse {
             header: self.header(),
-            store: Some(self.store()),
+            store: Some(self.store(id)),
             stats: None,
         }))
     }
@@ -119,7 +120,9 @@ impl Pd for PdService {
     ) -> Result<Response<pdpb::GetAllStoresResponse>, Status> {
         Ok(Response::new(pdpb::GetAllStoresResponse {
             header: self.header(),
-            stores: vec![self.store()],
+            stores: (1..=self.shared.stores())
+                .map(|id| self.store(id))
+                .collect(),
         }))
     }
 

@@ -15,15 +15,17 @@ use crate::mvcc::{PrewriteMutation, TxnStatus};
 use crate::proto::errorpb;
 use crate::proto::kvrpcpb::{self, Context, KvPair};
 use crate::proto::tikvpb::tikv_server::Tikv;
-use crate::{Fault, RegionFault, Rpc, STORE_ID, Shared};
+use crate::{Fault, HoldPoint, RegionFault, Rpc, Shared};
 use std::ops::Bound;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// The TiKV gRPC service of a [`crate::TestCluster`]'s one store.
+/// The TiKV gRPC service of one store of a [`crate::TestCluster`].
 #[derive(Debug)]
 pub struct TikvService {
     pub(crate) shared: Arc<Shared>,
+    /// The store this service is.
+    pub(crate) store_id: u64,
 }
 
 /// A response type with a `region_error` field.
@@ -62,6 +64,7 @@ struct Range {
 
 impl TikvService {
     fn region_error(&self, fault: RegionFault, region_id: u64) -> errorpb::Error {
+        let stores = self.shared.stores();
         let regions = self.shared.regions.lock();
         let mut e = errorpb::Error {
             message: format!("injected {fault:?}"),
@@ -76,7 +79,7 @@ impl TikvService {
             }
             RegionFault::EpochNotMatch => {
                 e.epoch_not_match = Some(errorpb::EpochNotMatch {
-                    current_regions: regions.iter().map(|r| r.meta()).collect(),
+                    current_regions: regions.iter().map(|r| r.meta(stores)).collect(),
                 });
             }
             RegionFault::ServerIsBusy => {
@@ -91,8 +94,8 @@ impl TikvService {
             }
             RegionFault::StoreNotMatch => {
                 e.store_not_match = Some(errorpb::StoreNotMatch {
-                    request_store_id: STORE_ID,
-                    actual_store_id: STORE_ID,
+                    request_store_id: self.store_id,
+                    actual_store_id: self.store_id,
                 });
             }
         }
@@ -113,23 +116,37 @@ impl TikvService {
             });
         };
         if let Some(peer) = &ctx.peer
-            && peer.store_id != STORE_ID
+            && peer.store_id != self.store_id
         {
             return Err(errorpb::Error {
                 message: "store not match".into(),
                 store_not_match: Some(errorpb::StoreNotMatch {
                     request_store_id: peer.store_id,
-                    actual_store_id: STORE_ID,
+                    actual_store_id: self.store_id,
+                }),
+                ..Default::default()
+            });
+        }
+        if region.leader_store != self.store_id {
+            return Err(errorpb::Error {
+                message: format!(
+                    "peer of region {} on store {} is not leader",
+                    region.id, self.store_id
+                ),
+                not_leader: Some(errorpb::NotLeader {
+                    region_id: region.id,
+                    leader: Some(region.peer()),
                 }),
                 ..Default::default()
             });
         }
         let epoch = ctx.region_epoch.unwrap_or_default();
         if epoch.version != region.version || epoch.conf_ver != region.conf_ver {
+            let stores = self.shared.stores();
             return Err(errorpb::Error {
                 message: format!("epoch not match for region {}", region.id),
                 epoch_not_match: Some(errorpb::EpochNotMatch {
-                    current_regions: regions.iter().map(|r| r.meta()).collect(),
+                    current_regions: regions.iter().map(|r| r.meta(stores)).collect(),
                 }),
                 ..Default::default()
             });
@@ -152,7 +169,19 @@ impl TikvService {
         })
     }
 
-    /// Runs one RPC: counts it, applies a queued fault, checks the region, then `f`.
+    /// A stopped store's answer.
+    fn check_stopped(&self, rpc: Rpc) -> Result<(), Status> {
+        if self.shared.stopped.lock().contains(&self.store_id) {
+            return Err(Status::unavailable(format!(
+                "store {} is stopped ({rpc:?})",
+                self.store_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one RPC: counts it, applies a queued fault, parks it at an armed hold,
+    /// checks the store is up and the region, then `f`.
     async fn run<R: RegionErr>(
         &self,
         rpc: Rpc,
@@ -160,7 +189,23 @@ impl TikvService {
         keys: &[&[u8]],
         f: impl FnOnce(&Shared, Range) -> R,
     ) -> Result<Response<R>, Status> {
+        self.check_stopped(rpc)?;
         let fault = self.shared.take_fault(rpc);
+        let hold = if fault.is_none() {
+            self.shared.take_hold(rpc)
+        } else {
+            None
+        };
+        if let Some(h) = &hold
+            && h.point() == HoldPoint::BeforeApply
+        {
+            if !h.park().await {
+                return Err(Status::unavailable(format!(
+                    "injected: held {rpc:?} failed before it applied"
+                )));
+            }
+            self.check_stopped(rpc)?;
+        }
         let region_id = ctx.as_ref().map_or(0, |c| c.region_id);
         match fault {
             Some(Fault::Region(kind)) => {
@@ -185,6 +230,14 @@ impl TikvService {
             }
         };
         let resp = f(&self.shared, range);
+        if let Some(h) = &hold
+            && h.point() == HoldPoint::AfterApply
+            && !h.park().await
+        {
+            return Err(Status::unavailable(format!(
+                "injected: held {rpc:?} applied, response dropped"
+            )));
+        }
         if fault == Some(Fault::DropResponse) {
             return Err(Status::unavailable(format!(
                 "injected: {rpc:?} applied, response dropped"

@@ -1,8 +1,10 @@
 //! The test cluster against the real `tikv-client` 0.4.0: the Percolator cases of
 //! `shared/notes/TIKV.md` (put/get, write conflicts, scans across regions, reverse scans,
-//! lock resolution after an abandoned transaction, pessimistic locks) and the faults.
+//! lock resolution after an abandoned transaction, pessimistic locks) and the faults:
+//! region errors, splits, lost responses, held RPCs, leader transfers to a second store
+//! and stopped stores.
 
-use datalayer_tikv_testkit::{ClusterConfig, Fault, RegionFault, Rpc, TestCluster};
+use datalayer_tikv_testkit::{ClusterConfig, Fault, HoldPoint, RegionFault, Rpc, TestCluster};
 use std::time::{Duration, Instant};
 use tikv_client::{CheckLevel, Transaction, TransactionClient, TransactionOptions};
 
@@ -325,4 +327,93 @@ async fn unavailable_and_slow_stores_are_retried_by_the_client() {
         started.elapsed()
     );
     assert!(c.rpc_count(Rpc::Get) >= 5);
+}
+
+#[tokio::test]
+async fn a_held_rpc_waits_for_the_test_and_can_be_failed() {
+    let (c, client) = cluster().await;
+    // Held before it applies, then released: the commit completes.
+    let hold = c.hold(Rpc::Commit, 1, HoldPoint::BeforeApply);
+    let mut t = begin(&client).await;
+    t.put(b"a".to_vec(), b"1".to_vec()).await.unwrap();
+    let commit = tokio::spawn(async move { t.commit().await });
+    assert!(hold.reached(Duration::from_secs(5)).await);
+    assert!(hold.is_parked());
+    assert_eq!(c.lock_count(), 1, "prewritten, not committed");
+    assert_eq!(c.commit_count(b"a"), 0);
+    hold.release();
+    commit.await.unwrap().unwrap();
+    assert_eq!(c.commit_count(b"a"), 1);
+    // Failed before it applies, every time: the primary never commits.
+    let hold = c.hold(Rpc::Commit, 1, HoldPoint::BeforeApply);
+    c.inject(Rpc::Commit, Fault::Unavailable, 30);
+    let mut t = begin(&client).await;
+    t.put(b"a".to_vec(), b"2".to_vec()).await.unwrap();
+    let commit = tokio::spawn(async move { t.commit().await });
+    // The injected faults come first: the hold catches the first call without one.
+    assert!(!hold.reached(Duration::from_millis(300)).await);
+    assert!(commit.await.unwrap().is_err());
+    assert_eq!(c.commit_count(b"a"), 1);
+    c.clear_faults();
+    drop(hold);
+    // Applied, response held, then dropped: committed once, the client retries.
+    let hold = c.hold(Rpc::Commit, 1, HoldPoint::AfterApply);
+    let mut t = begin(&client).await;
+    t.put(b"k".to_vec(), b"1".to_vec()).await.unwrap();
+    let commit = tokio::spawn(async move { t.commit().await });
+    assert!(hold.reached(Duration::from_secs(5)).await);
+    assert_eq!(c.commit_count(b"k"), 1, "applied while held");
+    hold.fail();
+    commit.await.unwrap().unwrap();
+    assert_eq!(c.commit_count(b"k"), 1, "applied once");
+}
+
+#[tokio::test]
+async fn leaders_move_between_two_stores_and_a_stopped_store_is_unavailable() {
+    let c = TestCluster::start(ClusterConfig {
+        stores: 2,
+        ..ClusterConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = TransactionClient::new(vec![c.pd_addr()]).await.unwrap();
+    put_all(&client, &[("a", "1"), ("k", "1"), ("z", "1")]).await;
+    assert_eq!(c.leader_store(b"k"), 1);
+    // The client learns the new leader (from the old one's NotLeader).
+    assert!(c.transfer_leader(b"k", 2));
+    assert!(!c.transfer_leader(b"k", 2), "already there");
+    let mut t = begin(&client).await;
+    assert_eq!(s(t.get(b"k".to_vec()).await.unwrap()).as_deref(), Some("1"));
+    // Store 2 stops: reads of its regions fail once the client's retries are spent
+    // (so the client did route `k` to store 2); the other store still serves.
+    // (A transaction caches what it read: each read below is a new transaction.)
+    c.stop_store(2);
+    let gets = c.rpc_count(Rpc::Get);
+    assert!(begin(&client).await.get(b"k".to_vec()).await.is_err());
+    assert_eq!(
+        c.rpc_count(Rpc::Get),
+        gets,
+        "a stopped store serves nothing"
+    );
+    let got = begin(&client).await.get(b"a".to_vec()).await.unwrap();
+    assert_eq!(s(got).as_deref(), Some("1"));
+    // Its leader fails over to store 1: served again, before the restart.
+    assert!(c.transfer_leader(b"k", 1));
+    let got = begin(&client).await.get(b"k".to_vec()).await.unwrap();
+    assert_eq!(s(got).as_deref(), Some("1"));
+    c.restart_store(2);
+    assert_eq!(c.transfer_all_leaders(2), c.regions().len());
+    t.put(b"z".to_vec(), b"2".to_vec()).await.unwrap();
+    t.commit().await.unwrap();
+    let mut t = begin(&client).await;
+    assert_eq!(s(t.get(b"z".to_vec()).await.unwrap()).as_deref(), Some("2"));
+    t.rollback().await.unwrap();
+    assert!(
+        TestCluster::start(ClusterConfig {
+            stores: 3,
+            ..ClusterConfig::default()
+        })
+        .await
+        .is_err()
+    );
 }
