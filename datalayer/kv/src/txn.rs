@@ -187,8 +187,9 @@ impl KvTx {
     }
 
     /// Reads `keys` ahead in one `batch_get` (those neither written by this
-    /// transaction nor read ahead already) into [`KvTx::prefetched`], for a write of
-    /// many rows. Nothing to do for fewer than two keys.
+    /// transaction nor read ahead already) into [`KvTx::prefetched`], for a write op:
+    /// its row keys, unique entries and change-capture keys in one round trip instead
+    /// of one each. Nothing to do for fewer than two keys.
     async fn prefetch(&mut self, keys: Vec<Bytes>) -> Result<()> {
         let missing: Vec<Bytes> = keys
             .into_iter()
@@ -202,6 +203,15 @@ impl KvTx {
         let vals = self.txn.batch_get(&missing).await?;
         self.prefetched.extend(missing.into_iter().zip(vals));
         Ok(())
+    }
+
+    /// Adds the keys change capture reads for `table` (whether it is on, and the last
+    /// position) unless this transaction knows them already.
+    fn capture_keys(&self, table: &TableSchema, ahead: &mut Vec<Bytes>) {
+        if !self.capture.iter().any(|c| c.table == table.name) {
+            ahead.push(codec::table_prefix(codec::CAPTURE, &table.name));
+            ahead.push(codec::table_prefix(codec::CHANGE_SEQ, &table.name));
+        }
     }
 
     /// The row keys of `rows` and, for inserts, the unique entries they would take.
@@ -373,10 +383,9 @@ impl KvTx {
             Op::Insert { table, rows, mode } => {
                 let n = rows.len() as u64;
                 let keys = TableKeys::new(table);
-                if rows.len() > 1 {
-                    let ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
-                    self.prefetch(ahead).await?;
-                }
+                let mut ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
+                self.capture_keys(table, &mut ahead);
+                self.prefetch(ahead).await?;
                 for row in rows {
                     self.insert_row(table, &keys, row, mode).await?;
                 }
@@ -385,10 +394,9 @@ impl KvTx {
             Op::Update { table, rows } => {
                 let mut n = 0;
                 let keys = TableKeys::new(table);
-                if rows.len() > 1 {
-                    let ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
-                    self.prefetch(ahead).await?;
-                }
+                let mut ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
+                self.capture_keys(table, &mut ahead);
+                self.prefetch(ahead).await?;
                 for row in rows {
                     let key = keys.row_key(table, &row);
                     if let Some(old) = self.get(&key).await? {
@@ -403,10 +411,9 @@ impl KvTx {
             Op::Delete { table, keys } => {
                 let mut n = 0;
                 let tk = TableKeys::new(table);
-                if keys.len() > 1 {
-                    let ahead = keys.iter().map(|k| encode_key(&tk.row, k)).collect();
-                    self.prefetch(ahead).await?;
-                }
+                let mut ahead: Vec<Bytes> = keys.iter().map(|k| encode_key(&tk.row, k)).collect();
+                self.capture_keys(table, &mut ahead);
+                self.prefetch(ahead).await?;
                 for k in keys {
                     let key = encode_key(&tk.row, &k);
                     if let Some(old) = self.get(&key).await? {
