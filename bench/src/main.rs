@@ -343,7 +343,7 @@ fn main() -> anyhow::Result<()> {
                 key: "redis",
                 name: "Redis",
                 title,
-                info: server.info.clone(),
+                info: &|| server.info.clone(),
                 layer: "datalayer-redis",
                 raw: "redis-rs",
                 legend: report::REDIS_LEGEND,
@@ -367,7 +367,7 @@ fn main() -> anyhow::Result<()> {
                 key: "tikv",
                 name: "TiKV",
                 title: "TiKV section (N = {n}) median ±MAD".to_string(),
-                info: match cluster.regions() {
+                info: &|| match cluster.regions() {
                     Some(n) => format!(
                         "{} ({n} regions after the namespaces' splits)",
                         cluster.info
@@ -647,15 +647,16 @@ fn run_pg(
 
 /// What differs between the Redis and the TiKV section.
 #[cfg(any(feature = "redis", feature = "tikv"))]
-struct KvSection {
+struct KvSection<'a> {
     /// Prefix of the `--json` records (`redis`, `tikv`).
     key: &'static str,
     /// Display name.
     name: &'static str,
     /// The table's title; `{n}` becomes N.
     title: String,
-    /// The server and its durability, printed under the table.
-    info: String,
+    /// The server and its durability, printed under the table (asked after the
+    /// run: the TiKV regions grow with every namespace).
+    info: &'a dyn Fn() -> String,
     /// datalayer's target name.
     layer: &'static str,
     /// The raw client's target name.
@@ -669,7 +670,7 @@ struct KvSection {
 #[cfg(any(feature = "redis", feature = "tikv"))]
 fn run_kv(
     args: &Args,
-    section: &KvSection,
+    section: &KvSection<'_>,
     scratch: &Scratch,
     targets: &[&dyn Target],
     counter: &round_trips::Counter<'_>,
@@ -705,7 +706,7 @@ fn run_kv(
         "{}",
         report::kv_table(
             &title,
-            &section.info,
+            &(section.info)(),
             section.layer,
             section.raw,
             &results,
