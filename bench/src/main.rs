@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p datalayer-bench -- [--quick] [--only etchdb,redb] [--no-flights] [--no-cdc]
 //!     [--no-outbox | --outbox] [--url NAME=URL].. [--json FILE] [--pg | --pg-only]
+//!     [--redis | --redis-only] [--tikv | --tikv-only]
 //! ```
 //!
 //! Every system is a [`targets::Target`]; a workload asks each target whether it
@@ -34,14 +35,28 @@
 //! SeaORM (point read, sequential vs batched inserts in one transaction, a
 //! 1,000-row insert_many) on the server named by `DATALAYER_PG_URL`, and the
 //! outbox next to a plain `SKIP LOCKED` queue.
+//!
+//! With the cargo feature `redis` and `--redis` (or `--redis-only`), a Redis
+//! section puts datalayer-redis next to raw redis-rs doing the same work by hand
+//! (point read, one-row insert with two indexes, index range scan, a `Batch` of
+//! 1,000 point reads) on the server of `DATALAYER_REDIS_URL`; with the feature
+//! `tikv` and `--tikv` (or `--tikv-only`), a TiKV section does the same for
+//! datalayer-tikv and raw tikv-client on an in-process test cluster (or the one
+//! `DATALAYER_TIKV_PD` names).
 
 mod flights;
 mod outbox;
 #[cfg(feature = "pg")]
 mod pg;
+#[cfg(feature = "redis")]
+mod redis_server;
 mod report;
+#[cfg(any(feature = "redis", feature = "tikv"))]
+mod round_trips;
 mod stats;
 mod targets;
+#[cfg(feature = "tikv")]
+mod tikv_cluster;
 mod workloads;
 
 // One allocator for every target in the process (Rust allocations only; SQLite's C
@@ -79,6 +94,16 @@ const PG_RUN: [Workload; 5] = [
     Workload::Copy,
 ];
 
+/// The `users` workloads of the Redis and TiKV tables, in run order (reads before
+/// any write changes the data).
+#[cfg(any(feature = "redis", feature = "tikv"))]
+const KV_RUN: [Workload; 4] = [
+    Workload::PointRead,
+    Workload::RangeScan,
+    Workload::ReadBatch,
+    Workload::Insert2Idx,
+];
+
 /// Side-by-side throughput of datalayer and peer stores on the same durable workloads.
 #[derive(Debug, Parser)]
 #[command(
@@ -88,7 +113,9 @@ const PG_RUN: [Workload; 5] = [
   datalayer-bench --only etchdb,redb --no-flights --no-cdc
   datalayer-bench --quick --url mem=etch::memory: --json /tmp/b.json
   datalayer-bench --outbox                                 # the outbox workload only
-  datalayer-bench --quick --pg                             # + PostgreSQL section (--features pg)"
+  datalayer-bench --quick --pg                             # + PostgreSQL section (--features pg)
+  datalayer-bench --redis-only                             # Redis section only (--features redis)
+  datalayer-bench --tikv-only --quick                      # TiKV section only (--features tikv)"
 )]
 struct Args {
     /// Small sizes (5,000 preloaded rows, fewer repetitions): under a minute.
@@ -139,9 +166,36 @@ struct Args {
     /// Run only the PostgreSQL section (implies `--pg`).
     #[arg(long)]
     pg_only: bool,
+    /// Also run the Redis section (datalayer-redis next to raw redis-rs) on the
+    /// server named by `DATALAYER_REDIS_URL` (default `redis://127.0.0.1:6379`).
+    /// Needs `--features redis`.
+    #[arg(long)]
+    redis: bool,
+    /// Run only the Redis section (implies `--redis`; combines with the other
+    /// `--*-only` flags).
+    #[arg(long)]
+    redis_only: bool,
+    /// Also run the TiKV section (datalayer-tikv next to raw tikv-client) on an
+    /// in-process test cluster, or the cluster whose PD `DATALAYER_TIKV_PD` names.
+    /// Needs `--features tikv`.
+    #[arg(long)]
+    tikv: bool,
+    /// Run only the TiKV section (implies `--tikv`; combines with the other
+    /// `--*-only` flags).
+    #[arg(long)]
+    tikv_only: bool,
+    /// In the Redis and TiKV sections, also count the round trips (Redis:
+    /// `MONITOR`) or TiKV RPCs (in-process cluster) per operation of each target.
+    #[arg(long)]
+    round_trips: bool,
 }
 
 impl Args {
+    /// Whether a `--*-only` flag leaves out the default (embedded) tables.
+    fn sections_only(&self) -> bool {
+        self.pg_only || self.redis_only || self.tikv_only
+    }
+
     /// `quick` or `full`.
     fn run_kind(&self) -> &'static str {
         if self.quick { "quick" } else { "full" }
@@ -174,6 +228,20 @@ fn main() -> anyhow::Result<()> {
              (cargo run --release -p datalayer-bench --features pg -- --pg)"
         );
     }
+    let want_redis = args.redis || args.redis_only;
+    if want_redis && !cfg!(feature = "redis") {
+        bail!(
+            "the Redis section is not compiled in: rebuild with `--features redis` \
+             (cargo run --release -p datalayer-bench --features redis -- --redis)"
+        );
+    }
+    let want_tikv = args.tikv || args.tikv_only;
+    if want_tikv && !cfg!(feature = "tikv") {
+        bail!(
+            "the TiKV section is not compiled in: rebuild with `--features tikv` \
+             (cargo run --release -p datalayer-bench --features tikv -- --tikv)"
+        );
+    }
     let urls = parse_urls(&args.url)?;
     let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     #[allow(unused_mut)]
@@ -188,7 +256,7 @@ fn main() -> anyhow::Result<()> {
         None
     };
 
-    let embedded = if args.pg_only {
+    let embedded = if args.sections_only() {
         Vec::new()
     } else {
         targets::embedded(&scratch, &urls)?
@@ -201,7 +269,46 @@ fn main() -> anyhow::Result<()> {
     #[cfg(not(feature = "pg"))]
     let postgres: Vec<Box<dyn Target>> = Vec::new();
 
-    let known: Vec<&str> = embedded.iter().chain(&postgres).map(|t| t.name()).collect();
+    #[cfg(feature = "redis")]
+    let redis = match want_redis {
+        true => {
+            let server = redis_server::RedisServer::connect()?;
+            let scratch = scratch.with_namespaces(server.clone());
+            let targets = targets::redis(&scratch, &server)?;
+            Some((server, scratch, targets))
+        }
+        false => None,
+    };
+    #[cfg(feature = "tikv")]
+    let tikv = match want_tikv {
+        true => {
+            let cluster = tikv_cluster::TikvCluster::start()?;
+            let scratch = scratch.with_namespaces(cluster.clone());
+            let targets = targets::tikv(&scratch, &cluster)?;
+            Some((cluster, scratch, targets))
+        }
+        false => None,
+    };
+    #[allow(unused_mut)]
+    let mut kv: Vec<&dyn Target> = Vec::new();
+    #[cfg(feature = "redis")]
+    kv.extend(
+        redis
+            .iter()
+            .flat_map(|(_, _, t)| t.iter().map(AsRef::as_ref)),
+    );
+    #[cfg(feature = "tikv")]
+    kv.extend(
+        tikv.iter()
+            .flat_map(|(_, _, t)| t.iter().map(AsRef::as_ref)),
+    );
+
+    let known: Vec<&str> = embedded
+        .iter()
+        .chain(&postgres)
+        .map(|t| t.name())
+        .chain(kv.iter().map(|t| t.name()))
+        .collect();
     if let Some(k) = args.only.iter().find(|k| !known.contains(&k.as_str())) {
         bail!("unknown target {k:?}; known: {}", known.join(", "));
     }
@@ -211,17 +318,75 @@ fn main() -> anyhow::Result<()> {
     if args.outbox {
         run_outbox_only(&args, &scratch, &embedded, &postgres, &mut records)?;
     } else {
-        if !args.pg_only && !embedded.is_empty() {
+        if !args.sections_only() && !embedded.is_empty() {
             run_embedded(&args, &scratch, &embedded, &mut records)?;
         }
         #[cfg(feature = "pg")]
         if let Some(server) = &server
             && want_pg
         {
-            if args.pg {
+            if !records.is_empty() {
                 println!();
             }
             run_pg(&args, server, &scratch, &postgres, &mut records)?;
+        }
+        #[cfg(feature = "redis")]
+        if let Some((server, scratch, targets)) = &redis {
+            if !records.is_empty() {
+                println!();
+            }
+            let title = format!(
+                "Redis section (N = {{n}}) median ±MAD, at {}",
+                datalayer::redact(&server.url)
+            );
+            let section = KvSection {
+                key: "redis",
+                name: "Redis",
+                title,
+                info: &|| server.info.clone(),
+                layer: "datalayer-redis",
+                raw: "redis-rs",
+                legend: report::REDIS_LEGEND,
+            };
+            let counter = round_trips::Counter::Redis(server);
+            run_kv(
+                &args,
+                &section,
+                scratch,
+                &args.pick(targets),
+                &counter,
+                &mut records,
+            )?;
+        }
+        #[cfg(feature = "tikv")]
+        if let Some((cluster, scratch, targets)) = &tikv {
+            if !records.is_empty() {
+                println!();
+            }
+            let section = KvSection {
+                key: "tikv",
+                name: "TiKV",
+                title: "TiKV section (N = {n}) median ±MAD".to_string(),
+                info: &|| match cluster.regions() {
+                    Some(n) => format!(
+                        "{} ({n} regions after the namespaces' splits)",
+                        cluster.info
+                    ),
+                    None => cluster.info.clone(),
+                },
+                layer: "datalayer-tikv",
+                raw: "tikv-client",
+                legend: report::TIKV_LEGEND,
+            };
+            let counter = round_trips::Counter::Tikv(cluster);
+            run_kv(
+                &args,
+                &section,
+                scratch,
+                &args.pick(targets),
+                &counter,
+                &mut records,
+            )?;
         }
     }
     if let Some(path) = &args.json {
@@ -474,6 +639,99 @@ fn run_pg(
     }
     println!(
         "ratios: time a/b > 1 = a takes longer; datalayer-pg/peer > 1 = datalayer-pg is faster. Total {:.1}s; load average before {load_before}, after {}.",
+        started.elapsed().as_secs_f64(),
+        load_average(),
+    );
+    Ok(())
+}
+
+/// What differs between the Redis and the TiKV section.
+#[cfg(any(feature = "redis", feature = "tikv"))]
+struct KvSection<'a> {
+    /// Prefix of the `--json` records (`redis`, `tikv`).
+    key: &'static str,
+    /// Display name.
+    name: &'static str,
+    /// The table's title; `{n}` becomes N.
+    title: String,
+    /// The server and its durability, printed under the table (asked after the
+    /// run: the TiKV regions grow with every namespace).
+    info: &'a dyn Fn() -> String,
+    /// datalayer's target name.
+    layer: &'static str,
+    /// The raw client's target name.
+    raw: &'static str,
+    /// What each cell ran.
+    legend: &'static str,
+}
+
+/// A Redis or TiKV section: the `users` workloads of [`KV_RUN`] on its targets
+/// (each in a fresh namespace from `scratch`), its table and its records.
+#[cfg(any(feature = "redis", feature = "tikv"))]
+fn run_kv(
+    args: &Args,
+    section: &KvSection<'_>,
+    scratch: &Scratch,
+    targets: &[&dyn Target],
+    counter: &round_trips::Counter<'_>,
+    records: &mut Vec<Record>,
+) -> anyhow::Result<()> {
+    let cfg = if args.quick {
+        Config::kv_quick()
+    } else {
+        Config::kv_full()
+    };
+    println!(
+        "datalayer-bench {} section ({} run): N = {} preloaded rows; per rep: {} point reads, {} range scans (age window {} wide), the same {} reads in batches of {}, {} one-row inserts; {} reps each, {} cores",
+        section.name,
+        args.run_kind(),
+        cfg.preload_rows,
+        cfg.reads_per_rep,
+        cfg.scans_per_rep,
+        cfg.range_width(),
+        cfg.reads_per_rep,
+        workloads::READ_BATCH,
+        cfg.commits_per_rep,
+        cfg.reps,
+        std::thread::available_parallelism().map_or(0, usize::from),
+    );
+    let load_before = load_average();
+    println!("load average before: {load_before}");
+    let started = Instant::now();
+    let data = Dataset::generate(&cfg);
+    let results = workloads::run_users(&cfg, &data, scratch, targets, &KV_RUN)?;
+    let title = section.title.replace("{n}", &cfg.preload_rows.to_string());
+    println!();
+    print!(
+        "{}",
+        report::kv_table(
+            &title,
+            &(section.info)(),
+            section.layer,
+            section.raw,
+            &results,
+            section.legend
+        )
+    );
+    records.extend(report::users_records(section.key, &results));
+    if args.round_trips {
+        let unit = match counter {
+            #[cfg(feature = "redis")]
+            round_trips::Counter::Redis(_) => "round trips",
+            #[cfg(feature = "tikv")]
+            round_trips::Counter::Tikv(_) => "TiKV RPCs",
+        };
+        match round_trips::probe(counter, scratch, targets) {
+            Ok(counts) => {
+                println!();
+                print!("{}", round_trips::table(unit, &counts));
+                records.extend(round_trips::records(section.key, unit, &counts));
+            }
+            Err(e) => println!("round trips not counted: {e:#}"),
+        }
+    }
+    println!(
+        "time a/b > 1 = a takes longer. Total {:.1}s; load average before {load_before}, after {}.",
         started.elapsed().as_secs_f64(),
         load_average(),
     );

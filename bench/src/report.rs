@@ -539,6 +539,171 @@ pub fn pg_table(title: &str, durability: &str, results: &[TargetResults]) -> Str
     out
 }
 
+/// The rows of the Redis and TiKV tables, in print order, with their labels and
+/// the aim on the time ratio layer/raw (`None`: no aim on that ratio).
+#[cfg(any(feature = "redis", feature = "tikv"))]
+pub const KV_ROWS: [(Workload, &str, Option<f64>); 4] = [
+    (
+        Workload::PointRead,
+        "1 point read by pk            reads/s",
+        Some(1.2),
+    ),
+    (
+        Workload::Insert2Idx,
+        "2 insert 1 row + 2 idx, 1 tx  commits/s",
+        Some(1.5),
+    ),
+    (
+        Workload::RangeScan,
+        "3 age range ~100 rows (idx)   scans/s",
+        Some(1.3),
+    ),
+    (
+        Workload::ReadBatch,
+        "4 point reads, 1k per batch   reads/s",
+        None,
+    ),
+];
+
+/// Aim: a `Batch` of 1,000 point reads through datalayer reaches at least this
+/// factor of the throughput of 1,000 sequential point reads (row 4 / row 1).
+#[cfg(any(feature = "redis", feature = "tikv"))]
+pub const AIM_READ_BATCH_GAIN: f64 = 10.0;
+
+/// What each target ran on each row of the Redis table (printed under it).
+#[cfg(feature = "redis")]
+pub const REDIS_LEGEND: &str = "\
+what each cell ran (each target in its own namespace {dlbench_<run>_<target>_<n>}, one Redis server,
+table users2(id pk, name, email, age) with indexes on age and on email; N rows preloaded):
+  1  datalayer-redis: DlUser2::by_id(&db, id) (#[query_group]); redis-rs: one GET of the row key, decoded
+  2  one row per transaction, 1 writer. datalayer-redis: db.repo().insert(row);
+     redis-rs: one MULTI of SET row + ZADD age-index + ZADD email-index (score 0, order-preserving bytes), EXEC
+  3  ~100 rows by age. datalayer-redis: db.repo().find(\"by_age\").range(lo..=hi).all();
+     redis-rs: ZRANGE {ns}:ia [lo (hi+1 BYLEX LIMIT 0 1000, then one MGET of the rows
+  4  datalayer-redis: one Batch of 1,000 DlUser2::by_id_stmt(id), batch.run(&db);
+     redis-rs: one MGET of the 1,000 row keys
+";
+
+/// What each target ran on each row of the TiKV table (printed under it).
+#[cfg(feature = "tikv")]
+pub const TIKV_LEGEND: &str = "\
+what each cell ran (each target in its own namespace dlbench_<run>_<target>_<n> (key prefix ns\\0), regions split at
+ns\\0i and ns\\0r so index entries and rows live in different regions; table users2 with indexes on age and email):
+  1  datalayer-tikv: DlUser2::by_id(&db, id) (#[query_group]);
+     tikv-client: snapshot at current_timestamp() (TSO), one get of the row key
+  2  one row per transaction, 1 writer. datalayer-tikv: db.repo().insert(row) (optimistic transaction);
+     tikv-client: begin_with_options(optimistic), put row + 2 index keys, commit (2PC)
+  3  ~100 rows by age. datalayer-tikv: db.repo().find(\"by_age\").range(lo..=hi).all();
+     tikv-client: snapshot, scan of the age index (limit 1000), one batch_get of the rows
+  4  datalayer-tikv: one Batch of 1,000 DlUser2::by_id_stmt(id), batch.run(&db);
+     tikv-client: snapshot, one batch_get of the 1,000 row keys
+";
+
+/// A Redis or TiKV section's table: `layer` (datalayer) next to `raw` (the raw
+/// client doing the same work by hand) on every row of [`KV_ROWS`], median ± MAD,
+/// the time ratio layer/raw with its aim as "met" / "NOT met", the batched /
+/// sequential throughput of each, the setup times; then `info` (the server and
+/// its durability), the aims in words and `legend` (what each cell ran). `title`
+/// names the section and sizes.
+#[cfg(any(feature = "redis", feature = "tikv"))]
+pub fn kv_table(
+    title: &str,
+    info: &str,
+    layer: &str,
+    raw: &str,
+    results: &[TargetResults],
+    legend: &str,
+) -> String {
+    let find = |n: &str| results.iter().find(|r| r.name == n);
+    let (l, r) = (find(layer), find(raw));
+    let get = |t: Option<&TargetResults>, w| t.and_then(|t| t.get(w));
+    let mut rows = vec![vec![
+        title.to_string(),
+        layer.to_string(),
+        raw.to_string(),
+        format!("time {layer}/{raw}"),
+        "aim".to_string(),
+    ]];
+    let mut verdicts = Vec::new();
+    for (w, label, aim) in KV_ROWS {
+        let (a, b) = (get(l, w), get(r, w));
+        if a.is_none() && b.is_none() {
+            continue;
+        }
+        let cellof = |s: Option<Stat>| s.map_or_else(|| NONE.to_string(), |s| cell(&s));
+        let t = match (a, b) {
+            (Some(a), Some(b)) if a.median > 0.0 => Some(b.median / a.median),
+            _ => None,
+        };
+        let aim_cell = match (aim, t) {
+            (Some(x), Some(t)) => {
+                verdicts.push(format!(
+                    "  {}: {layer} takes {t:.2}x the time of {raw} (aim <= {x}x): {}",
+                    label[2..].split("  ").next().unwrap_or(label).trim(),
+                    verdict(t <= x)
+                ));
+                format!("<= {x}x: {}", verdict(t <= x))
+            }
+            (Some(x), None) => format!("<= {x}x: not measured"),
+            (None, _) => String::new(),
+        };
+        rows.push(vec![
+            label.to_string(),
+            cellof(a),
+            cellof(b),
+            t.map_or_else(|| NONE.to_string(), |t| format!("{t:.2}x")),
+            aim_cell,
+        ]);
+    }
+    let gain = |t: Option<&TargetResults>| {
+        ratio(
+            get(t, Workload::ReadBatch).map(|s| s.median),
+            get(t, Workload::PointRead).map(|s| s.median),
+        )
+    };
+    let layer_gain = match (get(l, Workload::ReadBatch), get(l, Workload::PointRead)) {
+        (Some(b), Some(s)) if s.median > 0.0 => Some(b.median / s.median),
+        _ => None,
+    };
+    rows.push(vec![
+        "  batched / sequential = 4 / 1 (throughput)".to_string(),
+        gain(l),
+        gain(r),
+        String::new(),
+        layer_gain.map_or_else(String::new, |g| {
+            format!(
+                ">= {AIM_READ_BATCH_GAIN}x: {}",
+                verdict(g >= AIM_READ_BATCH_GAIN)
+            )
+        }),
+    ]);
+    rows.push(vec![
+        "  (setup: connect, preload N, s)".to_string(),
+        l.map_or_else(String::new, |t| format!("{:.2}", t.setup.as_secs_f64())),
+        r.map_or_else(String::new, |t| format!("{:.2}", t.setup.as_secs_f64())),
+        String::new(),
+        String::new(),
+    ]);
+    let mut out = render(&rows);
+    let _ = writeln!(out, "server: {info}");
+    out.push_str("aims (benchmark, not tests):\n");
+    for v in verdicts {
+        let _ = writeln!(out, "{v}");
+    }
+    match layer_gain {
+        Some(g) => {
+            let _ = writeln!(
+                out,
+                "  Batch of 1,000 point reads through {layer}: {g:.2}x the throughput of sequential point reads (aim >= {AIM_READ_BATCH_GAIN}x): {}",
+                verdict(g >= AIM_READ_BATCH_GAIN)
+            );
+        }
+        None => out.push_str("  Batch vs sequential point reads: not measured\n"),
+    }
+    out.push_str(legend);
+    out
+}
+
 /// One figure of `--json`: a workload on a target, in `unit`, over the
 /// repetitions the harness took.
 #[derive(Debug, Clone, PartialEq, Serialize)]

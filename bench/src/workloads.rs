@@ -37,6 +37,9 @@ pub const RANGE_TARGET_ROWS: usize = 100;
 /// [`Workload::InsertSequential`], [`Workload::InsertBatched`], [`Workload::Copy`]).
 pub const BATCH_ROWS: usize = 1_000;
 
+/// Point reads per `Batch` in [`Workload::ReadBatch`].
+pub const READ_BATCH: usize = 1_000;
+
 /// Concurrent writers in [`Workload::Commit8`].
 pub const WRITERS: usize = 8;
 
@@ -111,6 +114,13 @@ pub enum Workload {
     Changes,
     /// Outbox end to end: events produced and handled by a consumer (two figures).
     Outbox,
+    /// One-row insert per transaction into a table with TWO secondary indexes
+    /// (age and email), one writer: the Redis and TiKV sections' insert row.
+    #[cfg_attr(not(any(feature = "redis", feature = "tikv")), allow(dead_code))]
+    Insert2Idx,
+    /// Point reads by primary key sent [`READ_BATCH`] at a time (datalayer: one
+    /// `Batch` of `*_stmt` queries), among the preloaded rows.
+    ReadBatch,
 }
 
 impl Workload {
@@ -128,15 +138,17 @@ impl Workload {
             Workload::Flights => "flights_load",
             Workload::Changes => "insert_changes",
             Workload::Outbox => "outbox",
+            Workload::Insert2Idx => "insert_2idx",
+            Workload::ReadBatch => "read_batch_1k",
         }
     }
 
     /// Unit of the figure (operations per second).
     pub fn unit(self) -> &'static str {
         match self {
-            Workload::PointRead => "reads/s",
+            Workload::PointRead | Workload::ReadBatch => "reads/s",
             Workload::RangeScan => "scans/s",
-            Workload::Commit1 | Workload::Commit8 => "commits/s",
+            Workload::Commit1 | Workload::Commit8 | Workload::Insert2Idx => "commits/s",
             Workload::Outbox => "events/s",
             _ => "rows/s",
         }
@@ -156,6 +168,8 @@ impl Workload {
             Workload::Flights => "flights load, 1 tx",
             Workload::Changes => "insert with changes vs without",
             Workload::Outbox => "outbox end to end",
+            Workload::Insert2Idx => "insert 1 row + 2 indexes, own tx",
+            Workload::ReadBatch => "batches of 1k point reads",
         }
     }
 }
@@ -250,6 +264,36 @@ impl Config {
         }
     }
 
+    /// The Redis and TiKV sections, full run: N = 10,000 preloaded rows, 10,000
+    /// point reads x 7 reps, 200 range scans x 7 reps, 1,000 inserts x 7 reps.
+    #[cfg(any(feature = "redis", feature = "tikv"))]
+    pub fn kv_full() -> Self {
+        Self {
+            preload_rows: 10_000,
+            reads_per_rep: 10_000,
+            scans_per_rep: 200,
+            commits_per_rep: 1_000,
+            reps: 7,
+            commit_reps: 7,
+            ..Self::full()
+        }
+    }
+
+    /// The Redis and TiKV sections, `--quick`: N = 2,000, 2,000 point reads x 3
+    /// reps, 100 range scans x 3 reps, 300 inserts x 3 reps.
+    #[cfg(any(feature = "redis", feature = "tikv"))]
+    pub fn kv_quick() -> Self {
+        Self {
+            preload_rows: 2_000,
+            reads_per_rep: 2_000,
+            scans_per_rep: 100,
+            commits_per_rep: 300,
+            reps: 3,
+            commit_reps: 3,
+            ..Self::quick()
+        }
+    }
+
     /// Width of the age window that returns ~[`RANGE_TARGET_ROWS`] rows.
     pub fn range_width(&self) -> i32 {
         let w = (RANGE_TARGET_ROWS as f64 * f64::from(AGE_SPAN) / self.preload_rows as f64).ceil();
@@ -259,9 +303,9 @@ impl Config {
     /// Timed repetitions and operations per repetition of a `users` workload.
     fn reps_and_ops(&self, w: Workload, data: &Dataset) -> (usize, usize) {
         match w {
-            Workload::PointRead => (self.reps, data.read_ids.len()),
+            Workload::PointRead | Workload::ReadBatch => (self.reps, data.read_ids.len()),
             Workload::RangeScan => (self.reps, data.ranges.len()),
-            Workload::Commit1 => (self.commit_reps, self.commits_per_rep),
+            Workload::Commit1 | Workload::Insert2Idx => (self.commit_reps, self.commits_per_rep),
             Workload::Commit8 => (self.commit_reps, self.commits_per_writer_per_rep * WRITERS),
             _ => (self.batch_reps, BATCH_ROWS),
         }
@@ -498,7 +542,35 @@ fn warm_up(l: &Live<'_>, w: Workload, data: &Dataset) -> anyhow::Result<()> {
                 );
             }
         }
-        Workload::Commit1 => t.commit_many(&l.ids.rows(10)),
+        Workload::ReadBatch => {
+            let ids = &data.read_ids[..data.read_ids.len().min(READ_BATCH)];
+            let got = t.read_batch(ids);
+            if got.len() != ids.len() {
+                bail!(
+                    "{name}: a batch of {} reads returned {} results",
+                    ids.len(),
+                    got.len()
+                );
+            }
+            for (&id, got) in ids.iter().zip(&got) {
+                if got.as_ref() != Some(&User::synthetic(id)) {
+                    bail!("{name}: batched point read of {id} returned {got:?}");
+                }
+            }
+            if t.read_batches(&data.read_ids, READ_BATCH) != data.read_ids.len() {
+                bail!("{name}: batched point reads missed rows");
+            }
+        }
+        Workload::Commit1 | Workload::Insert2Idx => {
+            let rows = l.ids.rows(10);
+            t.commit_many(&rows);
+            for u in &rows {
+                let got = t.point_read(u.id);
+                if got.as_ref() != Some(u) {
+                    bail!("{name}: the inserted row {} reads back as {got:?}", u.id);
+                }
+            }
+        }
         Workload::Commit8 => {
             let per_writer: Vec<Vec<User>> = (0..WRITERS).map(|_| l.ids.rows(2)).collect();
             concurrent_commits(t, &per_writer);
@@ -532,7 +604,16 @@ fn one_rep(l: &Live<'_>, w: Workload, cfg: &Config, data: &Dataset) -> anyhow::R
             }
             elapsed
         }
-        Workload::Commit1 => {
+        Workload::ReadBatch => {
+            let t0 = Instant::now();
+            let found = t.read_batches(&data.read_ids, READ_BATCH);
+            let elapsed = t0.elapsed();
+            if found != data.read_ids.len() {
+                bail!("{name}: a batched point read missed a row");
+            }
+            elapsed
+        }
+        Workload::Commit1 | Workload::Insert2Idx => {
             let rows = l.ids.rows(cfg.commits_per_rep);
             let t0 = Instant::now();
             t.commit_many(&rows);

@@ -34,6 +34,15 @@
 //!   `insert_many` on a `Tx` is the engine's batch path (the same pipeline as
 //!   `Batch::run` on a `Tx`).
 //!
+//! In the Redis and TiKV sections the target runs [`Shape::TwoIndexes`]: the same
+//! row in a table `users2` with a second index, on `email` (`DlUser2`), so that a
+//! one-row insert maintains two indexes; there:
+//! - point read: `DlUser2::by_id(&db, id)`;
+//! - insert (one row, own transaction): `db.repo().insert(row)`;
+//! - range scan: `db.repo().find("by_age").range(lo..=hi).all()`;
+//! - batched reads: a `Batch` of 1,000 `DlUser2::by_id_stmt(id)`, `batch.run(&db)`
+//!   (one atomic unit on the `Db`).
+//!
 //! Which of [`Workload::Changes`] and [`Workload::Outbox`] a target runs comes from
 //! its engine's declared `Capability` (`change_feed`, `outbox`), read once when
 //! the target is made.
@@ -43,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use datalayer::prelude::*;
-use datalayer::{Capability, DbBuilder};
+use datalayer::{Capability, DbBuilder, Stmt};
 use tokio::runtime::Runtime;
 
 use super::{Place, Target, UsersTable, runtime};
@@ -80,6 +89,79 @@ pub(crate) struct DlUser {
 impl DlUser {
     fn by_id(id: i64) -> Option<DlUser> {
         Self::filter(|u| u.id == id)
+    }
+}
+
+/// The benchmark's user row in the Redis and TiKV sections: the same columns with
+/// TWO secondary indexes, on age and on email.
+#[derive(Table, Clone, Debug)]
+#[table(name = "users2")]
+#[index(name = "by_age", fields(age))]
+#[index(name = "by_email", fields(email))]
+pub(crate) struct DlUser2 {
+    #[pk]
+    id: i64,
+    name: String,
+    email: String,
+    age: i32,
+}
+
+#[query_group]
+impl DlUser2 {
+    fn by_id(id: i64) -> Option<DlUser2> {
+        Self::filter(|u| u.id == id)
+    }
+}
+
+/// The table declaration a [`Datalayer`] target's `users` workloads run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `users` with one index (on age): the default and PostgreSQL tables.
+    OneIndex,
+    /// `users2` with two indexes (on age and on email): the Redis and TiKV sections.
+    #[cfg_attr(not(any(feature = "redis", feature = "tikv")), allow(dead_code))]
+    TwoIndexes,
+}
+
+/// What the `users` workloads need of a table declaration.
+trait Row:
+    Table + datalayer::QueryGroup + Send + Sync + 'static + for<'a> From<&'a User> + Into<User>
+{
+    /// The `#[query_group]` point query by primary key, staged.
+    fn by_id_stmt(id: i64) -> Stmt<Option<Self>>;
+}
+
+impl Row for DlUser {
+    fn by_id_stmt(id: i64) -> Stmt<Option<Self>> {
+        DlUser::by_id_stmt(id)
+    }
+}
+
+impl Row for DlUser2 {
+    fn by_id_stmt(id: i64) -> Stmt<Option<Self>> {
+        DlUser2::by_id_stmt(id)
+    }
+}
+
+impl From<&User> for DlUser2 {
+    fn from(u: &User) -> Self {
+        DlUser2 {
+            id: u.id,
+            name: u.name.clone(),
+            email: u.email.clone(),
+            age: u.age,
+        }
+    }
+}
+
+impl From<DlUser2> for User {
+    fn from(u: DlUser2) -> Self {
+        User {
+            id: u.id,
+            name: u.name,
+            email: u.email,
+            age: u.age,
+        }
     }
 }
 
@@ -166,14 +248,18 @@ impl From<&FlightRow> for DlFlight {
 }
 
 /// Renders the URL template `url` for `place`: `{dir}` becomes its directory,
-/// `{schema}` its PostgreSQL schema (created now).
+/// `{schema}` its PostgreSQL schema (created now), `{ns}` its namespace on the
+/// section's Redis server or TiKV cluster (created now).
 ///
 /// # Errors
-/// `{schema}` is used and the place cannot have one.
+/// `{schema}` or `{ns}` is used and the place cannot have one.
 pub fn render(url: &str, place: &Place) -> anyhow::Result<String> {
     let mut out = url.replace("{dir}", &place.dir().display().to_string());
     if out.contains("{schema}") {
         out = out.replace("{schema}", &place.schema()?);
+    }
+    if out.contains("{ns}") {
+        out = out.replace("{ns}", &place.namespace()?);
     }
     Ok(out)
 }
@@ -184,6 +270,7 @@ pub struct Datalayer {
     url: String,
     rt: Arc<Runtime>,
     capability: Capability,
+    shape: Shape,
 }
 
 impl Datalayer {
@@ -215,7 +302,33 @@ impl Datalayer {
             url,
             rt,
             capability,
+            shape: Shape::OneIndex,
         })
+    }
+
+    /// The same target on the table declaration `shape`.
+    #[cfg(any(feature = "redis", feature = "tikv"))]
+    pub fn with_shape(mut self, shape: Shape) -> Self {
+        self.shape = shape;
+        self
+    }
+
+    /// Opens the `users` table of declaration `T` at `place` and preloads `rows`.
+    fn open_as<T: Row>(&self, place: &Place, rows: &[User]) -> anyhow::Result<Box<dyn UsersTable>> {
+        let (db, url) = self.connect(place, |b| b.table::<T>().queries::<T>())?;
+        self.rt.block_on(async {
+            let rows: Vec<T> = rows.iter().map(T::from).collect();
+            for chunk in rows.chunks(PRELOAD_CHUNK) {
+                db.repo::<T>().insert_many(chunk).await?;
+            }
+            Ok::<_, datalayer::Error>(())
+        })?;
+        check_sqlite_durability(&db, &url)?;
+        Ok(Box::new(DlUsers::<T> {
+            rt: self.rt.clone(),
+            db,
+            _row: std::marker::PhantomData,
+        }))
     }
 
     /// Connects at `place` with the tables and options `build` adds.
@@ -274,19 +387,10 @@ impl Target for Datalayer {
     }
 
     fn open(&self, place: &Place, rows: &[User]) -> anyhow::Result<Box<dyn UsersTable>> {
-        let (db, url) = self.connect(place, |b| b.table::<DlUser>().queries::<DlUser>())?;
-        self.rt.block_on(async {
-            let rows: Vec<DlUser> = rows.iter().map(DlUser::from).collect();
-            for chunk in rows.chunks(PRELOAD_CHUNK) {
-                db.repo::<DlUser>().insert_many(chunk).await?;
-            }
-            Ok::<_, datalayer::Error>(())
-        })?;
-        check_sqlite_durability(&db, &url)?;
-        Ok(Box::new(DlUsers {
-            rt: self.rt.clone(),
-            db,
-        }))
+        match self.shape {
+            Shape::OneIndex => self.open_as::<DlUser>(place, rows),
+            Shape::TwoIndexes => self.open_as::<DlUser2>(place, rows),
+        }
     }
 
     fn load_flights(&self, place: &Place, rows: &[FlightRow]) -> anyhow::Result<Duration> {
@@ -343,16 +447,29 @@ impl Target for Datalayer {
     }
 }
 
-/// The `users` table of a [`Datalayer`] target.
-struct DlUsers {
+/// The `users` table of a [`Datalayer`] target, declared by `T`.
+struct DlUsers<T> {
     rt: Arc<Runtime>,
     db: Db,
+    _row: std::marker::PhantomData<fn() -> T>,
 }
 
-impl DlUsers {
+impl<T: Row> DlUsers<T> {
+    async fn read(&self, id: i64) -> Option<T> {
+        T::by_id_stmt(id)
+            .run(&self.db)
+            .await
+            .expect("datalayer read")
+    }
+
+    async fn batch(&self, ids: &[i64]) -> Vec<Option<T>> {
+        let batch: Batch<Option<T>> = ids.iter().map(|&id| T::by_id_stmt(id)).collect();
+        batch.run(&self.db).await.expect("datalayer batch of reads")
+    }
+
     async fn range(&self, lo: i32, hi: i32) -> usize {
         self.db
-            .repo::<DlUser>()
+            .repo::<T>()
             .find("by_age")
             .range(lo..=hi)
             .all()
@@ -362,23 +479,34 @@ impl DlUsers {
     }
 }
 
-impl UsersTable for DlUsers {
+impl<T: Row> UsersTable for DlUsers<T> {
     fn point_read(&self, id: i64) -> Option<User> {
-        self.rt
-            .block_on(DlUser::by_id(&self.db, id))
-            .expect("datalayer read")
-            .map(User::from)
+        self.rt.block_on(self.read(id)).map(Into::into)
     }
 
     fn point_reads(&self, ids: &[i64]) -> usize {
         self.rt.block_on(async {
             let mut n = 0;
             for &id in ids {
-                let found = DlUser::by_id(&self.db, id)
-                    .await
-                    .expect("datalayer read")
-                    .is_some();
-                n += usize::from(found);
+                n += usize::from(self.read(id).await.is_some());
+            }
+            n
+        })
+    }
+
+    fn read_batch(&self, ids: &[i64]) -> Vec<Option<User>> {
+        self.rt
+            .block_on(self.batch(ids))
+            .into_iter()
+            .map(|r| r.map(Into::into))
+            .collect()
+    }
+
+    fn read_batches(&self, ids: &[i64], size: usize) -> usize {
+        self.rt.block_on(async {
+            let mut n = 0;
+            for c in ids.chunks(size.max(1)) {
+                n += self.batch(c).await.iter().flatten().count();
             }
             n
         })
@@ -400,7 +528,7 @@ impl UsersTable for DlUsers {
 
     fn commit_one(&self, u: &User) {
         self.rt
-            .block_on(self.db.repo::<DlUser>().insert(&DlUser::from(u)))
+            .block_on(self.db.repo::<T>().insert(&T::from(u)))
             .expect("datalayer commit");
     }
 
@@ -408,8 +536,8 @@ impl UsersTable for DlUsers {
         self.rt.block_on(async {
             for u in rows {
                 self.db
-                    .repo::<DlUser>()
-                    .insert(&DlUser::from(u))
+                    .repo::<T>()
+                    .insert(&T::from(u))
                     .await
                     .expect("datalayer commit");
             }
@@ -417,19 +545,19 @@ impl UsersTable for DlUsers {
     }
 
     fn insert_many(&self, rows: &[User]) {
-        let rows: Vec<DlUser> = rows.iter().map(DlUser::from).collect();
+        let rows: Vec<T> = rows.iter().map(T::from).collect();
         let n = self
             .rt
-            .block_on(self.db.repo::<DlUser>().insert_many(&rows))
+            .block_on(self.db.repo::<T>().insert_many(&rows))
             .expect("datalayer insert_many");
         assert_eq!(n as usize, rows.len(), "rows inserted by insert_many");
     }
 
     fn insert_sequential(&self, rows: &[User]) {
-        let rows: Vec<DlUser> = rows.iter().map(DlUser::from).collect();
+        let rows: Vec<T> = rows.iter().map(T::from).collect();
         self.rt
             .block_on(self.db.tx(async |tx| {
-                let repo = tx.repo::<DlUser>();
+                let repo = tx.repo::<T>();
                 for r in &rows {
                     repo.insert(r).await?;
                 }
@@ -439,12 +567,12 @@ impl UsersTable for DlUsers {
     }
 
     fn insert_batched(&self, rows: &[User]) {
-        let rows: Vec<DlUser> = rows.iter().map(DlUser::from).collect();
+        let rows: Vec<T> = rows.iter().map(T::from).collect();
         let n = self
             .rt
             .block_on(
                 self.db
-                    .tx(async |tx| tx.repo::<DlUser>().insert_many(&rows).await),
+                    .tx(async |tx| tx.repo::<T>().insert_many(&rows).await),
             )
             .expect("datalayer batched inserts");
         assert_eq!(
@@ -456,7 +584,7 @@ impl UsersTable for DlUsers {
 
     fn count(&self) -> i64 {
         self.rt
-            .block_on(self.db.repo::<DlUser>().count())
+            .block_on(self.db.repo::<T>().count())
             .expect("datalayer count") as i64
     }
 

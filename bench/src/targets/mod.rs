@@ -6,7 +6,9 @@
 //! - peers: [`etchdb`], [`redb`], [`rusqlite`] (and its control target
 //!   `rusqlite-on-dl-schema`), and with the cargo feature `pg`
 //!   `tokio_postgres` (raw), `sqlx`, `seaorm` and `pg_queue` (a plain
-//!   `SKIP LOCKED` queue, the outbox's peer).
+//!   `SKIP LOCKED` queue, the outbox's peer); with the feature `redis`
+//!   `redis_raw` (raw redis-rs), with the feature `tikv` `tikv_raw` (raw
+//!   tikv-client).
 //!
 //! A target says which [`Workload`]s it [supports](Target::supports); the
 //! harness runs only those and the report shows "—" for the rest.
@@ -33,11 +35,15 @@ pub mod etchdb;
 #[cfg(feature = "pg")]
 pub mod pg_queue;
 pub mod redb;
+#[cfg(feature = "redis")]
+pub mod redis_raw;
 pub mod rusqlite;
 #[cfg(feature = "pg")]
 pub mod seaorm;
 #[cfg(feature = "pg")]
 pub mod sqlx;
+#[cfg(feature = "tikv")]
+pub mod tikv_raw;
 #[cfg(feature = "pg")]
 pub mod tokio_postgres;
 
@@ -124,6 +130,22 @@ pub trait UsersTable: Send + Sync {
             .count()
     }
 
+    /// Point-reads every id in `ids` in ONE batch (datalayer: one `Batch` of
+    /// `*_stmt` point queries); the decoded rows in the order of `ids`.
+    /// [`Workload::ReadBatch`].
+    fn read_batch(&self, ids: &[i64]) -> Vec<Option<User>> {
+        let _ = ids;
+        unsupported(Workload::ReadBatch)
+    }
+
+    /// Point-reads `ids` in batches of `size`, one batch after another; returns
+    /// how many rows were found.
+    fn read_batches(&self, ids: &[i64], size: usize) -> usize {
+        ids.chunks(size.max(1))
+            .map(|c| self.read_batch(c).iter().flatten().count())
+            .sum()
+    }
+
     /// Fetches (decodes) every row with `lo <= age <= hi` through the age index;
     /// returns how many there were. [`Workload::RangeScan`].
     fn range_by_age(&self, lo: i32, hi: i32) -> usize {
@@ -140,7 +162,8 @@ pub trait UsersTable: Send + Sync {
     }
 
     /// Inserts `u` in its own durable transaction. [`Workload::Commit1`],
-    /// [`Workload::Commit8`].
+    /// [`Workload::Commit8`], [`Workload::Insert2Idx`] (on a table with two
+    /// indexes).
     fn commit_one(&self, u: &User) {
         let _ = u;
         unsupported(Workload::Commit1)
@@ -209,13 +232,39 @@ pub fn runtime() -> Arc<tokio::runtime::Runtime> {
 #[cfg(feature = "pg")]
 type Server = Option<Arc<crate::pg::PgServer>>;
 
+/// A key-value server (Redis, TiKV) on which every place gets its own fresh
+/// namespace (key prefix), removed again when the place closes (and, for those
+/// left after an error or a panic, when the server handle is dropped).
+#[cfg(any(feature = "redis", feature = "tikv"))]
+pub trait Namespaces: Send + Sync {
+    /// Makes a fresh namespace for `tag` (unique: a run id, the tag and a
+    /// counter) and remembers to remove it.
+    ///
+    /// # Errors
+    /// The server refuses (e.g. a region split).
+    fn create(&self, tag: &str) -> anyhow::Result<String>;
+
+    /// Removes every key of the namespace `ns` now.
+    ///
+    /// # Errors
+    /// The server refuses (the namespace stays remembered for the end of the run).
+    fn destroy(&self, ns: &str) -> anyhow::Result<()>;
+}
+
+/// The namespace host of a scratch or place, when there is one.
+#[cfg(any(feature = "redis", feature = "tikv"))]
+type NsHost = Option<Arc<dyn Namespaces>>;
+
 /// Hands out fresh [`Place`]s: a temporary directory under one parent and, when
-/// the run has a PostgreSQL server, a fresh schema on it.
+/// the run has a PostgreSQL server, a fresh schema on it (or, in the Redis and
+/// TiKV sections, a fresh namespace on that server).
 #[derive(Clone)]
 pub struct Scratch {
     parent: PathBuf,
     #[cfg(feature = "pg")]
     server: Server,
+    #[cfg(any(feature = "redis", feature = "tikv"))]
+    namespaces: NsHost,
     next: Arc<AtomicUsize>,
 }
 
@@ -226,8 +275,18 @@ impl Scratch {
             parent,
             #[cfg(feature = "pg")]
             server: None,
+            #[cfg(any(feature = "redis", feature = "tikv"))]
+            namespaces: None,
             next: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The same, with fresh namespaces on `host` (a Redis server, a TiKV cluster).
+    #[cfg(any(feature = "redis", feature = "tikv"))]
+    pub fn with_namespaces(&self, host: Arc<dyn Namespaces>) -> Self {
+        let mut s = self.clone();
+        s.namespaces = Some(host);
+        s
     }
 
     /// The same, with fresh schemas on `server`.
@@ -269,6 +328,10 @@ impl Scratch {
             server: self.server.clone(),
             #[cfg(feature = "pg")]
             schema: std::sync::OnceLock::new(),
+            #[cfg(any(feature = "redis", feature = "tikv"))]
+            namespaces: self.namespaces.clone(),
+            #[cfg(any(feature = "redis", feature = "tikv"))]
+            ns: std::sync::OnceLock::new(),
         })
     }
 }
@@ -283,6 +346,10 @@ pub struct Place {
     server: Server,
     #[cfg(feature = "pg")]
     schema: std::sync::OnceLock<String>,
+    #[cfg(any(feature = "redis", feature = "tikv"))]
+    namespaces: NsHost,
+    #[cfg(any(feature = "redis", feature = "tikv"))]
+    ns: std::sync::OnceLock<String>,
 }
 
 impl Place {
@@ -324,11 +391,42 @@ impl Place {
         )
     }
 
-    /// Drops the schema (if one was created) and removes the directory.
+    /// This place's namespace on the section's key-value server, created on the
+    /// first call (`dlbench_<run>_<target>_<n>`).
     ///
     /// # Errors
-    /// Either clean-up fails.
+    /// The place has no namespace host (or the crate was built without the
+    /// features `redis` and `tikv`), or the namespace cannot be made.
+    pub fn namespace(&self) -> anyhow::Result<String> {
+        #[cfg(any(feature = "redis", feature = "tikv"))]
+        {
+            if let Some(s) = self.ns.get() {
+                return Ok(s.clone());
+            }
+            let host = self
+                .namespaces
+                .as_ref()
+                .context("this place has no key-value server for a namespace")?;
+            let s = host.create(&self.tag)?;
+            Ok(self.ns.get_or_init(|| s).clone())
+        }
+        #[cfg(not(any(feature = "redis", feature = "tikv")))]
+        bail!(
+            "a namespace for {} needs the cargo feature `redis` or `tikv`",
+            self.tag
+        )
+    }
+
+    /// Drops the schema and removes the namespace (if one was created) and
+    /// removes the directory.
+    ///
+    /// # Errors
+    /// A clean-up fails.
     pub fn close(self) -> anyhow::Result<()> {
+        #[cfg(any(feature = "redis", feature = "tikv"))]
+        if let (Some(ns), Some(host)) = (self.ns.get(), &self.namespaces) {
+            host.destroy(ns)?;
+        }
         #[cfg(feature = "pg")]
         if let (Some(s), Some(server)) = (self.schema.get(), &self.server) {
             server.drop_schema(s)?;
@@ -395,5 +493,49 @@ pub fn postgres(
         Box::new(sqlx::Sqlx),
         Box::new(seaorm::SeaOrm),
         Box::new(pg_queue::PlainQueue),
+    ])
+}
+
+/// The targets of the Redis section, baseline first: datalayer on the server
+/// (`DATALAYER_REDIS_URL` + `namespace={ns}`, the table with two indexes) and raw
+/// redis-rs. `scratch` must hand out namespaces on `server`.
+///
+/// # Errors
+/// datalayer cannot open the server URL.
+#[cfg(feature = "redis")]
+pub fn redis(
+    scratch: &Scratch,
+    server: &Arc<crate::redis_server::RedisServer>,
+) -> anyhow::Result<Vec<Box<dyn Target>>> {
+    Ok(vec![
+        Box::new(
+            datalayer::Datalayer::new("datalayer-redis", server.datalayer_url(), scratch)?
+                .with_shape(datalayer::Shape::TwoIndexes),
+        ),
+        Box::new(redis_raw::RawRedis::new(server.clone())),
+    ])
+}
+
+/// The targets of the TiKV section, baseline first: datalayer on the cluster
+/// (`tikv://<pd>?namespace={ns}`, the table with two indexes) and raw tikv-client.
+/// `scratch` must hand out namespaces on `cluster`.
+///
+/// # Errors
+/// datalayer cannot open the cluster URL.
+#[cfg(feature = "tikv")]
+pub fn tikv(
+    scratch: &Scratch,
+    cluster: &Arc<crate::tikv_cluster::TikvCluster>,
+) -> anyhow::Result<Vec<Box<dyn Target>>> {
+    Ok(vec![
+        Box::new(
+            datalayer::Datalayer::new(
+                "datalayer-tikv",
+                format!("tikv://{}?namespace={{ns}}", cluster.pd),
+                scratch,
+            )?
+            .with_shape(datalayer::Shape::TwoIndexes),
+        ),
+        Box::new(tikv_raw::RawTikv::new(cluster.clone())),
     ])
 }
