@@ -118,22 +118,23 @@ impl KvEngine {
 
     async fn run_once(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
         let mut tx = self.open(ops.iter().all(Op::is_read)).await?;
-        let mut out = Vec::with_capacity(ops.len());
-        let mut r = Ok(());
-        for op in ops {
-            let plan = match &op {
-                Op::Query { query, .. } => Some(Self::plan_for(&self.plans, query)),
-                _ => None,
-            };
-            match tx.exec(op, plan.as_deref()).await {
-                Ok(o) => out.push(o),
-                Err(e) => {
-                    r = Err(e);
-                    break;
-                }
-            }
-        }
-        finish(tx, r.map(|()| out)).await
+        let planned = Self::with_plans(&self.plans, ops);
+        let r = tx.exec_all(planned).await;
+        finish(tx, r).await
+    }
+
+    /// Pairs each op with its plan (queries only).
+    #[allow(clippy::type_complexity)]
+    fn with_plans<'a>(plans: &Plans, ops: Vec<Op<'a>>) -> Vec<(Op<'a>, Option<Arc<Plan>>)> {
+        ops.into_iter()
+            .map(|op| {
+                let plan = match &op {
+                    Op::Query { query, .. } => Some(Self::plan_for(plans, query)),
+                    _ => None,
+                };
+                (op, plan)
+            })
+            .collect()
     }
 
     /// Opens a store transaction for an engine-level autocommit call.
@@ -393,6 +394,12 @@ impl EngineTx for KvEngineTx {
             _ => None,
         };
         self.tx()?.exec(op, plan.as_deref()).await
+    }
+    /// The ops in order, their point reads read ahead in one store call
+    /// ([`KvTxn::batch_get`](crate::KvTxn::batch_get)).
+    async fn run_batch(&mut self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+        let planned = KvEngine::with_plans(&self.plans, ops);
+        self.tx()?.exec_all(planned).await
     }
     async fn savepoint(&mut self, name: &str) -> Result<()> {
         self.tx()?.savepoint(name);

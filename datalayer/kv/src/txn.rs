@@ -350,6 +350,44 @@ impl KvTx {
 
     /// Runs one op. A failing write op leaves no trace in the transaction (undo log), so
     /// the transaction stays usable.
+    /// Runs `ops` in order (each with its plan, for queries), stopping at the first
+    /// error: a batch. The row keys that its primary-key point queries and `Get`s read
+    /// are read ahead in one `batch_get` first, so that a batch of point reads is one
+    /// round trip on a server store.
+    pub(crate) async fn exec_all(
+        &mut self,
+        ops: Vec<(Op<'_>, Option<std::sync::Arc<Plan>>)>,
+    ) -> Result<Vec<Output>> {
+        if ops.len() > 1 {
+            let mut ahead = Vec::new();
+            for (op, plan) in &ops {
+                match (op, plan) {
+                    (Op::Query { query, params }, Some(plan)) if op.is_read() => {
+                        if let Access::PkPoint(exprs) = &plan.access {
+                            let t = query.table;
+                            if let Some(vals) = eval_key(t, &t.primary_key, exprs, params)? {
+                                let mut key = row_prefix(t);
+                                encode_values(&mut key, &vals);
+                                ahead.push(key);
+                            }
+                        }
+                    }
+                    (Op::Get { table, keys }, _) => {
+                        let prefix = row_prefix(table);
+                        ahead.extend(keys.iter().map(|k| encode_key(&prefix, k)));
+                    }
+                    _ => {}
+                }
+            }
+            self.prefetch(ahead).await?;
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for (op, plan) in ops {
+            out.push(self.exec(op, plan.as_deref()).await?);
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn exec(&mut self, op: Op<'_>, plan: Option<&Plan>) -> Result<Output> {
         if !op.is_read() {
             if self.read_only {
