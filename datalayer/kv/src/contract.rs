@@ -39,6 +39,7 @@
 //!   keys included.
 //! - [`scan_with_targets`]: scanned entries with the values their values point at, as
 //!   a scan and a `batch_get` would give them, isolated alike.
+//! - [`assume_absent`]: a key assumed absent without a read is validated at commit.
 //! - [`rollback_discards`]: `rollback` changes nothing and releases the transaction (a
 //!   read-write one can begin again afterwards).
 //! - [`drop_discards`]: dropping a transaction without `commit` does the same.
@@ -156,6 +157,7 @@ macro_rules! __kv_contract_list {
             count_ranges
             batch_get_order
             scan_with_targets
+            assume_absent
             rollback_discards
             drop_discards
             lock_keys
@@ -1544,6 +1546,54 @@ fn in_bounds(k: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
         Bound::Included(e) => k <= e,
         Bound::Excluded(e) => k < e,
     })
+}
+
+/// Where `assume_absent` records the assumption (returns true): a commit succeeds
+/// when the key is absent, and fails with `Conflict`, applying nothing, when the key
+/// was present all along or was written by another commit after the assumption. A
+/// store that declines (returns false) has nothing to check.
+///
+/// # Errors
+/// The store's error when an operation fails.
+pub async fn assume_absent(store: &dyn KvStore) -> Result<()> {
+    put(store, &[("taken", "1")]).await?;
+    let mut t = store.begin(rw()).await?;
+    if !t.assume_absent(b"free") {
+        t.rollback().await?;
+        return Ok(());
+    }
+    t.commit(vec![(b("free"), Some(b("mine")))]).await?;
+    let must_conflict = |what: &str, r: Result<()>| match r {
+        Err(e) if e.kind() == ErrorKind::Conflict => {}
+        other => violated(
+            store,
+            &format!("{what}: the commit returned {other:?}, not Conflict"),
+        ),
+    };
+    let mut t = store.begin(rw()).await?;
+    if !t.assume_absent(b"taken") {
+        violated(store, "assume_absent accepted one key and declined another");
+    }
+    must_conflict(
+        "a transaction assumed absent a key that was present",
+        t.commit(vec![(b("taken"), Some(b("over"))), (b("w1"), Some(b("1")))])
+            .await,
+    );
+    let mut t = store.begin(rw()).await?;
+    t.assume_absent(b"late");
+    put(store, &[("late", "theirs")]).await?;
+    must_conflict(
+        "a transaction assumed absent a key that another commit then wrote",
+        t.commit(vec![(b("late"), Some(b("mine"))), (b("w2"), Some(b("1")))])
+            .await,
+    );
+    expect(
+        store,
+        &dump(store).await?,
+        &entries(&[("free", "mine"), ("late", "theirs"), ("taken", "1")]),
+        "state after commits whose assumptions failed",
+    );
+    Ok(())
 }
 
 /// `rollback` of a read-write and of a read-only transaction (after reads) succeeds,

@@ -1,7 +1,7 @@
 //! [`KvEngine`]: the [`Engine`] of every KV-family store.
 
 use super::codec;
-use super::txn::{Caps, KvTx, point_get, point_query};
+use super::txn::{Caps, CapturedHint, KvTx, point_get, point_query};
 use super::{KvCapability, KvStore};
 use async_trait::async_trait;
 use datalayer_core::Change;
@@ -45,6 +45,9 @@ pub struct KvEngine {
     /// The lowest change position of the current open epoch (set by `register`).
     position_base: Arc<AtomicU64>,
     plans: Plans,
+    /// Tables seen with change capture on (autocommit inserts assume it off for the
+    /// others; see `KvTx::set_assume`).
+    captured: CapturedHint,
 }
 
 impl KvEngine {
@@ -62,6 +65,7 @@ impl KvEngine {
             caps,
             position_base: Arc::default(),
             plans: Arc::default(),
+            captured: CapturedHint::default(),
         }
     }
 
@@ -116,8 +120,12 @@ impl KvEngine {
         p
     }
 
-    async fn run_once(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+    /// Runs `ops` in one store transaction; with `assume`, inserts assume their keys
+    /// free instead of reading them (a wrong assumption fails the commit with
+    /// `Conflict`, and the caller's re-run reads).
+    async fn run_once(&self, ops: Vec<Op<'_>>, assume: bool) -> Result<Vec<Output>> {
         let mut tx = self.open(ops.iter().all(Op::is_read)).await?;
+        tx.set_assume(self.captured.clone(), assume);
         let planned = Self::with_plans(&self.plans, ops);
         let r = tx.exec_all(planned).await;
         finish(tx, r).await
@@ -154,9 +162,16 @@ impl KvEngine {
     /// copied for a retry).
     async fn run_retrying(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
         if !self.caps.kv.concurrent_writers {
-            return self.run_once(ops).await;
+            return self.run_once(ops, false).await;
         }
-        retry_autocommit(|| self.run_once(ops.clone())).await
+        // The first attempt may assume (one round trip for an insert on a store that
+        // validates reads); a re-run after its `Conflict` reads.
+        let mut first = true;
+        retry_autocommit(|| {
+            let assume = std::mem::replace(&mut first, false);
+            self.run_once(ops.clone(), assume)
+        })
+        .await
     }
 }
 

@@ -217,6 +217,18 @@ pub trait KvTxn: Send {
             "pessimistic locks (KvTxn::lock)",
         ))
     }
+    /// Records, without reading it, that `key` is expected to be absent: validated at
+    /// commit like a read that found it absent (a commit that finds it present fails
+    /// with `Conflict` and applies nothing). Returns false, recording nothing, where
+    /// the store cannot — the default: only stores that validate reads at commit can
+    /// (no [`KvCapability::snapshot_reads`]), and not for a key the transaction read
+    /// as present. It lets an insert that expects its keys to be free commit in one
+    /// round trip; a `Conflict` may then mean only that the expectation was wrong,
+    /// and [`KvEngine`] runs the work again with reads.
+    fn assume_absent(&mut self, key: &[u8]) -> bool {
+        let _ = key;
+        false
+    }
     /// Commits the write set atomically.
     ///
     /// # Errors

@@ -67,7 +67,18 @@ pub(crate) struct KvTx {
     /// answering a later `get` of the key with them is what re-reading would give or
     /// the commit would refuse.
     prefetched: HashMap<Bytes, Option<Bytes>>,
+    /// Set by [`KvEngine`](crate::KvEngine) for the first attempt of autocommit work:
+    /// an insert assumes its keys free ([`KvTxn::assume_absent`]) instead of reading
+    /// them, and change capture off for tables not in [`KvTx::captured_hint`].
+    assume: bool,
+    /// The engine's tables seen with change capture on, so that an assuming
+    /// transaction reads their flag rather than assume it off (a hint: a wrong one
+    /// costs a re-run, never correctness). Updated by every transaction that has it.
+    captured_hint: Option<CapturedHint>,
 }
+
+/// Tables seen with change capture on (see [`KvTx::captured_hint`]).
+pub(crate) type CapturedHint = std::sync::Arc<parking_lot::RwLock<BTreeSet<String>>>;
 
 /// One stored change record: its key, position and encoded bytes.
 pub(crate) struct ChangeRecord {
@@ -119,6 +130,8 @@ impl KvTx {
             store: caps.store,
             locked: BTreeSet::new(),
             prefetched: HashMap::new(),
+            assume: false,
+            captured_hint: None,
             position_base: caps.position_base,
             capture: Vec::new(),
         }
@@ -186,6 +199,26 @@ impl KvTx {
         self.txn.get(key).await
     }
 
+    /// Gives this (autocommit) transaction the engine's hint, and lets it assume
+    /// instead of read when `assume`; see [`KvTx::assume`].
+    pub(crate) fn set_assume(&mut self, hint: CapturedHint, assume: bool) {
+        self.captured_hint = Some(hint);
+        self.assume = assume;
+    }
+
+    /// Assumes `key` absent in the store ([`KvTxn::assume_absent`]) unless this
+    /// transaction wrote or read it; true when the store recorded the assumption.
+    fn assume_absent(&mut self, key: &[u8]) -> bool {
+        if self.writes.contains_key(key) || self.prefetched.contains_key(key) {
+            return false;
+        }
+        if self.txn.assume_absent(key) {
+            self.prefetched.insert(key.to_vec(), None);
+            return true;
+        }
+        false
+    }
+
     /// Reads `keys` ahead in one `batch_get` (those neither written by this
     /// transaction nor read ahead already) into [`KvTx::prefetched`], for a write op:
     /// its row keys, unique entries and change-capture keys in one round trip instead
@@ -207,11 +240,23 @@ impl KvTx {
 
     /// Adds the keys change capture reads for `table` (whether it is on, and the last
     /// position) unless this transaction knows them already.
-    fn capture_keys(&self, table: &TableSchema, ahead: &mut Vec<Bytes>) {
-        if !self.capture.iter().any(|c| c.table == table.name) {
-            ahead.push(codec::table_prefix(codec::CAPTURE, &table.name));
-            ahead.push(codec::table_prefix(codec::CHANGE_SEQ, &table.name));
+    /// On an assuming transaction, a table not known to capture changes is assumed
+    /// not to (its flag key absent), and nothing is added.
+    fn capture_keys(&mut self, table: &TableSchema, ahead: &mut Vec<Bytes>) {
+        if self.capture.iter().any(|c| c.table == table.name) {
+            return;
         }
+        let flag = codec::table_prefix(codec::CAPTURE, &table.name);
+        let off = self.assume
+            && self
+                .captured_hint
+                .as_ref()
+                .is_some_and(|h| !h.read().contains(&table.name));
+        if off && self.assume_absent(&flag) {
+            return;
+        }
+        ahead.push(flag);
+        ahead.push(codec::table_prefix(codec::CHANGE_SEQ, &table.name));
     }
 
     /// The row keys of `rows` and, for inserts, the unique entries they would take.
@@ -422,6 +467,9 @@ impl KvTx {
                 let n = rows.len() as u64;
                 let keys = TableKeys::new(table);
                 let mut ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
+                if self.assume && mode == WriteMode::Insert {
+                    ahead.retain(|k| !self.assume_absent(k));
+                }
                 self.capture_keys(table, &mut ahead);
                 self.prefetch(ahead).await?;
                 for row in rows {
@@ -983,6 +1031,9 @@ impl KvTx {
                     .get(&codec::table_prefix(codec::CAPTURE, table))
                     .await?
                     .is_some();
+                if on && let Some(h) = &self.captured_hint {
+                    h.write().insert(table.to_owned());
+                }
                 let keys = on.then(|| {
                     (
                         codec::table_prefix(codec::CHANGE_SEQ, table),

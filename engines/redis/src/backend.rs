@@ -940,6 +940,23 @@ impl KvTxn for RedisTxn {
         Ok(n)
     }
 
+    /// Recorded as a read that found `key` absent (validated by the commit function
+    /// like any read), without a round trip; false in a read-only transaction and for
+    /// a key already read as present.
+    fn assume_absent(&mut self, key: &[u8]) -> bool {
+        if self.read_only {
+            return false;
+        }
+        let dkey = self.kv.inner.keys.data(key);
+        match self.reads.get(&dkey) {
+            Some(v) => v.is_empty(),
+            None => {
+                self.reads.insert(dkey, Vec::new());
+                true
+            }
+        }
+    }
+
     async fn commit(mut self: Box<Self>, writes: WriteSet) -> Result<()> {
         if self.read_only && !writes.is_empty() {
             return Err(Error::invalid_input("write in a read-only transaction"));
