@@ -1479,15 +1479,7 @@ pub async fn scan_with_targets(store: &dyn KvStore) -> Result<()> {
     // validated.
     let snapshot = store.kv_capability().snapshot_reads;
     let mut t = store.begin(if snapshot { ro() } else { rw() }).await?;
-    let first = t
-        .scan_with_targets(
-            Bound::Included(b"i"),
-            Bound::Excluded(b"j"),
-            usize::MAX,
-            false,
-            b"r:",
-        )
-        .await?;
+    let first = index_i(t.as_mut()).await?;
     expect(
         store,
         &first.iter().map(|(_, _, t)| t.clone()).collect::<Vec<_>>(),
@@ -1496,15 +1488,7 @@ pub async fn scan_with_targets(store: &dyn KvStore) -> Result<()> {
     );
     put(store, &[("r:y", "Y2")]).await?;
     if snapshot {
-        let again = t
-            .scan_with_targets(
-                Bound::Included(b"i"),
-                Bound::Excluded(b"j"),
-                usize::MAX,
-                false,
-                b"r:",
-            )
-            .await?;
+        let again = index_i(t.as_mut()).await?;
         expect(
             store,
             &again,
@@ -1526,6 +1510,18 @@ pub async fn scan_with_targets(store: &dyn KvStore) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every entry of the `i` keys with its `r:` target.
+async fn index_i(t: &mut dyn KvTxn) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+    t.scan_with_targets(
+        Bound::Included(b"i"),
+        Bound::Excluded(b"j"),
+        usize::MAX,
+        false,
+        b"r:",
+    )
+    .await
 }
 
 fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
