@@ -24,43 +24,20 @@
 //!   without cluster support, a wrong password). The fault cases start clusters of
 //!   their own.
 
+mod common;
+
 use async_trait::async_trait;
+use common::{ServerProcs as Cluster, free_port};
 use datalayer_conformance::{Namespace, Target};
 use datalayer_core::{Capability, Engine};
 use datalayer_redis::RedisOptions;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How to get the server binaries, for a failed start.
 const INSTALL: &str = "the cluster test needs redis-server and redis-cli 7.0 or later \
                        (Debian: apt-get install redis-server)";
-
-/// A private three-primary Redis Cluster on loopback ports; killed and removed when
-/// dropped.
-struct Cluster {
-    ports: Vec<u16>,
-    children: Vec<Child>,
-    dirs: Vec<tempfile::TempDir>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The temporary directories are removed as `dirs` drops.
-        self.dirs.clear();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 fn cli(port: u16, args: &[&str]) -> Result<String, String> {
     let out = Command::new("redis-cli")
@@ -72,15 +49,13 @@ fn cli(port: u16, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A private three-primary Redis Cluster on loopback ports (a [`Cluster`]: killed and
+/// removed when dropped).
 impl Cluster {
     /// Starts three nodes (with `extra` server options), joins them and waits until
     /// every node reports `cluster_state:ok` and knows the other two.
     fn start(extra: &[&str]) -> Result<Cluster, String> {
-        let mut c = Cluster {
-            ports: Vec::new(),
-            children: Vec::new(),
-            dirs: Vec::new(),
-        };
+        let mut c = Cluster::new();
         for _ in 0..3 {
             let (port, bus) = (free_port(), free_port());
             let dir = tempfile::Builder::new()
@@ -344,30 +319,45 @@ fn function_on_every_primary(_: &Cluster) {
     });
 }
 
+/// A cluster of the case's own whose nodes take `DEBUG` commands (from loopback) and
+/// wait 10 s before they count a silent node as failed.
+fn debug_cluster() -> Cluster {
+    Cluster::start(&[
+        "--enable-debug-command",
+        "local",
+        "--cluster-node-timeout",
+        "10000",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A fresh namespace on `c` (URL naming every node, `params` appended after its
+/// `namespace=`): the namespace's node, a `Db` on it, and a transaction of that `Db`
+/// that inserted `User::sample(id)` and is not committed yet.
+async fn pending_insert(
+    c: &Cluster,
+    params: &str,
+    id: i64,
+) -> (u16, datalayer_core::Db, datalayer_core::Tx) {
+    use datalayer_conformance::model::User;
+    let n = ns();
+    let owner = c.owner(&n);
+    let d = db(&c.url(&c.ports, &format!("namespace={n}{params}"))).await;
+    let tx = d.begin().await.unwrap();
+    tx.repo::<User>().insert(&User::sample(id)).await.unwrap();
+    (owner, d, tx)
+}
+
 /// A commit whose reply does not come within the response timeout is `CommitUnknown`,
 /// and is applied once: the cluster client does not send the `FCALL` again (a second
 /// call would fail validation and report `Conflict` for a commit that happened). The
 /// namespace's node is made to stall with `DEBUG SLEEP` after the transaction's reads.
 /// On a cluster of its own.
 fn commit_timeout_is_unknown_not_conflict(_: &Cluster) {
-    let c = &Cluster::start(&[
-        "--enable-debug-command",
-        "local",
-        "--cluster-node-timeout",
-        "10000",
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    let c = &debug_cluster();
     rt().block_on(async {
         use datalayer_conformance::model::User;
-        let n = ns();
-        let owner = c.owner(&n);
-        let url = c.url(
-            &c.ports,
-            &format!("namespace={n}&pool_size=1&response_timeout_ms=400"),
-        );
-        let d = db(&url).await;
-        let tx = d.begin().await.unwrap();
-        tx.repo::<User>().insert(&User::sample(1)).await.unwrap();
+        let (owner, d, tx) = pending_insert(c, "&pool_size=1&response_timeout_ms=400", 1).await;
         let sleeper = std::thread::spawn(move || cli(owner, &["DEBUG", "SLEEP", "1.5"]));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let e = tx.commit().await.expect_err("the commit must time out");
@@ -391,21 +381,10 @@ fn commit_timeout_is_unknown_not_conflict(_: &Cluster) {
 /// then closes the engine's connections before the reply is written. On a cluster of
 /// its own.
 fn commit_not_sent_twice_after_connection_loss(_: &Cluster) {
-    let c = &Cluster::start(&[
-        "--enable-debug-command",
-        "local",
-        "--cluster-node-timeout",
-        "10000",
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    let c = &debug_cluster();
     rt().block_on(async {
         use datalayer_conformance::model::User;
-        let n = ns();
-        let owner = c.owner(&n);
-        let url = c.url(&c.ports, &format!("namespace={n}&pool_size=1"));
-        let d = db(&url).await;
-        let tx = d.begin().await.unwrap();
-        tx.repo::<User>().insert(&User::sample(3)).await.unwrap();
+        let (owner, d, tx) = pending_insert(c, "&pool_size=1", 3).await;
         // The killer's connection is accepted before the node stalls (a stalled node
         // accepts nothing), and its command is written while the node sleeps, after the
         // commit's: when the node wakes, both are read in one event-loop turn, the
@@ -583,11 +562,8 @@ fn connect_errors(c: &Cluster) {
             .prefix("dl-redis-standalone-")
             .tempdir()
             .unwrap();
-        let mut standalone = Cluster {
-            ports: vec![port],
-            children: Vec::new(),
-            dirs: Vec::new(),
-        };
+        let mut standalone = Cluster::new();
+        standalone.ports.push(port);
         standalone.children.push(
             Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -650,9 +626,6 @@ fn db_opens_a_cluster_url(c: &Cluster) {
     });
 }
 
-/// Payloads delivered, with when.
-type Log = Arc<Mutex<Vec<(Vec<u8>, Instant)>>>;
-
 /// An idle consumer (poll interval a minute) gets each event within two seconds of
 /// its commit: the commit function `PUBLISH`es on the namespace's node and the driver
 /// listens on another node (the URL's first seed).
@@ -669,55 +642,7 @@ fn outbox_wakeup_across_nodes(c: &Cluster) {
             .connect()
             .await
             .unwrap();
-        datalayer_outbox::create_topic(&db, "jobs", 1)
-            .await
-            .unwrap();
-        let got: Log = Arc::default();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let log = got.clone();
-        use datalayer_outbox::DbOutbox;
-        let consumer = tokio::spawn(
-            db.consumer("g", "jobs")
-                .poll_interval(Duration::from_secs(60))
-                .run(
-                    move |ev| {
-                        let log = log.clone();
-                        async move {
-                            log.lock()
-                                .unwrap()
-                                .push((ev.payload.clone(), Instant::now()));
-                            Ok(())
-                        }
-                    },
-                    async move {
-                        let _ = stop_rx.await;
-                    },
-                ),
-        );
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        for i in 0..3 {
-            let payload = format!("e{i}").into_bytes();
-            let sent = Instant::now();
-            db.emit("jobs", "k", payload.clone()).await.unwrap();
-            loop {
-                if let Some((_, at)) = got.lock().unwrap().iter().find(|(p, _)| *p == payload) {
-                    assert!(
-                        at.duration_since(sent) < Duration::from_secs(2),
-                        "event e{i} took {:?} (polled, not woken; namespace on {owner})",
-                        at.duration_since(sent)
-                    );
-                    break;
-                }
-                assert!(
-                    sent.elapsed() < Duration::from_secs(5),
-                    "event e{i} not delivered within 5 s"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        let _ = stop_tx.send(());
-        consumer.await.unwrap().unwrap();
+        common::assert_idle_consumer_wakes(&db, &format!("; namespace on {owner}")).await;
         db.close().await.unwrap();
         datalayer_redis::destroy_namespace(&opts).await.unwrap();
     });

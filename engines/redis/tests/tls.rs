@@ -12,6 +12,8 @@
 //! Without the feature: `rediss://` and `rediss+cluster://` URLs fail with
 //! `Unsupported`, naming the feature, also through `Db::builder`.
 
+mod common;
+
 #[cfg(not(feature = "tls"))]
 #[tokio::test]
 async fn rediss_needs_the_tls_feature() {
@@ -36,10 +38,11 @@ async fn rediss_needs_the_tls_feature() {
 
 #[cfg(feature = "tls")]
 mod with_tls {
+    use crate::common::{ServerProcs as Servers, free_port};
     use datalayer_conformance::model::User;
     use datalayer_redis::RedisOptions;
     use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Command, Stdio};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -114,30 +117,6 @@ mod with_tls {
         }
     }
 
-    /// TLS-only `redis-server`s (one, or three joined in a cluster), killed and removed
-    /// on drop.
-    struct Servers {
-        ports: Vec<u16>,
-        children: Vec<Child>,
-        _dirs: Vec<tempfile::TempDir>,
-    }
-
-    impl Drop for Servers {
-        fn drop(&mut self) {
-            for c in &mut self.children {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port()
-    }
-
     fn tls_cli(certs: &Certs, port: u16, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .arg("--tls")
@@ -155,13 +134,11 @@ mod with_tls {
         )
     }
 
+    /// TLS-only `redis-server`s (one, or three joined in a cluster), killed and removed
+    /// on drop.
     impl Servers {
         fn start(certs: &Certs, n: usize) -> Servers {
-            let mut s = Servers {
-                ports: Vec::new(),
-                children: Vec::new(),
-                _dirs: Vec::new(),
-            };
+            let mut s = Servers::new();
             for _ in 0..n {
                 let port = free_port();
                 let dir = tempfile::Builder::new()
@@ -208,7 +185,7 @@ mod with_tls {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 s.children.push(child);
-                s._dirs.push(dir);
+                s.dirs.push(dir);
                 s.ports.push(port);
             }
             if n > 1 {

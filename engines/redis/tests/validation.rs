@@ -7,7 +7,7 @@ mod common;
 
 use common::fresh;
 use datalayer_core::{ErrorKind, TxOptions};
-use datalayer_kv::KvStore;
+use datalayer_kv::{KvStore, KvTxn, WriteSet};
 use std::ops::Bound;
 
 fn rw() -> TxOptions {
@@ -26,6 +26,39 @@ async fn put(store: &dyn KvStore, pairs: &[(&str, &str)]) {
     t.commit(pairs.iter().map(|(k, v)| (b(k), Some(b(v)))).collect())
         .await
         .unwrap();
+}
+
+/// Commits `t` with `writes`: it must fail with `Conflict`.
+async fn assert_conflict(t: Box<dyn KvTxn>, writes: WriteSet) {
+    let e = t.commit(writes).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+}
+
+/// Reads the `i` keys (at most 100, forward) with their `r:` targets, in `t`.
+async fn scan_i_with_targets(t: &mut dyn KvTxn) -> Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)> {
+    t.scan_with_targets(
+        Bound::Included(b"i"),
+        Bound::Excluded(b"j"),
+        100,
+        false,
+        b"r:",
+    )
+    .await
+    .unwrap()
+}
+
+/// A new transaction of `store` that has read the store's first two keys (the last two
+/// with `reverse`), with what it read.
+async fn first_two(
+    store: &dyn KvStore,
+    reverse: bool,
+) -> (Box<dyn KvTxn>, Vec<(Vec<u8>, Vec<u8>)>) {
+    let mut t = store.begin(rw()).await.unwrap();
+    let got = t
+        .scan(Bound::Unbounded, Bound::Unbounded, 2, reverse)
+        .await
+        .unwrap();
+    (t, got)
 }
 
 /// Scans `[lo, hi)` in a new transaction, then runs `meanwhile`, then commits a write
@@ -94,30 +127,19 @@ async fn limited_scans_validate_what_they_read() {
     let s = engine.store().as_ref();
     put(s, &[("a1", "1"), ("a2", "2"), ("a3", "3"), ("a5", "5")]).await;
     // Reads a1, a2 (limit 2): a key after a2 is not part of what it read.
-    let mut t = s.begin(rw()).await.unwrap();
-    let got = t
-        .scan(Bound::Unbounded, Bound::Unbounded, 2, false)
-        .await
-        .unwrap();
+    let (t, got) = first_two(s, false).await;
     assert_eq!(got.len(), 2);
     put(s, &[("a4", "4")]).await;
     t.commit(vec![(b("0"), Some(b("x")))]).await.unwrap();
     // Reverse, limit 2: reads a5, a4; a key before a4 is not part of it, one between is.
-    let mut t = s.begin(rw()).await.unwrap();
-    t.scan(Bound::Unbounded, Bound::Unbounded, 2, true)
-        .await
-        .unwrap();
+    let (t, _) = first_two(s, true).await;
     put(s, &[("a0", "0")]).await;
     t.commit(Vec::new()).await.unwrap();
-    let mut t = s.begin(rw()).await.unwrap();
-    t.scan(Bound::Unbounded, Bound::Unbounded, 2, true)
-        .await
-        .unwrap();
+    let (mut t, _) = first_two(s, true).await;
     put(s, &[("a45", "x")]).await;
     // A second read: a transaction served by one atomic read commits unvalidated.
     t.get(b"zz").await.unwrap();
-    let e = t.commit(Vec::new()).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_conflict(t, Vec::new()).await;
 }
 
 /// A read-only transaction whose reads one atomic call served (a `get`, a scan of up to
@@ -129,16 +151,7 @@ async fn one_atomic_read_needs_no_validation() {
     let s = engine.store().as_ref();
     put(s, &[("i1", "x"), ("i2", "y"), ("r:x", "X"), ("r:y", "Y")]).await;
     let mut t = s.begin(rw()).await.unwrap();
-    let got = t
-        .scan_with_targets(
-            Bound::Included(b"i"),
-            Bound::Excluded(b"j"),
-            100,
-            false,
-            b"r:",
-        )
-        .await
-        .unwrap();
+    let got = scan_i_with_targets(&mut *t).await;
     assert_eq!(
         got,
         vec![
@@ -150,25 +163,15 @@ async fn one_atomic_read_needs_no_validation() {
     t.commit(Vec::new()).await.unwrap();
     // The same with a second read: the target changed, so the commit fails.
     let mut t = s.begin(rw()).await.unwrap();
-    t.scan_with_targets(
-        Bound::Included(b"i"),
-        Bound::Excluded(b"j"),
-        100,
-        false,
-        b"r:",
-    )
-    .await
-    .unwrap();
+    scan_i_with_targets(&mut *t).await;
     put(s, &[("r:y", "Y3")]).await;
     t.get(b"zz").await.unwrap();
-    let e = t.commit(Vec::new()).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_conflict(t, Vec::new()).await;
     // With writes, one read is validated all the same.
     let mut t = s.begin(rw()).await.unwrap();
     t.get(b"i1").await.unwrap();
     put(s, &[("i1", "z")]).await;
-    let e = t.commit(vec![(b("w"), Some(b("1")))]).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_conflict(t, vec![(b("w"), Some(b("1")))]).await;
 }
 
 #[tokio::test]

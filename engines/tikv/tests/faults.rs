@@ -338,6 +338,24 @@ async fn a_leader_transfer_mid_transaction_is_invisible() {
     }
 }
 
+/// Starts a commit of `writes(v)` in a new transaction of `store`, and stops store 2
+/// between its prewrite and its primary commit (held before it applies, then
+/// released): the running commit.
+async fn commit_as_store_2_stops(
+    c: &TestCluster,
+    store: &dyn KvStore,
+    v: &str,
+) -> tokio::task::JoinHandle<datalayer_core::Result<()>> {
+    let hold = c.hold(Rpc::Commit, 1, HoldPoint::BeforeApply);
+    let t = store.begin(Default::default()).await.unwrap();
+    let w = writes(v);
+    let commit = tokio::spawn(async move { t.commit(w).await });
+    assert!(hold.reached(Duration::from_secs(5)).await);
+    c.stop_store(2);
+    hold.release();
+    commit
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_store_fails_over_or_fails_typed_and_nothing_partial_is_visible() {
     let (engine, c) = two_stores(TxnMode::Optimistic).await;
@@ -385,12 +403,7 @@ async fn a_stopped_store_fails_over_or_fails_typed_and_nothing_partial_is_visibl
 
     // 3. The store stops between prewrite and the primary commit and is back within
     // the client's retries: the commit completes.
-    let hold = c.hold(Rpc::Commit, 1, HoldPoint::BeforeApply);
-    let t = store.begin(Default::default()).await.unwrap();
-    let commit = tokio::spawn(async move { t.commit(writes("3")).await });
-    assert!(hold.reached(Duration::from_secs(5)).await);
-    c.stop_store(2);
-    hold.release();
+    let commit = commit_as_store_2_stops(&c, store.as_ref(), "3").await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     c.restart_store(2);
     commit
@@ -404,12 +417,7 @@ async fn a_stopped_store_fails_over_or_fails_typed_and_nothing_partial_is_visibl
     // the client's retries: CommitUnknown (never retried blindly). The primary never
     // committed, so once the store is back readers roll the locks back after their
     // TTL: nothing of the transaction is ever visible.
-    let hold = c.hold(Rpc::Commit, 1, HoldPoint::BeforeApply);
-    let t = store.begin(Default::default()).await.unwrap();
-    let commit = tokio::spawn(async move { t.commit(writes("4")).await });
-    assert!(hold.reached(Duration::from_secs(5)).await);
-    c.stop_store(2);
-    hold.release();
+    let commit = commit_as_store_2_stops(&c, store.as_ref(), "4").await;
     let e = commit.await.unwrap().unwrap_err();
     assert!(e.is_commit_unknown(), "{e}");
     assert!(!e.is_retryable(), "{e}");

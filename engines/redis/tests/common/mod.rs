@@ -94,10 +94,7 @@ impl PrivateServer {
     /// Starts `redis-server` with `args` (e.g. `["--requirepass", "pw"]`) and waits
     /// until it answers. Panics when `redis-server` cannot be started.
     pub fn start(args: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let dir = tempfile::Builder::new()
             .prefix("dl-redis-")
             .tempdir()
@@ -174,4 +171,103 @@ impl Drop for PrivateServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// `redis-server` processes of a test's own, on loopback `ports`, each with a
+/// temporary directory: killed (by process id) when dropped, then the directories
+/// removed.
+pub struct ServerProcs {
+    pub ports: Vec<u16>,
+    pub children: Vec<std::process::Child>,
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+impl ServerProcs {
+    /// None yet.
+    pub fn new() -> Self {
+        ServerProcs {
+            ports: Vec::new(),
+            children: Vec::new(),
+            dirs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for ServerProcs {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The temporary directories are removed as `dirs` drops.
+        self.dirs.clear();
+    }
+}
+
+/// Payloads an outbox consumer delivered, with when.
+pub type Log = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, std::time::Instant)>>>;
+
+/// Creates topic `jobs` on `db`, starts an idle consumer on it (poll interval a
+/// minute), then emits three events and asserts each is delivered within two seconds
+/// of its commit (woken, not polled), within five at the most; stops the consumer.
+/// `context` ends the failure message of a slow delivery.
+pub async fn assert_idle_consumer_wakes(db: &datalayer_core::Db, context: &str) {
+    use datalayer_outbox::DbOutbox;
+    use std::time::{Duration, Instant};
+    datalayer_outbox::create_topic(db, "jobs", 1).await.unwrap();
+    let got: Log = std::sync::Arc::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let log = got.clone();
+    let consumer = tokio::spawn(
+        db.consumer("g", "jobs")
+            .poll_interval(Duration::from_secs(60))
+            .run(
+                move |ev| {
+                    let log = log.clone();
+                    async move {
+                        log.lock()
+                            .unwrap()
+                            .push((ev.payload.clone(), Instant::now()));
+                        Ok(())
+                    }
+                },
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+    // Let the consumer start, find nothing, and go idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        let payload = format!("e{i}").into_bytes();
+        let sent = Instant::now();
+        db.emit("jobs", "k", payload.clone()).await.unwrap();
+        loop {
+            if let Some((_, at)) = got.lock().unwrap().iter().find(|(p, _)| *p == payload) {
+                assert!(
+                    at.duration_since(sent) < Duration::from_secs(2),
+                    "event e{i} took {:?} (polled, not woken{context})",
+                    at.duration_since(sent)
+                );
+                break;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(5),
+                "event e{i} not delivered within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Idle again before the next one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = stop_tx.send(());
+    consumer.await.unwrap().unwrap();
 }
