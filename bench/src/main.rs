@@ -45,6 +45,8 @@
 //! `DATALAYER_TIKV_PD` names).
 
 mod flights;
+#[cfg(any(feature = "pg", feature = "redis", feature = "tikv"))]
+mod leftovers;
 mod outbox;
 #[cfg(feature = "pg")]
 mod pg;
@@ -270,38 +272,25 @@ fn main() -> anyhow::Result<()> {
     let postgres: Vec<Box<dyn Target>> = Vec::new();
 
     #[cfg(feature = "redis")]
-    let redis = match want_redis {
-        true => {
-            let server = redis_server::RedisServer::connect()?;
-            let scratch = scratch.with_namespaces(server.clone());
-            let targets = targets::redis(&scratch, &server)?;
-            Some((server, scratch, targets))
-        }
-        false => None,
-    };
+    let redis = kv_section(
+        want_redis,
+        &scratch,
+        redis_server::RedisServer::connect,
+        targets::redis,
+    )?;
     #[cfg(feature = "tikv")]
-    let tikv = match want_tikv {
-        true => {
-            let cluster = tikv_cluster::TikvCluster::start()?;
-            let scratch = scratch.with_namespaces(cluster.clone());
-            let targets = targets::tikv(&scratch, &cluster)?;
-            Some((cluster, scratch, targets))
-        }
-        false => None,
-    };
+    let tikv = kv_section(
+        want_tikv,
+        &scratch,
+        tikv_cluster::TikvCluster::start,
+        targets::tikv,
+    )?;
     #[allow(unused_mut)]
     let mut kv: Vec<&dyn Target> = Vec::new();
     #[cfg(feature = "redis")]
-    kv.extend(
-        redis
-            .iter()
-            .flat_map(|(_, _, t)| t.iter().map(AsRef::as_ref)),
-    );
+    kv.extend(kv_targets(&redis));
     #[cfg(feature = "tikv")]
-    kv.extend(
-        tikv.iter()
-            .flat_map(|(_, _, t)| t.iter().map(AsRef::as_ref)),
-    );
+    kv.extend(kv_targets(&tikv));
 
     let known: Vec<&str> = embedded
         .iter()
@@ -330,63 +319,54 @@ fn main() -> anyhow::Result<()> {
             }
             run_pg(&args, server, &scratch, &postgres, &mut records)?;
         }
-        #[cfg(feature = "redis")]
-        if let Some((server, scratch, targets)) = &redis {
-            if !records.is_empty() {
-                println!();
+        #[cfg(any(feature = "redis", feature = "tikv"))]
+        {
+            let mut sections = Vec::new();
+            #[cfg(feature = "redis")]
+            if let Some((server, scratch, targets)) = &redis {
+                let title = format!(
+                    "Redis section (N = {{n}}) median ±MAD, at {}",
+                    datalayer::redact(&server.url)
+                );
+                let section = KvSection {
+                    key: "redis",
+                    name: "Redis",
+                    title,
+                    info: Box::new(|| server.info.clone()),
+                    layer: "datalayer-redis",
+                    raw: "redis-rs",
+                    legend: report::REDIS_LEGEND,
+                };
+                let counter = round_trips::Counter::Redis(server);
+                sections.push((section, counter, scratch, targets));
             }
-            let title = format!(
-                "Redis section (N = {{n}}) median ±MAD, at {}",
-                datalayer::redact(&server.url)
-            );
-            let section = KvSection {
-                key: "redis",
-                name: "Redis",
-                title,
-                info: &|| server.info.clone(),
-                layer: "datalayer-redis",
-                raw: "redis-rs",
-                legend: report::REDIS_LEGEND,
-            };
-            let counter = round_trips::Counter::Redis(server);
-            run_kv(
-                &args,
-                &section,
-                scratch,
-                &args.pick(targets),
-                &counter,
-                &mut records,
-            )?;
-        }
-        #[cfg(feature = "tikv")]
-        if let Some((cluster, scratch, targets)) = &tikv {
-            if !records.is_empty() {
-                println!();
+            #[cfg(feature = "tikv")]
+            if let Some((cluster, scratch, targets)) = &tikv {
+                let section = KvSection {
+                    key: "tikv",
+                    name: "TiKV",
+                    title: "TiKV section (N = {n}) median ±MAD".to_string(),
+                    info: Box::new(|| match cluster.regions() {
+                        Some(n) => format!(
+                            "{} ({n} regions after the namespaces' splits)",
+                            cluster.info
+                        ),
+                        None => cluster.info.clone(),
+                    }),
+                    layer: "datalayer-tikv",
+                    raw: "tikv-client",
+                    legend: report::TIKV_LEGEND,
+                };
+                let counter = round_trips::Counter::Tikv(cluster);
+                sections.push((section, counter, scratch, targets));
             }
-            let section = KvSection {
-                key: "tikv",
-                name: "TiKV",
-                title: "TiKV section (N = {n}) median ±MAD".to_string(),
-                info: &|| match cluster.regions() {
-                    Some(n) => format!(
-                        "{} ({n} regions after the namespaces' splits)",
-                        cluster.info
-                    ),
-                    None => cluster.info.clone(),
-                },
-                layer: "datalayer-tikv",
-                raw: "tikv-client",
-                legend: report::TIKV_LEGEND,
-            };
-            let counter = round_trips::Counter::Tikv(cluster);
-            run_kv(
-                &args,
-                &section,
-                scratch,
-                &args.pick(targets),
-                &counter,
-                &mut records,
-            )?;
+            for (section, counter, scratch, targets) in &sections {
+                if !records.is_empty() {
+                    println!();
+                }
+                let targets = args.pick(targets);
+                run_kv(&args, section, scratch, &targets, counter, &mut records)?;
+            }
         }
     }
     if let Some(path) = &args.json {
@@ -656,13 +636,45 @@ struct KvSection<'a> {
     title: String,
     /// The server and its durability, printed under the table (asked after the
     /// run: the TiKV regions grow with every namespace).
-    info: &'a dyn Fn() -> String,
+    info: Box<dyn Fn() -> String + 'a>,
     /// datalayer's target name.
     layer: &'static str,
     /// The raw client's target name.
     raw: &'static str,
     /// What each cell ran.
     legend: &'static str,
+}
+
+/// A key-value section's server handle, the scratch that hands out namespaces on
+/// it, and its targets.
+#[cfg(any(feature = "redis", feature = "tikv"))]
+type KvRun<H> = (std::sync::Arc<H>, Scratch, Vec<Box<dyn Target>>);
+
+/// When `want`: connects to the section's server (`host`), points a copy of
+/// `scratch` at its namespaces and makes the section's targets on it.
+///
+/// # Errors
+/// The server cannot be reached, or a target cannot be made.
+#[cfg(any(feature = "redis", feature = "tikv"))]
+fn kv_section<H: targets::Namespaces + 'static>(
+    want: bool,
+    scratch: &Scratch,
+    host: impl FnOnce() -> anyhow::Result<std::sync::Arc<H>>,
+    targets: impl FnOnce(&Scratch, &std::sync::Arc<H>) -> anyhow::Result<Vec<Box<dyn Target>>>,
+) -> anyhow::Result<Option<KvRun<H>>> {
+    if !want {
+        return Ok(None);
+    }
+    let host = host()?;
+    let scratch = scratch.with_namespaces(host.clone());
+    let targets = targets(&scratch, &host)?;
+    Ok(Some((host, scratch, targets)))
+}
+
+/// The targets of a key-value section, if it runs.
+#[cfg(any(feature = "redis", feature = "tikv"))]
+fn kv_targets<H>(run: &Option<KvRun<H>>) -> impl Iterator<Item = &dyn Target> {
+    run.iter().flat_map(|(_, _, t)| t.iter().map(AsRef::as_ref))
 }
 
 /// A Redis or TiKV section: the `users` workloads of [`KV_RUN`] on its targets

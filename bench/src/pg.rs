@@ -7,13 +7,14 @@
 //! the engine only. Every schema is `dl_bench_<run>_<target>_<n>`, with one random
 //! `<run>` per process.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rand::Rng;
 use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
+
+use crate::leftovers::{self, Leftovers};
 
 /// Default server when `DATALAYER_PG_URL` is not set.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -53,10 +54,9 @@ pub struct PgServer {
     pub pipeline_depth: usize,
     /// Version and durability settings.
     pub info: ServerInfo,
-    run: String,
     rt: Arc<Runtime>,
     client: Client,
-    schemas: Mutex<Vec<String>>,
+    schemas: Leftovers,
 }
 
 /// `url` with `params` appended to its query string.
@@ -143,10 +143,7 @@ impl PgServer {
                 anyhow::Ok((client, info))
             })
             .context("connecting to PostgreSQL")?;
-        let mut r = rand::rng();
-        let run: String = (0..8)
-            .map(|_| (b'a' + r.random_range(0..26)) as char)
-            .collect();
+        let run = leftovers::run_id();
         eprintln!(
             "PostgreSQL {} at {} ({}), schemas dl_bench_{run}_*, pipeline_depth {}",
             info.version,
@@ -159,10 +156,9 @@ impl PgServer {
             config: opts.config,
             pipeline_depth: opts.pipeline_depth,
             info,
-            run,
             rt,
             client,
-            schemas: Mutex::new(Vec::new()),
+            schemas: Leftovers::new(format!("dl_bench_{run}_")),
         }))
     }
 
@@ -171,8 +167,7 @@ impl PgServer {
     /// # Errors
     /// The server refuses.
     pub fn create_schema(&self, tag: &str) -> anyhow::Result<String> {
-        let name = format!("dl_bench_{}_{tag}", self.run);
-        self.schemas.lock().expect("schema list").push(name.clone());
+        let name = self.schemas.add(tag);
         self.rt
             .block_on(
                 self.client
@@ -192,10 +187,7 @@ impl PgServer {
         self.rt
             .block_on(self.client.batch_execute(&sql))
             .with_context(|| format!("dropping schema {name}"))?;
-        self.schemas
-            .lock()
-            .expect("schema list")
-            .retain(|s| s != name);
+        self.schemas.forget(name);
         Ok(())
     }
 }
@@ -203,8 +195,7 @@ impl PgServer {
 impl Drop for PgServer {
     /// Drops every schema still on the list (after an error or a panic).
     fn drop(&mut self) {
-        let left = std::mem::take(self.schemas.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for s in left {
+        for s in self.schemas.take() {
             let sql = format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE");
             match self.rt.block_on(self.client.batch_execute(&sql)) {
                 Ok(()) => eprintln!("  dropped schema {s}"),

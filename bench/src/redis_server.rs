@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
 
+use crate::leftovers::{self, Leftovers};
 use crate::targets::Namespaces;
 
 /// Default server when `DATALAYER_REDIS_URL` is not set.
@@ -38,7 +38,7 @@ pub struct RedisServer {
     run: String,
     rt: Arc<Runtime>,
     conn: MultiplexedConnection,
-    namespaces: Mutex<Vec<String>>,
+    namespaces: Leftovers,
 }
 
 impl RedisServer {
@@ -103,10 +103,7 @@ impl RedisServer {
                     datalayer::redact(&url)
                 )
             })?;
-        let mut r = rand::rng();
-        let run: String = (0..8)
-            .map(|_| (b'a' + r.random_range(0..26)) as char)
-            .collect();
+        let run = leftovers::run_id();
         eprintln!(
             "{info} at {}, namespaces dlbench_{run}_*",
             datalayer::redact(&url)
@@ -116,10 +113,10 @@ impl RedisServer {
             params,
             info,
             client,
+            namespaces: Leftovers::new(format!("dlbench_{run}_")),
             run,
             rt,
             conn,
-            namespaces: Mutex::new(Vec::new()),
         }))
     }
 
@@ -206,21 +203,13 @@ impl RedisServer {
 
 impl Namespaces for RedisServer {
     fn create(&self, tag: &str) -> anyhow::Result<String> {
-        let name = format!("dlbench_{}_{tag}", self.run);
-        self.namespaces
-            .lock()
-            .expect("namespace list")
-            .push(name.clone());
-        Ok(name)
+        Ok(self.namespaces.add(tag))
     }
 
     fn destroy(&self, ns: &str) -> anyhow::Result<()> {
         self.remove(ns)
             .with_context(|| format!("removing the keys of namespace {ns}"))?;
-        self.namespaces
-            .lock()
-            .expect("namespace list")
-            .retain(|s| s != ns);
+        self.namespaces.forget(ns);
         Ok(())
     }
 }
@@ -229,8 +218,7 @@ impl Drop for RedisServer {
     /// Removes the keys of every namespace still on the list (after an error or a
     /// panic).
     fn drop(&mut self) {
-        let left = std::mem::take(self.namespaces.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for ns in left {
+        for ns in self.namespaces.take() {
             match self.remove(&ns) {
                 Ok(n) => eprintln!("  removed namespace {ns} ({n} keys)"),
                 Err(e) => eprintln!(

@@ -12,13 +12,13 @@
 //! different regions (datalayer's layout and the raw target's alike), so a range
 //! scan reads the index in one region and fetches the rows from another.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use datalayer_tikv_testkit::{ClusterConfig, Rpc, TestCluster};
-use rand::Rng;
 use tokio::runtime::Runtime;
 
+use crate::leftovers::{self, Leftovers};
 use crate::targets::Namespaces;
 
 /// The run's TiKV cluster.
@@ -28,9 +28,8 @@ pub struct TikvCluster {
     /// What the cluster is, for the report.
     pub info: String,
     cluster: Option<TestCluster>,
-    run: String,
     rt: Arc<Runtime>,
-    namespaces: Mutex<Vec<String>>,
+    namespaces: Leftovers,
 }
 
 impl TikvCluster {
@@ -56,18 +55,14 @@ impl TikvCluster {
                 (pd, Some(c), info)
             }
         };
-        let mut r = rand::rng();
-        let run: String = (0..8)
-            .map(|_| (b'a' + r.random_range(0..26)) as char)
-            .collect();
+        let run = leftovers::run_id();
         eprintln!("{info}, namespaces dlbench_{run}_*");
         Ok(Arc::new(Self {
             pd,
             info,
             cluster,
-            run,
             rt,
-            namespaces: Mutex::new(Vec::new()),
+            namespaces: Leftovers::new(format!("dlbench_{run}_")),
         }))
     }
 
@@ -103,11 +98,7 @@ impl Namespaces for TikvCluster {
     /// `dlbench_<run>_<tag>`; on the in-process cluster also splits its regions at
     /// `<ns>\0i` and `<ns>\0r`.
     fn create(&self, tag: &str) -> anyhow::Result<String> {
-        let name = format!("dlbench_{}_{tag}", self.run);
-        self.namespaces
-            .lock()
-            .expect("namespace list")
-            .push(name.clone());
+        let name = self.namespaces.add(tag);
         if let Some(c) = &self.cluster {
             for kind in [b'i', b'r'] {
                 let mut k = name.as_bytes().to_vec();
@@ -122,10 +113,7 @@ impl Namespaces for TikvCluster {
     fn destroy(&self, ns: &str) -> anyhow::Result<()> {
         self.clear(ns)
             .with_context(|| format!("clearing namespace {ns}"))?;
-        self.namespaces
-            .lock()
-            .expect("namespace list")
-            .retain(|s| s != ns);
+        self.namespaces.forget(ns);
         Ok(())
     }
 }
@@ -134,8 +122,7 @@ impl Drop for TikvCluster {
     /// Clears every namespace still on the list (real cluster; after an error or a
     /// panic), then stops the in-process cluster.
     fn drop(&mut self) {
-        let left = std::mem::take(self.namespaces.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for ns in left {
+        for ns in self.namespaces.take() {
             match self.clear(&ns) {
                 Ok(0) => {}
                 Ok(n) => eprintln!("  cleared namespace {ns} ({n} keys)"),

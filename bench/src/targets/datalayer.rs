@@ -55,7 +55,7 @@ use datalayer::prelude::*;
 use datalayer::{Capability, DbBuilder, Stmt};
 use tokio::runtime::Runtime;
 
-use super::{Place, Target, UsersTable, runtime};
+use super::{AsyncUsers, Place, Target, UsersTable, runtime};
 use crate::flights::FlightRow;
 use crate::outbox::OutboxRun;
 use crate::workloads::{User, Workload};
@@ -72,45 +72,73 @@ pub const SQLITE_FILE: &str = "dl.sqlite";
 /// Rows per `insert_many` call while preloading.
 const PRELOAD_CHUNK: usize = 10_000;
 
-/// The benchmark's user row as a datalayer table with a secondary index on age.
-/// Every datalayer target runs this one declaration.
-#[derive(Table, Clone, Debug)]
-#[table(name = "users")]
-#[index(name = "by_age", fields(age))]
-pub(crate) struct DlUser {
-    #[pk]
-    id: i64,
-    name: String,
-    email: String,
-    age: i32,
+/// Declares the benchmark's user row as a datalayer table (the attributes given:
+/// its doc, `#[table]` and `#[index]`es) with its `#[query_group]` point query
+/// by id, its [`Row`] impl and the conversions from and into [`User`].
+macro_rules! user_table {
+    ($(#$attr:tt)* struct $name:ident;) => {
+        #[derive(Table, Clone, Debug)]
+        $(#$attr)*
+        pub(crate) struct $name {
+            #[pk]
+            id: i64,
+            name: String,
+            email: String,
+            age: i32,
+        }
+
+        #[query_group]
+        impl $name {
+            fn by_id(id: i64) -> Option<$name> {
+                Self::filter(|u| u.id == id)
+            }
+        }
+
+        impl Row for $name {
+            fn by_id_stmt(id: i64) -> Stmt<Option<Self>> {
+                $name::by_id_stmt(id)
+            }
+        }
+
+        impl From<&User> for $name {
+            fn from(u: &User) -> Self {
+                $name {
+                    id: u.id,
+                    name: u.name.clone(),
+                    email: u.email.clone(),
+                    age: u.age,
+                }
+            }
+        }
+
+        impl From<$name> for User {
+            fn from(u: $name) -> Self {
+                User {
+                    id: u.id,
+                    name: u.name,
+                    email: u.email,
+                    age: u.age,
+                }
+            }
+        }
+    };
 }
 
-#[query_group]
-impl DlUser {
-    fn by_id(id: i64) -> Option<DlUser> {
-        Self::filter(|u| u.id == id)
-    }
+user_table! {
+    /// The benchmark's user row as a datalayer table with a secondary index on age.
+    /// Every datalayer target runs this one declaration.
+    #[table(name = "users")]
+    #[index(name = "by_age", fields(age))]
+    struct DlUser;
 }
 
-/// The benchmark's user row in the Redis and TiKV sections: the same columns with
-/// TWO secondary indexes, on age and on email.
-#[derive(Table, Clone, Debug)]
-#[table(name = "users2")]
-#[index(name = "by_age", fields(age))]
-#[index(name = "by_email", fields(email))]
-pub(crate) struct DlUser2 {
-    #[pk]
-    id: i64,
-    name: String,
-    email: String,
-    age: i32,
-}
-
-#[query_group]
-impl DlUser2 {
-    fn by_id(id: i64) -> Option<DlUser2> {
-        Self::filter(|u| u.id == id)
-    }
+user_table! {
+    /// The benchmark's user row in the Redis and TiKV sections: the same columns with
+    /// TWO secondary indexes, on age and on email.
+    #[table(name = "users2")]
+    #[index(name = "by_age", fields(age))]
+    #[index(name = "by_email", fields(email))]
+    struct DlUser2;
 }
 
 /// The table declaration a [`Datalayer`] target's `users` workloads run on.
@@ -129,62 +157,6 @@ trait Row:
 {
     /// The `#[query_group]` point query by primary key, staged.
     fn by_id_stmt(id: i64) -> Stmt<Option<Self>>;
-}
-
-impl Row for DlUser {
-    fn by_id_stmt(id: i64) -> Stmt<Option<Self>> {
-        DlUser::by_id_stmt(id)
-    }
-}
-
-impl Row for DlUser2 {
-    fn by_id_stmt(id: i64) -> Stmt<Option<Self>> {
-        DlUser2::by_id_stmt(id)
-    }
-}
-
-impl From<&User> for DlUser2 {
-    fn from(u: &User) -> Self {
-        DlUser2 {
-            id: u.id,
-            name: u.name.clone(),
-            email: u.email.clone(),
-            age: u.age,
-        }
-    }
-}
-
-impl From<DlUser2> for User {
-    fn from(u: DlUser2) -> Self {
-        User {
-            id: u.id,
-            name: u.name,
-            email: u.email,
-            age: u.age,
-        }
-    }
-}
-
-impl From<&User> for DlUser {
-    fn from(u: &User) -> Self {
-        DlUser {
-            id: u.id,
-            name: u.name.clone(),
-            email: u.email.clone(),
-            age: u.age,
-        }
-    }
-}
-
-impl From<DlUser> for User {
-    fn from(u: DlUser) -> Self {
-        User {
-            id: u.id,
-            name: u.name,
-            email: u.email,
-            age: u.age,
-        }
-    }
 }
 
 /// The flights table with the same secondary indexes as the rusqlite loader.
@@ -454,7 +426,13 @@ struct DlUsers<T> {
     _row: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<T: Row> DlUsers<T> {
+impl<T: Row> AsyncUsers for DlUsers<T> {
+    type Row = T;
+
+    fn rt(&self) -> &Runtime {
+        &self.rt
+    }
+
     async fn read(&self, id: i64) -> Option<T> {
         T::by_id_stmt(id)
             .run(&self.db)
@@ -477,103 +455,46 @@ impl<T: Row> DlUsers<T> {
             .expect("datalayer range scan")
             .len()
     }
-}
 
-impl<T: Row> UsersTable for DlUsers<T> {
-    fn point_read(&self, id: i64) -> Option<User> {
-        self.rt.block_on(self.read(id)).map(Into::into)
-    }
-
-    fn point_reads(&self, ids: &[i64]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &id in ids {
-                n += usize::from(self.read(id).await.is_some());
-            }
-            n
-        })
-    }
-
-    fn read_batch(&self, ids: &[i64]) -> Vec<Option<User>> {
-        self.rt
-            .block_on(self.batch(ids))
-            .into_iter()
-            .map(|r| r.map(Into::into))
-            .collect()
-    }
-
-    fn read_batches(&self, ids: &[i64], size: usize) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for c in ids.chunks(size.max(1)) {
-                n += self.batch(c).await.iter().flatten().count();
-            }
-            n
-        })
-    }
-
-    fn range_by_age(&self, lo: i32, hi: i32) -> usize {
-        self.rt.block_on(self.range(lo, hi))
-    }
-
-    fn range_scans(&self, ranges: &[(i32, i32)]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &(lo, hi) in ranges {
-                n += self.range(lo, hi).await;
-            }
-            n
-        })
-    }
-
-    fn commit_one(&self, u: &User) {
-        self.rt
-            .block_on(self.db.repo::<T>().insert(&T::from(u)))
+    async fn insert(&self, u: &User) {
+        self.db
+            .repo::<T>()
+            .insert(&T::from(u))
+            .await
             .expect("datalayer commit");
     }
 
-    fn commit_many(&self, rows: &[User]) {
-        self.rt.block_on(async {
-            for u in rows {
-                self.db
-                    .repo::<T>()
-                    .insert(&T::from(u))
-                    .await
-                    .expect("datalayer commit");
-            }
-        })
-    }
-
-    fn insert_many(&self, rows: &[User]) {
+    async fn insert_all(&self, rows: &[User]) {
         let rows: Vec<T> = rows.iter().map(T::from).collect();
         let n = self
-            .rt
-            .block_on(self.db.repo::<T>().insert_many(&rows))
+            .db
+            .repo::<T>()
+            .insert_many(&rows)
+            .await
             .expect("datalayer insert_many");
         assert_eq!(n as usize, rows.len(), "rows inserted by insert_many");
     }
 
-    fn insert_sequential(&self, rows: &[User]) {
+    async fn insert_each_in_tx(&self, rows: &[User]) {
         let rows: Vec<T> = rows.iter().map(T::from).collect();
-        self.rt
-            .block_on(self.db.tx(async |tx| {
+        self.db
+            .tx(async |tx| {
                 let repo = tx.repo::<T>();
                 for r in &rows {
                     repo.insert(r).await?;
                 }
                 Ok(())
-            }))
+            })
+            .await
             .expect("datalayer sequential inserts");
     }
 
-    fn insert_batched(&self, rows: &[User]) {
+    async fn insert_batch_in_tx(&self, rows: &[User]) {
         let rows: Vec<T> = rows.iter().map(T::from).collect();
         let n = self
-            .rt
-            .block_on(
-                self.db
-                    .tx(async |tx| tx.repo::<T>().insert_many(&rows).await),
-            )
+            .db
+            .tx(async |tx| tx.repo::<T>().insert_many(&rows).await)
+            .await
             .expect("datalayer batched inserts");
         assert_eq!(
             n as usize,
@@ -582,13 +503,11 @@ impl<T: Row> UsersTable for DlUsers<T> {
         );
     }
 
-    fn count(&self) -> i64 {
-        self.rt
-            .block_on(self.db.repo::<T>().count())
-            .expect("datalayer count") as i64
+    async fn row_count(&self) -> i64 {
+        self.db.repo::<T>().count().await.expect("datalayer count") as i64
     }
 
-    fn close(&self) {
-        self.rt.block_on(self.db.close()).expect("datalayer close");
+    async fn shutdown(&self) {
+        self.db.close().await.expect("datalayer close");
     }
 }

@@ -32,6 +32,8 @@ use crate::workloads::{User, Workload};
 
 pub mod datalayer;
 pub mod etchdb;
+#[cfg(any(feature = "redis", feature = "tikv"))]
+mod kv_row;
 #[cfg(feature = "pg")]
 pub mod pg_queue;
 pub mod redb;
@@ -116,9 +118,10 @@ pub trait Target: Send + Sync {
 ///
 /// The `*_many`/`*_reads`/`*_scans` methods have defaults that loop over the
 /// single-operation methods; the harness only calls those forms, so an async
-/// target (which has to `block_on` somewhere) can override them to enter its
-/// runtime once per repetition instead of once per operation. The method of a
-/// workload the target does not support panics when called.
+/// target (which has to `block_on` somewhere) enters its runtime once per
+/// repetition instead of once per operation: it implements [`AsyncUsers`], whose
+/// blanket impl does that. The method of a workload the target does not support
+/// panics when called.
 pub trait UsersTable: Send + Sync {
     /// The row with primary key `id`, decoded, or `None`.
     fn point_read(&self, id: i64) -> Option<User>;
@@ -206,6 +209,153 @@ pub trait UsersTable: Send + Sync {
 
     /// Closes connections (untimed).
     fn close(&self) {}
+}
+
+/// A [`UsersTable`] driven through async calls on a tokio runtime: datalayer and
+/// the async peer clients. A target implements the operations as `async fn`s
+/// and gets [`UsersTable`] from the blanket impl below, which blocks on
+/// [`AsyncUsers::rt`] once per call and, for the `*_many`/`*_reads`/`*_scans`
+/// forms, once per repetition around one loop that awaits each operation before
+/// the next. An operation of a workload the target does not support panics, as
+/// in [`UsersTable`].
+pub trait AsyncUsers: Send + Sync {
+    /// The decoded row of a read, turned into a [`User`] only where one is returned.
+    type Row: Into<User>;
+
+    /// The runtime every blocking method enters.
+    fn rt(&self) -> &tokio::runtime::Runtime;
+
+    /// [`UsersTable::point_read`].
+    async fn read(&self, id: i64) -> Option<Self::Row>;
+
+    /// [`UsersTable::read_batch`].
+    async fn batch(&self, ids: &[i64]) -> Vec<Option<Self::Row>> {
+        let _ = ids;
+        unsupported(Workload::ReadBatch)
+    }
+
+    /// [`UsersTable::range_by_age`].
+    async fn range(&self, lo: i32, hi: i32) -> usize {
+        let _ = (lo, hi);
+        unsupported(Workload::RangeScan)
+    }
+
+    /// [`UsersTable::commit_one`].
+    async fn insert(&self, u: &User) {
+        let _ = u;
+        unsupported(Workload::Commit1)
+    }
+
+    /// [`UsersTable::insert_many`].
+    async fn insert_all(&self, rows: &[User]);
+
+    /// [`UsersTable::insert_sequential`].
+    async fn insert_each_in_tx(&self, rows: &[User]) {
+        let _ = rows;
+        unsupported(Workload::InsertSequential)
+    }
+
+    /// [`UsersTable::insert_batched`].
+    async fn insert_batch_in_tx(&self, rows: &[User]) {
+        let _ = rows;
+        unsupported(Workload::InsertBatched)
+    }
+
+    /// [`UsersTable::copy_in`].
+    async fn copy(&self, rows: &[User]) {
+        let _ = rows;
+        unsupported(Workload::Copy)
+    }
+
+    /// [`UsersTable::count`].
+    async fn row_count(&self) -> i64;
+
+    /// [`UsersTable::close`].
+    async fn shutdown(&self) {}
+}
+
+impl<A: AsyncUsers> UsersTable for A {
+    fn point_read(&self, id: i64) -> Option<User> {
+        self.rt().block_on(self.read(id)).map(Into::into)
+    }
+
+    fn point_reads(&self, ids: &[i64]) -> usize {
+        self.rt().block_on(async {
+            let mut n = 0;
+            for &id in ids {
+                n += usize::from(self.read(id).await.is_some());
+            }
+            n
+        })
+    }
+
+    fn read_batch(&self, ids: &[i64]) -> Vec<Option<User>> {
+        self.rt()
+            .block_on(self.batch(ids))
+            .into_iter()
+            .map(|r| r.map(Into::into))
+            .collect()
+    }
+
+    fn read_batches(&self, ids: &[i64], size: usize) -> usize {
+        self.rt().block_on(async {
+            let mut n = 0;
+            for c in ids.chunks(size.max(1)) {
+                n += self.batch(c).await.iter().flatten().count();
+            }
+            n
+        })
+    }
+
+    fn range_by_age(&self, lo: i32, hi: i32) -> usize {
+        self.rt().block_on(self.range(lo, hi))
+    }
+
+    fn range_scans(&self, ranges: &[(i32, i32)]) -> usize {
+        self.rt().block_on(async {
+            let mut n = 0;
+            for &(lo, hi) in ranges {
+                n += self.range(lo, hi).await;
+            }
+            n
+        })
+    }
+
+    fn commit_one(&self, u: &User) {
+        self.rt().block_on(self.insert(u));
+    }
+
+    fn commit_many(&self, rows: &[User]) {
+        self.rt().block_on(async {
+            for u in rows {
+                self.insert(u).await;
+            }
+        });
+    }
+
+    fn insert_many(&self, rows: &[User]) {
+        self.rt().block_on(self.insert_all(rows));
+    }
+
+    fn insert_sequential(&self, rows: &[User]) {
+        self.rt().block_on(self.insert_each_in_tx(rows));
+    }
+
+    fn insert_batched(&self, rows: &[User]) {
+        self.rt().block_on(self.insert_batch_in_tx(rows));
+    }
+
+    fn copy_in(&self, rows: &[User]) {
+        self.rt().block_on(self.copy(rows));
+    }
+
+    fn count(&self) -> i64 {
+        self.rt().block_on(self.row_count())
+    }
+
+    fn close(&self) {
+        self.rt().block_on(self.shutdown());
+    }
 }
 
 /// The default of a [`UsersTable`] method whose workload the target does not
@@ -507,13 +657,12 @@ pub fn redis(
     scratch: &Scratch,
     server: &Arc<crate::redis_server::RedisServer>,
 ) -> anyhow::Result<Vec<Box<dyn Target>>> {
-    Ok(vec![
-        Box::new(
-            datalayer::Datalayer::new("datalayer-redis", server.datalayer_url(), scratch)?
-                .with_shape(datalayer::Shape::TwoIndexes),
-        ),
+    kv_section(
+        scratch,
+        "datalayer-redis",
+        server.datalayer_url(),
         Box::new(redis_raw::RawRedis::new(server.clone())),
-    ])
+    )
 }
 
 /// The targets of the TiKV section, baseline first: datalayer on the cluster
@@ -527,15 +676,30 @@ pub fn tikv(
     scratch: &Scratch,
     cluster: &Arc<crate::tikv_cluster::TikvCluster>,
 ) -> anyhow::Result<Vec<Box<dyn Target>>> {
+    kv_section(
+        scratch,
+        "datalayer-tikv",
+        format!("tikv://{}?namespace={{ns}}", cluster.pd),
+        Box::new(tikv_raw::RawTikv::new(cluster.clone())),
+    )
+}
+
+/// The targets of a key-value section, baseline first: datalayer named `name` on
+/// `url` (the table with two indexes), then the raw client `raw`.
+///
+/// # Errors
+/// datalayer cannot open `url`.
+#[cfg(any(feature = "redis", feature = "tikv"))]
+fn kv_section(
+    scratch: &Scratch,
+    name: &str,
+    url: String,
+    raw: Box<dyn Target>,
+) -> anyhow::Result<Vec<Box<dyn Target>>> {
     Ok(vec![
         Box::new(
-            datalayer::Datalayer::new(
-                "datalayer-tikv",
-                format!("tikv://{}?namespace={{ns}}", cluster.pd),
-                scratch,
-            )?
-            .with_shape(datalayer::Shape::TwoIndexes),
+            datalayer::Datalayer::new(name, url, scratch)?.with_shape(datalayer::Shape::TwoIndexes),
         ),
-        Box::new(tikv_raw::RawTikv::new(cluster.clone())),
+        raw,
     ])
 }

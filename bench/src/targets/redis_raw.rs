@@ -23,7 +23,8 @@ use std::sync::Arc;
 use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
 
-use super::{Place, Target, UsersTable, runtime};
+use super::kv_row::{self, decode, encode, ord_i32, ord_i64};
+use super::{AsyncUsers, Place, Target, UsersTable, runtime};
 use crate::redis_server::RedisServer;
 use crate::workloads::{User, Workload};
 
@@ -45,43 +46,11 @@ impl RawRedis {
     }
 }
 
-/// `i64` as 8 bytes that sort like the numbers (sign bit flipped, big-endian).
-fn ord_i64(v: i64) -> [u8; 8] {
-    ((v as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// `i32` as 4 bytes that sort like the numbers.
-fn ord_i32(v: i32) -> [u8; 4] {
-    ((v as u32) ^ (1 << 31)).to_be_bytes()
-}
-
 /// The id at the end of an index member.
 fn id_of_member(m: &[u8]) -> i64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&m[m.len() - 8..]);
     (u64::from_be_bytes(b) ^ (1 << 63)) as i64
-}
-
-/// The row's value: age, name length, name, email.
-fn encode(u: &User) -> Vec<u8> {
-    let mut v = Vec::with_capacity(6 + u.name.len() + u.email.len());
-    v.extend_from_slice(&u.age.to_be_bytes());
-    v.extend_from_slice(&(u.name.len() as u16).to_be_bytes());
-    v.extend_from_slice(u.name.as_bytes());
-    v.extend_from_slice(u.email.as_bytes());
-    v
-}
-
-/// The row of `id` from its value.
-fn decode(id: i64, v: &[u8]) -> User {
-    let age = i32::from_be_bytes(v[0..4].try_into().expect("4 bytes"));
-    let n = usize::from(u16::from_be_bytes(v[4..6].try_into().expect("2 bytes")));
-    User {
-        id,
-        age,
-        name: String::from_utf8(v[6..6 + n].to_vec()).expect("utf-8 name"),
-        email: String::from_utf8(v[6 + n..].to_vec()).expect("utf-8 email"),
-    }
 }
 
 impl Target for RawRedis {
@@ -90,10 +59,7 @@ impl Target for RawRedis {
     }
 
     fn supports(&self, w: Workload) -> bool {
-        matches!(
-            w,
-            Workload::PointRead | Workload::RangeScan | Workload::Insert2Idx | Workload::ReadBatch
-        )
+        kv_row::supports(w)
     }
 
     /// Connects and preloads `rows` (pipelines of 1,000 `SET` + 2 `ZADD`).
@@ -160,16 +126,6 @@ impl RawRedisUsers {
             .ignore();
     }
 
-    async fn read(&self, id: i64) -> Option<User> {
-        let mut c = self.conn.clone();
-        let v: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.row_key(id))
-            .query_async(&mut c)
-            .await
-            .expect("redis GET");
-        v.map(|v| decode(id, &v))
-    }
-
     async fn mget(&self, ids: &[i64]) -> Vec<Option<User>> {
         if ids.is_empty() {
             return Vec::new();
@@ -186,15 +142,27 @@ impl RawRedisUsers {
             .map(|(&id, v)| v.map(|v| decode(id, &v)))
             .collect()
     }
+}
 
-    async fn insert(&self, u: &User) {
-        let mut p = redis::pipe();
-        p.atomic();
-        self.stage_insert(&mut p, u);
+impl AsyncUsers for RawRedisUsers {
+    type Row = User;
+
+    fn rt(&self) -> &Runtime {
+        &self.rt
+    }
+
+    async fn read(&self, id: i64) -> Option<User> {
         let mut c = self.conn.clone();
-        p.query_async::<()>(&mut c)
+        let v: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.row_key(id))
+            .query_async(&mut c)
             .await
-            .expect("redis MULTI SET + 2 ZADD");
+            .expect("redis GET");
+        v.map(|v| decode(id, &v))
+    }
+
+    async fn batch(&self, ids: &[i64]) -> Vec<Option<User>> {
+        self.mget(ids).await
     }
 
     async fn range(&self, lo: i32, hi: i32) -> usize {
@@ -229,76 +197,28 @@ impl RawRedisUsers {
             }
         }
     }
-}
 
-impl UsersTable for RawRedisUsers {
-    fn point_read(&self, id: i64) -> Option<User> {
-        self.rt.block_on(self.read(id))
+    async fn insert(&self, u: &User) {
+        let mut p = redis::pipe();
+        p.atomic();
+        self.stage_insert(&mut p, u);
+        let mut c = self.conn.clone();
+        p.query_async::<()>(&mut c)
+            .await
+            .expect("redis MULTI SET + 2 ZADD");
     }
 
-    fn point_reads(&self, ids: &[i64]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &id in ids {
-                n += usize::from(self.read(id).await.is_some());
-            }
-            n
-        })
-    }
-
-    fn read_batch(&self, ids: &[i64]) -> Vec<Option<User>> {
-        self.rt.block_on(self.mget(ids))
-    }
-
-    fn read_batches(&self, ids: &[i64], size: usize) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for c in ids.chunks(size.max(1)) {
-                n += self.mget(c).await.iter().flatten().count();
-            }
-            n
-        })
-    }
-
-    fn range_by_age(&self, lo: i32, hi: i32) -> usize {
-        self.rt.block_on(self.range(lo, hi))
-    }
-
-    fn range_scans(&self, ranges: &[(i32, i32)]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &(lo, hi) in ranges {
-                n += self.range(lo, hi).await;
-            }
-            n
-        })
-    }
-
-    fn commit_one(&self, u: &User) {
-        self.rt.block_on(self.insert(u));
-    }
-
-    fn commit_many(&self, rows: &[User]) {
-        self.rt.block_on(async {
-            for u in rows {
-                self.insert(u).await;
-            }
-        });
-    }
-
-    fn insert_many(&self, rows: &[User]) {
+    async fn insert_all(&self, rows: &[User]) {
         let _ = rows;
         unreachable!("redis-rs runs no insert_many row")
     }
 
-    fn count(&self) -> i64 {
+    async fn row_count(&self) -> i64 {
         let mut c = self.conn.clone();
-        self.rt
-            .block_on(
-                redis::cmd("ZCARD")
-                    .arg(&self.by_age)
-                    .query_async::<i64>(&mut c),
-            )
+        redis::cmd("ZCARD")
+            .arg(&self.by_age)
+            .query_async::<i64>(&mut c)
+            .await
             .expect("redis ZCARD")
     }
 }

@@ -22,7 +22,7 @@ use sea_orm::{
 };
 use tokio::runtime::Runtime;
 
-use super::{Place, Target, UsersTable, runtime};
+use super::{AsyncUsers, Place, Target, UsersTable, runtime};
 use crate::pg::USERS_DDL;
 use crate::workloads::{BATCH_ROWS, User, Workload};
 
@@ -99,7 +99,13 @@ struct SeaOrmUsers {
     db: DatabaseConnection,
 }
 
-impl SeaOrmUsers {
+impl AsyncUsers for SeaOrmUsers {
+    type Row = User;
+
+    fn rt(&self) -> &Runtime {
+        &self.rt
+    }
+
     async fn read(&self, id: i64) -> Option<User> {
         users::Entity::find_by_id(id)
             .one(&self.db)
@@ -112,70 +118,52 @@ impl SeaOrmUsers {
                 age: m.age,
             })
     }
-}
 
-impl UsersTable for SeaOrmUsers {
-    fn point_read(&self, id: i64) -> Option<User> {
-        self.rt.block_on(self.read(id))
-    }
-
-    fn point_reads(&self, ids: &[i64]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &id in ids {
-                n += usize::from(self.read(id).await.is_some());
-            }
-            n
-        })
-    }
-
-    fn insert_sequential(&self, rows: &[User]) {
-        self.rt
-            .block_on(async {
-                let txn = self.db.begin().await?;
-                for u in rows {
-                    users::Entity::insert(active(u))
-                        .exec_without_returning(&txn)
-                        .await?;
-                }
-                txn.commit().await
-            })
-            .expect("SeaORM sequential inserts");
-    }
-
-    fn insert_batched(&self, rows: &[User]) {
-        self.rt
-            .block_on(async {
-                let txn = self.db.begin().await?;
-                let n = users::Entity::insert_many(rows.iter().map(active))
+    async fn insert_each_in_tx(&self, rows: &[User]) {
+        async {
+            let txn = self.db.begin().await?;
+            for u in rows {
+                users::Entity::insert(active(u))
                     .exec_without_returning(&txn)
                     .await?;
-                assert_eq!(n as usize, rows.len());
-                txn.commit().await
-            })
-            .expect("SeaORM insert_many in a transaction");
+            }
+            txn.commit().await
+        }
+        .await
+        .expect("SeaORM sequential inserts");
     }
 
-    fn insert_many(&self, rows: &[User]) {
-        let n = self
-            .rt
-            .block_on(
-                users::Entity::insert_many(rows.iter().map(active))
-                    .exec_without_returning(&self.db),
-            )
+    async fn insert_batch_in_tx(&self, rows: &[User]) {
+        async {
+            let txn = self.db.begin().await?;
+            let n = users::Entity::insert_many(rows.iter().map(active))
+                .exec_without_returning(&txn)
+                .await?;
+            assert_eq!(n as usize, rows.len());
+            txn.commit().await
+        }
+        .await
+        .expect("SeaORM insert_many in a transaction");
+    }
+
+    async fn insert_all(&self, rows: &[User]) {
+        let n = users::Entity::insert_many(rows.iter().map(active))
+            .exec_without_returning(&self.db)
+            .await
             .expect("SeaORM insert_many");
         assert_eq!(n as usize, rows.len());
     }
 
-    fn count(&self) -> i64 {
-        self.rt
-            .block_on(users::Entity::find().count(&self.db))
+    async fn row_count(&self) -> i64 {
+        users::Entity::find()
+            .count(&self.db)
+            .await
             .expect("SeaORM count") as i64
     }
 
-    fn close(&self) {
+    async fn shutdown(&self) {
         // Closes the pool (the connection is a cheap handle on it).
         let db = self.db.clone();
-        self.rt.block_on(db.close()).expect("SeaORM close");
+        db.close().await.expect("SeaORM close");
     }
 }

@@ -21,7 +21,7 @@ use sqlx::{Postgres, QueryBuilder};
 use tokio::runtime::Runtime;
 use tokio_postgres::config::Host;
 
-use super::{Place, Target, UsersTable, runtime};
+use super::{AsyncUsers, Place, Target, UsersTable, runtime};
 use crate::pg::{INSERT_SQL, PgServer, SELECT_SQL, USERS_DDL};
 use crate::workloads::{BATCH_ROWS, User, Workload};
 
@@ -110,7 +110,13 @@ struct SqlxUsers {
     pool: PgPool,
 }
 
-impl SqlxUsers {
+impl AsyncUsers for SqlxUsers {
+    type Row = User;
+
+    fn rt(&self) -> &Runtime {
+        &self.rt
+    }
+
     async fn read(&self, id: i64) -> Option<User> {
         sqlx::query_as::<_, (i64, String, String, i32)>(SELECT_SQL)
             .bind(id)
@@ -124,88 +130,68 @@ impl SqlxUsers {
                 age,
             })
     }
-}
 
-impl UsersTable for SqlxUsers {
-    fn point_read(&self, id: i64) -> Option<User> {
-        self.rt.block_on(self.read(id))
-    }
-
-    fn point_reads(&self, ids: &[i64]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &id in ids {
-                n += usize::from(self.read(id).await.is_some());
+    async fn insert_each_in_tx(&self, rows: &[User]) {
+        async {
+            let mut tx = self.pool.begin().await?;
+            for u in rows {
+                sqlx::query(INSERT_SQL)
+                    .bind(u.id)
+                    .bind(&u.name)
+                    .bind(&u.email)
+                    .bind(u.age)
+                    .execute(&mut *tx)
+                    .await?;
             }
-            n
-        })
+            tx.commit().await
+        }
+        .await
+        .expect("sqlx sequential inserts");
     }
 
-    fn insert_sequential(&self, rows: &[User]) {
-        self.rt
-            .block_on(async {
-                let mut tx = self.pool.begin().await?;
-                for u in rows {
-                    sqlx::query(INSERT_SQL)
-                        .bind(u.id)
-                        .bind(&u.name)
-                        .bind(&u.email)
-                        .bind(u.age)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await
-            })
-            .expect("sqlx sequential inserts");
+    async fn insert_batch_in_tx(&self, rows: &[User]) {
+        async {
+            let mut tx = self.pool.begin().await?;
+            let mut qb: QueryBuilder<'_, Postgres> =
+                QueryBuilder::new("INSERT INTO users (id, name, email, age) ");
+            qb.push_values(rows, |mut b, u| {
+                b.push_bind(u.id)
+                    .push_bind(&u.name)
+                    .push_bind(&u.email)
+                    .push_bind(u.age);
+            });
+            let done = qb.build().execute(&mut *tx).await?;
+            assert_eq!(done.rows_affected() as usize, rows.len());
+            tx.commit().await
+        }
+        .await
+        .expect("sqlx multi-row insert");
     }
 
-    fn insert_batched(&self, rows: &[User]) {
-        self.rt
-            .block_on(async {
-                let mut tx = self.pool.begin().await?;
-                let mut qb: QueryBuilder<'_, Postgres> =
-                    QueryBuilder::new("INSERT INTO users (id, name, email, age) ");
-                qb.push_values(rows, |mut b, u| {
-                    b.push_bind(u.id)
-                        .push_bind(&u.name)
-                        .push_bind(&u.email)
-                        .push_bind(u.age);
-                });
-                let done = qb.build().execute(&mut *tx).await?;
-                assert_eq!(done.rows_affected() as usize, rows.len());
-                tx.commit().await
-            })
-            .expect("sqlx multi-row insert");
-    }
-
-    fn insert_many(&self, rows: &[User]) {
+    async fn insert_all(&self, rows: &[User]) {
         let ids: Vec<i64> = rows.iter().map(|u| u.id).collect();
         let names: Vec<&str> = rows.iter().map(|u| u.name.as_str()).collect();
         let emails: Vec<&str> = rows.iter().map(|u| u.email.as_str()).collect();
         let ages: Vec<i32> = rows.iter().map(|u| u.age).collect();
-        let done = self
-            .rt
-            .block_on(
-                sqlx::query(UNNEST_SQL)
-                    .bind(&ids)
-                    .bind(&names)
-                    .bind(&emails)
-                    .bind(&ages)
-                    .execute(&self.pool),
-            )
+        let done = sqlx::query(UNNEST_SQL)
+            .bind(&ids)
+            .bind(&names)
+            .bind(&emails)
+            .bind(&ages)
+            .execute(&self.pool)
+            .await
             .expect("sqlx UNNEST insert");
         assert_eq!(done.rows_affected() as usize, rows.len());
     }
 
-    fn count(&self) -> i64 {
-        self.rt
-            .block_on(
-                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM users").fetch_one(&self.pool),
-            )
+    async fn row_count(&self) -> i64 {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
             .expect("sqlx count")
     }
 
-    fn close(&self) {
-        self.rt.block_on(self.pool.close());
+    async fn shutdown(&self) {
+        self.pool.close().await;
     }
 }

@@ -30,7 +30,8 @@ use tikv_client::{
 };
 use tokio::runtime::Runtime;
 
-use super::{Place, Target, UsersTable, runtime};
+use super::kv_row::{self, decode, encode, ord_i32, ord_i64};
+use super::{AsyncUsers, Place, Target, UsersTable, runtime};
 use crate::tikv_cluster::TikvCluster;
 use crate::workloads::{User, Workload};
 
@@ -52,48 +53,13 @@ impl RawTikv {
     }
 }
 
-/// `i64` as 8 bytes that sort like the numbers (sign bit flipped, big-endian).
-fn ord_i64(v: i64) -> [u8; 8] {
-    ((v as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// `i32` as 4 bytes that sort like the numbers.
-fn ord_i32(v: i32) -> [u8; 4] {
-    ((v as u32) ^ (1 << 31)).to_be_bytes()
-}
-
-/// The row's value: age, name length, name, email.
-fn encode(u: &User) -> Vec<u8> {
-    let mut v = Vec::with_capacity(6 + u.name.len() + u.email.len());
-    v.extend_from_slice(&u.age.to_be_bytes());
-    v.extend_from_slice(&(u.name.len() as u16).to_be_bytes());
-    v.extend_from_slice(u.name.as_bytes());
-    v.extend_from_slice(u.email.as_bytes());
-    v
-}
-
-/// The row of `id` from its value.
-fn decode(id: i64, v: &[u8]) -> User {
-    let age = i32::from_be_bytes(v[0..4].try_into().expect("4 bytes"));
-    let n = usize::from(u16::from_be_bytes(v[4..6].try_into().expect("2 bytes")));
-    User {
-        id,
-        age,
-        name: String::from_utf8(v[6..6 + n].to_vec()).expect("utf-8 name"),
-        email: String::from_utf8(v[6 + n..].to_vec()).expect("utf-8 email"),
-    }
-}
-
 impl Target for RawTikv {
     fn name(&self) -> &str {
         "tikv-client"
     }
 
     fn supports(&self, w: Workload) -> bool {
-        matches!(
-            w,
-            Workload::PointRead | Workload::RangeScan | Workload::Insert2Idx | Workload::ReadBatch
-        )
+        kv_row::supports(w)
     }
 
     /// Connects and preloads `rows` (1,000 rows and their index entries per
@@ -177,14 +143,6 @@ impl RawTikvUsers {
         )
     }
 
-    async fn read(&self, id: i64) -> Option<User> {
-        let mut s = self.snapshot().await;
-        s.get(self.row_key(id))
-            .await
-            .expect("tikv get")
-            .map(|v| decode(id, &v))
-    }
-
     /// The rows of `ids` (row keys `keys`) from `s`, in the order of `ids` (an id
     /// may repeat).
     async fn batch_get(s: &mut Snapshot, keys: Vec<Key>, ids: &[i64]) -> Vec<Option<User>> {
@@ -200,30 +158,34 @@ impl RawTikvUsers {
             .collect()
     }
 
-    async fn batch(&self, ids: &[i64]) -> Vec<Option<User>> {
-        let mut s = self.snapshot().await;
-        let keys: Vec<Key> = ids.iter().map(|&id| self.row_key(id)).collect();
-        Self::batch_get(&mut s, keys, ids).await
-    }
-
-    async fn insert(&self, u: &User) {
-        let mut txn = self
-            .client
-            .begin_with_options(self.write_options())
-            .await
-            .expect("tikv begin");
-        for (k, v) in self.entries(u) {
-            txn.put(k, v).await.expect("tikv put");
-        }
-        txn.commit().await.expect("tikv commit");
-    }
-
     /// The age-index range `[lo, hi]`.
     fn age_range(&self, lo: i32, hi: i32) -> BoundRange {
         BoundRange::new(
             Bound::Included(self.key(&[b"ia", &ord_i32(lo)])),
             Bound::Excluded(self.key(&[b"ia", &ord_i32(hi.saturating_add(1))])),
         )
+    }
+}
+
+impl AsyncUsers for RawTikvUsers {
+    type Row = User;
+
+    fn rt(&self) -> &Runtime {
+        &self.rt
+    }
+
+    async fn read(&self, id: i64) -> Option<User> {
+        let mut s = self.snapshot().await;
+        s.get(self.row_key(id))
+            .await
+            .expect("tikv get")
+            .map(|v| decode(id, &v))
+    }
+
+    async fn batch(&self, ids: &[i64]) -> Vec<Option<User>> {
+        let mut s = self.snapshot().await;
+        let keys: Vec<Key> = ids.iter().map(|&id| self.row_key(id)).collect();
+        Self::batch_get(&mut s, keys, ids).await
     }
 
     async fn range(&self, lo: i32, hi: i32) -> usize {
@@ -257,87 +219,41 @@ impl RawTikvUsers {
             }
         }
     }
-}
 
-impl UsersTable for RawTikvUsers {
-    fn point_read(&self, id: i64) -> Option<User> {
-        self.rt.block_on(self.read(id))
+    async fn insert(&self, u: &User) {
+        let mut txn = self
+            .client
+            .begin_with_options(self.write_options())
+            .await
+            .expect("tikv begin");
+        for (k, v) in self.entries(u) {
+            txn.put(k, v).await.expect("tikv put");
+        }
+        txn.commit().await.expect("tikv commit");
     }
 
-    fn point_reads(&self, ids: &[i64]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &id in ids {
-                n += usize::from(self.read(id).await.is_some());
-            }
-            n
-        })
-    }
-
-    fn read_batch(&self, ids: &[i64]) -> Vec<Option<User>> {
-        self.rt.block_on(self.batch(ids))
-    }
-
-    fn read_batches(&self, ids: &[i64], size: usize) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for c in ids.chunks(size.max(1)) {
-                n += self.batch(c).await.iter().flatten().count();
-            }
-            n
-        })
-    }
-
-    fn range_by_age(&self, lo: i32, hi: i32) -> usize {
-        self.rt.block_on(self.range(lo, hi))
-    }
-
-    fn range_scans(&self, ranges: &[(i32, i32)]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &(lo, hi) in ranges {
-                n += self.range(lo, hi).await;
-            }
-            n
-        })
-    }
-
-    fn commit_one(&self, u: &User) {
-        self.rt.block_on(self.insert(u));
-    }
-
-    fn commit_many(&self, rows: &[User]) {
-        self.rt.block_on(async {
-            for u in rows {
-                self.insert(u).await;
-            }
-        });
-    }
-
-    fn insert_many(&self, rows: &[User]) {
+    async fn insert_all(&self, rows: &[User]) {
         let _ = rows;
         unreachable!("tikv-client runs no insert_many row")
     }
 
-    fn count(&self) -> i64 {
-        self.rt.block_on(async {
-            let mut s = self.snapshot().await;
-            let mut range = self.age_range(i32::MIN, i32::MAX - 1);
-            let mut n = 0i64;
-            loop {
-                let keys: Vec<Key> = s
-                    .scan_keys(range.clone(), PAGE)
-                    .await
-                    .expect("tikv scan_keys")
-                    .collect();
-                n += keys.len() as i64;
-                match keys.last() {
-                    Some(last) if keys.len() == PAGE as usize => {
-                        range = BoundRange::new(Bound::Excluded(last.clone()), range.to.clone());
-                    }
-                    _ => return n,
+    async fn row_count(&self) -> i64 {
+        let mut s = self.snapshot().await;
+        let mut range = self.age_range(i32::MIN, i32::MAX - 1);
+        let mut n = 0i64;
+        loop {
+            let keys: Vec<Key> = s
+                .scan_keys(range.clone(), PAGE)
+                .await
+                .expect("tikv scan_keys")
+                .collect();
+            n += keys.len() as i64;
+            match keys.last() {
+                Some(last) if keys.len() == PAGE as usize => {
+                    range = BoundRange::new(Bound::Excluded(last.clone()), range.to.clone());
                 }
+                _ => return n,
             }
-        })
+        }
     }
 }

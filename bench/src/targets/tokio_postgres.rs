@@ -25,7 +25,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
-use super::{Place, Target, UsersTable, runtime};
+use super::{AsyncUsers, Place, Target, UsersTable, runtime};
 use crate::pg::{INSERT_SQL, SELECT_SQL, USERS_DDL};
 use crate::workloads::{BATCH_ROWS, User, Workload};
 
@@ -97,28 +97,19 @@ impl RawUsers {
             .await
     }
 
-    async fn read(&self, id: i64) -> Option<User> {
-        self.client
-            .query_opt(&self.select, &[&id])
-            .await
-            .expect("tokio-postgres read")
-            .map(|r| User {
-                id: r.get(0),
-                name: r.get(1),
-                email: r.get(2),
-                age: r.get(3),
-            })
-    }
-
     /// Runs `body` between `BEGIN` and `COMMIT`.
-    fn in_tx(&self, what: &str, body: impl Future<Output = Result<(), tokio_postgres::Error>>) {
-        self.rt
-            .block_on(async {
-                self.client.batch_execute("BEGIN").await?;
-                body.await?;
-                self.client.batch_execute("COMMIT").await
-            })
-            .unwrap_or_else(|e| panic!("tokio-postgres {what}: {e}"));
+    async fn in_tx(
+        &self,
+        what: &str,
+        body: impl Future<Output = Result<(), tokio_postgres::Error>>,
+    ) {
+        async {
+            self.client.batch_execute("BEGIN").await?;
+            body.await?;
+            self.client.batch_execute("COMMIT").await
+        }
+        .await
+        .unwrap_or_else(|e| panic!("tokio-postgres {what}: {e}"));
     }
 }
 
@@ -149,44 +140,52 @@ where
     }
 }
 
-impl UsersTable for RawUsers {
-    fn point_read(&self, id: i64) -> Option<User> {
-        self.rt.block_on(self.read(id))
+impl AsyncUsers for RawUsers {
+    type Row = User;
+
+    fn rt(&self) -> &Runtime {
+        &self.rt
     }
 
-    fn point_reads(&self, ids: &[i64]) -> usize {
-        self.rt.block_on(async {
-            let mut n = 0;
-            for &id in ids {
-                n += usize::from(self.read(id).await.is_some());
-            }
-            n
-        })
+    async fn read(&self, id: i64) -> Option<User> {
+        self.client
+            .query_opt(&self.select, &[&id])
+            .await
+            .expect("tokio-postgres read")
+            .map(|r| User {
+                id: r.get(0),
+                name: r.get(1),
+                email: r.get(2),
+                age: r.get(3),
+            })
     }
 
-    fn insert_sequential(&self, rows: &[User]) {
+    async fn insert_each_in_tx(&self, rows: &[User]) {
         self.in_tx("sequential inserts", async {
             for u in rows {
                 self.execute(u).await?;
             }
             Ok(())
-        });
+        })
+        .await;
     }
 
-    fn insert_batched(&self, rows: &[User]) {
+    async fn insert_batch_in_tx(&self, rows: &[User]) {
         self.in_tx("batched inserts", async {
             futures::future::try_join_all(rows.iter().map(|u| self.execute(u))).await?;
             Ok(())
-        });
+        })
+        .await;
     }
 
-    fn insert_many(&self, rows: &[User]) {
+    async fn insert_all(&self, rows: &[User]) {
         self.in_tx("insert_many", async {
             window(rows.iter().map(|u| self.execute(u)), self.depth).await
-        });
+        })
+        .await;
     }
 
-    fn copy_in(&self, rows: &[User]) {
+    async fn copy(&self, rows: &[User]) {
         self.in_tx("COPY", async {
             let sink = self
                 .client
@@ -203,12 +202,14 @@ impl UsersTable for RawUsers {
             let n = w.finish().await?;
             assert_eq!(n as usize, rows.len(), "COPY row count");
             Ok(())
-        });
+        })
+        .await;
     }
 
-    fn count(&self) -> i64 {
-        self.rt
-            .block_on(self.client.query_one("SELECT count(*) FROM users", &[]))
+    async fn row_count(&self) -> i64 {
+        self.client
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
             .expect("tokio-postgres count")
             .get(0)
     }
