@@ -1,0 +1,150 @@
+//! `datalayer`: the command-line tool of datalayer.
+//!
+//! ```text
+//! datalayer tables URL     # every table in the engine's catalog: columns, primary key, indexes
+//! ```
+//!
+//! `URL` is any datalayer URL (`etch://dir`, `sqlite://file.db`, `postgres://…`,
+//! `redis://…?namespace=`, and `tikv://…` when built with the `tikv` feature); the
+//! password in a URL is never printed. Install with `cargo install --path cli`.
+//! Exit status: 0 on success, 1 on an error (printed as `error: <kind>: <message>`).
+
+use clap::{Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use datalayer::{ColumnType, TableSchema};
+
+#[derive(Parser)]
+#[command(name = "datalayer", version, about = "Inspect datalayer engines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Lists every table in the engine's catalog (the schemas datalayer stored with
+    /// each table: columns, primary key, secondary indexes), one table each.
+    Tables {
+        /// The engine's URL, e.g. `etch://./data/etch` or `sqlite://flights.db`.
+        url: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match cli.command {
+            Command::Tables { url } => tables(&url).await,
+        }
+    });
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `datalayer tables URL`: the catalog, sorted by table name.
+async fn tables(url: &str) -> anyhow::Result<()> {
+    let db = datalayer::connect(url).await?;
+    let mut schemas = db.engine().catalog().await?;
+    schemas.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = format!(
+        "{}: {} table{}\n",
+        datalayer::redact(url),
+        schemas.len(),
+        if schemas.len() == 1 { "" } else { "s" }
+    );
+    for t in &schemas {
+        out.push_str(&format!("\n{}\n", render(t)));
+    }
+    db.close().await?;
+    emit(&out)
+}
+
+/// Writes `text` to standard output; a closed pipe (`datalayer tables URL | head`)
+/// ends the output quietly.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// One table as text: a line with its name and primary key, then its columns and
+/// indexes as a grid.
+fn render(t: &TableSchema) -> String {
+    let pk: Vec<&str> = t
+        .primary_key
+        .iter()
+        .map(|&c| t.columns[c].name.as_str())
+        .collect();
+    let mut grid = Table::new();
+    grid.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["column", "type", "null", "key / indexes"]);
+    for (i, c) in t.columns.iter().enumerate() {
+        let mut keys: Vec<String> = Vec::new();
+        if let Some(p) = t.primary_key.iter().position(|&k| k == i) {
+            keys.push(format!("pk#{}", p + 1));
+        }
+        for ix in &t.indexes {
+            if let Some(p) = ix.columns.iter().position(|&k| k == i) {
+                keys.push(format!("{}#{}", ix.name, p + 1));
+            }
+        }
+        grid.add_row([
+            c.name.clone(),
+            type_name(c.ty).to_owned(),
+            if c.nullable { "yes" } else { "no" }.to_owned(),
+            keys.join(", "),
+        ]);
+    }
+    let mut out = format!("{}  (primary key: {})\n{grid}", t.name, pk.join(", "));
+    for ix in &t.indexes {
+        let cols: Vec<&str> = ix
+            .columns
+            .iter()
+            .map(|&c| t.columns[c].name.as_str())
+            .collect();
+        out.push_str(&format!(
+            "\nindex {}: ({}){}{}",
+            ix.name,
+            cols.join(", "),
+            if ix.unique { " unique" } else { "" },
+            if ix.when.is_some() {
+                " conditional"
+            } else {
+                ""
+            }
+        ));
+    }
+    out
+}
+
+/// The Rust type a column holds.
+fn type_name(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Bool => "bool",
+        ColumnType::I16 => "i16",
+        ColumnType::I32 => "i32",
+        ColumnType::I64 => "i64",
+        ColumnType::F32 => "f32",
+        ColumnType::F64 => "f64",
+        ColumnType::String => "text",
+        ColumnType::Bytes => "bytes",
+    }
+}

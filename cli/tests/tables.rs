@@ -1,0 +1,87 @@
+//! `datalayer tables URL` on stores made through the library: etch and SQLite.
+
+use datalayer::Table;
+use std::process::Command;
+
+/// A table with a composite primary key, a unique and a conditional index.
+#[derive(Table, Clone, Debug)]
+#[table(name = "members")]
+#[index(name = "by_email", fields(email), unique)]
+#[index(name = "adults", fields(age), when = |m| m.age >= 18)]
+#[allow(dead_code)]
+struct Member {
+    #[pk]
+    team: String,
+    #[pk]
+    id: i64,
+    email: Option<String>,
+    age: i32,
+}
+
+async fn make(url: &str) {
+    let db = datalayer::builder(url)
+        .table::<Member>()
+        .connect()
+        .await
+        .expect("connect");
+    db.close().await.expect("close");
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_datalayer"))
+        .args(args)
+        .output()
+        .expect("run datalayer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check_listing(out: &str) {
+    assert!(out.contains("1 table"), "{out}");
+    assert!(out.contains("members  (primary key: team, id)"), "{out}");
+    for needle in [
+        "email",
+        "text",
+        "pk#1",
+        "pk#2",
+        "by_email#1",
+        "adults#1",
+        "i32",
+        "i64",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    assert!(out.contains("index by_email: (email) unique"), "{out}");
+    assert!(out.contains("index adults: (age) conditional"), "{out}");
+}
+
+#[tokio::test]
+async fn lists_an_etch_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("etch://{}", dir.path().join("etch").display());
+    make(&url).await;
+    let (ok, out, err) = run(&["tables", &url]);
+    assert!(ok, "stderr: {err}");
+    check_listing(&out);
+}
+
+#[tokio::test]
+async fn lists_a_sqlite_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    make(&url).await;
+    let (ok, out, err) = run(&["tables", &url]);
+    assert!(ok, "stderr: {err}");
+    check_listing(&out);
+}
+
+#[test]
+fn a_bad_url_is_a_clear_error() {
+    let (ok, out, err) = run(&["tables", "nosuch://x"]);
+    assert!(!ok, "succeeded: {out}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("nosuch"), "{err}");
+}
