@@ -59,6 +59,7 @@ impl KvEngine {
             engine: engine_capability(store.capability(), kv),
             kv,
             position_base: 0,
+            read_ahead: store.snapshot().is_none(),
         };
         KvEngine {
             store: Arc::new(store),

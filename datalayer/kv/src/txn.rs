@@ -38,6 +38,9 @@ pub(crate) struct Caps {
     pub(crate) kv: KvCapability,
     /// The lowest change position of this open epoch (`FORMAT.md`).
     pub(crate) position_base: u64,
+    /// Read keys ahead in batches (server stores, where each read is a round trip);
+    /// off for stores with synchronous snapshots, whose reads cost no round trip.
+    pub(crate) read_ahead: bool,
 }
 
 pub(crate) struct KvTx {
@@ -67,6 +70,8 @@ pub(crate) struct KvTx {
     /// answering a later `get` of the key with them is what re-reading would give or
     /// the commit would refuse.
     prefetched: HashMap<Bytes, Option<Bytes>>,
+    /// [`Caps::read_ahead`].
+    read_ahead: bool,
     /// Set by [`KvEngine`](crate::KvEngine) for the first attempt of autocommit work:
     /// an insert assumes its keys free ([`KvTxn::assume_absent`]) instead of reading
     /// them, and change capture off for tables not in [`KvTx::captured_hint`].
@@ -130,6 +135,7 @@ impl KvTx {
             store: caps.store,
             locked: BTreeSet::new(),
             prefetched: HashMap::new(),
+            read_ahead: caps.read_ahead,
             assume: false,
             captured_hint: None,
             position_base: caps.position_base,
@@ -259,27 +265,37 @@ impl KvTx {
         ahead.push(codec::table_prefix(codec::CHANGE_SEQ, &table.name));
     }
 
-    /// The row keys of `rows` and, for inserts, the unique entries they would take.
-    fn keys_to_prefetch(
-        table: &TableSchema,
-        keys: &TableKeys,
-        rows: &[Row],
-        unique: bool,
-    ) -> Result<Vec<Bytes>> {
+    /// The row keys of `rows` and the unique entries they would take.
+    fn keys_to_prefetch(table: &TableSchema, keys: &TableKeys, rows: &[Row]) -> Result<Vec<Bytes>> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let key = keys.row_key(table, row);
-            if unique {
-                let pk = &key[keys.row.len()..];
-                for (ix, prefix) in table.indexes.iter().zip(&keys.indexes) {
-                    if ix.unique && matches(ix.when.as_ref(), row, &[])? {
-                        out.push(index_key(prefix, table, ix, row, pk));
-                    }
+            let pk = &key[keys.row.len()..];
+            for (ix, prefix) in table.indexes.iter().zip(&keys.indexes) {
+                if ix.unique && matches(ix.when.as_ref(), row, &[])? {
+                    out.push(index_key(prefix, table, ix, row, pk));
                 }
             }
             out.push(key);
         }
         Ok(out)
+    }
+
+    /// What a write op on `table` reads key by key, read ahead in one round trip:
+    /// `ahead` (its row keys and unique entries) and the change-capture keys. With
+    /// `assume_free` (an insert) on an assuming transaction, the keys are assumed
+    /// absent instead where the store can.
+    async fn read_ahead_write(
+        &mut self,
+        table: &TableSchema,
+        mut ahead: Vec<Bytes>,
+        assume_free: bool,
+    ) -> Result<()> {
+        if assume_free && self.assume {
+            ahead.retain(|k| !self.assume_absent(k));
+        }
+        self.capture_keys(table, &mut ahead);
+        self.prefetch(ahead).await
     }
 
     async fn batch_get(&mut self, keys: Vec<Bytes>) -> Result<Vec<Option<Bytes>>> {
@@ -403,7 +419,7 @@ impl KvTx {
         &mut self,
         ops: Vec<(Op<'_>, Option<std::sync::Arc<Plan>>)>,
     ) -> Result<Vec<Output>> {
-        if ops.len() > 1 {
+        if self.read_ahead && ops.len() > 1 {
             let mut ahead = Vec::new();
             for (op, plan) in &ops {
                 match (op, plan) {
@@ -466,12 +482,11 @@ impl KvTx {
             Op::Insert { table, rows, mode } => {
                 let n = rows.len() as u64;
                 let keys = TableKeys::new(table);
-                let mut ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
-                if self.assume && mode == WriteMode::Insert {
-                    ahead.retain(|k| !self.assume_absent(k));
+                if self.read_ahead {
+                    let ahead = Self::keys_to_prefetch(table, &keys, &rows)?;
+                    self.read_ahead_write(table, ahead, mode == WriteMode::Insert)
+                        .await?;
                 }
-                self.capture_keys(table, &mut ahead);
-                self.prefetch(ahead).await?;
                 for row in rows {
                     self.insert_row(table, &keys, row, mode).await?;
                 }
@@ -480,9 +495,10 @@ impl KvTx {
             Op::Update { table, rows } => {
                 let mut n = 0;
                 let keys = TableKeys::new(table);
-                let mut ahead = Self::keys_to_prefetch(table, &keys, &rows, true)?;
-                self.capture_keys(table, &mut ahead);
-                self.prefetch(ahead).await?;
+                if self.read_ahead {
+                    let ahead = Self::keys_to_prefetch(table, &keys, &rows)?;
+                    self.read_ahead_write(table, ahead, false).await?;
+                }
                 for row in rows {
                     let key = keys.row_key(table, &row);
                     if let Some(old) = self.get(&key).await? {
@@ -497,9 +513,10 @@ impl KvTx {
             Op::Delete { table, keys } => {
                 let mut n = 0;
                 let tk = TableKeys::new(table);
-                let mut ahead: Vec<Bytes> = keys.iter().map(|k| encode_key(&tk.row, k)).collect();
-                self.capture_keys(table, &mut ahead);
-                self.prefetch(ahead).await?;
+                if self.read_ahead {
+                    let ahead = keys.iter().map(|k| encode_key(&tk.row, k)).collect();
+                    self.read_ahead_write(table, ahead, false).await?;
+                }
                 for k in keys {
                     let key = encode_key(&tk.row, &k);
                     if let Some(old) = self.get(&key).await? {
@@ -741,19 +758,8 @@ impl KvTx {
         if inverted(start, end) || limit == 0 {
             return Ok(Vec::new());
         }
-        let rows_end = prefix_end(row_prefix);
-        let rows_written = match &rows_end {
-            Some(e) => self
-                .writes
-                .range::<[u8], _>((Bound::Included(row_prefix), Bound::Excluded(e.as_slice())))
-                .next()
-                .is_some(),
-            None => self
-                .writes
-                .range::<[u8], _>((Bound::Included(row_prefix), Bound::Unbounded))
-                .next()
-                .is_some(),
-        };
+        let rows = (Bound::Included(row_prefix.to_vec()), end_of(row_prefix));
+        let rows_written = self.writes.range(rows).next().is_some();
         if !rows_written && self.writes.range::<[u8], _>((start, end)).next().is_none() {
             return self
                 .txn
