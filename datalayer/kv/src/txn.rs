@@ -424,13 +424,10 @@ impl KvTx {
             for (op, plan) in &ops {
                 match (op, plan) {
                     (Op::Query { query, params }, Some(plan)) if op.is_read() => {
-                        if let Access::PkPoint(exprs) = &plan.access {
-                            let t = query.table;
-                            if let Some(vals) = eval_key(t, &t.primary_key, exprs, params)? {
-                                let mut key = row_prefix(t);
-                                encode_values(&mut key, &vals);
-                                ahead.push(key);
-                            }
+                        if let Access::PkPoint(exprs) = &plan.access
+                            && let Some(key) = pk_point_key(query.table, exprs, params)?
+                        {
+                            ahead.push(key);
                         }
                     }
                     (Op::Get { table, keys }, _) => {
@@ -857,11 +854,9 @@ impl KvTx {
         }
         match &plan.access {
             Access::PkPoint(exprs) => {
-                let Some(vals) = eval_key(t, &t.primary_key, exprs, params)? else {
+                let Some(key) = pk_point_key(t, exprs, params)? else {
                     return Ok(out);
                 };
-                let mut key = row_prefix(t);
-                encode_values(&mut key, &vals);
                 if let Some(b) = self.get(&key).await? {
                     let row = decode_row(t, &b)?;
                     if matches(filter, &row, params)? {
@@ -1258,20 +1253,17 @@ pub(crate) fn point_query(
     let limit = resolve_limit(q, params);
     let mut rows = Vec::new();
     if limit != Some(0)
-        && let Some(vals) = eval_key(t, &t.primary_key, exprs, params)?
+        && let Some(key) = pk_point_key(t, exprs, params)?
+        && let Some(b) = snap.get(&key)
     {
-        let mut key = row_prefix(t);
-        encode_values(&mut key, &vals);
-        if let Some(b) = snap.get(&key) {
-            let row = decode_row(t, b)?;
-            let filter = if plan.covered {
-                None
-            } else {
-                q.filter.as_ref()
-            };
-            if matches(filter, &row, params)? {
-                rows.push(row);
-            }
+        let row = decode_row(t, b)?;
+        let filter = if plan.covered {
+            None
+        } else {
+            q.filter.as_ref()
+        };
+        if matches(filter, &row, params)? {
+            rows.push(row);
         }
     }
     Ok(Some(match &q.kind {
@@ -1301,6 +1293,16 @@ pub(crate) fn point_get(
         out.push(snap.get(&key).map(|b| decode_row(table, b)).transpose()?);
     }
     Ok(Output::Optional(out))
+}
+
+/// The row key a primary-key point query reads, `None` when a key expression is NULL
+/// (no row can match).
+fn pk_point_key(t: &TableSchema, exprs: &[Expr], params: &[Value]) -> Result<Option<Bytes>> {
+    Ok(eval_key(t, &t.primary_key, exprs, params)?.map(|vals| {
+        let mut key = row_prefix(t);
+        encode_values(&mut key, &vals);
+        key
+    }))
 }
 
 fn end_of(prefix: &[u8]) -> Bound<Bytes> {

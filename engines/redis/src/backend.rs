@@ -906,15 +906,14 @@ impl KvTxn for RedisTxn {
         let entries = self.absorb_scan(start, end, limit, reverse, seen, members, values)?;
         let mut out = Vec::with_capacity(entries.len());
         for ((k, v), t) in entries.into_iter().zip(targets) {
-            let tkey = [target_prefix, &v].concat();
-            let dkey = self.kv.inner.keys.data(&tkey);
+            let dkey = [self.kv.inner.keys.data_prefix.as_slice(), target_prefix, &v].concat();
             let t = match t {
                 None => {
                     self.record(dkey, Vec::new())?;
                     None
                 }
                 Some(stored) => {
-                    let (ver, value) = split(stored, &tkey)?;
+                    let (ver, value) = split(stored, &dkey)?;
                     self.record(dkey, ver)?;
                     Some(value)
                 }
