@@ -6,10 +6,6 @@
 //! that real cluster instead, each in its own namespace `c<random>`, deleted at the end.
 //! Optimistic transactions; `tikv-pessimistic::*` runs the suite again with
 //! `mode=pessimistic`.
-//!
-//! Known failures, listed as ignored (see `KNOWN_FAILING`) rather than hidden: one
-//! outbox case in pessimistic mode (locks of a transaction cut off mid-commit last
-//! their TTL).
 
 use async_trait::async_trait;
 use datalayer::{Capability, Engine};
@@ -96,19 +92,6 @@ fn probe(remote: &Option<Vec<String>>, mode: TxnMode) -> Capability {
     })
 }
 
-/// Cases that fail on TiKV for reasons outside the engine, run as ignored
-/// (`cargo test -p datalayer-conformance --test tikv -- --ignored` runs them):
-/// `(prefix, case-name prefix, why)`; an empty prefix matches both modes.
-const KNOWN_FAILING: &[(&str, &str, &str)] = &[(
-    "tikv-pessimistic",
-    "outbox::workers_share_and_take_over",
-    "fails about 2 runs in 7: the case aborts worker w3's task mid-round; a pessimistic \
-     transaction cut off inside its commit leaves its locks until their TTL (20 s), and \
-     another worker's lock on the same group row then outlasts tikv-client's lock \
-     backoff (`Conflict: tikv: lock: Failed to resolve lock`) and the autocommit re-runs, \
-     past the case's 10 s wait",
-)];
-
 fn main() -> std::process::ExitCode {
     let remote = std::env::var("DATALAYER_TIKV_PD")
         .ok()
@@ -119,27 +102,14 @@ fn main() -> std::process::ExitCode {
         ("tikv-pessimistic", TxnMode::Pessimistic),
     ] {
         let cap = probe(&remote, mode);
-        all.extend(
-            trials(
-                prefix,
-                Arc::new(Tikv {
-                    remote: remote.clone(),
-                    mode,
-                    cap,
-                }),
-            )
-            .into_iter()
-            .map(|t| {
-                let known = KNOWN_FAILING.iter().any(|(p, case, _)| {
-                    let mode = if p.is_empty() { prefix } else { p };
-                    t.name()
-                        .strip_prefix(mode)
-                        .and_then(|n| n.strip_prefix("::"))
-                        .is_some_and(|n| n.starts_with(case))
-                });
-                if known { t.with_ignored_flag(true) } else { t }
+        all.extend(trials(
+            prefix,
+            Arc::new(Tikv {
+                remote: remote.clone(),
+                mode,
+                cap,
             }),
-        );
+        ));
     }
     datalayer_conformance::main(all)
 }

@@ -522,43 +522,17 @@ impl KvTxn for TikvTxn {
             self.lock_keys(unlocked).await?;
         }
         let busy_retries = self.busy_retries;
-        let Some(mut txn) = self.txn.take() else {
+        let Some(txn) = self.txn.take() else {
             return Err(Error::invalid_input("tikv: the transaction is finished"));
         };
-        // One buffer update (in pessimistic mode one lock round, a no-op on the keys
-        // already locked) instead of a put or delete per key, each of which would lock
-        // again in a pessimistic transaction.
-        let mutations = keys.into_iter().map(|(k, v)| match v {
-            Some(v) => Mutation::Put(k, v),
-            None => Mutation::Delete(k),
-        });
-        if let Err(e) = txn.batch_mutate(mutations).await {
-            let _ = txn.rollback().await;
-            return Err(map_error("commit", e));
-        }
-        let mut tries = 0u32;
-        loop {
-            match txn.commit().await {
-                Ok(_) => return Ok(()),
-                // Busy before the commit point: prewrite again (harmless) and commit.
-                Err(e) if classify(&e) == Class::Busy && tries < busy_retries => {
-                    tokio::time::sleep(backoff(tries)).await;
-                    tries += 1;
-                }
-                Err(e) => {
-                    let mapped = map_commit_error(e);
-                    if !mapped.is_commit_unknown() {
-                        // Release the prewritten locks now rather than at their TTL.
-                        let _ = txn.rollback().await;
-                    }
-                    return Err(if mapped.kind() == datalayer_core::ErrorKind::Timeout {
-                        busy_after(mapped, tries)
-                    } else {
-                        mapped
-                    });
-                }
-            }
-        }
+        // The commit runs to its end in a task of its own: a caller cancelled inside the
+        // commit (a dropped future, an aborted task) must not leave prewritten locks
+        // behind for their TTL (3 s, 20 s for pessimistic locks), blocking every reader
+        // and writer of those keys. Percolator itself (the primary's commit) decides
+        // the outcome either way; the task only finishes what was started.
+        tokio::spawn(commit_to_end(txn, keys, busy_retries))
+            .await
+            .map_err(|e| Error::commit_unknown(format!("tikv: the commit task ended early: {e}")))?
     }
 
     async fn rollback(mut self: Box<Self>) -> Result<()> {
@@ -567,6 +541,51 @@ impl KvTxn for TikvTxn {
                 txn.rollback().await.map_err(|e| map_error("rollback", e))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+/// Writes `keys` into `txn`'s buffer and commits it (two-phase: prewrite, then the
+/// primary's commit), retrying `ServerIsBusy` before the commit point up to
+/// `busy_retries` times; on a failure whose outcome is known the prewritten locks are
+/// rolled back at once rather than left to their TTL.
+async fn commit_to_end(
+    mut txn: Transaction,
+    keys: Vec<(Key, Option<Bytes>)>,
+    busy_retries: u32,
+) -> Result<()> {
+    // One buffer update (in pessimistic mode one lock round, a no-op on the keys
+    // already locked) instead of a put or delete per key, each of which would lock
+    // again in a pessimistic transaction.
+    let mutations = keys.into_iter().map(|(k, v)| match v {
+        Some(v) => Mutation::Put(k, v),
+        None => Mutation::Delete(k),
+    });
+    if let Err(e) = txn.batch_mutate(mutations).await {
+        let _ = txn.rollback().await;
+        return Err(map_error("commit", e));
+    }
+    let mut tries = 0u32;
+    loop {
+        match txn.commit().await {
+            Ok(_) => return Ok(()),
+            // Busy before the commit point: prewrite again (harmless) and commit.
+            Err(e) if classify(&e) == Class::Busy && tries < busy_retries => {
+                tokio::time::sleep(backoff(tries)).await;
+                tries += 1;
+            }
+            Err(e) => {
+                let mapped = map_commit_error(e);
+                if !mapped.is_commit_unknown() {
+                    // Release the prewritten locks now rather than at their TTL.
+                    let _ = txn.rollback().await;
+                }
+                return Err(if mapped.kind() == datalayer_core::ErrorKind::Timeout {
+                    busy_after(mapped, tries)
+                } else {
+                    mapped
+                });
+            }
         }
     }
 }

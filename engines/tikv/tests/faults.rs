@@ -429,3 +429,37 @@ async fn a_stopped_store_fails_over_or_fails_typed_and_nothing_partial_is_visibl
         assert_eq!(c.commit_count(k.as_bytes()), 3, "{k}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_cancelled_inside_the_commit_leaves_no_lock_behind() {
+    // The caller's future is dropped while the primary's prewrite is held: the commit
+    // runs on to its end in its own task, so the write lands and no prewrite lock is
+    // left to block readers for its TTL (a reader would wait it out and roll the
+    // transaction back, reading "0").
+    for mode in [TxnMode::Optimistic, TxnMode::Pessimistic] {
+        let (engine, c) = local(mode).await;
+        let store = engine.store().clone();
+        let kvs: Vec<(&str, &str)> = KEYS.iter().map(|k| (*k, "0")).collect();
+        put(store.as_ref(), &kvs).await.unwrap();
+        let hold = c.hold(Rpc::Prewrite, 1, HoldPoint::BeforeApply);
+        let t = store.begin(Default::default()).await.unwrap();
+        let caller = tokio::spawn(async move { t.commit(writes("1")).await });
+        assert!(hold.reached(Duration::from_secs(5)).await, "{mode:?}");
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled(), "{mode:?}");
+        hold.release();
+        // The released prewrite and the commit after it land in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while read_all(store.as_ref()).await != all("1") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode:?}: the cancelled caller's commit never landed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            c.settle(Duration::from_secs(5)).await,
+            "{mode:?}: locks left"
+        );
+    }
+}
