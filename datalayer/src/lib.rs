@@ -12,6 +12,8 @@ pub use datalayer_core::*;
 /// The key-value engine family (etch, Redis, TiKV): see [`datalayer_kv`].
 pub use datalayer_kv as kv;
 pub use datalayer_macros::{Table, query_group};
+/// Live migration between any two engines: see [`datalayer_migrate`].
+pub use datalayer_migrate as migrate;
 /// The transactional outbox: see [`datalayer_outbox`].
 pub use datalayer_outbox as outbox;
 pub use datalayer_outbox::{

@@ -58,6 +58,10 @@ pub mod internal {
     /// Outbox events emitted with a future delivery time: `(topic, part, seq)` → the
     /// event, indexed by `(topic, part, deliver_at_us, seq)`.
     pub const OUTBOX_SCHEDULED: &str = "_dl_outbox_scheduled";
+    /// Progress of a migration into this engine (`datalayer-migrate`), one row per
+    /// copied table: the last primary key copied and the source change-feed position
+    /// applied, written in the same transaction as the rows they describe.
+    pub const MIGRATION: &str = "_dl_migration";
 
     /// Whether `name` is one of datalayer's internal tables (allowed despite the
     /// reserved `_dl_` prefix).
@@ -70,6 +74,7 @@ pub mod internal {
             OUTBOX_MEMBERS,
             OUTBOX_PENDING,
             OUTBOX_SCHEDULED,
+            MIGRATION,
         ]
         .contains(&name)
     }

@@ -1,0 +1,229 @@
+//! The copy of one table: rows in primary-key order, in chunks, each chunk reconciled
+//! with the source's change feed by DBLog watermarks (Andreas Andreakis and Ioannis
+//! Papapanagiotou, "DBLog: A Watermark Based Change-Data-Capture Framework", 2020).
+//!
+//! For each chunk: `L` = the feed's end (every change up to `L` is applied on the
+//! target first); read the chunk; `H` = the feed's end again, reading the changes in
+//! `(L, H]`. One atomic target batch then applies those changes in order, writes the
+//! chunk's rows except those whose key changed in `(L, H]` (a row untouched in that
+//! window is the row as of `H`), and records `{last key, position H}` in the progress
+//! table. The target thus only ever holds a subset of one consistent source state (as
+//! of its recorded position), so replaying later changes never trips a unique index,
+//! and a copy killed at any moment resumes from its last commit with the same result.
+
+use crate::feed::{self, drain, replay};
+use crate::progress::TableProgress;
+use crate::{Migration, Progress};
+use datalayer_core::{
+    Error, Executor, Op, Output, Result, Row, ScanRequest, TableSchema, WriteMode,
+};
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+/// Rows of the first chunk; later chunks are sized by time ([`crate::Options::chunk_time`]).
+const FIRST_CHUNK: usize = 1_000;
+
+/// Most changes applied in one target batch while catching up.
+pub(crate) const MAX_BATCH_CHANGES: usize = 5_000;
+
+/// What copying one table did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableCopy {
+    /// The table.
+    pub table: String,
+    /// Rows written by this run (a resumed run counts only its own).
+    pub rows: u64,
+    /// Bytes of those rows, in the canonical encoding of the checksums.
+    pub bytes: u64,
+    /// Source changes replayed on the target by this run.
+    pub changes: u64,
+    /// Chunks committed by this run.
+    pub chunks: u64,
+    /// Wall time of this run's copy of the table.
+    pub elapsed: Duration,
+    /// The copy had already finished in an earlier run: nothing was copied.
+    pub already_copied: bool,
+}
+
+/// Primary-key scan of `limit` rows after `after`.
+fn chunk_scan(table: &TableSchema, after: Option<Row>, limit: usize) -> Op<'_> {
+    Op::Scan(ScanRequest {
+        table,
+        index: None,
+        prefix: Vec::new(),
+        lower: Bound::Unbounded,
+        upper: Bound::Unbounded,
+        after,
+        reverse: false,
+        limit: Some(limit),
+    })
+}
+
+/// The rows of a `Rows` output.
+pub(crate) fn rows_of(out: Output) -> Result<Vec<Row>> {
+    match out {
+        Output::Rows(r) => Ok(r),
+        other => Err(Error::engine(
+            "migrate",
+            format!("unexpected output of a scan: {other:?}"),
+        )),
+    }
+}
+
+/// Applies the changes after `p.position` on the target until the feed's end, in
+/// batches of at most [`MAX_BATCH_CHANGES`], each committed with its position.
+/// Returns how many changes were applied.
+///
+/// # Errors
+/// The source's feed errors; the target's write errors.
+pub(crate) async fn catch_up(
+    m: &Migration,
+    table: &TableSchema,
+    p: &mut TableProgress,
+) -> Result<u64> {
+    let mut applied = 0u64;
+    loop {
+        let changes = drain(&m.source, &table.name, p.position, MAX_BATCH_CHANGES).await?;
+        let Some(last) = changes.last() else {
+            return Ok(applied);
+        };
+        let mut next = p.clone();
+        next.position = last.position;
+        let mut ops = changes
+            .iter()
+            .map(|c| replay(table, c))
+            .collect::<Result<Vec<_>>>()?;
+        ops.push(next.upsert()?);
+        m.target.run_batch(ops).await?;
+        *p = next;
+        applied += changes.len() as u64;
+        if changes.len() < MAX_BATCH_CHANGES {
+            return Ok(applied);
+        }
+    }
+}
+
+/// Copies `table` from where `p` stands to its end (see the module docs).
+///
+/// # Errors
+/// The source's read and feed errors, the target's write errors (`AlreadyExists` when
+/// the target table already holds a row being copied).
+pub(crate) async fn copy_table(
+    m: &Migration,
+    table: &TableSchema,
+    p: &mut TableProgress,
+) -> Result<TableCopy> {
+    let started = Instant::now();
+    let mut report = TableCopy {
+        table: table.name.clone(),
+        already_copied: p.copied,
+        ..TableCopy::default()
+    };
+    if p.copied {
+        return Ok(report);
+    }
+    let feed = m.feed;
+    let mut chunk = FIRST_CHUNK.min(m.opts.max_chunk_rows);
+    let mut buf = Vec::new();
+    loop {
+        let t0 = Instant::now();
+        if feed {
+            report.changes += catch_up(m, table, p).await?;
+        }
+        let low = p.position;
+        let rows = rows_of(
+            m.source
+                .run(chunk_scan(table, p.last_key.clone(), chunk))
+                .await?,
+        )?;
+        let window = if feed {
+            drain(&m.source, &table.name, low, usize::MAX).await?
+        } else {
+            Vec::new()
+        };
+        let mut next = p.clone();
+        if let Some(c) = window.last() {
+            next.position = c.position;
+        }
+        let changed: HashSet<Vec<u8>> = window
+            .iter()
+            .map(|c| feed::image(table, c).map(|img| key_bytes(table, &img)))
+            .collect::<Result<_>>()?;
+        let full = rows.len() == chunk;
+        if let Some(last) = rows.last() {
+            next.last_key = Some(table.key_of(last));
+        }
+        next.rows += rows.len() as u64;
+        next.copied = !full;
+        let mut bytes = 0u64;
+        let keep: Vec<Row> = rows
+            .into_iter()
+            .filter(|r| changed.is_empty() || !changed.contains(&key_bytes(table, r)))
+            .inspect(|r| bytes += crate::canonical::size(&mut buf, r) as u64)
+            .collect();
+        let n = keep.len() as u64;
+        let mut ops = window
+            .iter()
+            .map(|c| replay(table, c))
+            .collect::<Result<Vec<_>>>()?;
+        if !keep.is_empty() {
+            // Upsert: a row the replay of an earlier change already wrote is written
+            // again as of `H`, which is the same row.
+            ops.push(Op::Insert {
+                table,
+                rows: keep,
+                mode: if feed {
+                    WriteMode::Upsert
+                } else {
+                    WriteMode::Insert
+                },
+            });
+        }
+        ops.push(next.upsert()?);
+        m.target.run_batch(ops).await?;
+        report.rows += n;
+        report.bytes += bytes;
+        report.changes += window.len() as u64;
+        report.chunks += 1;
+        *p = next;
+        m.report(Progress {
+            table: &table.name,
+            rows: p.rows,
+            bytes: report.bytes,
+            done: p.copied,
+        });
+        if p.copied {
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
+        // A long copy on an engine whose calls complete without waiting must still let
+        // other tasks of the runtime (and a caller's cancellation) in between chunks.
+        tokio::task::yield_now().await;
+        chunk = next_chunk(chunk, t0.elapsed(), bytes, &m.opts);
+    }
+}
+
+/// The next chunk's row count: scaled so that a chunk takes about `chunk_time`, at
+/// most doubling or halving at once, within `[64, max_chunk_rows]` and under
+/// `max_chunk_bytes` (the target's transaction size limit leaves room for indexes).
+fn next_chunk(rows: usize, took: Duration, bytes: u64, o: &crate::Options) -> usize {
+    let by_time = rows as f64 * o.chunk_time.as_secs_f64() / took.as_secs_f64().max(1e-6);
+    let by_bytes = if bytes == 0 {
+        f64::MAX
+    } else {
+        rows as f64 * o.max_chunk_bytes as f64 / bytes as f64
+    };
+    let want = by_time
+        .min(by_bytes)
+        .clamp(rows as f64 / 2.0, rows as f64 * 2.0);
+    (want as usize).clamp(64, o.max_chunk_rows.max(64))
+}
+
+/// A row's primary key in the KV family's order-preserving encoding: the order every
+/// engine's primary-key scan follows, so it compares keys across engines.
+pub(crate) fn key_bytes(table: &TableSchema, row: &Row) -> Vec<u8> {
+    let mut out = Vec::new();
+    datalayer_kv::codec::encode_values(&mut out, table.primary_key.iter().map(|&c| &row[c]));
+    out
+}

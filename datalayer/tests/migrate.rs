@@ -1,0 +1,525 @@
+//! `datalayer::migrate` between every ordered pair of the local engines (etch, SQLite,
+//! PostgreSQL on 127.0.0.1:5432 or `DATALAYER_PG_URL`, Redis on 127.0.0.1:6379 or
+//! `DATALAYER_REDIS_URL`): a data set with every column type, NULLs, a composite key,
+//! unique and conditional indexes, unicode and large values, copied and verified; a
+//! copy under concurrent writes; a copy cut off and resumed; a tampered target found
+//! and repaired; a target holding another schema refused. Every endpoint lives in its
+//! own directory, schema or namespace, removed at the end (also when a test fails).
+
+use datalayer::migrate::{Migration, Options};
+use datalayer::{Db, Table};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Every column type, nullable and not.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "kinds")]
+struct Kinds {
+    #[pk]
+    id: i64,
+    b: bool,
+    small: i16,
+    medium: i32,
+    single: f32,
+    double: f64,
+    text: String,
+    bytes: Vec<u8>,
+    maybe_int: Option<i64>,
+    maybe_text: Option<String>,
+    maybe_bytes: Option<Vec<u8>>,
+    maybe_double: Option<f64>,
+}
+
+/// Unique and conditional indexes.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "accounts")]
+#[index(name = "by_email", fields(email), unique)]
+#[index(name = "active_by_age", fields(age), when = |a| a.active == true)]
+#[index(name = "by_age_name", fields(age, name))]
+struct Account {
+    #[pk]
+    id: i64,
+    email: String,
+    name: String,
+    age: i32,
+    active: bool,
+}
+
+/// A composite primary key with a text column first.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "members")]
+struct Member {
+    #[pk]
+    org: String,
+    #[pk]
+    user_id: i64,
+    role: String,
+}
+
+const ACCOUNTS: i64 = 2_500;
+
+fn kinds(i: i64) -> Kinds {
+    Kinds {
+        id: i * 7 - 500,
+        b: i % 2 == 0,
+        small: (i % 300) as i16 - 150,
+        medium: (i as i32) * -3,
+        single: i as f32 / 3.0,
+        double: if i == 3 { -0.0 } else { i as f64 * 1e-3 - 0.5 },
+        text: format!("ünïcødé ✓ {i} 🦀"),
+        bytes: if i == 5 {
+            vec![0xAB; 200_000] // a large value
+        } else {
+            (0..(i % 40) as u8).collect()
+        },
+        maybe_int: (i % 3 != 0).then_some(i * 1_000_000_007),
+        maybe_text: (i % 4 != 0).then(|| "x".repeat((i % 9) as usize)),
+        maybe_bytes: (i % 5 != 0).then(|| vec![0, 255, i as u8]),
+        maybe_double: (i % 6 != 0).then_some(f64::from(i as i32) / 7.0),
+    }
+}
+
+fn account(i: i64) -> Account {
+    Account {
+        id: i,
+        email: format!("user{i}@example.org"),
+        name: format!("名前 {}", i % 97),
+        age: (i % 70) as i32 + 18,
+        active: i % 3 != 0,
+    }
+}
+
+fn member(i: i64) -> Member {
+    Member {
+        org: ["", "acme", "Ωmega", "zeta"][(i % 4) as usize].to_owned(),
+        user_id: i - 20,
+        role: format!("r{}", i % 5),
+    }
+}
+
+/// One endpoint: a fresh directory, file, schema or namespace; removed on drop.
+struct Endpoint {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    cleanup: Option<Cleanup>,
+}
+
+enum Cleanup {
+    PgSchema { base: String, schema: String },
+    Redis(String),
+}
+
+fn suffix() -> String {
+    use rand::Rng;
+    let mut r = rand::rng();
+    (0..10)
+        .map(|_| (b'a' + r.random_range(0..26)) as char)
+        .collect()
+}
+
+fn with_param(url: &str, p: &str) -> String {
+    format!("{url}{}{p}", if url.contains('?') { '&' } else { '?' })
+}
+
+impl Endpoint {
+    fn new(kind: &str) -> Endpoint {
+        match kind {
+            "etch" => {
+                let d = tempfile::tempdir().unwrap();
+                Endpoint {
+                    url: format!("etch://{}", d.path().join("e").display()),
+                    _dir: Some(d),
+                    cleanup: None,
+                }
+            }
+            "sqlite" => {
+                let d = tempfile::tempdir().unwrap();
+                Endpoint {
+                    url: format!("sqlite://{}", d.path().join("s.db").display()),
+                    _dir: Some(d),
+                    cleanup: None,
+                }
+            }
+            "pg" => {
+                let base = std::env::var("DATALAYER_PG_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+                let schema = format!("dl_mig_{}", suffix());
+                Endpoint {
+                    url: with_param(&base, &format!("schema={schema}")),
+                    _dir: None,
+                    cleanup: Some(Cleanup::PgSchema { base, schema }),
+                }
+            }
+            "redis" => {
+                let base = std::env::var("DATALAYER_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+                let url = with_param(&base, &format!("namespace=mig_{}", suffix()));
+                Endpoint {
+                    url: url.clone(),
+                    _dir: None,
+                    cleanup: Some(Cleanup::Redis(url)),
+                }
+            }
+            other => panic!("unknown engine {other}"),
+        }
+    }
+
+    async fn db(&self) -> Db {
+        datalayer::builder(self.url.clone())
+            .table::<Kinds>()
+            .table::<Account>()
+            .table::<Member>()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", datalayer::redact(&self.url)))
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let Some(c) = self.cleanup.take() else {
+            return;
+        };
+        // A runtime of its own: drop may run inside or outside the test's runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                match c {
+                    Cleanup::PgSchema { base, schema } => {
+                        let base = base.split('?').next().unwrap_or(&base).to_owned();
+                        if let Ok((client, conn)) =
+                            tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+                        {
+                            let task = tokio::spawn(conn);
+                            let _ = client
+                                .batch_execute(&format!(
+                                    "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                                ))
+                                .await;
+                            drop(client);
+                            let _ = task.await;
+                        }
+                    }
+                    Cleanup::Redis(url) => {
+                        if let Ok(o) = datalayer::redis::RedisOptions::from_url(&url) {
+                            let _ = datalayer::redis::destroy_namespace(&o).await;
+                        }
+                    }
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+async fn load(db: &Db) {
+    let k: Vec<Kinds> = (0..60).map(kinds).collect();
+    db.repo::<Kinds>().insert_many(&k).await.unwrap();
+    let a: Vec<Account> = (0..ACCOUNTS).map(account).collect();
+    for c in a.chunks(500) {
+        db.repo::<Account>().insert_many(c).await.unwrap();
+    }
+    let m: Vec<Member> = (0..80).map(member).collect();
+    db.repo::<Member>().insert_many(&m).await.unwrap();
+}
+
+/// Small chunks and buckets, so that a few thousand rows take many of each.
+fn small() -> Options {
+    Options {
+        max_chunk_rows: 300,
+        bucket_rows: 250,
+        ..Options::default()
+    }
+}
+
+/// Every row of every table on `a` and `b` read back through the typed API: equal.
+async fn assert_same_rows(a: &Db, b: &Db, what: &str) {
+    let all = |db: &Db| {
+        let db = db.clone();
+        async move {
+            let mut k = db.repo::<Kinds>().scan().all().await.unwrap();
+            k.sort_by_key(|r| r.id);
+            let mut ac = db.repo::<Account>().scan().all().await.unwrap();
+            ac.sort_by_key(|r| r.id);
+            let mut m = db.repo::<Member>().scan().all().await.unwrap();
+            m.sort_by(|x, y| (&x.org, x.user_id).cmp(&(&y.org, y.user_id)));
+            (k, ac, m)
+        }
+    };
+    let (x, y) = (all(a).await, all(b).await);
+    assert_eq!(x.0.len(), y.0.len(), "{what}: kinds");
+    // -0.0 == 0.0 (IEEE 754), and SQLite keeps no sign of zero.
+    assert_eq!(x.0, y.0, "{what}: kinds");
+    assert_eq!(x.1, y.1, "{what}: accounts");
+    assert_eq!(x.2, y.2, "{what}: members");
+}
+
+const ENGINES: [&str; 4] = ["etch", "sqlite", "pg", "redis"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pair_copies_and_verifies_equal() {
+    for from in ENGINES {
+        let src = Endpoint::new(from);
+        let source = src.db().await;
+        load(&source).await;
+        for to in ENGINES.iter().filter(|t| **t != from) {
+            let what = format!("{from} -> {to}");
+            let dst = Endpoint::new(to);
+            let target = datalayer::connect(dst.url.clone()).await.unwrap();
+            let m = Migration::new(&source, &target).options(small());
+            let copied = m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            let rows: u64 = copied.tables.iter().map(|t| t.rows).sum();
+            assert_eq!(rows, 60 + ACCOUNTS as u64 + 80, "{what}: {copied:?}");
+            assert!(copied.tables.iter().any(|t| t.chunks > 5), "{what}: chunks");
+            let report = m.verify().await.unwrap();
+            assert!(report.is_equal(), "{what}: {report:#?}");
+            let accounts = report
+                .tables
+                .iter()
+                .find(|t| t.table == "accounts")
+                .unwrap();
+            assert!(
+                accounts.buckets >= 10,
+                "{what}: {} buckets",
+                accounts.buckets
+            );
+            assert_eq!(
+                accounts
+                    .indexes
+                    .iter()
+                    .find(|i| i.index == "active_by_age")
+                    .unwrap()
+                    .target,
+                (0..ACCOUNTS).filter(|i| i % 3 != 0).count() as u64,
+                "{what}: the conditional index"
+            );
+            // The target, opened with the application's types, answers as the source.
+            target.close().await.unwrap();
+            drop((m, target));
+            let typed = dst.db().await;
+            assert_same_rows(&source, &typed, &what).await;
+            let by_email = typed
+                .repo::<Account>()
+                .find("by_email")
+                .eq("user77@example.org")
+                .all()
+                .await
+                .unwrap();
+            assert_eq!(by_email, vec![account(77)], "{what}: unique index");
+            typed.close().await.unwrap();
+        }
+        source.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_target_names_the_range_and_repair_mends_it() {
+    for (from, to) in [("etch", "sqlite"), ("sqlite", "pg"), ("pg", "redis")] {
+        let what = format!("{from} -> {to}");
+        let (src, dst) = (Endpoint::new(from), Endpoint::new(to));
+        let (source, target) = (src.db().await, dst.db().await);
+        load(&source).await;
+        let m = Migration::new(&source, &target).options(small());
+        m.copy().await.unwrap();
+        assert!(m.verify().await.unwrap().is_equal(), "{what}");
+        // One changed value, one missing row, one extra row.
+        let mut a = account(1_000);
+        a.name.push('!');
+        target.repo::<Account>().update(&a).await.unwrap();
+        target.repo::<Account>().delete(2_000).await.unwrap();
+        let mut extra = account(ACCOUNTS + 5);
+        extra.email = "extra@example.org".into();
+        target.repo::<Account>().insert(&extra).await.unwrap();
+        let report = m.verify().await.unwrap();
+        assert!(!report.is_equal(), "{what}");
+        let bad = &report
+            .tables
+            .iter()
+            .find(|t| t.table == "accounts")
+            .unwrap()
+            .mismatched;
+        assert_eq!(bad.len(), 3, "{what}: {bad:#?}");
+        let holds = |id: i64| {
+            bad.iter().any(|r| {
+                r.after.as_ref().is_none_or(|k| k[0].as_i64().unwrap() < id)
+                    && r.upto.as_ref().is_none_or(|k| id <= k[0].as_i64().unwrap())
+            })
+        };
+        assert!(
+            holds(1_000) && holds(2_000) && holds(ACCOUNTS + 5),
+            "{what}: {bad:#?}"
+        );
+        assert!(m.repair(&report).await.unwrap() > 0);
+        assert!(m.verify().await.unwrap().is_equal(), "{what}: after repair");
+        assert_same_rows(&source, &target, &what).await;
+    }
+}
+
+/// A write's result: fine, or a row that is gone or a unique email taken by an earlier
+/// write of the same loop; any other error fails the test.
+fn expected(r: datalayer::Result<()>) {
+    if let Err(e) = r {
+        assert!(e.is_not_found() || e.is_already_exists(), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_under_concurrent_writes_then_follow_ends_equal() {
+    for (from, to) in [
+        ("etch", "pg"),
+        ("sqlite", "redis"),
+        ("pg", "sqlite"),
+        ("redis", "etch"),
+    ] {
+        let what = format!("{from} -> {to}");
+        let (src, dst) = (Endpoint::new(from), Endpoint::new(to));
+        let (source, target) = (src.db().await, dst.db().await);
+        load(&source).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn({
+            let (db, stop, writes) = (source.clone(), stop.clone(), writes.clone());
+            async move {
+                let mut i = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let accounts = db.repo::<Account>();
+                    // Inserts past the end, updates and deletes across the key space,
+                    // and an email moved from one row to another (the unique index).
+                    let id = (i * 37) % ACCOUNTS;
+                    match i % 4 {
+                        0 => accounts.insert(&account(ACCOUNTS + 10 + i)).await.unwrap(),
+                        1 => {
+                            let mut a = account(id);
+                            a.age = 99;
+                            a.active = !a.active;
+                            expected(accounts.update(&a).await);
+                        }
+                        2 => {
+                            let _ = accounts.delete(id).await.unwrap();
+                        }
+                        _ => {
+                            let _ = accounts.delete(id + 1).await.unwrap();
+                            let mut a = account(ACCOUNTS + 10 + i - 3);
+                            a.email = format!("user{}@example.org", id + 1);
+                            expected(accounts.upsert(&a).await);
+                        }
+                    }
+                    writes.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        let m = Migration::new(&source, &target).options(small());
+        m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        m.follow_until_caught_up().await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        writer.await.unwrap();
+        assert!(
+            writes.load(Ordering::Relaxed) > 20,
+            "{what}: too few concurrent writes"
+        );
+        m.follow_until_caught_up().await.unwrap();
+        let report = m.verify().await.unwrap();
+        assert!(report.is_equal(), "{what}: {report:#?}");
+        assert_same_rows(&source, &target, &what).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_cut_off_anywhere_resumes_to_the_same_result() {
+    for (from, to) in [("sqlite", "etch"), ("etch", "pg"), ("pg", "redis")] {
+        let what = format!("{from} -> {to}");
+        let (src, dst) = (Endpoint::new(from), Endpoint::new(to));
+        let source = src.db().await;
+        load(&source).await;
+        // Cut the copy off after 1, 3 and 2 chunks (the future dropped mid-way, as a
+        // kill would), each time from a fresh target connection.
+        for cut in [1u64, 3, 2] {
+            let target = datalayer::connect(dst.url.clone()).await.unwrap();
+            let chunks = Arc::new(AtomicU64::new(0));
+            let notify = Arc::new(tokio::sync::Notify::new());
+            let m = Migration::new(&source, &target)
+                .options(small())
+                .on_progress({
+                    let (chunks, notify) = (chunks.clone(), notify.clone());
+                    move |_| {
+                        if chunks.fetch_add(1, Ordering::SeqCst) + 1 == cut {
+                            notify.notify_one();
+                        }
+                    }
+                });
+            tokio::select! {
+                biased;
+                () = notify.notified() => {}
+                r = m.copy() => panic!("{what}: the copy ended before its cut: {r:?}"),
+            }
+            target.close().await.unwrap();
+        }
+        let target = dst.db().await;
+        let m = Migration::new(&source, &target).options(small());
+        let resumed = m.copy().await.unwrap();
+        let accounts = resumed
+            .tables
+            .iter()
+            .find(|t| t.table == "accounts")
+            .unwrap();
+        assert!(
+            accounts.rows < ACCOUNTS as u64,
+            "{what}: resumed, not restarted: {accounts:?}"
+        );
+        assert!(m.verify().await.unwrap().is_equal(), "{what}");
+        assert_same_rows(&source, &target, &what).await;
+        // A finished copy run again copies nothing.
+        let again = m.copy().await.unwrap();
+        assert!(
+            again.tables.iter().all(|t| t.already_copied && t.rows == 0),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_holding_another_schema_is_refused_and_the_source_untouched() {
+    /// `accounts` with one column less.
+    #[derive(Table, Clone, Debug, PartialEq)]
+    #[table(name = "accounts")]
+    struct OtherAccount {
+        #[pk]
+        id: i64,
+        email: String,
+    }
+    let (src, dst) = (Endpoint::new("etch"), Endpoint::new("sqlite"));
+    let source = src.db().await;
+    load(&source).await;
+    let target = datalayer::builder(dst.url.clone())
+        .table::<OtherAccount>()
+        .connect()
+        .await
+        .unwrap();
+    let e = Migration::new(&source, &target).copy().await.unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("accounts"), "{e}");
+    assert_eq!(target.repo::<OtherAccount>().count().await.unwrap(), 0);
+    assert_eq!(
+        source.repo::<Account>().count().await.unwrap(),
+        ACCOUNTS as u64
+    );
+    // An unknown table is named.
+    let e = Migration::new(&source, &target)
+        .tables(["nope"])
+        .copy()
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found() && e.to_string().contains("nope"), "{e}");
+    // An unreachable target: a connection error, before anything is read.
+    let e = datalayer::connect("postgres://postgres@127.0.0.1:1/test")
+        .await
+        .unwrap_err();
+    assert!(
+        e.is_retryable() || e.kind() == datalayer::ErrorKind::ConnectionLost,
+        "{e}"
+    );
+}
