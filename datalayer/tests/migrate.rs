@@ -523,3 +523,78 @@ async fn a_target_holding_another_schema_is_refused_and_the_source_untouched() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_fences_the_source_and_every_acknowledged_write_is_on_the_target() {
+    use datalayer::migrate::CutoverOptions;
+    for (from, to) in [
+        ("etch", "sqlite"),
+        ("sqlite", "pg"),
+        ("pg", "redis"),
+        ("redis", "etch"),
+    ] {
+        let what = format!("{from} -> {to}");
+        let (src, dst) = (Endpoint::new(from), Endpoint::new(to));
+        let (source, target) = (src.db().await, dst.db().await);
+        load(&source).await;
+        // A writer through the source `Db` until the fence turns it away: every write
+        // it saw acknowledged must be on the target after the cut-over.
+        let acked = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+        let writer = tokio::spawn({
+            let (db, acked) = (source.clone(), acked.clone());
+            async move {
+                for i in 0.. {
+                    let id = ACCOUNTS + 100 + i;
+                    match db.repo::<Account>().insert(&account(id)).await {
+                        Ok(()) => acked.lock().unwrap().push(id),
+                        Err(e) => return e,
+                    }
+                    if i % 2 == 0 {
+                        let _ = db.repo::<Account>().delete(i * 7).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                unreachable!()
+            }
+        });
+        let m = Migration::new(&source, &target).options(small());
+        m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        m.follow_until_caught_up().await.unwrap();
+        let cut = m
+            .cutover(CutoverOptions {
+                writer_wait: Duration::from_millis(200),
+                ..CutoverOptions::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let refused = tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the fenced source still takes writes"))
+            .unwrap();
+        assert_eq!(
+            refused.kind(),
+            datalayer::ErrorKind::Timeout,
+            "{what}: {refused}"
+        );
+        assert!(refused.to_string().contains("fenced"), "{what}: {refused}");
+        assert!(cut.checked_before > 0, "{what}: {cut:?}");
+        eprintln!("{what}: {cut:?}");
+        let acked = acked.lock().unwrap().clone();
+        assert!(acked.len() > 5, "{what}: {} writes", acked.len());
+        let on_target = target
+            .repo::<Account>()
+            .get_many(acked.iter().copied())
+            .await
+            .unwrap();
+        assert!(
+            on_target.iter().all(Option::is_some),
+            "{what}: an acknowledged write is missing"
+        );
+        let report = m.verify().await.unwrap();
+        assert!(report.is_equal(), "{what}: {report:#?}");
+        // Reads of the fenced source go on; dropping the fence lets writes in again.
+        assert!(source.repo::<Account>().count().await.unwrap() > 0);
+        drop(cut);
+        source.repo::<Account>().insert(&account(-1)).await.unwrap();
+    }
+}

@@ -3,6 +3,7 @@
 use crate::capability::Capability;
 use crate::engine::{Engine, EngineTx, Isolation, Op, Output, TxOptions};
 use crate::error::{Error, Result};
+use crate::fence::{WriteFence, WriteGate, WritePermit};
 use crate::query::QueryDef;
 use crate::repo::Repo;
 use crate::schema::{Table, TableSchema, validate_identifier};
@@ -147,7 +148,10 @@ impl DbBuilder {
         }
         engine.register(&self.tables, &self.queries).await?;
         Ok(Db {
-            inner: Arc::new(DbInner { engine }),
+            inner: Arc::new(DbInner {
+                engine,
+                gate: WriteGate::default(),
+            }),
         })
     }
 }
@@ -160,6 +164,8 @@ pub trait QueryGroup {
 
 struct DbInner {
     engine: Arc<dyn Engine>,
+    /// Every write passes it; a cut-over's fence closes it ([`Db::fence_writes`]).
+    gate: WriteGate,
 }
 
 /// A handle to one database on one engine. Cheap to clone; share it freely.
@@ -266,6 +272,19 @@ impl Db {
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.inner.engine
     }
+    /// Fences writes through this `Db` (every clone of it), for a cut-over to another
+    /// engine: waits at most `drain` for the writes in flight (write ops, batches,
+    /// read-write transactions) to finish, then holds every new write until the
+    /// returned [`WriteFence`] is dropped; a write waiting longer than `writer_wait`
+    /// fails with `Timeout`. Reads go on. Writes made to the engine by other `Db`
+    /// handles, other processes or raw SQL are not fenced.
+    ///
+    /// # Errors
+    /// `Timeout` when writes are still in flight after `drain`; the fence is then not
+    /// raised.
+    pub async fn fence_writes(&self, drain: Duration, writer_wait: Duration) -> Result<WriteFence> {
+        self.inner.gate.fence(drain, writer_wait).await
+    }
     /// A repository for `T` running each call atomically.
     pub fn repo<T: Table>(&self) -> Repo<'_, T, Db> {
         Repo::new(self)
@@ -296,6 +315,11 @@ impl Db {
             outcome = field::Empty,
             duration_us = field::Empty
         );
+        let permit = if opts.read_only {
+            None
+        } else {
+            Some(self.inner.gate.admit().await?)
+        };
         let inner = self
             .inner
             .engine
@@ -303,6 +327,7 @@ impl Db {
             .instrument(span.clone())
             .await?;
         Ok(Tx {
+            _permit: permit,
             inner: tokio::sync::Mutex::new(Some(inner)),
             engine: self.engine_name(),
             capability: cap,
@@ -389,6 +414,11 @@ impl Db {
 impl Executor for Db {
     async fn run(&self, op: Op<'_>) -> Result<Output> {
         let span = op_span(self.engine_name(), &op);
+        let _permit = if op.is_read() {
+            None
+        } else {
+            Some(self.inner.gate.admit().await?)
+        };
         traced(span, async { self.inner.engine.run(op.checked()?).await }).await
     }
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
@@ -397,6 +427,11 @@ impl Executor for Db {
             engine = self.engine_name(),
             ops = ops.len()
         );
+        let _permit = if ops.iter().all(Op::is_read) {
+            None
+        } else {
+            Some(self.inner.gate.admit().await?)
+        };
         let ops = checked_all(ops)?;
         self.inner.engine.run_batch(ops).instrument(span).await
     }
@@ -513,6 +548,8 @@ impl TxBuilder<'_> {
 /// # }
 /// ```
 pub struct Tx {
+    /// A read-write transaction's hold on the write gate, from `begin` to its end.
+    _permit: Option<WritePermit>,
     inner: tokio::sync::Mutex<Option<Box<dyn EngineTx>>>,
     engine: &'static str,
     capability: Capability,

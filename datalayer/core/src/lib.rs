@@ -17,6 +17,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod fence;
 pub mod plan;
 pub mod query;
 pub mod repo;
@@ -34,6 +35,7 @@ pub use engine::{
     retry_autocommit,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use fence::WriteFence;
 pub use query::{
     ArithOp, CmpOp, Expr, Limit, OrderBy, ParamDef, QueryBuilder, QueryDef, QueryId, QueryKind,
     Returns, check,

@@ -96,6 +96,7 @@ pub(crate) async fn catch_up(
             .collect::<Result<Vec<_>>>()?;
         ops.push(next.upsert()?);
         m.target.run_batch(ops).await?;
+        m.touch(table, &changes)?;
         *p = next;
         applied += changes.len() as u64;
         if changes.len() < MAX_BATCH_CHANGES {
@@ -182,6 +183,7 @@ pub(crate) async fn copy_table(
         }
         ops.push(next.upsert()?);
         m.target.run_batch(ops).await?;
+        m.touch(table, &window)?;
         report.rows += n;
         report.bytes += bytes;
         report.changes += window.len() as u64;
@@ -225,5 +227,12 @@ fn next_chunk(rows: usize, took: Duration, bytes: u64, o: &crate::Options) -> us
 pub(crate) fn key_bytes(table: &TableSchema, row: &Row) -> Vec<u8> {
     let mut out = Vec::new();
     datalayer_kv::codec::encode_values(&mut out, table.primary_key.iter().map(|&c| &row[c]));
+    out
+}
+
+/// [`key_bytes`] of a primary key given as its values (key order).
+pub(crate) fn pk_bytes(key: &Row) -> Vec<u8> {
+    let mut out = Vec::new();
+    datalayer_kv::codec::encode_values(&mut out, key);
     out
 }

@@ -38,8 +38,9 @@ pub use verify::{IndexCount, KeyRange, TableCheck, VerifyReport};
 
 use datalayer_core::{Db, Error, Executor, Op, Result, Row, TableSchema, WriteMode};
 use progress::TableProgress;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How a migration runs.
 #[derive(Clone, Debug)]
@@ -101,6 +102,43 @@ pub struct FollowReport {
     pub changes: u64,
 }
 
+/// How [`Migration::cutover`] fences the source.
+#[derive(Clone, Copy, Debug)]
+pub struct CutoverOptions {
+    /// How long to wait for the source's writes in flight to finish. Default: 5 s.
+    pub drain: Duration,
+    /// How long a write to the fenced source waits before it fails with `Timeout`.
+    /// Default: 10 s.
+    pub writer_wait: Duration,
+}
+
+impl Default for CutoverOptions {
+    fn default() -> Self {
+        CutoverOptions {
+            drain: Duration::from_secs(5),
+            writer_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A finished cut-over: the source is fenced while this lives.
+#[derive(Debug)]
+pub struct Cutover {
+    /// How long writes to the source were held before this was returned (fence up to
+    /// verified).
+    pub pause: Duration,
+    /// Changes replayed after the fence went up.
+    pub drained: u64,
+    /// Rows compared on both sides before the fence: every row a change touched since
+    /// this `Migration` was made.
+    pub checked_before: u64,
+    /// Rows compared after the drain, under the fence: those touched again since the
+    /// first comparison, or different then.
+    pub verified_rows: u64,
+    /// The source's write fence; dropping it lets writes into the source again.
+    pub fence: datalayer_core::WriteFence,
+}
+
 /// A migration from one engine to another (see the crate docs).
 pub struct Migration {
     source: Db,
@@ -110,6 +148,9 @@ pub struct Migration {
     /// with it and [`Migration::follow_until_caught_up`] replays it.
     feed: bool,
     progress: Option<ProgressFn>,
+    /// Per table, the primary keys (order-preserving encoding → key values) of the rows
+    /// changes touched since this value was made: what a cut-over verifies last.
+    touched: Mutex<HashMap<String, BTreeMap<Vec<u8>, Row>>>,
 }
 
 impl std::fmt::Debug for Migration {
@@ -131,6 +172,7 @@ impl Migration {
             target: target.clone(),
             opts: Options::default(),
             progress: None,
+            touched: Mutex::default(),
         }
     }
 
@@ -150,6 +192,28 @@ impl Migration {
     pub fn on_progress(mut self, f: impl Fn(&Progress<'_>) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
         self
+    }
+
+    /// Notes the keys `changes` touched (see `touched`).
+    fn touch(&self, table: &TableSchema, changes: &[datalayer_core::Change]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = g.entry(table.name.clone()).or_default();
+        for c in changes {
+            let key = table.key_of(&feed::image(table, c)?);
+            keys.insert(copy::pk_bytes(&key), key);
+        }
+        Ok(())
+    }
+
+    /// Takes the keys of `table` that changes touched (see `touched`).
+    fn touched_keys(&self, table: &str) -> Vec<Row> {
+        let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        g.remove(table)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default()
     }
 
     fn report(&self, p: Progress<'_>) {
@@ -291,13 +355,7 @@ impl Migration {
     }
 
     async fn repair_range(&self, t: &TableSchema, range: &KeyRange) -> Result<u64> {
-        let upto = range.upto.as_ref().map(|k| {
-            let mut full = vec![datalayer_core::Value::Null; t.columns.len()];
-            for (&c, v) in t.primary_key.iter().zip(k) {
-                full[c] = v.clone();
-            }
-            copy::key_bytes(t, &full)
-        });
+        let upto = range.upto.as_ref().map(copy::pk_bytes);
         let source =
             verify::rows_in_range(&self.source, t, range.after.clone(), upto.as_deref()).await?;
         let target =
@@ -328,6 +386,65 @@ impl Migration {
             self.target.run_batch(ops).await?;
         }
         Ok(n)
+    }
+
+    /// Cuts over from the source to the target: replays the feed until caught up,
+    /// fences writes through the source `Db` ([`Db::fence_writes`]: writes in flight
+    /// finish, new ones wait), replays the feed to its end, and compares every row
+    /// that changes touched since this `Migration` was made on both sides. On success
+    /// the source stays fenced while the returned [`Cutover`] lives: point the
+    /// application at the target, then drop it (or keep the fence for good). On a
+    /// mismatch the fence falls and the error names the rows.
+    ///
+    /// # Errors
+    /// `Timeout` when the source's writes in flight do not finish within
+    /// `opts.drain`; `Unsupported` without a source change feed; `Corrupted` naming
+    /// the rows that differ after the drain; the read and write errors of both sides.
+    pub async fn cutover(&self, opts: CutoverOptions) -> Result<Cutover> {
+        self.follow_until_caught_up().await?;
+        // Compare the touched rows before the fence, so that the pause only covers
+        // rows touched again since, or still different (writes go on until the fence).
+        let tables = self.source_tables().await?;
+        let mut checked_before = 0u64;
+        for t in &tables {
+            let keys = self.touched_keys(&t.name);
+            checked_before += keys.len() as u64;
+            let bad = verify::differing_rows(&self.source, &self.target, t, keys).await?;
+            let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            let set = g.entry(t.name.clone()).or_default();
+            for k in bad {
+                set.insert(copy::pk_bytes(&k), k);
+            }
+        }
+        let fenced_at = Instant::now();
+        let fence = self
+            .source
+            .fence_writes(opts.drain, opts.writer_wait)
+            .await?;
+        let drained = self.follow_until_caught_up().await?;
+        let mut checked = 0u64;
+        for t in &tables {
+            let keys = self.touched_keys(&t.name);
+            checked += keys.len() as u64;
+            let bad = verify::differing_rows(&self.source, &self.target, t, keys).await?;
+            if !bad.is_empty() {
+                drop(fence);
+                return Err(Error::corrupted(format!(
+                    "cut-over: {} row(s) of table {} differ after the drain (first keys: {:?}); \
+                     the source's writes are open again",
+                    bad.len(),
+                    t.name,
+                    &bad[..bad.len().min(5)]
+                )));
+            }
+        }
+        Ok(Cutover {
+            pause: fenced_at.elapsed(),
+            drained: drained.changes,
+            checked_before,
+            verified_rows: checked,
+            fence,
+        })
     }
 
     /// Removes this migration's progress records from the target (`_dl_migration`),

@@ -176,6 +176,45 @@ pub(crate) async fn rows_in_range(
     }
 }
 
+/// The keys among `keys` whose rows differ between `source` and `target` (a row
+/// missing on one side differs), read by primary key in batches.
+///
+/// # Errors
+/// The read errors of either side.
+pub(crate) async fn differing_rows(
+    source: &Db,
+    target: &Db,
+    table: &TableSchema,
+    keys: Vec<Row>,
+) -> Result<Vec<Row>> {
+    let get = |db: &Db, keys: Vec<Row>| {
+        let db = db.clone();
+        async move {
+            match db.run(Op::Get { table, keys }).await? {
+                datalayer_core::Output::Optional(v) => Ok(v),
+                other => Err(datalayer_core::Error::engine(
+                    "migrate",
+                    format!("unexpected output of a get: {other:?}"),
+                )),
+            }
+        }
+    };
+    let mut bad = Vec::new();
+    let mut buf = Vec::new();
+    for chunk in keys.chunks(1_000) {
+        let a = get(source, chunk.to_vec()).await?;
+        let b = get(target, chunk.to_vec()).await?;
+        for ((k, x), y) in chunk.iter().zip(a).zip(b) {
+            let hx = x.map(|r| row_hash(&mut buf, &r));
+            let hy = y.map(|r| row_hash(&mut buf, &r));
+            if hx != hy {
+                bad.push(k.clone());
+            }
+        }
+    }
+    Ok(bad)
+}
+
 /// Verifies `table` (see the module docs).
 ///
 /// # Errors
