@@ -107,6 +107,18 @@ fn runs_on_redis_in_fresh_namespaces() {
         "ok",
         "{out}"
     );
+    // Every case's namespace (and the probe's) is gone.
+    let left = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "--scan", "--pattern"])
+        .arg(format!("*{ns}_*"))
+        .output()
+        .expect("run redis-cli");
+    assert!(left.status.success(), "{left:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout),
+        "",
+        "keys left behind"
+    );
 }
 
 #[test]
