@@ -11,12 +11,16 @@
 //! test disk::durability::reopen_keeps_committed ... ok
 //! ```
 //!
+//! [`url::UrlTarget`] is the target of any datalayer URL (what `datalayer conformance
+//! URL` runs), and [`url::UrlNamespace`] the namespaces the engine test files share.
+//!
 //! A case whose needs the engine does not declare is listed as ignored; the
 //! `capability::declared_matches_behaviour` case checks every declaration (so a missing
 //! capability must really return `Unsupported`).
 
 pub mod cases;
 pub mod model;
+pub mod url;
 
 use async_trait::async_trait;
 use datalayer::{Capability, Db, Engine};
@@ -39,7 +43,9 @@ pub enum Need {
 }
 
 impl Need {
-    fn met(self, cap: &Capability, reopenable: bool) -> bool {
+    /// Whether a target with capabilities `cap` (and namespaces that can be reopened
+    /// or not) meets this need.
+    pub fn met(self, cap: &Capability, reopenable: bool) -> bool {
         match self {
             Need::Savepoints => cap.savepoints,
             Need::Durable => cap.durable && reopenable,
@@ -183,6 +189,14 @@ pub struct Case {
     pub run: CaseFn,
 }
 
+impl Case {
+    /// Whether a target with capabilities `cap` (and namespaces that can be reopened or
+    /// not) meets every need of the case; a case that does not is skipped.
+    pub fn runs_on(&self, cap: &Capability, reopenable: bool) -> bool {
+        self.needs.iter().all(|n| n.met(cap, reopenable))
+    }
+}
+
 /// Runs `case` against a fresh namespace of `target`, destroying it afterwards.
 ///
 /// # Errors
@@ -211,6 +225,40 @@ pub async fn run_case(target: &dyn Target, case: &Case) -> anyhow::Result<()> {
     }
 }
 
+/// Runs `case` as one trial does: on its own runtime (2 worker threads, dropped with
+/// whatever tasks the case left behind), blocking the calling thread. A failure is the
+/// case's error chain, or its panic message.
+///
+/// # Errors
+/// The failure, as text.
+pub fn run_case_isolated(target: &dyn Target, case: &Case) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(run_case(target, case))
+    }));
+    drop(rt);
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(panic) => Err(panic_message(panic.as_ref())),
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_owned()
+    }
+}
+
 /// Lists every case of `target` as a libtest-mimic trial, prefixed with `prefix`, and
 /// runs the ones whose needs the target meets (others are listed as ignored).
 pub fn trials(prefix: &str, target: Arc<dyn Target>) -> Vec<libtest_mimic::Trial> {
@@ -220,16 +268,10 @@ pub fn trials(prefix: &str, target: Arc<dyn Target>) -> Vec<libtest_mimic::Trial
         .into_iter()
         .map(|case| {
             let name = format!("{prefix}::{}", case.name);
-            let ignored = !case.needs.iter().all(|n| n.met(&cap, reopenable));
+            let ignored = !case.runs_on(&cap, reopenable);
             let target = target.clone();
             libtest_mimic::Trial::test(name, move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(run_case(target.as_ref(), &case))
-                    .map_err(|e| format!("{e:#}").into())
+                run_case_isolated(target.as_ref(), &case).map_err(Into::into)
             })
             .with_ignored_flag(ignored)
         })

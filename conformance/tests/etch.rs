@@ -1,31 +1,18 @@
 //! The conformance suite on etch: in memory and on disk (fsync every commit).
 
 use async_trait::async_trait;
-use datalayer::{Capability, Engine};
+use datalayer::Capability;
+use datalayer_conformance::url::UrlNamespace;
 use datalayer_conformance::{Namespace, Target, trials};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 struct Memory;
-struct MemoryNs;
-
-#[async_trait]
-impl Namespace for MemoryNs {
-    async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
-        Ok(Arc::new(datalayer_etch::memory()))
-    }
-    fn reopenable(&self) -> bool {
-        false
-    }
-    async fn destroy(&self) -> datalayer::Result<()> {
-        Ok(())
-    }
-}
 
 #[async_trait]
 impl Target for Memory {
     async fn namespace(&self) -> anyhow::Result<Box<dyn Namespace>> {
-        Ok(Box::new(MemoryNs))
+        Ok(Box::new(UrlNamespace::memory("etch::memory:")))
     }
     fn capability(&self) -> Capability {
         datalayer::Engine::capability(&datalayer_etch::memory())
@@ -38,32 +25,13 @@ impl Target for Memory {
 struct Disk {
     root: PathBuf,
 }
-struct DiskNs {
-    dir: PathBuf,
-}
-
-#[async_trait]
-impl Namespace for DiskNs {
-    async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
-        Ok(Arc::new(
-            datalayer_etch::open(&self.dir, Default::default()).await?,
-        ))
-    }
-    fn reopenable(&self) -> bool {
-        true
-    }
-    async fn destroy(&self) -> datalayer::Result<()> {
-        Ok(std::fs::remove_dir_all(&self.dir)?)
-    }
-}
-
 #[async_trait]
 impl Target for Disk {
     async fn namespace(&self) -> anyhow::Result<Box<dyn Namespace>> {
         let dir = self
             .root
             .join(format!("ns-{}", datalayer_conformance::random_suffix()));
-        Ok(Box::new(DiskNs { dir }))
+        Ok(Box::new(UrlNamespace::etch_dir(&dir, "")))
     }
     fn capability(&self) -> Capability {
         let mut c = datalayer::Engine::capability(&datalayer_etch::memory());

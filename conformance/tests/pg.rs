@@ -7,9 +7,9 @@
 //! every case fails with a message saying how to start it; nothing is skipped.
 
 use async_trait::async_trait;
-use datalayer::{Capability, Engine};
+use datalayer::Capability;
+use datalayer_conformance::url::UrlNamespace;
 use datalayer_conformance::{Namespace, Target, trials};
-use datalayer_pg::{PgEngine, PgOptions};
 use std::sync::Arc;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -34,59 +34,16 @@ struct Pg {
     down: Option<String>,
 }
 
-struct PgNs {
-    url: String,
-    schema: String,
-}
-
-fn with_params(url: &str, params: &str) -> String {
-    if url.contains('?') {
-        format!("{url}&{params}")
-    } else {
-        format!("{url}?{params}")
-    }
-}
-
-#[async_trait]
-impl Namespace for PgNs {
-    async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
-        let url = with_params(&self.url, &format!("schema={}&pool_size=4", self.schema));
-        Ok(Arc::new(PgEngine::open(&url).await?))
-    }
-    fn reopenable(&self) -> bool {
-        true
-    }
-    async fn destroy(&self) -> datalayer::Result<()> {
-        let opts = PgOptions::from_url(&self.url)?;
-        let (client, conn) = opts
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| datalayer::Error::connection_lost(e.to_string()))?;
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.schema
-            ))
-            .await
-            .map_err(|e| datalayer::Error::engine("postgres", e.to_string()))?;
-        drop(client);
-        let _ = task.await;
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl Target for Pg {
     async fn namespace(&self) -> anyhow::Result<Box<dyn Namespace>> {
         if let Some(why) = &self.down {
             anyhow::bail!("{why}");
         }
-        Ok(Box::new(PgNs {
-            url: self.url.clone(),
-            schema: format!("dl_{}", datalayer_conformance::random_suffix()),
-        }))
+        Ok(Box::new(UrlNamespace::pg_schema(
+            &self.url,
+            &format!("dl_{}", datalayer_conformance::random_suffix()),
+        )))
     }
     fn capability(&self) -> Capability {
         self.cap
@@ -104,10 +61,10 @@ fn probe(url: &str) -> (Capability, Option<String>) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let ns = PgNs {
-            url: url.to_owned(),
-            schema: format!("dl_probe_{}", datalayer_conformance::random_suffix()),
-        };
+        let ns = UrlNamespace::pg_schema(
+            url,
+            &format!("dl_probe_{}", datalayer_conformance::random_suffix()),
+        );
         match ns.open().await {
             Ok(engine) => {
                 let cap = engine.capability();

@@ -12,9 +12,9 @@
 //! engine declares `durable` and the durability cases run too.
 
 use async_trait::async_trait;
-use datalayer::{Capability, Engine};
+use datalayer::Capability;
+use datalayer_conformance::url::UrlNamespace;
 use datalayer_conformance::{Namespace, Target, trials};
-use datalayer_redis::RedisOptions;
 use std::sync::Arc;
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -32,35 +32,11 @@ fn unreachable_help(url: &str, e: &dyn std::fmt::Display) -> String {
     )
 }
 
-fn ns_options(url: &str, ns: &str) -> datalayer::Result<RedisOptions> {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    RedisOptions::from_url(&format!("{url}{sep}namespace={ns}"))
-}
-
 struct Redis {
     url: String,
     cap: Capability,
     /// Why the server is unusable, when it is.
     down: Option<String>,
-}
-
-struct RedisNs {
-    opts: RedisOptions,
-}
-
-#[async_trait]
-impl Namespace for RedisNs {
-    async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
-        Ok(Arc::new(datalayer_redis::open(self.opts.clone()).await?))
-    }
-    fn reopenable(&self) -> bool {
-        true
-    }
-    async fn destroy(&self) -> datalayer::Result<()> {
-        datalayer_redis::destroy_namespace(&self.opts)
-            .await
-            .map(|_| ())
-    }
 }
 
 #[async_trait]
@@ -70,9 +46,7 @@ impl Target for Redis {
             anyhow::bail!("{why}");
         }
         let ns = format!("dlc_{}", datalayer_conformance::random_suffix());
-        Ok(Box::new(RedisNs {
-            opts: ns_options(&self.url, &ns)?,
-        }))
+        Ok(Box::new(UrlNamespace::redis(&self.url, &ns)))
     }
     fn capability(&self) -> Capability {
         self.cap
@@ -90,12 +64,10 @@ fn probe(url: &str) -> (Capability, Option<String>) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let ns = format!("dlc_probe_{}", datalayer_conformance::random_suffix());
-        let opts = match ns_options(url, &ns) {
-            Ok(o) => o,
-            Err(e) => return (Capability::default(), Some(format!("bad URL: {e}"))),
-        };
-        let ns = RedisNs { opts };
+        let ns = UrlNamespace::redis(
+            url,
+            &format!("dlc_probe_{}", datalayer_conformance::random_suffix()),
+        );
         match ns.open().await {
             Ok(engine) => {
                 let cap = engine.capability();

@@ -2,26 +2,13 @@
 
 use async_trait::async_trait;
 use datalayer::{Capability, Engine};
+use datalayer_conformance::url::UrlNamespace;
 use datalayer_conformance::{Namespace, Target, trials};
-use datalayer_sqlite::{SqliteEngine, SqliteOptions};
+use datalayer_sqlite::SqliteEngine;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 struct Memory;
-struct MemoryNs;
-
-#[async_trait]
-impl Namespace for MemoryNs {
-    async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
-        Ok(Arc::new(SqliteEngine::open("sqlite::memory:").await?))
-    }
-    fn reopenable(&self) -> bool {
-        false
-    }
-    async fn destroy(&self) -> datalayer::Result<()> {
-        Ok(())
-    }
-}
 
 fn capability(durable: bool) -> Capability {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -45,7 +32,7 @@ fn capability(durable: bool) -> Capability {
 #[async_trait]
 impl Target for Memory {
     async fn namespace(&self) -> anyhow::Result<Box<dyn Namespace>> {
-        Ok(Box::new(MemoryNs))
+        Ok(Box::new(UrlNamespace::memory("sqlite::memory:")))
     }
     fn capability(&self) -> Capability {
         capability(false)
@@ -58,34 +45,14 @@ impl Target for Memory {
 struct Disk {
     root: PathBuf,
 }
-struct DiskNs {
-    dir: PathBuf,
-}
-
-#[async_trait]
-impl Namespace for DiskNs {
-    async fn open(&self) -> datalayer::Result<Arc<dyn Engine>> {
-        std::fs::create_dir_all(&self.dir)?;
-        Ok(Arc::new(
-            SqliteEngine::open_with(SqliteOptions::file(self.dir.join("db.sqlite")).readers(2))
-                .await?,
-        ))
-    }
-    fn reopenable(&self) -> bool {
-        true
-    }
-    async fn destroy(&self) -> datalayer::Result<()> {
-        Ok(std::fs::remove_dir_all(&self.dir)?)
-    }
-}
-
 #[async_trait]
 impl Target for Disk {
     async fn namespace(&self) -> anyhow::Result<Box<dyn Namespace>> {
-        let dir = self
-            .root
-            .join(format!("ns-{}", datalayer_conformance::random_suffix()));
-        Ok(Box::new(DiskNs { dir }))
+        let file = self.root.join(format!(
+            "ns-{}.sqlite",
+            datalayer_conformance::random_suffix()
+        ));
+        Ok(Box::new(UrlNamespace::sqlite_file(&file, "readers=2")))
     }
     fn capability(&self) -> Capability {
         capability(true)
