@@ -102,6 +102,17 @@ pub struct FollowReport {
     pub changes: u64,
 }
 
+/// The stored progress of one table ([`Migration::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableStatus {
+    /// Rows copied.
+    pub rows: u64,
+    /// The copy reached the end of the table (changes may still be followed).
+    pub copied: bool,
+    /// The source change-feed position applied.
+    pub position: u64,
+}
+
 /// How [`Migration::cutover`] fences the source.
 #[derive(Clone, Copy, Debug)]
 pub struct CutoverOptions {
@@ -243,6 +254,38 @@ impl Migration {
                 })
                 .collect(),
         }
+    }
+
+    /// Where the migration of each source table stands on the target: `None` for a
+    /// table no run has started (or a target without the progress table).
+    ///
+    /// # Errors
+    /// The source's catalog errors; the target's read errors.
+    pub async fn status(&self) -> Result<Vec<(String, Option<TableStatus>)>> {
+        let has_progress = self
+            .target
+            .engine()
+            .catalog()
+            .await?
+            .iter()
+            .any(|t| t.name == progress::SCHEMA.name);
+        let mut out = Vec::new();
+        for t in self.source_tables().await? {
+            let p = if has_progress {
+                progress::load(&self.target, &t.name).await?
+            } else {
+                None
+            };
+            out.push((
+                t.name,
+                p.map(|p| TableStatus {
+                    rows: p.rows,
+                    copied: p.copied,
+                    position: p.position,
+                }),
+            ));
+        }
+        Ok(out)
     }
 
     /// Creates the tables on the target (and the progress table), refusing a target
