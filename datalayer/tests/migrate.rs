@@ -598,3 +598,139 @@ async fn a_cutover_fences_the_source_and_every_acknowledged_write_is_on_the_targ
         source.repo::<Account>().insert(&account(-1)).await.unwrap();
     }
 }
+
+/// Starts a consumer of group `g` on `topic` that records every payload it handles;
+/// returns its stop signal and task.
+fn consume(
+    db: &Db,
+    topic: &str,
+    log: &Arc<std::sync::Mutex<Vec<String>>>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<datalayer::Result<()>>,
+) {
+    use datalayer::outbox::DbOutbox;
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let log = log.clone();
+    let task = tokio::spawn(
+        db.consumer("g", topic)
+            .poll_interval(Duration::from_millis(10))
+            .lease_ttl(Duration::from_millis(300))
+            .run(
+                move |ev: datalayer::Event| {
+                    let log = log.clone();
+                    async move {
+                        log.lock()
+                            .unwrap()
+                            .push(String::from_utf8(ev.payload).unwrap());
+                        Ok(())
+                    }
+                },
+                async move {
+                    let _ = rx.await;
+                },
+            ),
+    );
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_moves_with_the_data_and_a_consumer_goes_on_on_the_target() {
+    use datalayer::migrate::CutoverOptions;
+    use datalayer::outbox::TxOutbox;
+    for (from, to) in [
+        ("etch", "pg"),
+        ("sqlite", "redis"),
+        ("pg", "etch"),
+        ("redis", "sqlite"),
+    ] {
+        let what = format!("{from} -> {to}");
+        let (src, dst) = (Endpoint::new(from), Endpoint::new(to));
+        let (source, target) = (src.db().await, dst.db().await);
+        load(&source).await;
+        datalayer::outbox::create_topic(&source, "moves", 4)
+            .await
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        // A consumer on the source handles (and checkpoints) part of the events.
+        let (stop, consumer) = consume(&source, "moves", &log);
+        // Emits, in transactions with row writes, during the copy and the follow.
+        let emitted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let emitter = tokio::spawn({
+            let (db, emitted, done) = (source.clone(), emitted.clone(), done.clone());
+            async move {
+                for i in 0.. {
+                    if done.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let p = format!("e{i}");
+                    // Retried on `Conflict`, as an application does (optimistic
+                    // engines: the consumer's checkpoints touch the same rows).
+                    let mut r = Err(datalayer::Error::conflict("not run"));
+                    for _ in 0..10 {
+                        r = db
+                            .tx(async |tx| {
+                                tx.repo::<Account>().upsert(&account(ACCOUNTS + i)).await?;
+                                tx.emit("moves", format!("k{}", i % 7), p.clone()).await?;
+                                Ok(())
+                            })
+                            .await;
+                        if !r.as_ref().is_err_and(datalayer::Error::is_conflict) {
+                            break;
+                        }
+                    }
+                    match r {
+                        Ok(()) => emitted.lock().unwrap().push(p),
+                        // The cut-over's fence: the emitter stops.
+                        Err(e) if e.kind() == datalayer::ErrorKind::Timeout => return,
+                        Err(e) => panic!("emit: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
+        let m = Migration::new(&source, &target).options(small());
+        m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        m.follow_until_caught_up().await.unwrap();
+        // The source's consumer stops before the cut-over (its checkpoints move too).
+        let _ = stop.send(());
+        consumer.await.unwrap().unwrap();
+        let cut = m
+            .cutover(CutoverOptions {
+                writer_wait: Duration::from_millis(100),
+                ..CutoverOptions::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        done.store(true, Ordering::Relaxed);
+        emitter.await.unwrap();
+        assert!(m.verify().await.unwrap().is_equal(), "{what}");
+        let before = log.lock().unwrap().len();
+        // The same group on the target delivers every event the source acknowledged.
+        let (stop, consumer) = consume(&target, "moves", &log);
+        let want: std::collections::HashSet<String> =
+            emitted.lock().unwrap().iter().cloned().collect();
+        assert!(want.len() > 10, "{what}: {} events", want.len());
+        let t0 = std::time::Instant::now();
+        loop {
+            let got: std::collections::HashSet<String> =
+                log.lock().unwrap().iter().cloned().collect();
+            if want.is_subset(&got) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}: {} of {} events delivered",
+                want.intersection(&got).count(),
+                want.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop.send(());
+        consumer.await.unwrap().unwrap();
+        let after = log.lock().unwrap().len() - before;
+        eprintln!("{what}: {before} events on the source, {after} on the target; {cut:?}");
+        assert!(after > 0, "{what}: the target's consumer delivered nothing");
+    }
+}

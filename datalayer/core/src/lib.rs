@@ -41,7 +41,10 @@ pub use query::{
     Returns, check,
 };
 pub use repo::{Cursor, Find, Page, Repo};
-pub use schema::{BelongsTo, ColumnDef, IdList, IndexDef, Table, TableSchema, validate_identifier};
+pub use schema::{
+    BelongsTo, ColumnDef, IdList, IndexDef, Table, TableSchema, validate_identifier,
+    validate_table_name,
+};
 pub use stmt::{Batch, Stmt, decode};
 pub use value::{ColumnType, ColumnValue, Key, Row, ToValue, Value};
 

@@ -37,6 +37,19 @@ pub fn validate_identifier(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a table name: one of datalayer's internal tables ([`internal`]), or a valid
+/// identifier ([`validate_identifier`]). For calls that name a table of the catalog
+/// (the change feed), which may be an internal one (a migration moves the outbox).
+///
+/// # Errors
+/// As [`validate_identifier`].
+pub fn validate_table_name(name: &str) -> Result<()> {
+    if internal::is_internal_table(name) {
+        return Ok(());
+    }
+    validate_identifier("table", name)
+}
+
 /// The tables datalayer keeps for itself. Their names start with the reserved `_dl_`
 /// prefix, which [`validate_identifier`] refuses for application tables; these exact
 /// names are accepted by [`TableSchema::validate`]. They are part of every engine's

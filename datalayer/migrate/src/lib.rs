@@ -36,6 +36,7 @@ mod verify;
 pub use copy::TableCopy;
 pub use verify::{IndexCount, KeyRange, TableCheck, VerifyReport};
 
+use datalayer_core::schema::internal;
 use datalayer_core::{Db, Error, Executor, Op, Result, Row, TableSchema, WriteMode};
 use progress::TableProgress;
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +59,12 @@ pub struct Options {
     pub max_chunk_bytes: usize,
     /// Source rows per checksum bucket of [`Migration::verify`]. Default: 10,000.
     pub bucket_rows: usize,
+    /// Move the transactional outbox with the data (when `tables` is `None`): its
+    /// topics, sequences, events (pending and scheduled) and consumer-group
+    /// checkpoints, so that consumers started on the target go on from their
+    /// checkpoints and every event emitted on the source is delivered once the
+    /// target takes over. Live workers' heartbeats stay behind. Default: true.
+    pub outbox: bool,
 }
 
 impl Default for Options {
@@ -68,6 +75,7 @@ impl Default for Options {
             max_chunk_rows: 50_000,
             max_chunk_bytes: 4 << 20,
             bucket_rows: 10_000,
+            outbox: true,
         }
     }
 }
@@ -240,7 +248,14 @@ impl Migration {
     /// catalog errors.
     pub async fn source_tables(&self) -> Result<Vec<TableSchema>> {
         let mut all = self.source.engine().catalog().await?;
-        all.retain(|t| !t.name.starts_with("_dl_"));
+        let outbox = self.opts.outbox && self.opts.tables.is_none();
+        all.retain(|t| {
+            !t.name.starts_with("_dl_")
+                || (outbox
+                    && internal::is_internal_table(&t.name)
+                    && t.name != internal::OUTBOX_MEMBERS
+                    && t.name != internal::MIGRATION)
+        });
         all.sort_by(|a, b| a.name.cmp(&b.name));
         match &self.opts.tables {
             None => Ok(all),
@@ -335,11 +350,12 @@ impl Migration {
     }
 
     /// Replays the source's changes on the target until, for every table, a read of
-    /// the feed comes back empty (the lag is then under one read's time).
+    /// the feed comes back empty (the lag is then under one read's time). A table that
+    /// appeared in the source's catalog since the copy is copied first.
     ///
     /// # Errors
-    /// `Unsupported` when the source has no change feed; `InvalidInput` for a table not
-    /// copied yet; the feed's read errors and the target's write errors.
+    /// `Unsupported` when the source has no change feed; the feed's read errors, the
+    /// target's write errors, and for a new table those of [`Migration::copy`].
     pub async fn follow_until_caught_up(&self) -> Result<FollowReport> {
         if !self.feed {
             return Err(feed::no_feed(
@@ -350,11 +366,19 @@ impl Migration {
         let tables = self.source_tables().await?;
         let mut report = FollowReport::default();
         for t in &tables {
-            let Some(mut p) = progress::load(&self.target, &t.name).await? else {
-                return Err(Error::invalid_input(format!(
-                    "table {} has not been copied yet: run the copy first",
-                    t.name
-                )));
+            let mut p = match progress::load(&self.target, &t.name).await? {
+                Some(p) => p,
+                None => {
+                    // A table that appeared in the source's catalog since the copy
+                    // began (the outbox's tables appear with their first use).
+                    self.target
+                        .engine()
+                        .register(&[t, &progress::SCHEMA], &[])
+                        .await?;
+                    let mut p = self.progress_of(t).await?;
+                    copy::copy_table(self, t, &mut p).await?;
+                    p
+                }
             };
             report.changes += copy::catch_up(self, t, &mut p).await?;
         }

@@ -27,7 +27,7 @@ use crate::{Dialect, verify_indexes};
 use async_trait::async_trait;
 use datalayer_core::{
     Capability, Change, ColumnType, Engine, EngineTx, Error, Op, Output, QueryDef, Result, Row,
-    TableSchema, TxOptions, Value, retry_autocommit, validate_identifier,
+    TableSchema, TxOptions, Value, retry_autocommit, validate_identifier, validate_table_name,
 };
 use std::any::{Any, TypeId};
 use std::sync::Arc;
@@ -461,17 +461,17 @@ impl<B: SqlBackend> Engine for SqlEngine<B> {
     }
 
     async fn enable_changes(&self, table: &str) -> Result<()> {
-        validate_identifier("table", table)?;
+        validate_table_name(table)?;
         self.backend().enable_changes(table).await
     }
 
     async fn read_changes(&self, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
-        validate_identifier("table", table)?;
+        validate_table_name(table)?;
         self.backend().read_changes(table, after, limit).await
     }
 
     async fn trim_changes(&self, table: &str, upto: u64) -> Result<u64> {
-        validate_identifier("table", table)?;
+        validate_table_name(table)?;
         self.backend().trim_changes(table, upto).await
     }
 
