@@ -10,9 +10,12 @@
 //! A second run reuses the stored rows instead of loading again (loading uses upserts, so
 //! an interrupted load simply resumes).
 
+#[path = "common/flights_model.rs"]
+mod flights_model;
 #[path = "common/nycflights.rs"]
 mod nycflights;
 use anyhow::Context;
+use flights_model::{Airline, Airport, Flight, Plane, Weather};
 use nycflights::{open_csv, opt, req};
 
 // The application's choice of allocator (a well-kept one); datalayer itself does not
@@ -21,151 +24,10 @@ use nycflights::{open_csv, opt, req};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use datalayer::{Db, Table, query_group};
+use datalayer::{Db, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// A carrier.
-#[derive(Table, Clone, Debug)]
-#[table(name = "airlines")]
-struct Airline {
-    #[pk]
-    carrier: String,
-    name: String,
-}
-
-/// An airport (FAA code).
-#[derive(Table, Clone, Debug)]
-#[table(name = "airports")]
-struct Airport {
-    #[pk]
-    faa: String,
-    name: String,
-    lat: f64,
-    lon: f64,
-    /// Feet.
-    alt: i32,
-    /// Hours from UTC.
-    tz: i32,
-    dst: String,
-    tzone: Option<String>,
-}
-
-/// A plane by tail number.
-#[derive(Table, Clone, Debug)]
-#[table(name = "planes")]
-struct Plane {
-    #[pk]
-    tailnum: String,
-    year: Option<i32>,
-    #[column(name = "plane_type")]
-    kind: String,
-    manufacturer: String,
-    model: String,
-    engines: i32,
-    seats: i32,
-    /// Knots.
-    speed: Option<i32>,
-    engine: String,
-}
-
-/// One hour of weather at one origin.
-#[derive(Table, Clone, Debug)]
-#[table(name = "weather")]
-#[index(name = "by_origin_hour", fields(origin, year, month, day, hour))]
-struct Weather {
-    #[pk]
-    id: i64,
-    origin: String,
-    year: i32,
-    month: i32,
-    day: i32,
-    hour: i32,
-    temp: Option<f64>,
-    dewp: Option<f64>,
-    humid: Option<f64>,
-    wind_dir: Option<i32>,
-    wind_speed: Option<f64>,
-    wind_gust: Option<f64>,
-    precip: Option<f64>,
-    pressure: Option<f64>,
-    visib: Option<f64>,
-    time_hour: String,
-}
-
-/// One flight.
-#[derive(Table, Clone, Debug)]
-#[table(name = "flights")]
-#[index(
-    name = "by_origin_day",
-    fields(origin, year, month, day, sched_dep_time)
-)]
-#[index(name = "by_route", fields(origin, dest, year, month))]
-#[index(name = "by_carrier_day", fields(carrier, year, month, day))]
-#[index(name = "by_tailnum", fields(tailnum, year, month, day))]
-struct Flight {
-    #[pk]
-    id: i64,
-    year: i32,
-    month: i32,
-    day: i32,
-    /// Local time, hhmm; NULL for cancelled flights.
-    dep_time: Option<i32>,
-    sched_dep_time: i32,
-    /// Minutes.
-    dep_delay: Option<i32>,
-    arr_time: Option<i32>,
-    sched_arr_time: i32,
-    /// Minutes.
-    arr_delay: Option<i32>,
-    carrier: String,
-    flight: i32,
-    #[belongs_to(Plane)]
-    tailnum: Option<String>,
-    origin: String,
-    dest: String,
-    /// Minutes.
-    air_time: Option<i32>,
-    /// Miles.
-    distance: i32,
-    hour: i32,
-    minute: i32,
-    time_hour: String,
-}
-
-#[query_group]
-impl Flight {
-    /// The first `n` flights out of `origin` on a day, by scheduled departure.
-    fn first_out_of(origin: &str, year: i32, month: i32, day: i32, n: i64) -> Vec<Flight> {
-        Self::filter(|f| f.origin == origin && f.year == year && f.month == month && f.day == day)
-            .order_by(|f| f.sched_dep_time)
-            .limit(n)
-    }
-    /// Flights on a route in a month.
-    fn count_route(origin: &str, dest: &str, year: i32, month: i32) -> u64 {
-        Self::filter(|f| f.origin == origin && f.dest == dest && f.year == year && f.month == month)
-            .count()
-    }
-    /// Every flight of one plane, in date order.
-    fn by_plane(tailnum: &str) -> Vec<Flight> {
-        Self::filter(|f| f.tailnum == Some(tailnum))
-            .order_by(|f| f.year)
-            .order_by(|f| f.month)
-            .order_by(|f| f.day)
-    }
-    /// Adds `minutes` to the departure delay of a carrier's flights on a day.
-    fn delay_carrier_day(carrier: &str, year: i32, month: i32, day: i32, minutes: i32) -> u64 {
-        Self::filter(|f| f.carrier == carrier && f.year == year && f.month == month && f.day == day)
-            .update(|f| f.dep_delay = f.dep_delay + minutes)
-    }
-    /// A carrier's flights on a day, by scheduled departure.
-    fn of_carrier_day(carrier: &str, year: i32, month: i32, day: i32, n: i64) -> Vec<Flight> {
-        Self::filter(|f| f.carrier == carrier && f.year == year && f.month == month && f.day == day)
-            .order_by(|f| f.sched_dep_time)
-            .limit(n)
-    }
-}
 
 #[derive(Parser, Debug)]
 #[command(about = "Load nycflights13 through datalayer and query it")]

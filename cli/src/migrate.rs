@@ -164,6 +164,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             cut.drained,
             cut.checked_before + cut.verified_rows
         );
+        cut.fence.seal();
     }
     let report = m.verify().await?;
     print_report(&report);

@@ -592,10 +592,35 @@ async fn a_cutover_fences_the_source_and_every_acknowledged_write_is_on_the_targ
         );
         let report = m.verify().await.unwrap();
         assert!(report.is_equal(), "{what}: {report:#?}");
-        // Reads of the fenced source go on; dropping the fence lets writes in again.
+        // Reads of the fenced source go on. Dropping the fence (a cut-over rolled
+        // back) lets writes in again; sealing it (finished) refuses them for good.
         assert!(source.repo::<Account>().count().await.unwrap() > 0);
-        drop(cut);
-        source.repo::<Account>().insert(&account(-1)).await.unwrap();
+        if from == "etch" || from == "pg" {
+            drop(cut);
+            source.repo::<Account>().insert(&account(-1)).await.unwrap();
+        } else {
+            // A writer waiting on the fence when it is sealed is refused, not let in.
+            let waiting = tokio::spawn({
+                let db = source.clone();
+                async move { db.repo::<Account>().insert(&account(-2)).await }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cut.fence.seal();
+            let e = waiting.await.unwrap().unwrap_err();
+            assert_eq!(e.code(), Some(datalayer::fence::SEALED), "{what}: {e}");
+            assert!(e.is_retryable(), "{what}: nothing applied: {e}");
+            let e = source
+                .repo::<Account>()
+                .insert(&account(-1))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Some(datalayer::fence::SEALED), "{what}: {e}");
+            assert_eq!(
+                source.repo::<Account>().get(-2).await.unwrap(),
+                None,
+                "{what}"
+            );
+        }
     }
 }
 

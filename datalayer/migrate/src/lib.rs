@@ -154,7 +154,10 @@ pub struct Cutover {
     /// Rows compared after the drain, under the fence: those touched again since the
     /// first comparison, or different then.
     pub verified_rows: u64,
-    /// The source's write fence; dropping it lets writes into the source again.
+    /// The source's write fence: [`WriteFence::seal`](datalayer_core::WriteFence::seal)
+    /// it once the application writes to the target (writes still waiting on it then
+    /// fail instead of slipping into the source); dropping it lets writes into the
+    /// source again (a cut-over rolled back).
     pub fence: datalayer_core::WriteFence,
 }
 
@@ -461,7 +464,8 @@ impl Migration {
     /// that changes touched since this `Migration` was made on both sides. On success
     /// the source stays fenced while the returned [`Cutover`] lives: point the
     /// application at the target, then drop it (or keep the fence for good). On a
-    /// mismatch the fence falls and the error names the rows.
+    /// mismatch the fence falls and the error names the rows. Seal the fence
+    /// ([`Cutover::fence`]) once the application has moved.
     ///
     /// # Errors
     /// `Timeout` when the source's writes in flight do not finish within
