@@ -62,7 +62,7 @@ pub use render::{
     Bind, BoundShape, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, TableSql,
     render_expr_inline, render_query, render_scan, render_table,
 };
-pub use work::{Fetch, Fetched, Work};
+pub use work::{BULK_MIN_ROWS, Fetch, Fetched, Work};
 
 use datalayer_core::error::{Error, Result};
 use datalayer_core::value::{ColumnType, Value};
@@ -109,6 +109,16 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// The column type used in `CREATE TABLE` for `ty`.
     fn column_type(&self, ty: ColumnType) -> &'static str;
+
+    /// A row source for many rows in one statement, one array parameter per column
+    /// (`types`, in column order): PostgreSQL's `SELECT * FROM UNNEST($1::int8[],
+    /// $2::text[], ...)`, so that an insert of N rows is one statement instead of N.
+    /// `None` (the default) where the database has no such form: rows then go one
+    /// statement each.
+    fn bulk_rows_source(&self, types: &[ColumnType]) -> Option<String> {
+        let _ = types;
+        None
+    }
 
     /// An optional `CHECK` expression enforcing the range of `ty` in a database whose
     /// column type is wider (SQLite stores `i16` in a 64-bit `INTEGER`). `col` is the

@@ -49,6 +49,9 @@ pub enum StmtKey {
     Table(u32, TableOp),
     /// A keyset scan of the table with this registry id.
     Scan(u32, ScanShape),
+    /// The bulk insert (`false`) or upsert (`true`) of the table with this registry id
+    /// ([`TableInfo::bulk`]).
+    Bulk(u32, bool),
     /// Fixed SQL of the executor or the engine (catalog, change log, `BEGIN`).
     Fixed(&'static str),
 }
@@ -99,6 +102,8 @@ pub struct TableInfo {
     pub types: Arc<[ColumnType]>,
     /// The repository statements, indexed by `TableOp as usize`.
     ops: Vec<StmtDef>,
+    /// The bulk insert and upsert, where the dialect has a bulk row source.
+    bulk: Option<[StmtDef; 2]>,
     /// The table and its catalog entry are known to exist (created or checked).
     created: AtomicBool,
     scans: RwLock<HashMap<ScanShape, Arc<ScanSql>>>,
@@ -133,8 +138,18 @@ impl TableInfo {
                 }
             })
             .collect();
+        // Bulk statements take one array per column; their types come from the casts
+        // in the SQL, so no parameter types are given.
+        let bulk = sql.bulk.as_ref().map(|[insert, upsert]| {
+            [(insert, false), (upsert, true)].map(|(s, up)| StmtDef {
+                key: StmtKey::Bulk(id, up),
+                sql: Arc::from(s.as_str()),
+                params: Arc::from(Vec::new()),
+            })
+        });
         Ok(TableInfo {
             id,
+            bulk,
             schema: t.clone(),
             addr: std::ptr::from_ref(t) as usize,
             ddl,
@@ -149,6 +164,13 @@ impl TableInfo {
     /// The repository statement `op`.
     pub fn op(&self, op: TableOp) -> &StmtDef {
         &self.ops[op as usize]
+    }
+
+    /// The bulk insert (`upsert` false) or upsert of many rows in one statement, one
+    /// array parameter per column, where the dialect has a bulk row source
+    /// ([`crate::Dialect::bulk_rows_source`]).
+    pub fn bulk(&self, upsert: bool) -> Option<&StmtDef> {
+        self.bulk.as_ref().map(|b| &b[usize::from(upsert)])
     }
 
     /// Every repository statement (to prepare on each connection).

@@ -6,7 +6,7 @@ use datalayer_core::error::{Error, Result};
 use datalayer_core::plan::{Access, plan_filter};
 use datalayer_core::query::{ArithOp, CmpOp, Expr, Limit, QueryDef, QueryKind};
 use datalayer_core::schema::TableSchema;
-use datalayer_core::value::Value;
+use datalayer_core::value::{ColumnType, Value};
 use std::ops::Bound;
 
 /// Where the value of one placeholder comes from, for a rendered query.
@@ -60,6 +60,11 @@ pub struct TableSql {
     pub get: String,
     /// `SELECT COUNT(*) FROM t`.
     pub count: String,
+    /// `INSERT INTO t (cols) <bulk source>` and the same with the upsert clause: many
+    /// rows in one statement, one array parameter per column
+    /// ([`crate::Dialect::bulk_rows_source`]); `None` where the dialect has no bulk
+    /// source.
+    pub bulk: Option<[String; 2]>,
 }
 
 /// The kind of one scan bound, including whether its value is NULL (which changes
@@ -491,7 +496,14 @@ pub fn render_table(t: &TableSchema, d: &dyn Dialect) -> TableSql {
         .iter()
         .map(|&c| d.quote_ident(&t.columns[c].name))
         .collect();
-    let upsert = format!("{insert} {}", d.upsert_clause(&key, &non_key_q));
+    let upsert_clause = d.upsert_clause(&key, &non_key_q);
+    let upsert = format!("{insert} {upsert_clause}");
+    let types: Vec<ColumnType> = t.columns.iter().map(|c| c.ty).collect();
+    let bulk = d.bulk_rows_source(&types).map(|src| {
+        let insert = format!("INSERT INTO {table} ({columns}) {src}");
+        let upsert = format!("{insert} {upsert_clause}");
+        [insert, upsert]
+    });
     let key_by_col: Vec<String> = t
         .primary_key
         .iter()
@@ -524,6 +536,7 @@ pub fn render_table(t: &TableSchema, d: &dyn Dialect) -> TableSql {
         insert,
         upsert,
         update,
+        bulk,
     }
 }
 

@@ -9,7 +9,8 @@
 
 use crate::registry::{QueryInfo, Registry, ScanSql, StmtDef, TableInfo, TableOp};
 use crate::{Bind, OutputShape, ScanShape};
-use datalayer_core::{ColumnType, Error, Op, Output, Result, Row, Value, WriteMode};
+use datalayer_core::eval::compare;
+use datalayer_core::{ColumnType, Error, Op, Output, Result, Row, TableSchema, Value, WriteMode};
 use std::sync::Arc;
 
 /// An op resolved to its statement, with its values in placeholder order.
@@ -29,6 +30,9 @@ pub enum Work {
         rows: Vec<Row>,
         /// `ON CONFLICT DO UPDATE`.
         upsert: bool,
+        /// The rows go as one bulk statement ([`Work::bulk`]), decided once when the
+        /// work is made.
+        bulk: bool,
     },
     /// Update by primary key: one call per row.
     Update {
@@ -134,11 +138,22 @@ impl Work {
                     values: [values],
                 }
             }
-            Op::Insert { table, rows, mode } => Work::Insert {
-                t: reg.table(table)?,
-                rows,
-                upsert: mode == WriteMode::Upsert,
-            },
+            Op::Insert { table, rows, mode } => {
+                let t = reg.table(table)?;
+                let upsert = mode == WriteMode::Upsert;
+                // An upsert naming one primary key twice goes row by row (a bulk
+                // upsert would touch the row twice, which PostgreSQL refuses; row by
+                // row, the last one wins).
+                let bulk = rows.len() >= BULK_MIN_ROWS
+                    && t.bulk(upsert).is_some()
+                    && !(upsert && has_duplicate_key(&t.schema, &rows));
+                Work::Insert {
+                    t,
+                    rows,
+                    upsert,
+                    bulk,
+                }
+            }
             Op::Update { table, rows } => Work::Update {
                 t: reg.table(table)?,
                 rows,
@@ -187,8 +202,11 @@ impl Work {
         }
     }
 
-    /// The one statement this work runs.
+    /// The one statement this work runs (for a bulk insert, the bulk statement).
     pub fn def(&self) -> &StmtDef {
+        if let Some((d, _)) = self.bulk() {
+            return d;
+        }
         match self {
             Work::Query { q, .. } => &q.def,
             Work::Insert { t, upsert, .. } => t.op(if *upsert {
@@ -268,9 +286,42 @@ impl Work {
         }
     }
 
+    /// An insert or upsert of at least [`BULK_MIN_ROWS`] rows that goes as one bulk
+    /// statement ([`TableInfo::bulk`], where the dialect has one), without two rows of
+    /// one primary key in an upsert: the statement and the rows.
+    pub fn bulk(&self) -> Option<(&StmtDef, &[Row])> {
+        match self {
+            Work::Insert {
+                t,
+                rows,
+                upsert,
+                bulk: true,
+            } => t.bulk(*upsert).map(|d| (d, rows.as_slice())),
+            _ => None,
+        }
+    }
+
     /// Whether the work runs its statement more than once (and so needs a transaction
     /// to be atomic).
     pub fn is_multi(&self) -> bool {
-        self.param_sets().len() > 1
+        self.param_sets().len() > 1 && self.bulk().is_none()
     }
+}
+
+/// The fewest rows an insert sends as one bulk statement ([`Work::bulk`]); fewer go
+/// one statement each (prepared, pipelined), which is as fast for a handful.
+pub const BULK_MIN_ROWS: usize = 8;
+
+/// Whether two of `rows` share a primary key.
+fn has_duplicate_key(t: &TableSchema, rows: &[Row]) -> bool {
+    let mut keys: Vec<Row> = rows.iter().map(|r| t.key_of(r)).collect();
+    let cmp = |a: &Row, b: &Row| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| compare(x, y).unwrap_or(std::cmp::Ordering::Equal))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    };
+    keys.sort_by(cmp);
+    keys.windows(2).any(|w| cmp(&w[0], &w[1]).is_eq())
 }

@@ -91,10 +91,73 @@ async fn call(
     })
 }
 
+/// One array per column of `rows` (`types` in column order), as the bulk statement
+/// binds them ([`Work::bulk`]; `UNNEST($1::int8[], ...)`): tokio-postgres encodes a
+/// `Vec<Option<T>>` as a one-dimensional array with NULLs.
+pub(crate) fn bulk_params<'r>(
+    types: &[ColumnType],
+    rows: &'r [datalayer_core::Row],
+) -> Vec<Box<dyn ToSql + Sync + Send + 'r>> {
+    fn col<'r, T: ToSql + Sync + Send + 'r>(
+        rows: &'r [datalayer_core::Row],
+        i: usize,
+        f: impl Fn(&'r Value) -> Option<T>,
+    ) -> Box<dyn ToSql + Sync + Send + 'r> {
+        Box::new(rows.iter().map(|r| f(&r[i])).collect::<Vec<Option<T>>>())
+    }
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| match ty {
+            ColumnType::Bool => col(rows, i, |v| match v {
+                Value::Bool(x) => Some(*x),
+                _ => None,
+            }),
+            ColumnType::I16 => col(rows, i, |v| match v {
+                Value::I16(x) => Some(*x),
+                _ => None,
+            }),
+            ColumnType::I32 => col(rows, i, |v| match v {
+                Value::I32(x) => Some(*x),
+                _ => None,
+            }),
+            ColumnType::I64 => col(rows, i, |v| match v {
+                Value::I64(x) => Some(*x),
+                _ => None,
+            }),
+            ColumnType::F32 => col(rows, i, |v| match v {
+                Value::F32(x) => Some(*x),
+                _ => None,
+            }),
+            ColumnType::F64 => col(rows, i, |v| match v {
+                Value::F64(x) => Some(*x),
+                _ => None,
+            }),
+            ColumnType::String => col(rows, i, |v| match v {
+                Value::String(x) => Some(x.as_str()),
+                _ => None,
+            }),
+            ColumnType::Bytes => col(rows, i, |v| match v {
+                Value::Bytes(x) => Some(x.as_slice()),
+                _ => None,
+            }),
+        })
+        .collect()
+}
+
 /// Runs one work with its prepared `stmt`: one call per parameter set, up to `depth`
-/// in flight. The first call is sent on the first poll, so callers can pipeline other
-/// statements around it.
+/// in flight (a bulk insert: one call with an array per column). The first call is
+/// sent on the first poll, so callers can pipeline other statements around it.
 async fn exec(client: &Client, stmt: &Statement, w: &Work, depth: usize) -> Result<Output> {
+    if let Some((_, rows)) = w.bulk() {
+        let params = bulk_params(&w.table().types, rows);
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        client.execute(stmt, &refs).await.map_err(map_err)?;
+        return Ok(Output::Count(rows.len() as u64));
+    }
     let fetch = w.fetch();
     let calls = w
         .param_sets()

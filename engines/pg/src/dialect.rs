@@ -59,6 +59,29 @@ impl Dialect for PgDialect {
     fn max_identifier_bytes(&self) -> Option<usize> {
         Some(MAX_IDENTIFIER_BYTES)
     }
+    /// `SELECT * FROM UNNEST($1::int8[], $2::text[], ...)`: one array per column, as
+    /// the backend binds them (`crate::backend::bulk_params`). `UNNEST` of several
+    /// arrays zips them into rows (PostgreSQL documentation, "Array Functions").
+    fn bulk_rows_source(&self, types: &[ColumnType]) -> Option<String> {
+        let arrays: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, &ty)| {
+                let elem = match ty {
+                    ColumnType::Bool => "bool",
+                    ColumnType::I16 => "int2",
+                    ColumnType::I32 => "int4",
+                    ColumnType::I64 => "int8",
+                    ColumnType::F32 => "float4",
+                    ColumnType::F64 => "float8",
+                    ColumnType::String => "text",
+                    ColumnType::Bytes => "bytea",
+                };
+                format!("${}::{elem}[]", i + 1)
+            })
+            .collect();
+        Some(format!("SELECT * FROM UNNEST({})", arrays.join(", ")))
+    }
     fn index_list_sql(&self) -> String {
         "SELECT c.relname::text, x.indisunique FROM pg_index x \
          JOIN pg_class c ON c.oid = x.indexrelid \
