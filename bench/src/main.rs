@@ -47,6 +47,7 @@
 mod flights;
 #[cfg(any(feature = "pg", feature = "redis", feature = "tikv"))]
 mod leftovers;
+mod migrate;
 mod outbox;
 #[cfg(feature = "pg")]
 mod pg;
@@ -186,6 +187,12 @@ struct Args {
     /// `--*-only` flags).
     #[arg(long)]
     tikv_only: bool,
+    /// Run only the migration section: `datalayer::migrate` copying the flights table
+    /// between every pair of the compiled-in engines (etch, SQLite; PostgreSQL with
+    /// `--features pg`, Redis with `--features redis`) next to the raw ceiling of each
+    /// target, then follow lag at 5,000 row writes/s and the cut-over pause.
+    #[arg(long)]
+    migrate: bool,
     /// In the Redis and TiKV sections, also count the round trips (Redis:
     /// `MONITOR`) or TiKV RPCs (in-process cluster) per operation of each target.
     #[arg(long)]
@@ -243,6 +250,16 @@ fn main() -> anyhow::Result<()> {
             "the TiKV section is not compiled in: rebuild with `--features tikv` \
              (cargo run --release -p datalayer-bench --features tikv -- --tikv)"
         );
+    }
+    if args.migrate {
+        let path = args.flights.clone().unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/data/nycflights13/flights.csv.gz"
+            ))
+        });
+        let rows = flights::load_flights(&path)?;
+        return migrate::run(&rows);
     }
     let urls = parse_urls(&args.url)?;
     let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);

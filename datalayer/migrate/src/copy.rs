@@ -105,7 +105,98 @@ pub(crate) async fn catch_up(
     }
 }
 
-/// Copies `table` from where `p` stands to its end (see the module docs).
+/// One chunk read from the source and reconciled, ready to write.
+struct Chunk<'t> {
+    /// The window's changes, then the chunk's rows, then the progress it reaches.
+    ops: Vec<Op<'t>>,
+    /// The changes replayed (for `touch`).
+    window: Vec<datalayer_core::Change>,
+    /// The progress once written.
+    next: TableProgress,
+    /// Rows and canonical bytes written.
+    rows: u64,
+    bytes: u64,
+}
+
+/// Reads the chunk after `at` (last key and feed position read so far): the changes
+/// up to the feed's end `L`, the rows, the changes in `(L, H]`; builds its batch:
+/// every change after `at.position` in order, then the rows whose key no change in
+/// `(L, H]` touched (a row untouched in that window is the row as of `H`), then the
+/// progress `{last key, H}`.
+async fn read_chunk<'t>(
+    m: &Migration,
+    table: &'t TableSchema,
+    at: &TableProgress,
+    limit: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Chunk<'t>> {
+    let feed = m.feed;
+    let mut window = if feed {
+        drain(&m.source, &table.name, at.position, usize::MAX).await?
+    } else {
+        Vec::new()
+    };
+    let low = window.last().map_or(at.position, |c| c.position);
+    let rows = rows_of(
+        m.source
+            .run(chunk_scan(table, at.last_key.clone(), limit))
+            .await?,
+    )?;
+    let after_read = if feed {
+        drain(&m.source, &table.name, low, usize::MAX).await?
+    } else {
+        Vec::new()
+    };
+    let changed: HashSet<Vec<u8>> = after_read
+        .iter()
+        .map(|c| feed::image(table, c).map(|img| key_bytes(table, &img)))
+        .collect::<Result<_>>()?;
+    window.extend(after_read);
+    let mut next = at.clone();
+    if let Some(c) = window.last() {
+        next.position = c.position;
+    }
+    if let Some(last) = rows.last() {
+        next.last_key = Some(table.key_of(last));
+    }
+    next.rows += rows.len() as u64;
+    next.copied = rows.len() < limit;
+    let mut bytes = 0u64;
+    let keep: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| changed.is_empty() || !changed.contains(&key_bytes(table, r)))
+        .inspect(|r| bytes += crate::canonical::size(buf, r) as u64)
+        .collect();
+    let n = keep.len() as u64;
+    let mut ops = window
+        .iter()
+        .map(|c| replay(table, c))
+        .collect::<Result<Vec<_>>>()?;
+    if !keep.is_empty() {
+        // Upsert: a row the replay of an earlier change already wrote is written
+        // again as of `H`, which is the same row.
+        ops.push(Op::Insert {
+            table,
+            rows: keep,
+            mode: if feed {
+                WriteMode::Upsert
+            } else {
+                WriteMode::Insert
+            },
+        });
+    }
+    ops.push(next.upsert()?);
+    Ok(Chunk {
+        ops,
+        window,
+        next,
+        rows: n,
+        bytes,
+    })
+}
+
+/// Copies `table` from where `p` stands to its end (see the module docs). Reading
+/// chunk k+1 overlaps writing chunk k: the source and the target work at once.
 ///
 /// # Errors
 /// The source's read and feed errors, the target's write errors (`AlreadyExists` when
@@ -124,67 +215,34 @@ pub(crate) async fn copy_table(
     if p.copied {
         return Ok(report);
     }
-    let feed = m.feed;
-    let mut chunk = FIRST_CHUNK.min(m.opts.max_chunk_rows);
+    if m.feed && m.pending_changes(table, p).await? {
+        // A long backlog of changes goes first, in bounded batches.
+        report.changes += catch_up(m, table, p).await?;
+    }
+    let mut limit = FIRST_CHUNK.min(m.opts.max_chunk_rows);
     let mut buf = Vec::new();
+    let mut ready = read_chunk(m, table, p, limit, &mut buf).await?;
     loop {
         let t0 = Instant::now();
-        if feed {
-            report.changes += catch_up(m, table, p).await?;
-        }
-        let low = p.position;
-        let rows = rows_of(
-            m.source
-                .run(chunk_scan(table, p.last_key.clone(), chunk))
-                .await?,
-        )?;
-        let window = if feed {
-            drain(&m.source, &table.name, low, usize::MAX).await?
+        let done = ready.next.copied;
+        let Chunk {
+            ops,
+            window,
+            next,
+            rows,
+            bytes,
+        } = ready;
+        let write = m.target.run_batch(ops);
+        let (written, upcoming) = if done {
+            (write.await, None)
         } else {
-            Vec::new()
+            let next_limit = limit;
+            let (w, r) = tokio::join!(write, read_chunk(m, table, &next, next_limit, &mut buf));
+            (w, Some(r))
         };
-        let mut next = p.clone();
-        if let Some(c) = window.last() {
-            next.position = c.position;
-        }
-        let changed: HashSet<Vec<u8>> = window
-            .iter()
-            .map(|c| feed::image(table, c).map(|img| key_bytes(table, &img)))
-            .collect::<Result<_>>()?;
-        let full = rows.len() == chunk;
-        if let Some(last) = rows.last() {
-            next.last_key = Some(table.key_of(last));
-        }
-        next.rows += rows.len() as u64;
-        next.copied = !full;
-        let mut bytes = 0u64;
-        let keep: Vec<Row> = rows
-            .into_iter()
-            .filter(|r| changed.is_empty() || !changed.contains(&key_bytes(table, r)))
-            .inspect(|r| bytes += crate::canonical::size(&mut buf, r) as u64)
-            .collect();
-        let n = keep.len() as u64;
-        let mut ops = window
-            .iter()
-            .map(|c| replay(table, c))
-            .collect::<Result<Vec<_>>>()?;
-        if !keep.is_empty() {
-            // Upsert: a row the replay of an earlier change already wrote is written
-            // again as of `H`, which is the same row.
-            ops.push(Op::Insert {
-                table,
-                rows: keep,
-                mode: if feed {
-                    WriteMode::Upsert
-                } else {
-                    WriteMode::Insert
-                },
-            });
-        }
-        ops.push(next.upsert()?);
-        m.target.run_batch(ops).await?;
+        written?;
         m.touch(table, &window)?;
-        report.rows += n;
+        report.rows += rows;
         report.bytes += bytes;
         report.changes += window.len() as u64;
         report.chunks += 1;
@@ -195,14 +253,15 @@ pub(crate) async fn copy_table(
             bytes: report.bytes,
             done: p.copied,
         });
-        if p.copied {
+        let Some(upcoming) = upcoming else {
             report.elapsed = started.elapsed();
             return Ok(report);
-        }
+        };
+        ready = upcoming?;
         // A long copy on an engine whose calls complete without waiting must still let
         // other tasks of the runtime (and a caller's cancellation) in between chunks.
         tokio::task::yield_now().await;
-        chunk = next_chunk(chunk, t0.elapsed(), bytes, &m.opts);
+        limit = next_chunk(limit, t0.elapsed(), bytes, &m.opts);
     }
 }
 

@@ -230,6 +230,16 @@ impl Migration {
         Ok(())
     }
 
+    /// Whether more than one batch of changes of `table` waits after `p.position`.
+    async fn pending_changes(&self, table: &TableSchema, p: &TableProgress) -> Result<bool> {
+        let n = self
+            .source
+            .read_changes(&table.name, p.position, copy::MAX_BATCH_CHANGES + 1)
+            .await?
+            .len();
+        Ok(n > copy::MAX_BATCH_CHANGES)
+    }
+
     /// Takes the keys of `table` that changes touched (see `touched`).
     fn touched_keys(&self, table: &str) -> Vec<Row> {
         let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
