@@ -514,6 +514,24 @@ async fn a_target_holding_another_schema_is_refused_and_the_source_untouched() {
         .await
         .unwrap_err();
     assert!(e.is_not_found() && e.to_string().contains("nope"), "{e}");
+    // A row over the target's value limit (Redis with max_value_bytes=100000; the
+    // kinds table holds a 200,000-byte value): a clear error naming the limit, and
+    // the source untouched.
+    let small_redis = Endpoint::new("redis");
+    let url = with_param(&small_redis.url, "max_value_bytes=100000");
+    let target = datalayer::connect(url).await.unwrap();
+    let e = Migration::new(&source, &target)
+        .tables(["kinds"])
+        .copy()
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("exceeds the engine's limit"), "{e}");
+    assert_eq!(source.repo::<Kinds>().count().await.unwrap(), 60);
+    assert_eq!(
+        source.repo::<Kinds>().get(5 * 7 - 500).await.unwrap(),
+        Some(kinds(5))
+    );
     // An unreachable target: a connection error, before anything is read.
     let e = datalayer::connect("postgres://postgres@127.0.0.1:1/test")
         .await
