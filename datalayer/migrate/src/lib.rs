@@ -4,8 +4,8 @@
 //! the schema first, then the rows in primary-key order in chunks sized by time, each
 //! chunk reconciled with the source's change feed by DBLog watermarks (see `copy.rs`),
 //! so that writes made to the source during the copy are neither lost nor applied out
-//! of order. [`Migration::follow`] then replays the feed until the target has caught
-//! up. The progress of each table (the last key copied, the feed position applied) is
+//! of order. [`Migration::follow_until_caught_up`] then replays the feed until the
+//! target has caught up. The progress of each table (the last key copied, the feed position applied) is
 //! committed on the target in the same batch as the data it describes
 //! (`_dl_migration`), so a migration killed at any moment and run again continues
 //! where it stopped, with the same result. [`Migration::verify`] compares per-key-range
