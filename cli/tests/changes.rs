@@ -1,5 +1,8 @@
 //! `datalayer changes URL TABLE` on stores written through the library: etch and SQLite.
 
+mod common;
+use common::run;
+
 use datalayer::Table;
 use serde_json::{Value as Json, json};
 use std::io::{BufRead, BufReader};
@@ -43,18 +46,6 @@ async fn make(url: &str) {
     notes.update(&note(1, "first, again")).await.unwrap();
     notes.delete(2).await.unwrap();
     db.close().await.expect("close");
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_datalayer"))
-        .args(args)
-        .output()
-        .expect("run datalayer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The JSON objects of the command's output, one per line.

@@ -1,19 +1,10 @@
 //! `datalayer conformance URL` on etch, SQLite, PostgreSQL and Redis with a filter, and
 //! on a store that cannot be reached.
 
-use std::process::Command;
+mod common;
+use common::run;
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_datalayer"))
-        .args(args)
-        .output()
-        .expect("run datalayer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::process::Command;
 
 /// The cells of a row of the matrix.
 fn cells(row: &str) -> Vec<&str> {

@@ -5,6 +5,9 @@
 //! without `--resume`, and kill -9 of the migrating process at random points followed
 //! by `--resume`, verified equal every time.
 
+mod common;
+use common::run;
+
 use datalayer::Table;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -43,18 +46,6 @@ async fn source(url: &str, rows: i64) {
         db.repo::<Ev>().insert_many(c).await.unwrap();
     }
     db.close().await.unwrap();
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_datalayer"))
-        .args(args)
-        .output()
-        .expect("run datalayer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A PostgreSQL URL in a fresh schema, dropped when the guard drops.

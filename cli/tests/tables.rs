@@ -1,7 +1,9 @@
 //! `datalayer tables URL` on stores made through the library: etch and SQLite.
 
+mod common;
+use common::run;
+
 use datalayer::Table;
-use std::process::Command;
 
 /// A table with a composite primary key, a unique and a conditional index.
 #[derive(Table, Clone, Debug)]
@@ -25,18 +27,6 @@ async fn make(url: &str) {
         .await
         .expect("connect");
     db.close().await.expect("close");
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_datalayer"))
-        .args(args)
-        .output()
-        .expect("run datalayer");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn check_listing(out: &str) {

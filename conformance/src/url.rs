@@ -20,9 +20,12 @@ use datalayer::{Capability, Engine};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// `url` with `params` (`k=v&k2=v2`) appended to its query.
+/// `url` with `params` (`k=v&k2=v2`) appended to its query; `url` itself for empty
+/// `params`.
 pub fn with_params(url: &str, params: &str) -> String {
-    if url.contains('?') {
+    if params.is_empty() {
+        url.to_owned()
+    } else if url.contains('?') {
         format!("{url}&{params}")
     } else {
         format!("{url}?{params}")
@@ -91,13 +94,8 @@ impl UrlNamespace {
     /// An etch store in `dir` (created when opened), with the query of `params`
     /// (`""` for none); [`Namespace::destroy`] deletes the directory.
     pub fn etch_dir(dir: &Path, params: &str) -> Self {
-        let url = format!("etch://{}", dir.display());
         UrlNamespace {
-            url: if params.is_empty() {
-                url
-            } else {
-                with_params(&url, params)
-            },
+            url: with_params(&format!("etch://{}", dir.display()), params),
             reopenable: true,
             cleanup: Cleanup::Dir(dir.to_owned()),
         }
@@ -106,13 +104,8 @@ impl UrlNamespace {
     /// A SQLite database in `file`, with the query of `params` (`""` for none);
     /// [`Namespace::destroy`] deletes the file and its `-wal`, `-shm` and `-journal`.
     pub fn sqlite_file(file: &Path, params: &str) -> Self {
-        let url = format!("sqlite://{}", file.display());
         UrlNamespace {
-            url: if params.is_empty() {
-                url
-            } else {
-                with_params(&url, params)
-            },
+            url: with_params(&format!("sqlite://{}", file.display()), params),
             reopenable: true,
             cleanup: Cleanup::SqliteFile(file.to_owned()),
         }

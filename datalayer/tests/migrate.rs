@@ -408,7 +408,7 @@ async fn a_copy_under_concurrent_writes_then_follow_ends_equal() {
                     }
                     writes.fetch_add(1, Ordering::Relaxed);
                     i += 1;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tokio::task::yield_now().await;
                 }
             }
         });

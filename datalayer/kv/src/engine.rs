@@ -6,7 +6,7 @@ use super::{KvCapability, KvStore};
 use async_trait::async_trait;
 use datalayer_core::Change;
 use datalayer_core::capability::Capability;
-use datalayer_core::engine::{Engine, EngineTx, Op, Output, TxOptions};
+use datalayer_core::engine::{Engine, EngineTx, Isolation, Op, Output, TxOptions};
 use datalayer_core::error::{Error, Result};
 use datalayer_core::plan::{Access, Plan, plan};
 use datalayer_core::query::{QueryDef, QueryId};
@@ -257,6 +257,7 @@ impl Engine for KvEngine {
         Ok(Box::new(KvEngineTx {
             tx: Some(KvTx::new(txn, opts.read_only, self.caps(), true)),
             plans: self.plans.clone(),
+            unvalidated: opts.read_only && opts.isolation == Some(Isolation::ReadCommitted),
         }))
     }
 
@@ -398,6 +399,11 @@ async fn table_schema(tx: &mut KvTx, table: &str) -> Result<TableSchema> {
 struct KvEngineTx {
     tx: Option<KvTx>,
     plans: Plans,
+    /// A read-only transaction at `ReadCommitted`: its commit ends it without
+    /// validating its reads (each read saw committed data, which is all read committed
+    /// promises: ANSI SQL-92, no dirty reads), so that a long reader (a migration's
+    /// chunks) never fails with `Conflict` on a store that validates.
+    unvalidated: bool,
 }
 
 impl KvEngineTx {
@@ -434,7 +440,11 @@ impl EngineTx for KvEngineTx {
         self.tx()?.release(name)
     }
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.tx.take().expect("open").commit().await
+        let tx = self.tx.take().expect("open");
+        if self.unvalidated {
+            return tx.rollback().await;
+        }
+        tx.commit().await
     }
     async fn rollback(mut self: Box<Self>) -> Result<()> {
         self.tx.take().expect("open").rollback().await

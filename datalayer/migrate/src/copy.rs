@@ -15,7 +15,8 @@ use crate::feed::{self, drain, replay};
 use crate::progress::TableProgress;
 use crate::{Migration, Progress};
 use datalayer_core::{
-    Error, Executor, Op, Output, Result, Row, ScanRequest, TableSchema, WriteMode,
+    Db, Error, Executor, Isolation, Op, Output, Result, Row, ScanRequest, TableSchema, TxOptions,
+    WriteMode,
 };
 use std::collections::HashSet;
 use std::ops::Bound;
@@ -46,11 +47,17 @@ pub struct TableCopy {
     pub already_copied: bool,
 }
 
-/// Primary-key scan of `limit` rows after `after`.
-fn chunk_scan(table: &TableSchema, after: Option<Row>, limit: usize) -> Op<'_> {
+/// A scan of `limit` rows after `after`, in primary-key order (`index` `None`) or
+/// the order of index `index` (then `after` is the index values, then the key).
+pub(crate) fn page_scan(
+    table: &TableSchema,
+    index: Option<usize>,
+    after: Option<Row>,
+    limit: usize,
+) -> Op<'_> {
     Op::Scan(ScanRequest {
         table,
-        index: None,
+        index,
         prefix: Vec::new(),
         lower: Bound::Unbounded,
         upper: Bound::Unbounded,
@@ -58,6 +65,30 @@ fn chunk_scan(table: &TableSchema, after: Option<Row>, limit: usize) -> Op<'_> {
         reverse: false,
         limit: Some(limit),
     })
+}
+
+/// Runs the read `op` on `db` at read committed where the engine offers it (a
+/// read-only transaction that commits without validating its reads on the KV
+/// engines), else as an autocommit op. A migration needs each row as committed at
+/// some moment inside its chunk's watermarks, not a serializable read: on a store
+/// that validates (Redis), a chunk read at the table's growing tail would otherwise
+/// fail with `Conflict` for as long as writes go on.
+///
+/// # Errors
+/// The read errors of `db`.
+pub(crate) async fn read(db: &Db, op: Op<'_>) -> Result<Output> {
+    if !db.capability().read_committed {
+        return db.run(op).await;
+    }
+    let tx = db
+        .begin_with(TxOptions {
+            isolation: Some(Isolation::ReadCommitted),
+            read_only: true,
+        })
+        .await?;
+    let out = tx.run(op).await?;
+    tx.commit().await?;
+    Ok(out)
 }
 
 /// The rows of a `Rows` output.
@@ -138,9 +169,11 @@ async fn read_chunk<'t>(
     };
     let low = window.last().map_or(at.position, |c| c.position);
     let rows = rows_of(
-        m.source
-            .run(chunk_scan(table, at.last_key.clone(), limit))
-            .await?,
+        read(
+            &m.source,
+            page_scan(table, None, at.last_key.clone(), limit),
+        )
+        .await?,
     )?;
     let after_read = if feed {
         drain(&m.source, &table.name, low, usize::MAX).await?

@@ -12,10 +12,9 @@
 //! ([`crate::canonical`]): independent of the order rows arrive in.
 
 use crate::canonical::row_hash;
-use crate::copy::{key_bytes, rows_of};
+use crate::copy::{key_bytes, page_scan, read, rows_of};
 use datalayer_core::eval::matches;
-use datalayer_core::{Db, Executor, Op, Result, Row, ScanRequest, TableSchema};
-use std::ops::Bound;
+use datalayer_core::{Db, Executor, Op, Result, Row, TableSchema};
 
 /// Rows per scan page while verifying.
 const PAGE: usize = 10_000;
@@ -105,19 +104,7 @@ pub(crate) async fn each_row(
     let mut after: Option<Row> = None;
     let mut n = 0u64;
     loop {
-        let rows = rows_of(
-            db.run(Op::Scan(ScanRequest {
-                table,
-                index,
-                prefix: Vec::new(),
-                lower: Bound::Unbounded,
-                upper: Bound::Unbounded,
-                after: after.take(),
-                reverse: false,
-                limit: Some(PAGE),
-            }))
-            .await?,
-        )?;
+        let rows = rows_of(read(db, page_scan(table, index, after.take(), PAGE)).await?)?;
         for r in &rows {
             f(r);
         }
@@ -153,19 +140,7 @@ pub(crate) async fn rows_in_range(
 ) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     loop {
-        let rows = rows_of(
-            db.run(Op::Scan(ScanRequest {
-                table,
-                index: None,
-                prefix: Vec::new(),
-                lower: Bound::Unbounded,
-                upper: Bound::Unbounded,
-                after: after.take(),
-                reverse: false,
-                limit: Some(PAGE),
-            }))
-            .await?,
-        )?;
+        let rows = rows_of(read(db, page_scan(table, None, after.take(), PAGE)).await?)?;
         let n = rows.len();
         for r in rows {
             if upto.is_some_and(|u| key_bytes(table, &r).as_slice() > u) {
