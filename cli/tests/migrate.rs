@@ -75,21 +75,13 @@ impl PgSchema {
 }
 
 impl Drop for PgSchema {
+    /// Drops the schema, also when the test failed; on a thread and runtime of its own
+    /// because `Drop` cannot await.
     fn drop(&mut self) {
-        let (base, schema) = (self.base.clone(), self.schema.clone());
+        let url = self.url();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let base = base.split('?').next().unwrap_or(&base).to_owned();
-                if let Ok((c, conn)) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
-                    let task = tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .await;
-                    drop(c);
-                    let _ = task.await;
-                }
-            });
+            let _ = rt.block_on(datalayer_conformance::url::drop_pg_schema(&url));
         })
         .join()
         .unwrap();

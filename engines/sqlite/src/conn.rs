@@ -315,7 +315,12 @@ impl Pool {
             .await
     }
 
-    /// Runs `f` on every connection (writer first), e.g. to prepare statements.
+    /// Runs `f` on every connection, e.g. to prepare statements: on the writer now
+    /// (its error is returned), on each reader when it is next free, without waiting.
+    /// A reader may be serving a read-only transaction, possibly the very caller's (a
+    /// table first used inside one is created, then prepared): waiting for it would
+    /// wait for ourselves until the timeout. A reader's error is dropped: a statement
+    /// that did not prepare there is prepared again at first use and fails then.
     pub(crate) async fn each(
         &self,
         f: impl Fn(&mut Conn<'_>) -> Result<()> + Send + Sync + 'static,
@@ -323,9 +328,13 @@ impl Pool {
         let f = Arc::new(f);
         let g = f.clone();
         self.submit(&self.writer, move |c| g(c)).await?;
+        self.check_open()?;
         for chan in &self.reader_private {
             let g = f.clone();
-            self.submit(chan, move |c| g(c)).await?;
+            // A closed channel: the pool is closing; the next call says so.
+            let _ = chan.send(Msg::Job(Box::new(move |c: &mut Conn<'_>| {
+                let _ = g(c);
+            })));
         }
         Ok(())
     }

@@ -369,3 +369,49 @@ async fn declared_capabilities_hold() {
     let mem = memory().await;
     assert!(!mem.capability().durable);
 }
+
+/// A table first used inside a read-only transaction (a process that opened the file
+/// without declaring its tables, as the `datalayer` command does) is checked and its
+/// statements prepared without waiting for the reader the transaction itself holds
+/// (that wait ran into the 5 s connection timeout).
+#[tokio::test]
+async fn a_table_first_used_in_a_read_only_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = file(dir.path()).await;
+    db.repo::<User>().insert_many(&users()).await.unwrap();
+    db.close().await.unwrap();
+    for readers in [1, 2] {
+        let engine = SqliteEngine::open_with(
+            SqliteOptions::file(dir.path().join("test.db")).readers(readers),
+        )
+        .await
+        .unwrap();
+        let db = datalayer_core::Db::with_engine(Arc::new(engine))
+            .connect()
+            .await
+            .unwrap();
+        let tx = db
+            .begin_with(TxOptions {
+                isolation: Some(Isolation::ReadCommitted),
+                read_only: true,
+            })
+            .await
+            .unwrap();
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tx.run(Op::Count {
+                table: User::schema(),
+            }),
+        )
+        .await
+        .expect("no deadlock")
+        .unwrap();
+        assert_eq!(
+            out,
+            Output::Count(users().len() as u64),
+            "{readers} readers"
+        );
+        tx.commit().await.unwrap();
+        db.close().await.unwrap();
+    }
+}
