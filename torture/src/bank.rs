@@ -410,14 +410,7 @@ async fn run_one(ctx: Ctx, n: u64, t: &Target, out: &mut Outcome) -> anyhow::Res
                     balance: OPENING,
                 })
                 .collect();
-            let rows = accounts.clone();
-            db.tx_with()
-                .retry(20)
-                .run(async move |tx| {
-                    tx.repo::<Account>().insert_many(&rows).await?;
-                    Ok(())
-                })
-                .await?;
+            seed(&db, &accounts).await?;
             accounts.into_iter().map(|a| (a.id, a.balance)).collect()
         } else {
             // Opening = current balances minus the effects of stored transfers.
@@ -637,6 +630,43 @@ async fn worker(db: Db, shared: Arc<Shared>, mut rng: rand::rngs::StdRng, base: 
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Writes the opening balances in one transaction. The fault proxy may cut the
+/// connection around its commit too: `CommitUnknown` is resolved by reading the
+/// accounts back (all there: applied; none: written again), as a transfer's is.
+async fn seed(db: &Db, accounts: &[Account]) -> Result<()> {
+    let mut last = None;
+    for _ in 0..20 {
+        let rows = accounts.to_vec();
+        let r = db
+            .tx_with()
+            .retry(20)
+            .run(async move |tx| {
+                tx.repo::<Account>().insert_many(&rows).await?;
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_commit_unknown() || e.is_already_exists() || e.is_retryable() => {
+                match db.repo::<Account>().count().await {
+                    Ok(n) if n as usize == accounts.len() => return Ok(()),
+                    Ok(0) | Err(_) => {}
+                    Ok(n) => {
+                        return Err(Error::invalid_input(format!(
+                            "{n} of {} opening accounts after a failed commit: not atomic",
+                            accounts.len()
+                        )));
+                    }
+                }
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::invalid_input("seeding never ran")))
 }
 
 /// Runs the transfer under `retry`. `CommitUnknown` is resolved by reading the
