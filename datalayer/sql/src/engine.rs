@@ -460,9 +460,13 @@ impl<B: SqlBackend> Engine for SqlEngine<B> {
         self.backend().close().await
     }
 
+    /// Re-run on `Conflict` ([`retry_autocommit`]): installing the triggers takes a
+    /// table lock that can deadlock with the application's transactions (PostgreSQL
+    /// `40P01`, seen while a migration starts on a busy database); the install is
+    /// idempotent and one transaction, so a re-run is safe.
     async fn enable_changes(&self, table: &str) -> Result<()> {
         validate_table_name(table)?;
-        self.backend().enable_changes(table).await
+        retry_autocommit(|| self.backend().enable_changes(table)).await
     }
 
     async fn read_changes(&self, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
