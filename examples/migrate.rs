@@ -286,8 +286,7 @@ async fn main() -> anyhow::Result<()> {
             let base = std::env::var("DATALAYER_PG_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
             drop_schema(&base, "flights_migrated").await?;
-            let sep = if base.contains('?') { '&' } else { '?' };
-            Some(format!("{base}{sep}schema=flights_migrated"))
+            Some(datalayer::with_params(&base, "schema=flights_migrated"))
         }
     };
     if let Some(to) = &to {

@@ -259,7 +259,27 @@ fn main() -> anyhow::Result<()> {
             ))
         });
         let rows = flights::load_flights(&path)?;
-        return migrate::run(&rows);
+        let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        #[allow(unused_mut)]
+        let (mut scratch, mut engines) = (Scratch::new(parent), migrate::Engines::new());
+        #[cfg(feature = "pg")]
+        {
+            let server = pg::PgServer::connect()?;
+            engines.templates.push((
+                "postgres",
+                datalayer::with_params(&server.url, "schema={schema}"),
+            ));
+            engines.pg = Some(server.clone());
+            scratch = scratch.with_server(server);
+        }
+        #[cfg(feature = "redis")]
+        let _redis = {
+            let server = redis_server::RedisServer::connect()?;
+            engines.templates.push(("redis", server.datalayer_url()));
+            scratch = scratch.with_namespaces(server.clone());
+            server
+        };
+        return migrate::run(&scratch, &engines, &rows);
     }
     let urls = parse_urls(&args.url)?;
     let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -420,8 +440,7 @@ fn parse_urls(values: &[String]) -> anyhow::Result<Vec<(String, String)>> {
             }
         };
         let url = if url.starts_with("postgres") && !url.contains("{schema}") {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{sep}schema={{schema}}")
+            datalayer::with_params(&url, "schema={schema}")
         } else {
             url
         };

@@ -12,65 +12,54 @@
 //! compare with).
 
 use crate::flights::FlightRow;
-use crate::targets::datalayer::DlFlight;
+use crate::targets::Scratch;
+use crate::targets::datalayer::{DlFlight, ETCH_URL, SQLITE_URL, render};
 use anyhow::{Context, ensure};
 use datalayer::migrate::{CutoverOptions, Migration, Options};
 use datalayer::{Db, Executor};
 use std::time::{Duration, Instant};
 
-/// One endpoint: a URL in a fresh place, removed when dropped.
-struct End {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
+/// The engines of the section: name and URL template ([`render`]ed for a fresh
+/// place of `scratch`: its directory, schema or namespace).
+pub struct Engines {
+    /// `(name, template)`: etch and SQLite, then PostgreSQL and Redis when their
+    /// servers are in the scratch.
+    pub templates: Vec<(&'static str, String)>,
+    /// The PostgreSQL server, for the raw `COPY` ceiling.
     #[cfg(feature = "pg")]
-    pg_schema: Option<(String, String)>,
-    #[cfg(feature = "redis")]
-    redis: Option<String>,
+    pub pg: Option<std::sync::Arc<crate::pg::PgServer>>,
 }
 
-#[cfg(any(feature = "pg", feature = "redis"))]
-fn suffix() -> String {
-    use rand::Rng;
-    let mut r = rand::rng();
-    (0..8)
-        .map(|_| (b'a' + r.random_range(0..26)) as char)
-        .collect()
+impl Engines {
+    /// etch and SQLite (the bench's own templates), plus the servers given.
+    pub fn new() -> Self {
+        Engines {
+            templates: vec![("etch", ETCH_URL.into()), ("sqlite", SQLITE_URL.into())],
+            #[cfg(feature = "pg")]
+            pg: None,
+        }
+    }
+}
+
+/// One endpoint: the rendered URL of a fresh place (closed by the caller).
+struct End {
+    kind: &'static str,
+    url: String,
+    place: crate::targets::Place,
 }
 
 impl End {
-    fn new(kind: &str) -> anyhow::Result<End> {
-        let dir = tempfile::tempdir()?;
-        let mut end = End {
-            url: String::new(),
-            _dir: None,
-            #[cfg(feature = "pg")]
-            pg_schema: None,
-            #[cfg(feature = "redis")]
-            redis: None,
-        };
-        match kind {
-            "etch" => end.url = format!("etch://{}", dir.path().join("e").display()),
-            "sqlite" => end.url = format!("sqlite://{}", dir.path().join("s.db").display()),
-            #[cfg(feature = "pg")]
-            "postgres" => {
-                let base = std::env::var("DATALAYER_PG_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-                let schema = format!("dl_bench_mig_{}", suffix());
-                end.url = crate::pg::with_params(&base, &format!("schema={schema}"));
-                end.pg_schema = Some((base, schema));
-            }
-            #[cfg(feature = "redis")]
-            "redis" => {
-                let base = std::env::var("DATALAYER_REDIS_URL")
-                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-                end.url =
-                    crate::pg::with_params(&base, &format!("namespace=dl_bench_mig_{}", suffix()));
-                end.redis = Some(end.url.clone());
-            }
-            other => anyhow::bail!("engine {other} is not compiled into this bench"),
-        }
-        end._dir = Some(dir);
-        Ok(end)
+    /// A fresh place for `kind` (sync: making a schema blocks on the server's runtime).
+    fn new(scratch: &Scratch, engines: &Engines, kind: &'static str) -> anyhow::Result<End> {
+        let template = engines
+            .templates
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, t)| t)
+            .with_context(|| format!("engine {kind} is not in this run"))?;
+        let place = scratch.place(&format!("mig_{kind}"))?;
+        let url = render(template, &place)?;
+        Ok(End { kind, url, place })
     }
 
     async fn db(&self) -> anyhow::Result<Db> {
@@ -80,79 +69,44 @@ impl End {
             .await
             .with_context(|| datalayer::redact(&self.url))
     }
+
+    fn close(self) -> anyhow::Result<()> {
+        self.place.close()
+    }
 }
 
-impl Drop for End {
-    fn drop(&mut self) {
-        #[cfg(feature = "pg")]
-        if let Some((base, schema)) = self.pg_schema.take() {
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Runtime::new().expect("runtime");
-                rt.block_on(async {
-                    let base = base.split('?').next().unwrap_or(&base).to_owned();
-                    if let Ok((c, conn)) =
-                        tokio_postgres::connect(&base, tokio_postgres::NoTls).await
-                    {
-                        tokio::spawn(conn);
-                        let _ = c
-                            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                            .await;
-                    }
-                });
-            })
-            .join()
-            .ok();
-        }
-        #[cfg(feature = "redis")]
-        if let Some(url) = self.redis.take() {
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Runtime::new().expect("runtime");
-                rt.block_on(async {
-                    if let Ok(o) = datalayer::redis::RedisOptions::from_url(&url) {
-                        let _ = datalayer::redis::destroy_namespace(&o).await;
-                    }
-                });
-            })
-            .join()
-            .ok();
-        }
-    }
+/// The column names of the flights table, comma-separated (for the raw `COPY`).
+#[cfg(feature = "pg")]
+fn column_list() -> String {
+    <DlFlight as datalayer::Table>::schema()
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The raw ceiling: `rows` written into `end`'s (empty, just created) flights table
 /// by the fastest path below datalayer; returns the time and what it was.
 async fn ceiling(
-    kind: &str,
+    engines: &Engines,
     end: &End,
     src: &[FlightRow],
     rows: &[DlFlight],
 ) -> anyhow::Result<(Duration, &'static str)> {
     let db = end.db().await?; // creates the table with datalayer's DDL
-    match kind {
+    #[cfg(not(feature = "pg"))]
+    let _ = engines;
+    match end.kind {
         "sqlite" => {
             db.close().await?;
-            let path = end.url.trim_start_matches("sqlite://").to_owned();
-            let src = src.to_vec();
-            let took = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
-                let mut c = rusqlite::Connection::open(path)?;
-                let t0 = Instant::now();
-                let tx = c.transaction()?;
-                {
-                    let mut st = tx.prepare(
-                        "INSERT INTO flights (id, year, month, day, dep_time, sched_dep_time, dep_delay, arr_time, sched_arr_time, arr_delay, carrier, flight, tailnum, origin, dest, air_time, distance, hour, minute, time_hour) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-                    )?;
-                    for f in &src {
-                        st.execute(rusqlite::params![
-                            f.id, f.year, f.month, f.day, f.dep_time, f.sched_dep_time, f.dep_delay,
-                            f.arr_time, f.sched_arr_time, f.arr_delay, f.carrier, f.flight, f.tailnum,
-                            f.origin, f.dest, f.air_time, f.distance, f.hour, f.minute, f.time_hour
-                        ])?;
-                    }
-                }
-                tx.commit()?;
-                Ok(t0.elapsed())
-            })
-            .await??;
+            // The file datalayer made (`SQLITE_URL`), through the rusqlite target's
+            // own connection settings (WAL, synchronous=FULL) and loader.
+            let path = end.place.dir().join("dl.sqlite");
+            let took = tokio::task::block_in_place(|| {
+                use crate::targets::rusqlite::{insert_flights, open};
+                insert_flights(&mut open(&path), src)
+            })?;
             Ok((took, "raw rusqlite, one transaction"))
         }
         #[cfg(feature = "pg")]
@@ -161,41 +115,24 @@ async fn ceiling(
             use tokio_postgres::binary_copy::BinaryCopyInWriter;
             use tokio_postgres::types::{ToSql, Type};
             db.close().await?;
-            let (base, schema) = end.pg_schema.clone().expect("a pg end");
-            let base = base.split('?').next().unwrap_or(&base).to_owned();
-            let (mut c, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            c.batch_execute(&format!("SET search_path TO \"{schema}\""))
-                .await?;
+            let server = engines.pg.as_ref().context("no PostgreSQL server")?;
+            let mut c = crate::pg::connect(&server.config, Some(&end.place.schema()?)).await?;
             let t0 = Instant::now();
             let tx = c.transaction().await?;
             let sink = tx
-                .copy_in("COPY flights (id, year, month, day, dep_time, sched_dep_time, dep_delay, arr_time, sched_arr_time, arr_delay, carrier, flight, tailnum, origin, dest, air_time, distance, hour, minute, time_hour) FROM STDIN BINARY")
+                .copy_in(&format!(
+                    "COPY flights ({}) FROM STDIN BINARY",
+                    column_list()
+                ))
                 .await?;
-            let i8 = Type::INT8;
-            let t = Type::TEXT;
-            let types = [
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                t.clone(),
-                i8.clone(),
-                t.clone(),
-                t.clone(),
-                t.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                i8.clone(),
-                t,
-            ];
+            let types: Vec<Type> = <DlFlight as datalayer::Table>::schema()
+                .columns
+                .iter()
+                .map(|c| match c.ty {
+                    datalayer::ColumnType::String => Type::TEXT,
+                    _ => Type::INT8,
+                })
+                .collect();
             let mut w = pin!(BinaryCopyInWriter::new(sink, &types));
             for f in src {
                 let vals: [&(dyn ToSql + Sync); 20] = [
@@ -243,67 +180,67 @@ async fn ceiling(
     }
 }
 
-/// Runs the section and prints its tables.
+/// Runs the section and prints its tables. Every store lives in a fresh place of
+/// `scratch` (directory, schema, namespace), removed when its pair is done.
 ///
 /// # Errors
 /// Any engine error; a verification that finds a difference.
-pub fn run(rows: &[FlightRow]) -> anyhow::Result<()> {
+pub fn run(scratch: &Scratch, engines: &Engines, rows: &[FlightRow]) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run_async(rows))
-}
-
-async fn run_async(rows: &[FlightRow]) -> anyhow::Result<()> {
     let flights: Vec<DlFlight> = rows.iter().map(DlFlight::from).collect();
-    let mut kinds = vec!["etch", "sqlite"];
-    if cfg!(feature = "pg") {
-        kinds.push("postgres");
-    }
-    if cfg!(feature = "redis") {
-        kinds.push("redis");
-    }
+    let kinds: Vec<&'static str> = engines.templates.iter().map(|(k, _)| *k).collect();
     // Sources, each loaded once.
     let mut sources = Vec::new();
-    for k in kinds
+    for &k in kinds
         .iter()
         .filter(|k| ["etch", "sqlite", "postgres"].contains(k))
     {
-        let end = End::new(k)?;
-        let db = end.db().await?;
-        db.tx(async |tx| tx.repo::<DlFlight>().insert_many(&flights).await)
-            .await?;
-        sources.push((*k, end, db));
+        let end = End::new(scratch, engines, k)?;
+        let db = rt.block_on(async {
+            let db = end.db().await?;
+            db.tx(async |tx| tx.repo::<DlFlight>().insert_many(&flights).await)
+                .await?;
+            anyhow::Ok(db)
+        })?;
+        sources.push((end, db));
     }
     println!(
         "| migration of flights ({} rows), copy only | rows/s | MB/s | raw ceiling rows/s | ceiling | copy / ceiling (throughput) | aim |",
         flights.len()
     );
     println!("|---|---|---|---|---|---|---|");
-    for (from, _, source) in &sources {
-        for to in kinds.iter().filter(|t| *t != from) {
-            let dst = End::new(to)?;
-            let target = dst.db().await?;
-            let m = Migration::new(source, &target).options(Options::default());
-            let t0 = Instant::now();
-            let r = m.copy().await?;
-            let secs = t0.elapsed().as_secs_f64();
-            let n: u64 = r.tables.iter().map(|t| t.rows).sum();
-            let mb: f64 = r.tables.iter().map(|t| t.bytes).sum::<u64>() as f64 / 1e6;
-            ensure!(n as usize == flights.len(), "{from} -> {to}: copied {n}");
-            let v = m.verify().await?;
-            ensure!(v.is_equal(), "{from} -> {to}: {v:#?}");
-            target.close().await?;
-            drop(dst);
-            let raw_end = End::new(to)?;
-            let (raw, what) = ceiling(to, &raw_end, rows, &flights).await?;
-            drop(raw_end);
-            let ours = n as f64 / secs;
-            let ceil = flights.len() as f64 / raw.as_secs_f64();
-            let ratio = ours / ceil;
-            println!(
-                "| {from} -> {to} | {ours:.0} | {:.1} | {ceil:.0} | {what} | {ratio:.2}x | >= 0.5x: {} |",
-                mb / secs,
-                if ratio >= 0.5 { "met" } else { "NOT met" }
+    for (src, source) in &sources {
+        let from = src.kind;
+        for &to in kinds.iter().filter(|t| **t != from) {
+            let (dst, raw_end) = (
+                End::new(scratch, engines, to)?,
+                End::new(scratch, engines, to)?,
             );
+            let line = rt.block_on(async {
+                let target = dst.db().await?;
+                let m = Migration::new(source, &target).options(Options::default());
+                let t0 = Instant::now();
+                let r = m.copy().await?;
+                let secs = t0.elapsed().as_secs_f64();
+                let n: u64 = r.tables.iter().map(|t| t.rows).sum();
+                let mb: f64 = r.tables.iter().map(|t| t.bytes).sum::<u64>() as f64 / 1e6;
+                ensure!(n as usize == flights.len(), "{from} -> {to}: copied {n}");
+                let v = m.verify().await?;
+                ensure!(v.is_equal(), "{from} -> {to}: {v:#?}");
+                target.close().await?;
+                let (raw, what) = ceiling(engines, &raw_end, rows, &flights).await?;
+                let ours = n as f64 / secs;
+                let ceil = flights.len() as f64 / raw.as_secs_f64();
+                let ratio = ours / ceil;
+                Ok(format!(
+                    "| {from} -> {to} | {ours:.0} | {:.1} | {ceil:.0} | {what} | {ratio:.2}x | >= 0.5x: {} |",
+                    mb / secs,
+                    if ratio >= 0.5 { "met" } else { "NOT met" }
+                ))
+            })?;
+            println!("{line}");
+            dst.close()?;
+            raw_end.close()?;
         }
     }
     // Follow lag and cut-over pause: 5,000 row writes/s (50 upserts per 10 ms, one
@@ -312,98 +249,117 @@ async fn run_async(rows: &[FlightRow]) -> anyhow::Result<()> {
         if !kinds.contains(&to) {
             continue;
         }
-        let (_, _, source) = sources.iter().find(|(k, _, _)| *k == from).expect("source");
-        let dst = End::new(to)?;
-        let target = dst.db().await?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = tokio::spawn({
-            let (db, stop, rows) = (source.clone(), stop.clone(), flights[..5_000].to_vec());
-            async move {
-                let mut commits: Vec<Instant> = Vec::new();
-                let mut tick = tokio::time::interval(Duration::from_millis(10));
-                let mut i = 0usize;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    tick.tick().await;
-                    // 50 rows with a new `arr_delay` (column 9).
-                    let batch: Vec<datalayer::Row> = rows[(i * 50) % 5_000..][..50]
-                        .iter()
-                        .map(|f| {
-                            let mut r = datalayer::Table::to_row(f);
-                            r[9] = datalayer::Value::I64(i as i64);
-                            r
-                        })
-                        .collect();
-                    let ops = vec![datalayer::Op::Insert {
-                        table: <DlFlight as datalayer::Table>::schema(),
-                        rows: batch,
-                        mode: datalayer::WriteMode::Upsert,
-                    }];
-                    match db.run_batch(ops).await {
-                        Ok(_) => commits.push(Instant::now()),
-                        Err(e) if e.kind() == datalayer::ErrorKind::Timeout => break,
-                        Err(e) => return Err(e),
-                    }
-                    i += 1;
-                }
-                Ok(commits)
-            }
-        });
-        let m = Migration::new(source, &target);
-        m.copy().await?;
-        let mut rounds: Vec<(Instant, Instant)> = Vec::new();
-        let follow_until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < follow_until {
-            let start = Instant::now();
-            m.follow_until_caught_up().await?;
-            rounds.push((start, Instant::now()));
-        }
-        let cut = m.cutover(CutoverOptions::default()).await?;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let commits = writer.await??;
-        let v = m.verify().await?;
-        ensure!(v.is_equal(), "{from} -> {to} after the cut-over: {v:#?}");
-        // A write committed at t is applied by the first round that starts after t.
-        let first = rounds.first().map(|r| r.0).expect("a round");
-        let mut lags: Vec<f64> = commits
+        let (_, source) = sources
             .iter()
-            .filter(|&&t| t >= first)
-            .filter_map(|&t| {
-                rounds
-                    .iter()
-                    .find(|r| r.0 >= t)
-                    .map(|r| (r.1 - t).as_secs_f64())
-            })
-            .collect();
-        lags.sort_by(f64::total_cmp);
-        let q = |p: f64| {
-            lags.get(((lags.len() as f64 - 1.0) * p) as usize)
-                .copied()
-                .unwrap_or(0.0)
-        };
-        let rate = commits.len() as f64 * 50.0
-            / commits
-                .last()
-                .zip(commits.first())
-                .map_or(1.0, |(l, f)| (*l - *f).as_secs_f64().max(1e-9));
-        println!(
-            "follow {from} -> {to} at {rate:.0} row writes/s: lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (aim < 1 s: {}); cut-over write pause {:.1} ms (aim < 1 s: {})",
-            q(0.5) * 1e3,
-            q(0.99) * 1e3,
-            q(1.0) * 1e3,
-            if q(1.0) < 1.0 { "met" } else { "NOT met" },
-            cut.pause.as_secs_f64() * 1e3,
-            if cut.pause < Duration::from_secs(1) {
-                "met"
-            } else {
-                "NOT met"
-            }
-        );
-        // The source serves the next pair: the fence falls instead of being sealed.
-        drop(cut);
-        target.close().await?;
+            .find(|(e, _)| e.kind == from)
+            .expect("source");
+        let dst = End::new(scratch, engines, to)?;
+        let line = rt.block_on(follow_and_cut_over(source, &dst, &flights, from))?;
+        println!("{line}");
+        dst.close()?;
     }
-    for (_, _, db) in sources {
-        db.close().await?;
+    for (end, db) in sources {
+        rt.block_on(db.close())?;
+        end.close()?;
     }
     Ok(())
+}
+
+/// Copies `source` to `dst` while a writer makes 5,000 row writes/s on the source,
+/// follows for 5 s, cuts over and verifies: the follow lag and the write pause.
+async fn follow_and_cut_over(
+    source: &Db,
+    dst: &End,
+    flights: &[DlFlight],
+    from: &str,
+) -> anyhow::Result<String> {
+    let to = dst.kind;
+    let target = dst.db().await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (db, stop, rows) = (source.clone(), stop.clone(), flights[..5_000].to_vec());
+        async move {
+            let mut commits: Vec<Instant> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                // 50 rows with a new `arr_delay` (column 9).
+                let batch: Vec<datalayer::Row> = rows[(i * 50) % 5_000..][..50]
+                    .iter()
+                    .map(|f| {
+                        let mut r = datalayer::Table::to_row(f);
+                        r[9] = datalayer::Value::I64(i as i64);
+                        r
+                    })
+                    .collect();
+                let ops = vec![datalayer::Op::Insert {
+                    table: <DlFlight as datalayer::Table>::schema(),
+                    rows: batch,
+                    mode: datalayer::WriteMode::Upsert,
+                }];
+                match db.run_batch(ops).await {
+                    Ok(_) => commits.push(Instant::now()),
+                    Err(e) if e.kind() == datalayer::ErrorKind::Timeout => break,
+                    Err(e) => return Err(e),
+                }
+                i += 1;
+            }
+            Ok(commits)
+        }
+    });
+    let m = Migration::new(source, &target);
+    m.copy().await?;
+    let mut rounds: Vec<(Instant, Instant)> = Vec::new();
+    let follow_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < follow_until {
+        let start = Instant::now();
+        m.follow_until_caught_up().await?;
+        rounds.push((start, Instant::now()));
+    }
+    let cut = m.cutover(CutoverOptions::default()).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let commits = writer.await??;
+    let v = m.verify().await?;
+    ensure!(v.is_equal(), "{from} -> {to} after the cut-over: {v:#?}");
+    // A write committed at t is applied by the first round that starts after t.
+    let first = rounds.first().map(|r| r.0).expect("a round");
+    let mut lags: Vec<f64> = commits
+        .iter()
+        .filter(|&&t| t >= first)
+        .filter_map(|&t| {
+            rounds
+                .iter()
+                .find(|r| r.0 >= t)
+                .map(|r| (r.1 - t).as_secs_f64())
+        })
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        lags.get(((lags.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let rate = commits.len() as f64 * 50.0
+        / commits
+            .last()
+            .zip(commits.first())
+            .map_or(1.0, |(l, f)| (*l - *f).as_secs_f64().max(1e-9));
+    let line = format!(
+        "follow {from} -> {to} at {rate:.0} row writes/s: lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (aim < 1 s: {}); cut-over write pause {:.1} ms (aim < 1 s: {})",
+        q(0.5) * 1e3,
+        q(0.99) * 1e3,
+        q(1.0) * 1e3,
+        if q(1.0) < 1.0 { "met" } else { "NOT met" },
+        cut.pause.as_secs_f64() * 1e3,
+        if cut.pause < Duration::from_secs(1) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    // The source serves the next pair: the fence falls instead of being sealed.
+    drop(cut);
+    target.close().await?;
+    Ok(line)
 }

@@ -59,14 +59,7 @@ pub struct PgServer {
     schemas: Leftovers,
 }
 
-/// `url` with `params` appended to its query string.
-pub fn with_params(url: &str, params: &str) -> String {
-    if url.contains('?') {
-        format!("{url}&{params}")
-    } else {
-        format!("{url}?{params}")
-    }
-}
+pub use datalayer::with_params;
 
 /// Tells how to start a server and fails.
 fn unreachable(url: &str, e: &dyn std::fmt::Display) -> anyhow::Error {

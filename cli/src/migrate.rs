@@ -83,8 +83,9 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         chunk_time: Duration::from_millis(args.chunk_ms.max(1)),
         ..Options::default()
     };
-    let probe = args.ends.migration(&source, &target, opts.clone());
-    let status = probe.status().await?;
+    let m = args.ends.migration(&source, &target, opts);
+    let status = m.status().await?;
+    let schemas = m.source_tables().await?;
     let started: Vec<&str> = status
         .iter()
         .filter(|(_, s)| s.is_some())
@@ -106,9 +107,8 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} rows {per_sec} {msg}")?
             .progress_chars("=> ");
     let mut by_table: HashMap<String, ProgressBar> = HashMap::new();
-    for (t, s) in &status {
-        let schema = source_schema(&source, t).await?;
-        let total = count(&source, &schema).await?;
+    for ((t, s), schema) in status.iter().zip(&schemas) {
+        let total = count(&source, schema).await?;
         let bar = bars.add(ProgressBar::new(total).with_style(style.clone()));
         bar.set_prefix(t.clone());
         bar.set_position(s.map_or(0, |s| s.rows));
@@ -118,17 +118,14 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         bars.println(format!("resuming {started:?}"))?;
     }
     let t0 = Instant::now();
-    let m = args
-        .ends
-        .migration(&source, &target, opts)
-        .on_progress(move |p| {
-            if let Some(b) = by_table.get(p.table) {
-                b.set_position(p.rows);
-                if p.done {
-                    b.finish_with_message("copied");
-                }
+    let m = m.on_progress(move |p| {
+        if let Some(b) = by_table.get(p.table) {
+            b.set_position(p.rows);
+            if p.done {
+                b.finish_with_message("copied");
             }
-        });
+        }
+    });
     let copied = m.copy().await?;
     let elapsed = t0.elapsed();
     let rows: u64 = copied.tables.iter().map(|t| t.rows).sum();
@@ -201,15 +198,6 @@ async fn stop_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-async fn source_schema(db: &Db, table: &str) -> anyhow::Result<datalayer::TableSchema> {
-    db.engine()
-        .catalog()
-        .await?
-        .into_iter()
-        .find(|t| t.name == table)
-        .with_context(|| format!("table {table} left the source's catalog"))
 }
 
 async fn count(db: &Db, table: &datalayer::TableSchema) -> anyhow::Result<u64> {

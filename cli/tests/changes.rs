@@ -122,19 +122,25 @@ async fn prints_a_sqlite_log() {
     .await;
 }
 
+/// Makes the `notes` table on `url` and starts `datalayer changes URL notes --follow`
+/// with its output piped.
+async fn follow(url: &str) -> std::process::Child {
+    make(url).await;
+    Command::new(env!("CARGO_BIN_EXE_datalayer"))
+        .args(["changes", url, "notes", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run datalayer")
+}
+
 /// `--follow` prints what is committed while it runs, and stops quietly on SIGTERM.
 #[cfg(unix)]
 #[tokio::test]
 async fn follow_prints_new_changes_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
-    make(&url).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_datalayer"))
-        .args(["changes", &url, "notes", "--follow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run datalayer");
+    let mut child = follow(&url).await;
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     for _ in 0..4 {
@@ -176,13 +182,7 @@ async fn follow_prints_new_changes_until_sigterm() {
 async fn a_closed_pipe_ends_follow_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
-    make(&url).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_datalayer"))
-        .args(["changes", &url, "notes", "--follow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run datalayer");
+    let mut child = follow(&url).await;
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();

@@ -69,8 +69,7 @@ impl PgSchema {
         }
     }
     fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
-        format!("{}{sep}schema={}", self.base, self.schema)
+        datalayer::with_params(&self.base, &format!("schema={}", self.schema))
     }
 }
 

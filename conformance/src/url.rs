@@ -20,17 +20,7 @@ use datalayer::{Capability, Engine};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// `url` with `params` (`k=v&k2=v2`) appended to its query; `url` itself for empty
-/// `params`.
-pub fn with_params(url: &str, params: &str) -> String {
-    if params.is_empty() {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&{params}")
-    } else {
-        format!("{url}?{params}")
-    }
-}
+pub use datalayer::with_params;
 
 /// `url` without the query parameter `key`, and that parameter's value if it had one.
 fn take_param(url: &str, key: &str) -> (String, Option<String>) {

@@ -118,10 +118,6 @@ fn suffix() -> String {
         .collect()
 }
 
-fn with_param(url: &str, p: &str) -> String {
-    format!("{url}{}{p}", if url.contains('?') { '&' } else { '?' })
-}
-
 impl Endpoint {
     fn new(kind: &str) -> Endpoint {
         match kind {
@@ -146,7 +142,7 @@ impl Endpoint {
                     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
                 let schema = format!("dl_mig_{}", suffix());
                 Endpoint {
-                    url: with_param(&base, &format!("schema={schema}")),
+                    url: datalayer::with_params(&base, &format!("schema={schema}")),
                     _dir: None,
                     cleanup: Some(Cleanup::PgSchema { base, schema }),
                 }
@@ -154,7 +150,7 @@ impl Endpoint {
             "redis" => {
                 let base = std::env::var("DATALAYER_REDIS_URL")
                     .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-                let url = with_param(&base, &format!("namespace=mig_{}", suffix()));
+                let url = datalayer::with_params(&base, &format!("namespace=mig_{}", suffix()));
                 Endpoint {
                     url: url.clone(),
                     _dir: None,
@@ -518,7 +514,7 @@ async fn a_target_holding_another_schema_is_refused_and_the_source_untouched() {
     // kinds table holds a 200,000-byte value): a clear error naming the limit, and
     // the source untouched.
     let small_redis = Endpoint::new("redis");
-    let url = with_param(&small_redis.url, "max_value_bytes=100000");
+    let url = datalayer::with_params(&small_redis.url, "max_value_bytes=100000");
     let target = datalayer::connect(url).await.unwrap();
     let e = Migration::new(&source, &target)
         .tables(["kinds"])

@@ -89,16 +89,7 @@ pub fn shared_pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// `url` with `params` appended as query parameters.
-pub fn with_params(url: &str, params: &str) -> String {
-    if params.is_empty() {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&{params}")
-    } else {
-        format!("{url}?{params}")
-    }
-}
+pub use datalayer::with_params;
 
 /// Lower-case letters, for schema names.
 pub fn random_suffix(rng: &mut impl rand::Rng) -> String {

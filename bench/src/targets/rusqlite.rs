@@ -96,37 +96,7 @@ impl Target for Rusqlite {
     fn load_flights(&self, place: &Place, rows: &[FlightRow]) -> anyhow::Result<Duration> {
         let mut conn = open(&place.dir().join("flights.sqlite"));
         conn.execute_batch(FLIGHTS_SCHEMA)?;
-        let t0 = Instant::now();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut st = tx.prepare_cached(INSERT_FLIGHT)?;
-            for f in rows {
-                st.execute(params![
-                    f.id,
-                    f.year,
-                    f.month,
-                    f.day,
-                    f.dep_time,
-                    f.sched_dep_time,
-                    f.dep_delay,
-                    f.arr_time,
-                    f.sched_arr_time,
-                    f.arr_delay,
-                    f.carrier,
-                    f.flight,
-                    f.tailnum,
-                    f.origin,
-                    f.dest,
-                    f.air_time,
-                    f.distance,
-                    f.hour,
-                    f.minute,
-                    f.time_hour,
-                ])?;
-            }
-        }
-        tx.commit()?;
-        let elapsed = t0.elapsed();
+        let elapsed = insert_flights(&mut conn, rows)?;
         let n: i64 = conn.query_row("SELECT count(*) FROM flights", [], |r| r.get(0))?;
         ensure!(
             n as usize == rows.len(),
@@ -291,6 +261,46 @@ CREATE INDEX flights_origin_day ON flights (origin, year, month, day, sched_dep_
 CREATE INDEX flights_tailnum ON flights (tailnum);
 CREATE INDEX flights_carrier_day ON flights (carrier, year, month, day);
 ";
+
+/// Inserts `rows` into the `flights` table of `conn` (one prepared `INSERT` per row,
+/// one immediate transaction); returns the time it took. Also the SQLite ceiling of
+/// the migration section, on the table datalayer created.
+pub(crate) fn insert_flights(
+    conn: &mut Connection,
+    rows: &[FlightRow],
+) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut st = tx.prepare_cached(INSERT_FLIGHT)?;
+        for f in rows {
+            st.execute(params![
+                f.id,
+                f.year,
+                f.month,
+                f.day,
+                f.dep_time,
+                f.sched_dep_time,
+                f.dep_delay,
+                f.arr_time,
+                f.sched_arr_time,
+                f.arr_delay,
+                f.carrier,
+                f.flight,
+                f.tailnum,
+                f.origin,
+                f.dest,
+                f.air_time,
+                f.distance,
+                f.hour,
+                f.minute,
+                f.time_hour,
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(t0.elapsed())
+}
 
 const INSERT_FLIGHT: &str = "INSERT INTO flights (
     id, year, month, day, dep_time, sched_dep_time, dep_delay, arr_time, sched_arr_time,

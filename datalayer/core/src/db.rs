@@ -93,6 +93,19 @@ async fn open_url(url: &str) -> Result<Arc<dyn Engine>> {
     }
 }
 
+/// `url` with `params` (`k=v&k2=v2`) appended to its query string (after `?`, or
+/// `&` when it has one already); `url` itself for empty `params`. For the engine
+/// options of a URL (`schema=`, `namespace=`, `pool_size=`, ...).
+pub fn with_params(url: &str, params: &str) -> String {
+    if params.is_empty() {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&{params}")
+    } else {
+        format!("{url}?{params}")
+    }
+}
+
 /// The URL with any password replaced by `***`, for messages and logs.
 pub fn redact(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://")

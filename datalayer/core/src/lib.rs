@@ -29,6 +29,7 @@ pub use capability::Capability;
 pub use change::{Change, ChangeKind, ChangeOptions};
 pub use db::{
     Db, DbBuilder, EngineOpener, Executor, QueryGroup, Tx, TxBuilder, redact, register_engine,
+    with_params,
 };
 pub use engine::{
     AUTOCOMMIT_RETRIES, Engine, EngineTx, Isolation, Op, Output, ScanRequest, TxOptions, WriteMode,

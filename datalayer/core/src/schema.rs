@@ -106,6 +106,18 @@ pub struct ColumnDef {
     pub nullable: bool,
 }
 
+impl ColumnDef {
+    /// A column whose engine name and Rust field name are both `name`.
+    pub fn new(name: &str, ty: ColumnType, nullable: bool) -> Self {
+        ColumnDef {
+            name: name.into(),
+            field: name.into(),
+            ty,
+            nullable,
+        }
+    }
+}
+
 /// A secondary index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IndexDef {

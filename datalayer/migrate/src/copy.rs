@@ -159,7 +159,6 @@ async fn read_chunk<'t>(
     table: &'t TableSchema,
     at: &TableProgress,
     limit: usize,
-    buf: &mut Vec<u8>,
 ) -> Result<Chunk<'t>> {
     let feed = m.feed;
     let mut window = if feed {
@@ -182,7 +181,7 @@ async fn read_chunk<'t>(
     };
     let changed: HashSet<Vec<u8>> = after_read
         .iter()
-        .map(|c| feed::image(table, c).map(|img| key_bytes(table, &img)))
+        .map(|c| feed::key(table, c).map(|k| pk_bytes(&k)))
         .collect::<Result<_>>()?;
     window.extend(after_read);
     let mut next = at.clone();
@@ -198,7 +197,7 @@ async fn read_chunk<'t>(
     let keep: Vec<Row> = rows
         .into_iter()
         .filter(|r| changed.is_empty() || !changed.contains(&key_bytes(table, r)))
-        .inspect(|r| bytes += crate::canonical::size(buf, r) as u64)
+        .inspect(|r| bytes += crate::canonical::size(r) as u64)
         .collect();
     let n = keep.len() as u64;
     let mut ops = window
@@ -248,13 +247,13 @@ pub(crate) async fn copy_table(
     if p.copied {
         return Ok(report);
     }
-    if m.feed && m.pending_changes(table, p).await? {
-        // A long backlog of changes goes first, in bounded batches.
+    if m.feed {
+        // A backlog of changes (a resumed copy) goes first, in bounded batches, so
+        // that a chunk's batch holds only the changes made while it was read.
         report.changes += catch_up(m, table, p).await?;
     }
     let mut limit = FIRST_CHUNK.min(m.opts.max_chunk_rows);
-    let mut buf = Vec::new();
-    let mut ready = read_chunk(m, table, p, limit, &mut buf).await?;
+    let mut ready = read_chunk(m, table, p, limit).await?;
     loop {
         let t0 = Instant::now();
         let done = ready.next.copied;
@@ -269,8 +268,7 @@ pub(crate) async fn copy_table(
         let (written, upcoming) = if done {
             (write.await, None)
         } else {
-            let next_limit = limit;
-            let (w, r) = tokio::join!(write, read_chunk(m, table, &next, next_limit, &mut buf));
+            let (w, r) = tokio::join!(write, read_chunk(m, table, &next, limit));
             (w, Some(r))
         };
         written?;

@@ -1,7 +1,7 @@
 //! Reading the source's change feed and turning changes into target writes.
 
 use datalayer_core::{
-    Change, ChangeKind, Db, Error, ErrorKind, Op, Result, Row, TableSchema, WriteMode,
+    Change, ChangeKind, Db, Error, ErrorKind, Op, Result, Row, TableSchema, Value, WriteMode,
 };
 
 /// Changes read per call of `read_changes`.
@@ -67,15 +67,31 @@ pub(crate) fn image(table: &TableSchema, c: &Change) -> Result<Row> {
     table
         .columns
         .iter()
-        .map(|col| {
-            c.get(&col.name).cloned().ok_or_else(|| {
-                Error::corrupted(format!(
-                    "change {} of table {}: the row image has no column {}",
-                    c.position, table.name, col.name
-                ))
-            })
-        })
+        .map(|col| column(table, c, &col.name).cloned())
         .collect()
+}
+
+/// The primary key of the row `c` changed, in key order (without copying the rest of
+/// the image).
+///
+/// # Errors
+/// `Corrupted` when the image lacks a key column.
+pub(crate) fn key(table: &TableSchema, c: &Change) -> Result<Row> {
+    table
+        .primary_key
+        .iter()
+        .map(|&i| column(table, c, &table.columns[i].name).cloned())
+        .collect()
+}
+
+/// The value of column `name` in the image of `c`.
+fn column<'c>(table: &TableSchema, c: &'c Change, name: &str) -> Result<&'c Value> {
+    c.get(name).ok_or_else(|| {
+        Error::corrupted(format!(
+            "change {} of table {}: the row image has no column {name}",
+            c.position, table.name
+        ))
+    })
 }
 
 /// The target write replaying `c`: an upsert of the new image for an insert or an

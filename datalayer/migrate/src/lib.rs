@@ -224,20 +224,10 @@ impl Migration {
         let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
         let keys = g.entry(table.name.clone()).or_default();
         for c in changes {
-            let key = table.key_of(&feed::image(table, c)?);
+            let key = feed::key(table, c)?;
             keys.insert(copy::pk_bytes(&key), key);
         }
         Ok(())
-    }
-
-    /// Whether more than one batch of changes of `table` waits after `p.position`.
-    async fn pending_changes(&self, table: &TableSchema, p: &TableProgress) -> Result<bool> {
-        let n = self
-            .source
-            .read_changes(&table.name, p.position, copy::MAX_BATCH_CHANGES + 1)
-            .await?
-            .len();
-        Ok(n > copy::MAX_BATCH_CHANGES)
     }
 
     /// Takes the keys of `table` that changes touched (see `touched`).
@@ -526,26 +516,5 @@ impl Migration {
             verified_rows: checked,
             fence,
         })
-    }
-
-    /// Removes this migration's progress records from the target (`_dl_migration`),
-    /// e.g. after a cut-over; a later [`Migration::copy`] then starts afresh.
-    ///
-    /// # Errors
-    /// The target's write errors.
-    pub async fn forget(&self) -> Result<()> {
-        let keys: Vec<Row> = self
-            .source_tables()
-            .await?
-            .iter()
-            .map(|t| vec![datalayer_core::Value::String(t.name.clone())])
-            .collect();
-        self.target
-            .run(Op::Delete {
-                table: &progress::SCHEMA,
-                keys,
-            })
-            .await
-            .map(|_| ())
     }
 }

@@ -11,12 +11,7 @@ use std::sync::LazyLock;
 /// The progress table's schema: `(name text pk, last_key bytes null, rows i64, copied
 /// bool, position i64)`.
 pub(crate) static SCHEMA: LazyLock<TableSchema> = LazyLock::new(|| {
-    let col = |name: &str, ty, nullable| ColumnDef {
-        name: name.into(),
-        field: name.into(),
-        ty,
-        nullable,
-    };
+    let col = ColumnDef::new;
     TableSchema {
         name: MIGRATION.into(),
         columns: vec![

@@ -93,22 +93,25 @@ struct Bucket {
     sum: [u128; 2],
 }
 
-/// Scans `table` in `index` order (`None`: primary key) page by page and calls `f` on
-/// every row.
+/// Scans `table` in `index` order (`None`: primary key) page by page, from after
+/// the position `after` (`None`: the start), and calls `f` on every row until it
+/// returns `false`; returns the rows passed to `f`.
 pub(crate) async fn each_row(
     db: &Db,
     table: &TableSchema,
     index: Option<usize>,
-    mut f: impl FnMut(&Row),
+    mut after: Option<Row>,
+    mut f: impl FnMut(&Row) -> bool,
 ) -> Result<u64> {
-    let mut after: Option<Row> = None;
     let mut n = 0u64;
     loop {
         let rows = rows_of(read(db, page_scan(table, index, after.take(), PAGE)).await?)?;
         for r in &rows {
-            f(r);
+            n += 1;
+            if !f(r) {
+                return Ok(n);
+            }
         }
-        n += rows.len() as u64;
         let Some(last) = rows.last() else {
             return Ok(n);
         };
@@ -135,24 +138,19 @@ pub(crate) async fn each_row(
 pub(crate) async fn rows_in_range(
     db: &Db,
     table: &TableSchema,
-    mut after: Option<Row>,
+    after: Option<Row>,
     upto: Option<&[u8]>,
 ) -> Result<Vec<Row>> {
     let mut out = Vec::new();
-    loop {
-        let rows = rows_of(read(db, page_scan(table, None, after.take(), PAGE)).await?)?;
-        let n = rows.len();
-        for r in rows {
-            if upto.is_some_and(|u| key_bytes(table, &r).as_slice() > u) {
-                return Ok(out);
-            }
-            after = Some(table.key_of(&r));
-            out.push(r);
+    each_row(db, table, None, after, |r| {
+        let inside = upto.is_none_or(|u| key_bytes(table, r).as_slice() <= u);
+        if inside {
+            out.push(r.clone());
         }
-        if n < PAGE {
-            return Ok(out);
-        }
-    }
+        inside
+    })
+    .await?;
+    Ok(out)
 }
 
 /// The keys among `keys` whose rows differ between `source` and `target` (a row
@@ -181,8 +179,8 @@ pub(crate) async fn differing_rows(
     let mut bad = Vec::new();
     let mut buf = Vec::new();
     for chunk in keys.chunks(1_000) {
-        let a = get(source, chunk.to_vec()).await?;
-        let b = get(target, chunk.to_vec()).await?;
+        // Both sides at once: under a cut-over's fence this is the write pause.
+        let (a, b) = tokio::try_join!(get(source, chunk.to_vec()), get(target, chunk.to_vec()))?;
         for ((k, x), y) in chunk.iter().zip(a).zip(b) {
             let hx = x.map(|r| row_hash(&mut buf, &r));
             let hy = y.map(|r| row_hash(&mut buf, &r));
@@ -211,7 +209,7 @@ pub(crate) async fn verify_table(
     // conditional index's filter.
     let mut expected = vec![0u64; table.indexes.len()];
     let mut bad_filter = None;
-    let source_pass = each_row(source, table, None, |r| {
+    let source_pass = each_row(source, table, None, None, |r| {
         let b = buckets.last_mut().expect("one bucket at least");
         b.rows[0] += 1;
         b.sum[0] = b.sum[0].wrapping_add(row_hash(&mut buf, r));
@@ -226,12 +224,13 @@ pub(crate) async fn verify_table(
                 Err(e) => bad_filter = Some(e),
             }
         }
+        true
     });
     // The target's index scans run meanwhile: they need nothing from the source.
     let target_indexes = async {
         let mut counts = Vec::with_capacity(table.indexes.len());
         for i in 0..table.indexes.len() {
-            counts.push(each_row(target, table, Some(i), |_| {}).await?);
+            counts.push(each_row(target, table, Some(i), None, |_| true).await?);
         }
         Ok::<_, datalayer_core::Error>(counts)
     };
@@ -244,12 +243,13 @@ pub(crate) async fn verify_table(
         .iter()
         .filter_map(|b| b.upto.as_ref().map(|(k, _)| k.clone()))
         .collect();
-    let target_rows = each_row(target, table, None, |r| {
+    let target_rows = each_row(target, table, None, None, |r| {
         let k = key_bytes(table, r);
         let i = ends.partition_point(|end| end < &k);
         let b = &mut buckets[i];
         b.rows[1] += 1;
         b.sum[1] = b.sum[1].wrapping_add(row_hash(&mut buf, r));
+        true
     })
     .await?;
     let mut mismatched = Vec::new();

@@ -91,57 +91,12 @@ async fn call(
     })
 }
 
-/// One array per column of `rows` (`types` in column order), as the bulk statement
-/// binds them ([`Work::bulk`]; `UNNEST($1::int8[], ...)`): tokio-postgres encodes a
-/// `Vec<Option<T>>` as a one-dimensional array with NULLs.
-pub(crate) fn bulk_params<'r>(
-    types: &[ColumnType],
-    rows: &'r [datalayer_core::Row],
-) -> Vec<Box<dyn ToSql + Sync + Send + 'r>> {
-    fn col<'r, T: ToSql + Sync + Send + 'r>(
-        rows: &'r [datalayer_core::Row],
-        i: usize,
-        f: impl Fn(&'r Value) -> Option<T>,
-    ) -> Box<dyn ToSql + Sync + Send + 'r> {
-        Box::new(rows.iter().map(|r| f(&r[i])).collect::<Vec<Option<T>>>())
-    }
-    types
-        .iter()
-        .enumerate()
-        .map(|(i, ty)| match ty {
-            ColumnType::Bool => col(rows, i, |v| match v {
-                Value::Bool(x) => Some(*x),
-                _ => None,
-            }),
-            ColumnType::I16 => col(rows, i, |v| match v {
-                Value::I16(x) => Some(*x),
-                _ => None,
-            }),
-            ColumnType::I32 => col(rows, i, |v| match v {
-                Value::I32(x) => Some(*x),
-                _ => None,
-            }),
-            ColumnType::I64 => col(rows, i, |v| match v {
-                Value::I64(x) => Some(*x),
-                _ => None,
-            }),
-            ColumnType::F32 => col(rows, i, |v| match v {
-                Value::F32(x) => Some(*x),
-                _ => None,
-            }),
-            ColumnType::F64 => col(rows, i, |v| match v {
-                Value::F64(x) => Some(*x),
-                _ => None,
-            }),
-            ColumnType::String => col(rows, i, |v| match v {
-                Value::String(x) => Some(x.as_str()),
-                _ => None,
-            }),
-            ColumnType::Bytes => col(rows, i, |v| match v {
-                Value::Bytes(x) => Some(x.as_slice()),
-                _ => None,
-            }),
-        })
+/// One array per column of `rows`, as the bulk statement binds them ([`Work::bulk`];
+/// `UNNEST($1::int8[], ...)`): tokio-postgres encodes a `Vec` of [`PgValue`] as a
+/// one-dimensional array of the cast's element type, NULLs included.
+fn bulk_params(columns: usize, rows: &[datalayer_core::Row]) -> Vec<Vec<PgValue<'_>>> {
+    (0..columns)
+        .map(|i| rows.iter().map(|r| PgValue(&r[i])).collect())
         .collect()
 }
 
@@ -150,11 +105,9 @@ pub(crate) fn bulk_params<'r>(
 /// sent on the first poll, so callers can pipeline other statements around it.
 async fn exec(client: &Client, stmt: &Statement, w: &Work, depth: usize) -> Result<Output> {
     if let Some((_, rows)) = w.bulk() {
-        let params = bulk_params(&w.table().types, rows);
-        let refs: Vec<&(dyn ToSql + Sync)> = params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
+        let params = bulk_params(w.table().types.len(), rows);
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         client.execute(stmt, &refs).await.map_err(map_err)?;
         return Ok(Output::Count(rows.len() as u64));
     }

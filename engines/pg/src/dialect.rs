@@ -66,19 +66,7 @@ impl Dialect for PgDialect {
         let arrays: Vec<String> = types
             .iter()
             .enumerate()
-            .map(|(i, &ty)| {
-                let elem = match ty {
-                    ColumnType::Bool => "bool",
-                    ColumnType::I16 => "int2",
-                    ColumnType::I32 => "int4",
-                    ColumnType::I64 => "int8",
-                    ColumnType::F32 => "float4",
-                    ColumnType::F64 => "float8",
-                    ColumnType::String => "text",
-                    ColumnType::Bytes => "bytea",
-                };
-                format!("${}::{elem}[]", i + 1)
-            })
+            .map(|(i, &ty)| format!("${}::{}[]", i + 1, crate::value::pg_type(ty).name()))
             .collect();
         Some(format!("SELECT * FROM UNNEST({})", arrays.join(", ")))
     }

@@ -57,15 +57,7 @@ pub fn base_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-pub fn with_params(url: &str, params: &str) -> String {
-    if params.is_empty() {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&{params}")
-    } else {
-        format!("{url}?{params}")
-    }
-}
+pub use datalayer::with_params;
 
 fn random_suffix() -> String {
     use rand::Rng;

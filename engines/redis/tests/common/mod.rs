@@ -22,14 +22,7 @@ pub fn random_ns() -> String {
     format!("dlt_{s}")
 }
 
-/// `url` with `params` appended to its query.
-pub fn with_params(url: &str, params: &str) -> String {
-    if url.contains('?') {
-        format!("{url}&{params}")
-    } else {
-        format!("{url}?{params}")
-    }
-}
+pub use datalayer_core::with_params;
 
 /// Removes every key of its namespace when dropped.
 pub struct NsGuard {
