@@ -25,7 +25,7 @@
 use datalayer_core::ChangeKind;
 use datalayer_core::error::{Error, Result};
 use datalayer_core::schema::{IndexDef, TableSchema};
-use datalayer_core::value::{Row, Value};
+use datalayer_core::value::{ColumnType, Row, Value};
 use serde::Serialize;
 
 /// Catalog namespace.
@@ -170,6 +170,77 @@ pub fn index_prefix(table: &TableSchema, ix: &IndexDef) -> Vec<u8> {
     b
 }
 
+/// Where a non-unique secondary index entry keeps its value inside its key: the
+/// entry `'i' <table> <index> <cols...> <pk...> → <pk...>` ends with its own value, so
+/// a store can find the row an entry points at from the key alone (one round trip
+/// fewer on a server store, [`crate::KvTxn::scan_with_targets`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryLayout {
+    /// Length of `'i' <table> <index>` in bytes.
+    prefix_len: usize,
+    /// The indexed columns' types, in key order.
+    columns: Vec<ColumnType>,
+}
+
+impl EntryLayout {
+    /// The layout of index `ix` of `table`; `None` for a unique index (its key holds
+    /// the primary key only when an indexed column is NULL).
+    pub fn of(table: &TableSchema, ix: &IndexDef) -> Option<Self> {
+        if ix.unique {
+            return None;
+        }
+        Some(EntryLayout {
+            prefix_len: index_prefix(table, ix).len(),
+            columns: ix.columns.iter().map(|&c| table.columns[c].ty).collect(),
+        })
+    }
+
+    /// The entry's value (the encoded primary key) as the tail of `key`: the bytes
+    /// after the index prefix and one encoded value per indexed column (tag byte, then
+    /// the memcomparable encoding of the column's type). `None` when `key` is not an
+    /// entry of this shape (too short, or an unknown tag or group marker).
+    pub fn value_of<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        let mut pos = self.prefix_len;
+        for ty in &self.columns {
+            match *key.get(pos)? {
+                0 => pos += 1,
+                1 => pos = skip_encoded(key, pos + 1, *ty)?,
+                _ => return None,
+            }
+        }
+        key.get(pos..)
+    }
+}
+
+/// The end of the memcomparable encoding of one `ty` value starting at `pos`: fixed
+/// widths for booleans, integers and floats; for text and bytes a flag byte (`0` empty,
+/// `1` not), then groups of 8 bytes each followed by a marker (`9`: more groups follow,
+/// `1..=8`: the group's used bytes, last group).
+fn skip_encoded(key: &[u8], pos: usize, ty: ColumnType) -> Option<usize> {
+    let fixed = |n: usize| (pos + n <= key.len()).then_some(pos + n);
+    match ty {
+        ColumnType::Bool => fixed(1),
+        ColumnType::I16 => fixed(2),
+        ColumnType::I32 | ColumnType::F32 => fixed(4),
+        ColumnType::I64 | ColumnType::F64 => fixed(8),
+        ColumnType::String | ColumnType::Bytes => {
+            let mut p = pos;
+            match *key.get(p)? {
+                0 => return Some(p + 1),
+                1 => p += 1,
+                _ => return None,
+            }
+            loop {
+                match *key.get(p + 8)? {
+                    9 => p += 9,
+                    1..=8 => return Some(p + 9),
+                    _ => return None,
+                }
+            }
+        }
+    }
+}
+
 /// The key prefixes of one table, computed once per operation rather than per row.
 #[derive(Clone, Debug)]
 pub struct TableKeys {
@@ -261,6 +332,7 @@ pub fn decode_row(table: &TableSchema, bytes: &[u8]) -> Result<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datalayer_core::schema::ColumnDef;
     use proptest::prelude::*;
 
     fn enc(v: &Value) -> Vec<u8> {
@@ -288,6 +360,73 @@ mod tests {
             let kb = [enc(&Value::String(b.0.clone())), enc(&Value::I32(b.1))].concat();
             prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
         }
+    }
+
+    fn entry_table() -> TableSchema {
+        let col = |n: &str, ty| ColumnDef::new(n, ty, true);
+        let mut pk = col("id", ColumnType::String);
+        pk.nullable = false;
+        TableSchema {
+            name: "t".into(),
+            columns: vec![
+                pk,
+                col("s", ColumnType::String),
+                col("n", ColumnType::I64),
+                col("b", ColumnType::Bytes),
+                col("f", ColumnType::F32),
+                col("o", ColumnType::Bool),
+                col("h", ColumnType::I16),
+            ],
+            primary_key: vec![0, 2],
+            indexes: vec![IndexDef {
+                name: "by_all".into(),
+                columns: vec![1, 2, 3, 4, 5, 6],
+                unique: false,
+                when: None,
+            }],
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn an_entry_value_is_found_in_its_key(
+            id: String,
+            s: Option<String>,
+            n: i64,
+            b: Option<Vec<u8>>,
+            f: Option<f32>,
+            o: bool,
+            h: Option<i16>,
+        ) {
+            let t = entry_table();
+            let ix = &t.indexes[0];
+            let row: Row = vec![
+                Value::String(id),
+                s.map_or(Value::Null, Value::String),
+                Value::I64(n),
+                b.map_or(Value::Null, Value::Bytes),
+                f.map_or(Value::Null, Value::F32),
+                Value::Bool(o),
+                h.map_or(Value::Null, Value::I16),
+            ];
+            let pk = pk_suffix(&t, &row);
+            let key = index_key(&index_prefix(&t, ix), &t, ix, &row, &pk);
+            let layout = EntryLayout::of(&t, ix).expect("non-unique");
+            prop_assert_eq!(layout.value_of(&key), Some(pk.as_slice()));
+            // A cut key is not an entry; an unknown tag byte is refused.
+            let cols_end = key.len() - pk.len();
+            prop_assert_eq!(layout.value_of(&key[..cols_end - 1]), None);
+            let mut bad = key.clone();
+            bad[layout.prefix_len] = 7;
+            prop_assert_eq!(layout.value_of(&bad), None);
+        }
+    }
+
+    #[test]
+    fn a_unique_index_has_no_entry_layout() {
+        let mut t = entry_table();
+        t.indexes[0].unique = true;
+        assert_eq!(EntryLayout::of(&t, &t.indexes[0]), None);
     }
 
     #[test]

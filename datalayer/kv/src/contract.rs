@@ -39,6 +39,11 @@
 //!   keys included.
 //! - [`scan_with_targets`]: scanned entries with the values their values point at, as
 //!   a scan and a `batch_get` would give them, isolated alike.
+//! - [`scan_with_targets_by_layout`]: the same for real index entries (80 of them,
+//!   more than one small read serves) with their [`EntryLayout`]:
+//!   the answer equals the one without the layout, and a target changed or an entry
+//!   deleted after the scan fails the commit with `Conflict` (without snapshot reads)
+//!   or is not seen (with them).
 //! - [`assume_absent`]: a key assumed absent without a read is validated at commit.
 //! - [`rollback_discards`]: `rollback` changes nothing and releases the transaction (a
 //!   read-write one can begin again afterwards).
@@ -76,9 +81,12 @@
 //! a temporary directory). Invoke the macro in separate modules to run the suite on
 //! several configurations. [`cases`] lists the same cases for other harnesses.
 
-use crate::{Bytes, KvEngine, KvStore, KvTxn, WriteSet};
+use crate::codec::{self, TableKeys};
+use crate::{Bytes, EntryLayout, KvEngine, KvStore, KvTxn, WriteSet};
 use datalayer_core::engine::TxOptions;
 use datalayer_core::error::{Error, ErrorKind, Result};
+use datalayer_core::schema::{ColumnDef, IndexDef, TableSchema};
+use datalayer_core::value::{ColumnType, Row, Value};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::Bound;
@@ -157,6 +165,7 @@ macro_rules! __kv_contract_list {
             count_ranges
             batch_get_order
             scan_with_targets
+            scan_with_targets_by_layout
             assume_absent
             rollback_discards
             drop_discards
@@ -1430,7 +1439,14 @@ pub async fn scan_with_targets(store: &dyn KvStore) -> Result<()> {
             for reverse in [false, true] {
                 for limit in [0, 1, 2, 3, usize::MAX] {
                     let got = t
-                        .scan_with_targets(as_ref(&start), as_ref(&end), limit, reverse, b"r:")
+                        .scan_with_targets(
+                            as_ref(&start),
+                            as_ref(&end),
+                            limit,
+                            reverse,
+                            b"r:",
+                            None,
+                        )
                         .await?;
                     let mut want: Vec<(Bytes, Bytes, Option<Bytes>)> = Vec::new();
                     let model = [
@@ -1512,6 +1528,188 @@ pub async fn scan_with_targets(store: &dyn KvStore) -> Result<()> {
     Ok(())
 }
 
+/// `scan_with_targets` given the [`EntryLayout`] of a non-unique index over
+/// `(name text, g bigint)` of a table keyed by `id bigint`: 80 entries (names longer
+/// than one 8-byte memcomparable group, NULL names, one entry without its row) answer
+/// exactly as without the layout, for bounds, limits and both directions. Then the
+/// isolation of such a scan: a target changed after it, or an entry deleted after it,
+/// fails the commit with `Conflict` on a store without snapshot reads, and is not seen
+/// on one with them.
+///
+/// # Errors
+/// The store's error when an operation fails.
+pub async fn scan_with_targets_by_layout(store: &dyn KvStore) -> Result<()> {
+    let (table, entries, rows, spare) = layout_fixture();
+    let ix = &table.indexes[0];
+    let layout = EntryLayout::of(&table, ix).expect("a non-unique index has a layout");
+    let prefix = codec::index_prefix(&table, ix);
+    let rp = codec::row_prefix(&table);
+    let mut all: WriteSet = entries
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    all.extend(rows.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+    // In small commits: a store may cap a write set at a few KiB (`max_txn_bytes`).
+    for chunk in all.chunks(10) {
+        store.begin(rw()).await?.commit(chunk.to_vec()).await?;
+    }
+
+    let end = codec::prefix_end(&prefix).expect("an index prefix has an end");
+    let mid = entries[10].0.clone();
+    let bounds: [KeyBounds; 4] = [
+        (Bound::Included(&prefix), Bound::Excluded(&end)),
+        (Bound::Included(&mid), Bound::Excluded(&end)),
+        (Bound::Excluded(&mid), Bound::Excluded(&end)),
+        (Bound::Included(&prefix), Bound::Included(&mid)),
+    ];
+    let mut t = store.begin(ro()).await?;
+    for (start, stop) in bounds {
+        for reverse in [false, true] {
+            for limit in [1, 5, 33, 80, usize::MAX] {
+                let want = t
+                    .scan_with_targets(start, stop, limit, reverse, &rp, None)
+                    .await?;
+                let got = t
+                    .scan_with_targets(start, stop, limit, reverse, &rp, Some(&layout))
+                    .await?;
+                expect(
+                    store,
+                    &got,
+                    &want,
+                    &format!(
+                        "scan_with_targets({}, {}, limit {limit}, reverse {reverse}) of \
+                         index entries with their layout vs without",
+                        show_bound(start),
+                        show_bound(stop)
+                    ),
+                );
+            }
+        }
+    }
+    t.rollback().await?;
+
+    let snapshot = store.kv_capability().snapshot_reads;
+    let (changed_row, _) = rows[3].clone();
+    let (deleted_entry, _) = entries[40].clone();
+    let changes: [(&str, WriteSet); 2] = [
+        ("a target changed", vec![(changed_row, Some(b("new")))]),
+        // The count of the range stays: only the deleted entry's absence tells.
+        (
+            "an entry deleted and another inserted",
+            vec![
+                (deleted_entry, None),
+                (spare.0.clone(), Some(spare.1.clone())),
+            ],
+        ),
+    ];
+    for (what, change) in changes {
+        let mut t = store.begin(if snapshot { ro() } else { rw() }).await?;
+        let range = (
+            Bound::Included(prefix.as_slice()),
+            Bound::Excluded(end.as_slice()),
+        );
+        let first = scan_by_layout(t.as_mut(), range, &rp, &layout).await?;
+        store.begin(rw()).await?.commit(change.clone()).await?;
+        if snapshot {
+            let again = scan_by_layout(t.as_mut(), range, &rp, &layout).await?;
+            expect(
+                store,
+                &again,
+                &first,
+                &format!("a scan by layout saw a commit made after its first read ({what})"),
+            );
+            t.rollback().await?;
+        } else {
+            match t.commit(vec![(b("w"), Some(b("1")))]).await {
+                Err(e) if e.kind() == ErrorKind::Conflict => {}
+                other => violated(
+                    store,
+                    &format!(
+                        "a transaction scanned index entries by layout, then {what} in \
+                         another commit: its commit returned {other:?}, not Conflict"
+                    ),
+                ),
+            }
+        }
+        // Undo the change for the next round.
+        let undo: WriteSet = change
+            .iter()
+            .map(|(k, _)| {
+                let v = entries.iter().chain(&rows).find(|(ek, _)| ek == k);
+                (k.clone(), v.map(|(_, v)| v.clone()))
+            })
+            .collect();
+        store.begin(rw()).await?.commit(undo).await?;
+    }
+    Ok(())
+}
+
+/// A scan's start and end.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+/// The first 1,000 entries in `range` (a scan's usual chunk) with their targets,
+/// found by `layout`.
+async fn scan_by_layout(
+    t: &mut dyn KvTxn,
+    range: KeyBounds<'_>,
+    target_prefix: &[u8],
+    layout: &EntryLayout,
+) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+    t.scan_with_targets(range.0, range.1, 1000, false, target_prefix, Some(layout))
+        .await
+}
+
+/// The table, index entries and rows of [`scan_with_targets_by_layout`], each as
+/// `(key, value)` in key order (the row of entry 7 is missing), and one more entry,
+/// not among them.
+#[allow(clippy::type_complexity)]
+fn layout_fixture() -> (
+    TableSchema,
+    Vec<(Bytes, Bytes)>,
+    Vec<(Bytes, Bytes)>,
+    (Bytes, Bytes),
+) {
+    let col = |n: &str, ty| ColumnDef::new(n, ty, n == "name");
+    let table = TableSchema {
+        name: "people".into(),
+        columns: vec![
+            col("id", ColumnType::I64),
+            col("name", ColumnType::String),
+            col("g", ColumnType::I64),
+        ],
+        primary_key: vec![0],
+        indexes: vec![IndexDef {
+            name: "by_name_g".into(),
+            columns: vec![1, 2],
+            unique: false,
+            when: None,
+        }],
+    };
+    let ix = &table.indexes[0];
+    let keys = TableKeys::new(&table);
+    let (mut entries, mut rows) = (Vec::new(), Vec::new());
+    for i in 0..81i64 {
+        let name = match i % 4 {
+            0 => Value::Null,
+            1 => Value::String(format!("a name longer than one group {}", i % 3)),
+            _ => Value::String(format!("n{}", i % 2)),
+        };
+        let row: Row = vec![Value::I64(i), name, Value::I64(i % 5)];
+        let pk = codec::pk_suffix(&table, &row);
+        entries.push((
+            codec::index_key(&keys.indexes[0], &table, ix, &row, &pk),
+            pk,
+        ));
+        if i != 7 && i != 80 {
+            rows.push((keys.row_key(&table, &row), codec::encode_row(&row)));
+        }
+    }
+    let spare = entries.pop().expect("81 entries");
+    entries.sort();
+    rows.sort();
+    (table, entries, rows, spare)
+}
+
 /// Every entry of the `i` keys with its `r:` target.
 async fn index_i(t: &mut dyn KvTxn) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
     t.scan_with_targets(
@@ -1520,6 +1718,7 @@ async fn index_i(t: &mut dyn KvTxn) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>
         usize::MAX,
         false,
         b"r:",
+        None,
     )
     .await
 }

@@ -24,6 +24,7 @@ pub mod mem;
 mod txn;
 
 pub use capability::{KvCapability, write_set_bytes};
+pub use codec::EntryLayout;
 pub use engine::KvEngine;
 
 use async_trait::async_trait;
@@ -157,8 +158,14 @@ pub trait KvTxn: Send {
     /// isolation and validation). The default does exactly that, in two calls; a
     /// server store should override it to serve both in one atomic round trip.
     ///
+    /// `layout`, when given, says that every entry in the range is a non-unique index
+    /// entry whose value is the tail of its key ([`EntryLayout::value_of`]): a store
+    /// may then find the targets from the keys alone, without reading the entries'
+    /// values first. A store may ignore it; the result is the same.
+    ///
     /// # Errors
-    /// As [`KvTxn::get`].
+    /// As [`KvTxn::get`]; `Corrupted` where the store used `layout` and a key in the
+    /// range is not of its shape.
     async fn scan_with_targets(
         &mut self,
         start: Bound<&[u8]>,
@@ -166,7 +173,9 @@ pub trait KvTxn: Send {
         limit: usize,
         reverse: bool,
         target_prefix: &[u8],
+        layout: Option<&EntryLayout>,
     ) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+        let _ = layout;
         let entries = self.scan(start, end, limit, reverse).await?;
         join_targets(self, entries, target_prefix).await
     }

@@ -5,7 +5,7 @@ use super::codec::{
     self, TableKeys, decode_row, encode_row, encode_values, index_key, index_prefix, prefix_end,
     row_prefix,
 };
-use super::{Bytes, KvCapability, KvTxn, WriteSet};
+use super::{Bytes, EntryLayout, KvCapability, KvTxn, WriteSet};
 use datalayer_core::ChangeKind;
 use datalayer_core::capability::Capability;
 use datalayer_core::engine::{Op, Output, ScanRequest, WriteMode};
@@ -706,8 +706,11 @@ impl KvTx {
                         .collect::<Result<_>>()?;
                     (entries.len(), entries.last().map(|(k, _)| k.clone()), rows)
                 }
-                Some(_) => {
-                    let joined = self.scan_rows(&range, chunk, reverse, &rp).await?;
+                Some(i) => {
+                    let layout = EntryLayout::of(table, &table.indexes[i]);
+                    let joined = self
+                        .scan_rows(&range, chunk, reverse, &rp, layout.as_ref())
+                        .await?;
                     let last = joined.last().map(|(k, _, _)| k.clone());
                     let n = joined.len();
                     let rows = joined
@@ -750,6 +753,7 @@ impl KvTx {
         limit: usize,
         reverse: bool,
         row_prefix: &[u8],
+        layout: Option<&EntryLayout>,
     ) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
         let (start, end) = (as_slice(&range.0), as_slice(&range.1));
         if inverted(start, end) || limit == 0 {
@@ -760,7 +764,7 @@ impl KvTx {
         if !rows_written && self.writes.range::<[u8], _>((start, end)).next().is_none() {
             return self
                 .txn
-                .scan_with_targets(start, end, limit, reverse, row_prefix)
+                .scan_with_targets(start, end, limit, reverse, row_prefix, layout)
                 .await;
         }
         let entries = self.scan(range, limit, reverse).await?;

@@ -74,6 +74,7 @@ async fn cases_list_runs_every_case() {
             "count_ranges",
             "batch_get_order",
             "scan_with_targets",
+            "scan_with_targets_by_layout",
             "assume_absent",
             "rollback_discards",
             "drop_discards",

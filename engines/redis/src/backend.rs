@@ -24,8 +24,14 @@
 //! - `scan` and `scan_with_targets` (up to 4,096 entries: one atomic `FCALL_RO` of the
 //!   library's scan function, which reads the counter, `ZRANGE … BYLEX [REV] LIMIT`,
 //!   the values and, for an index, the rows they point at; larger scans: a `MULTI` of
-//!   `GET {ns}:c` and the `ZRANGE`, then `MGET`s of the values): the range actually read (up to the last key when the limit cut it
-//!   short). A scan of at most `exact_scan_keys` keys records each key's version and
+//!   `GET {ns}:c` and the `ZRANGE`, then `MGET`s of the values): the range actually
+//!   read (up to the last key when the limit cut it short). An index scan given the
+//!   entries' [`EntryLayout`] (their value is their key's tail) that finds more than
+//!   [`ONE_TRIP_TARGETS`] entries takes the range alone (from the scan function, or
+//!   from `GET {ns}:c` and `ZRANGE` once the index's scans are known to be large) and
+//!   then, in one `MULTI`, `MGET`s of the rows and `GET {ns}:c` again: an unchanged
+//!   counter means both trips read one state. Its entries are recorded as present
+//!   (`+`), not by version. A scan of at most `exact_scan_keys` keys records each key's version and
 //!   the range's count (exact: only a real change of what it read fails the commit),
 //!   while the transaction has recorded fewer than 65,536 keys; a larger one records the commit counter read with the range, and the commit checks
 //!   that no bucket ([`bucket`]: about one table or index) intersecting the range was
@@ -57,12 +63,12 @@ use crate::conn::{self, Conn};
 use crate::error::{is_function_missing, map_error};
 use async_trait::async_trait;
 use datalayer_core::{Capability, Error, Result, TxOptions};
-use datalayer_kv::{Bytes, KvCapability, KvEngine, KvStore, KvTxn, WriteSet};
+use datalayer_kv::{Bytes, EntryLayout, KvCapability, KvEngine, KvStore, KvTxn, WriteSet};
 use redis::{Cmd, Pipeline, RedisResult, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The engine's function library (Lua), loaded with `FUNCTION LOAD REPLACE`.
 pub(crate) const LIBRARY: &str = include_str!("library.lua");
@@ -73,8 +79,16 @@ const SCAN_FN: &str = "dl_v1_scan";
 /// values, and targets); larger ones take the two-step path (`ZRANGE`, then `MGET`s),
 /// so that no single call blocks the server for long.
 const ONE_TRIP_SCAN: usize = 4096;
+/// Most index entries whose targets the scan function reads itself when the caller
+/// gives an [`EntryLayout`]; past it the client reads them with `MGET` in a second
+/// round trip, cheaper per key than the function (each reply it handles is converted
+/// to Lua and back).
+const ONE_TRIP_TARGETS: usize = 32;
 /// Keys per `MGET`.
 const MGET_CHUNK: usize = 512;
+/// The version recorded for a key read as present whatever its version: the commit
+/// function checks only that it still exists.
+const PRESENT: &[u8] = b"+";
 /// Keys a transaction records one by one for exact validation before its further
 /// scans fall back to bucket validation, so that paging through a large range in one
 /// transaction stays well under [`MAX_TXN_ENTRIES`].
@@ -144,6 +158,11 @@ struct Inner {
     next: AtomicUsize,
     keys: Keys,
     durability: Durability,
+    /// Per index (its bucket, [`bucket`]), how many entries its last scan by layout
+    /// returned: an index whose scans return more than [`ONE_TRIP_TARGETS`] is read
+    /// with `ZRANGE` at once instead of through the scan function, which would only
+    /// hand the range back, at a higher cost per key.
+    scan_sizes: Mutex<HashMap<Vec<u8>, usize>>,
 }
 
 /// [`KvStore`] over one namespace of a Redis server: what [`open`] wraps in a
@@ -190,6 +209,7 @@ impl RedisKv {
                 next: AtomicUsize::new(0),
                 keys,
                 durability,
+                scan_sizes: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -383,6 +403,7 @@ impl KvStore for RedisKv {
             scans: Vec::new(),
             counts: Vec::new(),
             round_trips: 0,
+            unrecorded: Vec::new(),
         }))
     }
 
@@ -453,17 +474,31 @@ struct ScanRecord {
     seen: u64,
 }
 
+/// A scan's arguments, as recorded for validation.
+#[derive(Clone, Copy)]
+struct ScanRange<'a> {
+    start: Bound<&'a [u8]>,
+    end: Bound<&'a [u8]>,
+    limit: usize,
+    reverse: bool,
+}
+
 struct RedisTxn {
     kv: RedisKv,
     conn: Conn,
     read_only: bool,
-    /// Data key → the version read (8 bytes), or empty when the key was absent.
+    /// Data key → the version read (8 bytes), empty when the key was absent, or
+    /// [`PRESENT`].
     reads: BTreeMap<Vec<u8>, Vec<u8>>,
     scans: Vec<ScanRecord>,
     /// Ranges whose key count was read: `ZLEXCOUNT` bounds and the count seen.
     counts: Vec<(Vec<u8>, Vec<u8>, u64)>,
     /// Round trips that served reads (each atomic on the server).
     round_trips: usize,
+    /// A read-only transaction's reads of its first round trip, not yet in `reads`:
+    /// with no second read they are never validated (one atomic read saw one state),
+    /// so they join `reads` only when a second read begins.
+    unrecorded: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Splits a stored value into its version and the value.
@@ -521,6 +556,11 @@ pub(crate) fn bucket(key: &[u8], cap: usize) -> &[u8] {
     &key[..pos.min(cap).min(key.len())]
 }
 
+/// One reply of a pipeline read as `Vec<Value>`, as `T`.
+fn parse<T: redis::FromRedisValue>(v: Value) -> RedisResult<T> {
+    redis::from_redis_value(v).map_err(redis::RedisError::from)
+}
+
 fn version_u64(v: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&v[..8]);
@@ -542,12 +582,37 @@ impl RedisTxn {
 
     /// Records that `dkey` was read with `version` (empty: absent); a second read of
     /// the key that saw another version is a `Conflict` now.
+    /// [`PRESENT`] stands for any version: a version read later replaces it, and it
+    /// agrees with any version read before. In a read-only transaction's first round
+    /// trip the read waits in `unrecorded` ([`RedisTxn::flush_unrecorded`]).
     fn record(&mut self, dkey: Vec<u8>, version: Vec<u8>) -> Result<()> {
-        match self.reads.get(&dkey) {
-            Some(v) if *v != version => Err(Error::conflict(
+        if self.read_only && self.round_trips <= 1 {
+            self.unrecorded.push((dkey, version));
+            return Ok(());
+        }
+        self.record_now(dkey, version)
+    }
+
+    /// Moves the first round trip's reads into `reads`: called before every further
+    /// read and before validation, which need them.
+    fn flush_unrecorded(&mut self) -> Result<()> {
+        for (dkey, version) in std::mem::take(&mut self.unrecorded) {
+            self.record_now(dkey, version)?;
+        }
+        Ok(())
+    }
+
+    fn record_now(&mut self, dkey: Vec<u8>, version: Vec<u8>) -> Result<()> {
+        match self.reads.get_mut(&dkey) {
+            Some(v) if *v == version => Ok(()),
+            Some(v) if v.as_slice() == PRESENT && !version.is_empty() => {
+                *v = version;
+                Ok(())
+            }
+            Some(v) if version == PRESENT && !v.is_empty() => Ok(()),
+            Some(_) => Err(Error::conflict(
                 "redis: a key read twice by the transaction changed in between",
             )),
-            Some(_) => Ok(()),
             None => {
                 self.reads.insert(dkey, version);
                 Ok(())
@@ -572,6 +637,35 @@ impl RedisTxn {
         self.scans.push(rec);
     }
 
+    /// Records the range a scan read (up to the last key when the limit cut it short):
+    /// its key count, when the scan is exact (the caller then records every key seen,
+    /// so the count makes sure no key joined the range), else its buckets with the
+    /// counter `seen`. Returns whether it is exact: at most `exact_scan_keys` keys and
+    /// within the transaction's [`EXACT_READS_BUDGET`].
+    fn record_range(&mut self, range: ScanRange<'_>, seen: u64, members: &[Vec<u8>]) -> bool {
+        let ScanRange {
+            start,
+            end,
+            limit,
+            reverse,
+        } = range;
+        let full = members.len() == limit;
+        let (lo, hi) = match (members.last(), full, reverse) {
+            (Some(l), true, false) => (start, Bound::Included(l.as_slice())),
+            (Some(l), true, true) => (Bound::Included(l.as_slice()), end),
+            _ => (start, end),
+        };
+        let exact = members.len() <= self.kv.inner.opts.exact_scan_keys
+            && self.reads.len() + members.len() <= EXACT_READS_BUDGET;
+        if exact {
+            let n = members.len() as u64;
+            self.counts.push((lex(lo, b"-"), lex(hi, b"+"), n));
+        } else {
+            self.record_scan(lo, hi, seen);
+        }
+        exact
+    }
+
     /// Records what a scan of `[start, end)` read (the counter `seen` with it, the
     /// `members` found, in scan order, and their stored `values`) for validation at
     /// commit, and returns the entries. A member whose value is gone or newer than
@@ -587,23 +681,13 @@ impl RedisTxn {
         members: Vec<Vec<u8>>,
         values: Vec<Option<Vec<u8>>>,
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        // The range actually read: up to the last key when the limit cut it short.
-        let full = members.len() == limit;
-        let (lo, hi) = match (members.last(), full, reverse) {
-            (Some(l), true, false) => (start, Bound::Included(l.as_slice())),
-            (Some(l), true, true) => (Bound::Included(l.as_slice()), end),
-            _ => (start, end),
+        let range = ScanRange {
+            start,
+            end,
+            limit,
+            reverse,
         };
-        let exact = members.len() <= self.kv.inner.opts.exact_scan_keys
-            && self.reads.len() + members.len() <= EXACT_READS_BUDGET;
-        if exact {
-            // Every key seen is recorded with its version below; the count of the
-            // range makes sure no key joined it.
-            let n = members.len() as u64;
-            self.counts.push((lex(lo, b"-"), lex(hi, b"+"), n));
-        } else {
-            self.record_scan(lo, hi, seen);
-        }
+        let exact = self.record_range(range, seen, &members);
         let mut out = Vec::with_capacity(members.len());
         for (k, v) in members.into_iter().zip(values) {
             let Some(stored) = v else {
@@ -621,6 +705,140 @@ impl RedisTxn {
                 ));
             }
             out.push((k, value));
+        }
+        Ok(out)
+    }
+
+    /// One atomic `MULTI` of `GET {ns}:c` and `ZRANGE {ns}:k min max BYLEX [REV]
+    /// LIMIT 0 limit`: the commit counter and the range's members.
+    async fn range_members(
+        &mut self,
+        min: &[u8],
+        max: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut p = redis::pipe();
+        p.atomic().cmd("GET").arg(&self.kv.inner.keys.counter);
+        let z = p.cmd("ZRANGE").arg(&self.kv.inner.keys.zkeys);
+        if reverse {
+            z.arg(max).arg(min).arg("BYLEX").arg("REV");
+        } else {
+            z.arg(min).arg(max).arg("BYLEX");
+        }
+        let count: i64 = i64::try_from(limit).unwrap_or(-1);
+        z.arg("LIMIT").arg(0).arg(count);
+        let (seen, members): (Option<u64>, Vec<Vec<u8>>) = p
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.round_trips += 1;
+        Ok((seen.unwrap_or(0), members))
+    }
+
+    /// Whether the last scan by layout of the index of `key` returned more than
+    /// [`ONE_TRIP_TARGETS`] entries; remembers `now` (when given) as its new size.
+    fn many_expected(&self, key: &[u8], now: Option<usize>) -> bool {
+        let b = bucket(key, usize::MAX);
+        let mut sizes = self
+            .kv
+            .inner
+            .scan_sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let before = sizes.get(b).copied();
+        if let Some(n) = now.filter(|&n| before != Some(n)) {
+            // One entry per index ever scanned: bounded by the schema.
+            sizes.insert(b.to_vec(), n);
+        }
+        before.is_some_and(|n| n > ONE_TRIP_TARGETS)
+    }
+
+    /// The second round trip of an index scan with a layout: `members` (index
+    /// entries, read with the counter `seen`) → their targets `data prefix ‖
+    /// target_prefix ‖ value` ([`EntryLayout::value_of`]), with one atomic `MULTI` of
+    /// `MGET`s and `GET {ns}:c`. An unchanged counter means no commit came between the
+    /// two trips: both read one state, as one atomic call would (a read-only
+    /// transaction served by them commits without validation). Otherwise a target
+    /// newer than `seen` is a `Conflict` at once, as in [`RedisTxn::absorb_scan`].
+    /// Entries are recorded as present (`+`: their value is their key's tail, so only
+    /// their existence can change) and the range as `absorb_scan` records it.
+    async fn targets_by_layout(
+        &mut self,
+        range: ScanRange<'_>,
+        seen: u64,
+        members: Vec<Vec<u8>>,
+        target_prefix: &[u8],
+        layout: &EntryLayout,
+    ) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+        let data_prefix = self.kv.inner.keys.data_prefix.clone();
+        let mut pks = Vec::with_capacity(members.len());
+        for m in &members {
+            let pk = layout.value_of(m).ok_or_else(|| {
+                Error::corrupted(format!(
+                    "redis: key {m:?} in an index range is not an entry of the index"
+                ))
+            })?;
+            pks.push(pk.to_vec());
+        }
+        let tkeys: Vec<Vec<u8>> = pks
+            .iter()
+            .map(|pk| [data_prefix.as_slice(), target_prefix, pk].concat())
+            .collect();
+        let mut p = Pipeline::with_capacity(tkeys.len() / MGET_CHUNK + 2);
+        p.atomic();
+        for c in tkeys.chunks(MGET_CHUNK) {
+            p.cmd("MGET").arg(c);
+        }
+        p.cmd("GET").arg(&self.kv.inner.keys.counter);
+        let mut reply: Vec<Value> = p
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        let now: Option<u64> = match reply.pop() {
+            Some(v) => parse(v).map_err(|e| self.err(e))?,
+            None => None,
+        };
+        let mut targets: Vec<Option<Vec<u8>>> = Vec::with_capacity(tkeys.len());
+        for v in reply {
+            let chunk: Vec<Option<Vec<u8>>> = parse(v).map_err(|e| self.err(e))?;
+            targets.extend(chunk);
+        }
+        let one_state = now.unwrap_or(0) == seen;
+        if !one_state {
+            self.round_trips += 1;
+        }
+        let entry_dkeys: Vec<Vec<u8>> =
+            members.iter().map(|k| self.kv.inner.keys.data(k)).collect();
+        let exact = self.record_range(range, seen, &members);
+        if exact {
+            for dkey in entry_dkeys {
+                self.record(dkey, PRESENT.to_vec())?;
+            }
+        }
+        let mut out = Vec::with_capacity(members.len());
+        for ((member, pk), (tkey, t)) in members
+            .into_iter()
+            .zip(pks)
+            .zip(tkeys.into_iter().zip(targets))
+        {
+            let t = match t {
+                None => {
+                    self.record(tkey, Vec::new())?;
+                    None
+                }
+                Some(stored) => {
+                    let (ver, value) = split(stored, &tkey)?;
+                    if !one_state && version_u64(&ver) > seen {
+                        return Err(Error::conflict(
+                            "redis: a row of the scanned index range changed during the scan",
+                        ));
+                    }
+                    self.record(tkey, ver)?;
+                    Some(value)
+                }
+            };
+            out.push((member, pk, t));
         }
         Ok(out)
     }
@@ -749,8 +967,9 @@ impl RedisTxn {
 
     /// One atomic `FCALL_RO` of [`SCAN_FN`]: the commit counter, up to `limit`
     /// members of the range with their stored values and, with a `target_prefix`,
-    /// the stored values their values point at.
-    #[allow(clippy::type_complexity)]
+    /// the stored values their values point at. With more members than
+    /// `values_up_to`, values and targets come back empty (the caller reads them).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     async fn scan_call(
         &mut self,
         min: &[u8],
@@ -758,6 +977,7 @@ impl RedisTxn {
         limit: usize,
         reverse: bool,
         target_prefix: &[u8],
+        values_up_to: Option<usize>,
     ) -> Result<(
         u64,
         Vec<Vec<u8>>,
@@ -777,6 +997,9 @@ impl RedisTxn {
             .arg(if reverse { "1" } else { "0" })
             .arg(&k.data_prefix)
             .arg(target_prefix);
+        if let Some(n) = values_up_to {
+            cmd.arg(n);
+        }
         let r = self.call(&cmd).await.map_err(|e| self.err(e))?;
         self.round_trips += 1;
         Ok(r)
@@ -786,6 +1009,7 @@ impl RedisTxn {
 #[async_trait]
 impl KvTxn for RedisTxn {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.flush_unrecorded()?;
         let dkey = self.kv.inner.keys.data(key);
         let v: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&dkey)
@@ -808,6 +1032,7 @@ impl KvTxn for RedisTxn {
 
     /// One `MGET` per 512 keys, at most `pipeline_depth` of them per atomic round trip.
     async fn batch_get(&mut self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>> {
+        self.flush_unrecorded()?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -845,47 +1070,29 @@ impl KvTxn for RedisTxn {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        self.flush_unrecorded()?;
         let (min, max) = (lex(start, b"-"), lex(end, b"+"));
         if limit <= ONE_TRIP_SCAN {
-            let (seen, members, values, _) =
-                self.scan_call(&min, &max, limit, reverse, b"").await?;
+            let (seen, members, values, _) = self
+                .scan_call(&min, &max, limit, reverse, b"", None)
+                .await?;
             return self.absorb_scan(start, end, limit, reverse, seen, members, values);
         }
-        let mut p = redis::pipe();
-        p.atomic().cmd("GET").arg(&self.kv.inner.keys.counter);
-        let z = p.cmd("ZRANGE").arg(&self.kv.inner.keys.zkeys);
-        if reverse {
-            z.arg(&max).arg(&min).arg("BYLEX").arg("REV");
-        } else {
-            z.arg(&min).arg(&max).arg("BYLEX");
-        }
-        let count: i64 = i64::try_from(limit).unwrap_or(-1);
-        z.arg("LIMIT").arg(0).arg(count);
-        let (seen, members): (Option<u64>, Vec<Vec<u8>>) = p
-            .query_async(&mut self.conn)
-            .await
-            .map_err(|e| self.err(e))?;
-        self.round_trips += 1;
+        let (seen, members) = self.range_members(&min, &max, limit, reverse).await?;
         let dkeys: Vec<Vec<u8>> = members.iter().map(|k| self.kv.inner.keys.data(k)).collect();
         let values = if dkeys.is_empty() {
             Vec::new()
         } else {
             self.mget(&dkeys).await?
         };
-        self.absorb_scan(
-            start,
-            end,
-            limit,
-            reverse,
-            seen.unwrap_or(0),
-            members,
-            values,
-        )
+        self.absorb_scan(start, end, limit, reverse, seen, members, values)
     }
 
     /// Up to [`ONE_TRIP_SCAN`] entries with a non-empty `target_prefix`: range, values
     /// and targets in one atomic `FCALL_RO` of the library's scan function (so that a
-    /// read-only transaction served by it commits without validation). Otherwise a
+    /// read-only transaction served by it commits without validation). With a
+    /// `layout` and more than [`ONE_TRIP_TARGETS`] entries, the function returns the
+    /// range only and [`RedisTxn::targets_by_layout`] reads the targets. Otherwise a
     /// scan and an `MGET` of the targets.
     async fn scan_with_targets(
         &mut self,
@@ -894,15 +1101,49 @@ impl KvTxn for RedisTxn {
         limit: usize,
         reverse: bool,
         target_prefix: &[u8],
+        layout: Option<&EntryLayout>,
     ) -> Result<Vec<(Bytes, Bytes, Option<Bytes>)>> {
+        self.flush_unrecorded()?;
         if limit == 0 || limit > ONE_TRIP_SCAN || target_prefix.is_empty() {
             let entries = self.scan(start, end, limit, reverse).await?;
             return datalayer_kv::join_targets(self, entries, target_prefix).await;
         }
         let (min, max) = (lex(start, b"-"), lex(end, b"+"));
+        let range = ScanRange {
+            start,
+            end,
+            limit,
+            reverse,
+        };
+        let index_key = match (start, end) {
+            (Bound::Included(k) | Bound::Excluded(k), _)
+            | (_, Bound::Included(k) | Bound::Excluded(k)) => Some(k),
+            _ => None,
+        };
+        // Only a bounded range has an index to remember sizes by.
+        let by_layout = layout.zip(index_key);
+        if let Some((layout, key)) = by_layout
+            && limit > ONE_TRIP_TARGETS
+            && self.many_expected(key, None)
+        {
+            let (seen, members) = self.range_members(&min, &max, limit, reverse).await?;
+            self.many_expected(key, Some(members.len()));
+            return self
+                .targets_by_layout(range, seen, members, target_prefix, layout)
+                .await;
+        }
+        let values_up_to = by_layout.map(|_| ONE_TRIP_TARGETS);
         let (seen, members, values, targets) = self
-            .scan_call(&min, &max, limit, reverse, target_prefix)
+            .scan_call(&min, &max, limit, reverse, target_prefix, values_up_to)
             .await?;
+        if let Some((layout, key)) = by_layout {
+            self.many_expected(key, Some(members.len()));
+            if values.len() < members.len() {
+                return self
+                    .targets_by_layout(range, seen, members, target_prefix, layout)
+                    .await;
+            }
+        }
         let entries = self.absorb_scan(start, end, limit, reverse, seen, members, values)?;
         let mut out = Vec::with_capacity(entries.len());
         for ((k, v), t) in entries.into_iter().zip(targets) {
@@ -926,6 +1167,7 @@ impl KvTxn for RedisTxn {
     /// `ZLEXCOUNT`: one round trip, no values copied; the commit checks that the count
     /// is unchanged.
     async fn count(&mut self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<u64> {
+        self.flush_unrecorded()?;
         let (min, max) = (lex(start, b"-"), lex(end, b"+"));
         let n: u64 = redis::cmd("ZLEXCOUNT")
             .arg(&self.kv.inner.keys.zkeys)
@@ -987,6 +1229,7 @@ impl KvTxn for RedisTxn {
             if self.round_trips <= 1 {
                 return Ok(());
             }
+            self.flush_unrecorded()?;
             return self
                 .fcall(VALIDATE_FN, &writes)
                 .await

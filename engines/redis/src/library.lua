@@ -7,7 +7,8 @@
 --       then nr data keys that were read, then nw data keys to write.
 -- ARGV: 1 nb, 2 nr, 3 nscan, 4 nw, 5 data-key prefix length,
 --       6 channel to PUBLISH the new version on ('' = none), 7 ncount,
---       then nr expected versions (8 bytes big-endian; '' = the key was absent),
+--       then nr expected versions (8 bytes big-endian; '' = the key was absent; '+' =
+--       the key was present, any version: an index entry whose value is in its key),
 --       then nscan triples (lowest bucket, highest bucket, counter seen at the scan),
 --       then ncount triples (ZLEXCOUNT min, max, the count seen),
 --       then nw writes ('p' .. value to put, 'd' to delete),
@@ -30,8 +31,14 @@ local function validate(keys, args)
   local ncount = tonumber(args[7])
   local a = 7
   for i = 1, nr do
-    local got = redis.call('GETRANGE', keys[4 + i], 0, 7)
-    if got ~= args[a + i] then
+    local want = args[a + i]
+    local changed
+    if want == '+' then
+      changed = redis.call('EXISTS', keys[4 + i]) == 0
+    else
+      changed = redis.call('GETRANGE', keys[4 + i], 0, 7) ~= want
+    end
+    if changed then
       return redis.error_reply('DLCONFLICT a key read by the transaction (#' .. i .. ') changed')
     end
   end
@@ -105,12 +112,14 @@ end
 
 -- One atomic read of a range: KEYS 1 the commit counter, 2 the sorted set of every key;
 -- ARGV 1 min, 2 max (ZRANGE BYLEX bounds), 3 limit, 4 '1' = reverse, 5 data-key
--- prefix, 6 target prefix ('' = no targets). Returns {counter, members, values,
--- targets}: the values of the members' data keys (version .. value) and, with a
--- target prefix, the values of the data keys prefix .. target prefix .. (value
--- without its version). Those data keys are not in KEYS: they are built from members
--- of KEYS[2] and share the namespace's hash tag, so they live in the slot of the
--- declared keys. O(limit).
+-- prefix, 6 target prefix ('' = no targets), 7 (optional) most members to read values
+-- for. Returns {counter, members, values, targets}: the values of the members' data
+-- keys (version .. value) and, with a target prefix, the values of the data keys
+-- prefix .. target prefix .. (value without its version). With more members than
+-- ARGV 7, values and targets are empty: the client reads them with MGET, cheaper per
+-- key than this script (every reply converted to Lua and back). The data keys are not
+-- in KEYS: they are built from members of KEYS[2] and share the namespace's hash tag,
+-- so they live in the slot of the declared keys. O(limit).
 local function scan(keys, args)
   local c = tonumber(redis.call('GET', keys[1]) or '0')
   local members
@@ -120,6 +129,9 @@ local function scan(keys, args)
     members = redis.call('ZRANGE', keys[2], args[1], args[2], 'BYLEX', 'LIMIT', 0, args[3])
   end
   local n = #members
+  if args[7] and n > tonumber(args[7]) then
+    return {c, members, {}, {}}
+  end
   local dp = args[5]
   local values = {}
   for s = 1, n, 1000 do
