@@ -6,7 +6,8 @@
 //!                          # the table's change feed as JSON lines, one per change
 //! datalayer conformance URL [--filter SUBSTR] [--jobs N]
 //!                          # the conformance suite, each case in a fresh namespace of URL
-//! datalayer migrate --from URL --to URL [--tables a,b] [--follow] [--cutover] [--resume]
+//! datalayer migrate --from URL --to URL [--tables a,b] [--follow] [--cutover [--follow-back]]
+//!                   [--resume]
 //!                          # copy (resumable, reconciled with the change feed), verify
 //! datalayer verify --from URL --to URL [--tables a,b]
 //!                          # counts and per-key-range checksums side by side
@@ -21,7 +22,9 @@
 //! run is refused without it. `--follow` replays the source's changes until Ctrl-C or
 //! SIGTERM; `--cutover` then drains them and compares every row changed meanwhile
 //! (it fences writes made through this process only: stop the application's writes
-//! first, or call `Migration::cutover` in the application). `verify` prints, per
+//! first, or call `Migration::cutover` in the application); `--follow-back` then
+//! replays the target's changes into the source until Ctrl-C or SIGTERM, so that the
+//! application can still move back (`Migration::reverse`). `verify` prints, per
 //! table, the row counts, the key ranges whose checksums differ and the index entry
 //! counts; both exit with status 1 on a difference.
 //!

@@ -24,6 +24,12 @@ pub struct MigrateArgs {
     /// application, `Migration::cutover` fences its own `Db`).
     #[arg(long)]
     cutover: bool,
+    /// After the cut-over, keep the way back open: turn on change capture on the
+    /// target and replay its changes into the source until Ctrl-C or SIGTERM
+    /// (`Migration::reverse`), so that moving back loses nothing; then verify the
+    /// source against the target.
+    #[arg(long, requires = "cutover")]
+    follow_back: bool,
     /// Continue a migration into this target that an earlier run left unfinished.
     /// Without it, a target holding such progress is refused.
     #[arg(long)]
@@ -141,16 +147,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     );
     if args.follow {
         println!("following the source's changes; Ctrl-C or SIGTERM stops");
-        let mut replayed = 0u64;
-        let stop = stop_signal();
-        tokio::pin!(stop);
-        loop {
-            replayed += m.follow_until_caught_up().await?.changes;
-            tokio::select! {
-                () = &mut stop => break,
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
+        let replayed = follow_until_stopped(&m).await?;
         println!("followed: {replayed} changes replayed");
     }
     if args.cutover {
@@ -162,6 +159,19 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             cut.checked_before + cut.verified_rows
         );
         cut.fence.seal();
+        if args.follow_back {
+            let back = m.reverse().await?;
+            println!(
+                "following the target's changes back into the source; Ctrl-C or SIGTERM stops"
+            );
+            let replayed = follow_until_stopped(&back).await?;
+            println!("followed back: {replayed} changes replayed into the source");
+            let report = back.verify().await?;
+            print_report(&report);
+            source.close().await?;
+            target.close().await?;
+            return verdict(&report);
+        }
     }
     let report = m.verify().await?;
     print_report(&report);
@@ -182,6 +192,20 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     source.close().await?;
     target.close().await?;
     verdict(&report)
+}
+
+/// Replays `m`'s changes until Ctrl-C or SIGTERM; returns how many.
+async fn follow_until_stopped(m: &Migration) -> anyhow::Result<u64> {
+    let mut replayed = 0u64;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        replayed += m.follow_until_caught_up().await?.changes;
+        tokio::select! {
+            () = &mut stop => return Ok(replayed),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

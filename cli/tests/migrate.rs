@@ -196,3 +196,90 @@ async fn kill_9_at_random_points_then_resume_verifies_equal() {
         "no run was killed mid-way: the source is too small"
     );
 }
+
+/// `--cutover --follow-back`: after the cut-over the process replays what is written
+/// to the target into the source until SIGTERM, then verifies the two equal.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_back_replays_target_writes_into_the_source_until_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("sqlite://{}", dir.path().join("s.db").display());
+    let to = format!("sqlite://{}", dir.path().join("t.db").display());
+    source(&from, 2_000).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_datalayer"))
+        .args([
+            "migrate",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--cutover",
+            "--follow-back",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run datalayer");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = String::new();
+    loop {
+        let line = lines
+            .next()
+            .expect("the process ended before following back")
+            .unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line.contains("following the target's changes back") {
+            break;
+        }
+    }
+    // The application, now on the target: inserts, updates and deletes.
+    let target = datalayer::builder(to.clone())
+        .table::<Ev>()
+        .connect()
+        .await
+        .unwrap();
+    let src = datalayer::builder(from.clone())
+        .table::<Ev>()
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..100 {
+        target.repo::<Ev>().insert(&ev(10_000 + i)).await.unwrap();
+        let mut e = ev(i);
+        e.kind = "moved".into();
+        target.repo::<Ev>().update(&e).await.unwrap();
+        target.repo::<Ev>().delete(1_999 - i).await.unwrap();
+    }
+    // The source catches up while the process runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while src.repo::<Ev>().get(10_099).await.unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the source never saw the target's writes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        src.repo::<Ev>().get(99).await.unwrap().unwrap().kind,
+        "moved"
+    );
+    assert_eq!(src.repo::<Ev>().get(1_900).await.unwrap(), None);
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for line in lines {
+        out.push_str(&line.unwrap());
+        out.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(out.contains("followed back: "), "{out}");
+    assert!(out.contains("verify: 1 table(s) equal"), "{out}");
+    target.close().await.unwrap();
+    src.close().await.unwrap();
+}

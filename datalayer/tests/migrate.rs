@@ -361,6 +361,55 @@ fn expected(r: datalayer::Result<()>) {
     }
 }
 
+/// A writer through `db` until `stop`: inserts past the end, updates and deletes across
+/// the key space, and an email moved from one row to another (the unique index).
+/// Returns the stop flag, the count of writes and the task.
+fn concurrent_writer(
+    db: &Db,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn({
+        let (db, stop, writes) = (db.clone(), stop.clone(), writes.clone());
+        async move {
+            let mut i = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let accounts = db.repo::<Account>();
+                let id = (i * 37) % ACCOUNTS;
+                match i % 4 {
+                    0 => accounts.insert(&account(ACCOUNTS + 10 + i)).await.unwrap(),
+                    1 => {
+                        let mut a = account(id);
+                        a.age = 99;
+                        a.active = !a.active;
+                        expected(accounts.update(&a).await);
+                    }
+                    2 => {
+                        let _ = accounts.delete(id).await.unwrap();
+                    }
+                    _ => {
+                        let _ = accounts.delete(id + 1).await.unwrap();
+                        let mut a = account(ACCOUNTS + 10 + i - 3);
+                        a.email = format!("user{}@example.org", id + 1);
+                        expected(accounts.upsert(&a).await);
+                    }
+                }
+                writes.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                // Paced (at most ~2,000 writes/s): a writer free to outrun the
+                // copy on a loaded machine would keep it from ever reaching the
+                // table's end.
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        }
+    });
+    (stop, writes, writer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_under_concurrent_writes_then_follow_ends_equal() {
     for (from, to) in [
@@ -373,41 +422,7 @@ async fn a_copy_under_concurrent_writes_then_follow_ends_equal() {
         let (src, dst) = (Endpoint::new(from), Endpoint::new(to));
         let (source, target) = (src.db().await, dst.db().await);
         load(&source).await;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writes = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn({
-            let (db, stop, writes) = (source.clone(), stop.clone(), writes.clone());
-            async move {
-                let mut i = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    let accounts = db.repo::<Account>();
-                    // Inserts past the end, updates and deletes across the key space,
-                    // and an email moved from one row to another (the unique index).
-                    let id = (i * 37) % ACCOUNTS;
-                    match i % 4 {
-                        0 => accounts.insert(&account(ACCOUNTS + 10 + i)).await.unwrap(),
-                        1 => {
-                            let mut a = account(id);
-                            a.age = 99;
-                            a.active = !a.active;
-                            expected(accounts.update(&a).await);
-                        }
-                        2 => {
-                            let _ = accounts.delete(id).await.unwrap();
-                        }
-                        _ => {
-                            let _ = accounts.delete(id + 1).await.unwrap();
-                            let mut a = account(ACCOUNTS + 10 + i - 3);
-                            a.email = format!("user{}@example.org", id + 1);
-                            expected(accounts.upsert(&a).await);
-                        }
-                    }
-                    writes.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                    tokio::task::yield_now().await;
-                }
-            }
-        });
+        let (stop, writes, writer) = concurrent_writer(&source);
         let m = Migration::new(&source, &target).options(small());
         m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
         m.follow_until_caught_up().await.unwrap();
@@ -421,6 +436,77 @@ async fn a_copy_under_concurrent_writes_then_follow_ends_equal() {
         let report = m.verify().await.unwrap();
         assert!(report.is_equal(), "{what}: {report:#?}");
         assert_same_rows(&source, &target, &what).await;
+    }
+}
+
+/// A table over the split threshold is copied in parallel key ranges while a writer
+/// inserts past its end, updates, deletes and moves unique emails between rows; a copy
+/// cut off mid-way resumes every range; the result verifies equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_table_is_copied_in_parallel_key_ranges() {
+    let split = || Options {
+        split_rows: 1_000,
+        parallel_ranges: 3,
+        ..small()
+    };
+    for (from, to) in [("sqlite", "pg"), ("redis", "etch"), ("etch", "redis")] {
+        let what = format!("{from} -> {to}");
+        let (src, dst) = (Endpoint::new(from), Endpoint::new(to));
+        let (source, target) = (src.db().await, dst.db().await);
+        load(&source).await;
+        let (stop, writes, writer) = concurrent_writer(&source);
+        // Cut off after the first round of the accounts' spans, then resumed.
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let m = Migration::new(&source, &target)
+            .options(split())
+            .on_progress({
+                let notify = notify.clone();
+                move |p| {
+                    if p.table == "accounts" {
+                        notify.notify_one();
+                    }
+                }
+            });
+        tokio::select! {
+            biased;
+            () = notify.notified() => {}
+            r = m.copy() => panic!("{what}: the copy ended before its cut: {r:?}"),
+        }
+        let status = m.status().await.unwrap();
+        let accounts = status.iter().find(|(t, _)| t == "accounts").unwrap();
+        assert!(
+            accounts
+                .1
+                .is_some_and(|s| !s.copied && s.rows > 0 && s.ranges == 3),
+            "{what}: a split copy under way shows its progress: {status:?}"
+        );
+        let m = Migration::new(&source, &target).options(split());
+        let copied = m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let accounts = copied
+            .tables
+            .iter()
+            .find(|t| t.table == "accounts")
+            .unwrap();
+        assert!(
+            accounts.rows < ACCOUNTS as u64,
+            "{what}: resumed, not restarted: {accounts:?}"
+        );
+        m.follow_until_caught_up().await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        writer.await.unwrap();
+        assert!(
+            writes.load(Ordering::Relaxed) > 20,
+            "{what}: too few writes"
+        );
+        m.follow_until_caught_up().await.unwrap();
+        let report = m.verify().await.unwrap();
+        assert!(report.is_equal(), "{what}: {report:#?}");
+        assert_same_rows(&source, &target, &what).await;
+        let status = m.status().await.unwrap();
+        assert!(
+            status.iter().all(|(_, s)| s.is_some_and(|s| s.copied)),
+            "{what}: {status:?}"
+        );
     }
 }
 
@@ -635,6 +721,74 @@ async fn a_cutover_fences_the_source_and_every_acknowledged_write_is_on_the_targ
                 "{what}"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_rolls_back_by_following_the_target_in_reverse() {
+    use datalayer::migrate::CutoverOptions;
+    for (from, to) in [("etch", "pg"), ("sqlite", "redis"), ("redis", "sqlite")] {
+        let what = format!("{from} -> {to} -> back");
+        let (src, dst) = (Endpoint::new(from), Endpoint::new(to));
+        let (source, target) = (src.db().await, dst.db().await);
+        load(&source).await;
+        let m = Migration::new(&source, &target).options(small());
+        m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let cut = m
+            .cutover(CutoverOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let back = m.reverse().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        // The application has moved: the source is sealed for it.
+        cut.fence.seal();
+        // It writes to the target: inserts, updates, deletes, while the way back
+        // follows.
+        let writes = async {
+            for i in 0..300 {
+                let accounts = target.repo::<Account>();
+                accounts.insert(&account(ACCOUNTS + i)).await.unwrap();
+                let mut a = account(i);
+                a.age = -(i as i32);
+                accounts.upsert(&a).await.unwrap();
+                accounts.delete(ACCOUNTS - 1 - i).await.unwrap();
+                if i == 150 {
+                    back.follow_until_caught_up().await.unwrap();
+                }
+            }
+        };
+        writes.await;
+        back.follow_until_caught_up()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let report = back.verify().await.unwrap();
+        assert!(report.is_equal(), "{what}: {report:#?}");
+        assert_same_rows(&source, &target, &what).await;
+        // Roll back: the target is fenced and drained into the source, through the
+        // way back's own handle, which the sealed fence does not hold.
+        let writer = target.clone();
+        let rollback = back
+            .cutover(CutoverOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: rollback: {e}"));
+        let e = tokio::time::timeout(Duration::from_secs(30), async {
+            writer.repo::<Account>().insert(&account(-5)).await
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(e.kind(), datalayer::ErrorKind::Timeout, "{what}: {e}");
+        let app = back.target();
+        app.repo::<Account>().insert(&account(-6)).await.unwrap();
+        assert_eq!(
+            source.repo::<Account>().get(-6).await.unwrap(),
+            Some(account(-6)),
+            "{what}: the source's own handle reads what the way back wrote"
+        );
+        assert_eq!(
+            source.repo::<Account>().get(ACCOUNTS + 299).await.unwrap(),
+            Some(account(ACCOUNTS + 299))
+        );
+        drop(rollback);
     }
 }
 

@@ -13,6 +13,7 @@
 
 use crate::feed::{self, drain, replay};
 use crate::progress::TableProgress;
+use crate::split::Ranges;
 use crate::{Migration, Progress};
 use datalayer_core::{
     Db, Error, Executor, Isolation, Op, Output, Result, Row, ScanRequest, TableSchema, TxOptions,
@@ -102,33 +103,38 @@ pub(crate) fn rows_of(out: Output) -> Result<Vec<Row>> {
     }
 }
 
-/// Applies the changes after `p.position` on the target until the feed's end, in
-/// batches of at most [`MAX_BATCH_CHANGES`], each committed with its position.
-/// Returns how many changes were applied.
+/// Applies the changes after the ranges' position on the target until the feed's end,
+/// in batches of at most [`MAX_BATCH_CHANGES`], each committed with the progress of
+/// every range in `ranges` at its new position. Returns how many changes were applied.
 ///
 /// # Errors
 /// The source's feed errors; the target's write errors.
 pub(crate) async fn catch_up(
     m: &Migration,
     table: &TableSchema,
-    p: &mut TableProgress,
+    ranges: &mut [TableProgress],
 ) -> Result<u64> {
+    let Some(first) = ranges.first() else {
+        return Ok(0);
+    };
+    let mut position = first.position;
     let mut applied = 0u64;
     loop {
-        let changes = drain(&m.source, &table.name, p.position, MAX_BATCH_CHANGES).await?;
+        let changes = drain(&m.source, &table.name, position, MAX_BATCH_CHANGES).await?;
         let Some(last) = changes.last() else {
             return Ok(applied);
         };
-        let mut next = p.clone();
-        next.position = last.position;
+        position = last.position;
         let mut ops = changes
             .iter()
             .map(|c| replay(table, c))
             .collect::<Result<Vec<_>>>()?;
-        ops.push(next.upsert()?);
+        for p in ranges.iter_mut() {
+            p.position = position;
+            ops.push(p.upsert()?);
+        }
         m.target.run_batch(ops).await?;
         m.touch(table, &changes)?;
-        *p = next;
         applied += changes.len() as u64;
         if changes.len() < MAX_BATCH_CHANGES {
             return Ok(applied);
@@ -136,44 +142,55 @@ pub(crate) async fn catch_up(
     }
 }
 
-/// One chunk read from the source and reconciled, ready to write.
-struct Chunk<'t> {
-    /// The window's changes, then the chunk's rows, then the progress it reaches.
+/// One round read from the source and reconciled, ready to write.
+struct Round<'t> {
+    /// The window's changes, then the rows, then the progress it reaches.
     ops: Vec<Op<'t>>,
     /// The changes replayed (for `touch`).
     window: Vec<datalayer_core::Change>,
-    /// The progress once written.
-    next: TableProgress,
+    /// Every range's progress once written.
+    next: Vec<TableProgress>,
     /// Rows and canonical bytes written.
     rows: u64,
     bytes: u64,
 }
 
-/// Reads the chunk after `at` (last key and feed position read so far): the changes
-/// up to the feed's end `L`, the rows, the changes in `(L, H]`; builds its batch:
-/// every change after `at.position` in order, then the rows whose key no change in
-/// `(L, H]` touched (a row untouched in that window is the row as of `H`), then the
-/// progress `{last key, H}`.
-async fn read_chunk<'t>(
+/// Reads one round after `at` (per range: its last key; all at one feed position):
+/// the changes up to the feed's end `L`, a chunk of up to `limit` rows of every range
+/// not copied yet (the reads at once), the changes in `(L, H]`; builds its batch:
+/// every change after the position in order, then the rows whose key no change in
+/// `(L, H]` touched (a row untouched in that window is the row as of `H`), then every
+/// range's progress `{last key, H}` (or, once a split copy is done, the table's; see
+/// `split.rs`). All ranges stay at one position, so the target holds a subset of one
+/// source state.
+async fn read_round<'t>(
     m: &Migration,
     table: &'t TableSchema,
-    at: &TableProgress,
+    ranges: &Ranges,
+    at: &[TableProgress],
     limit: usize,
-) -> Result<Chunk<'t>> {
+) -> Result<Round<'t>> {
     let feed = m.feed;
+    let position = at.first().map_or(0, |p| p.position);
     let mut window = if feed {
-        drain(&m.source, &table.name, at.position, usize::MAX).await?
+        drain(&m.source, &table.name, position, usize::MAX).await?
     } else {
         Vec::new()
     };
-    let low = window.last().map_or(at.position, |c| c.position);
-    let rows = rows_of(
-        read(
-            &m.source,
-            page_scan(table, None, at.last_key.clone(), limit),
-        )
-        .await?,
-    )?;
+    let low = window.last().map_or(position, |c| c.position);
+    let reads = ranges
+        .spans
+        .iter()
+        .zip(at)
+        .filter(|(_, p)| !p.copied)
+        .map(|(span, p)| {
+            let mut scan = page_scan(table, None, p.last_key.clone(), limit);
+            if let Op::Scan(req) = &mut scan {
+                (req.lower, req.upper) = span.bounds(table);
+            }
+            read(&m.source, scan)
+        });
+    let mut chunks = futures::future::try_join_all(reads).await?.into_iter();
     let after_read = if feed {
         drain(&m.source, &table.name, low, usize::MAX).await?
     } else {
@@ -184,22 +201,32 @@ async fn read_chunk<'t>(
         .map(|c| feed::key(table, c).map(|k| pk_bytes(&k)))
         .collect::<Result<_>>()?;
     window.extend(after_read);
-    let mut next = at.clone();
-    if let Some(c) = window.last() {
-        next.position = c.position;
+    let high = window.last().map_or(position, |c| c.position);
+    let mut next = at.to_vec();
+    let mut keep: Vec<Row> = Vec::new();
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    for p in next.iter_mut() {
+        p.position = high;
+        if p.copied {
+            continue;
+        }
+        let out = chunks
+            .next()
+            .ok_or_else(|| Error::engine("migrate", "a range read went missing"))?;
+        let got = rows_of(out)?;
+        if let Some(last) = got.last() {
+            p.last_key = Some(table.key_of(last));
+        }
+        p.rows += got.len() as u64;
+        p.copied = got.len() < limit;
+        for r in got {
+            if changed.is_empty() || !changed.contains(&key_bytes(table, &r)) {
+                bytes += crate::canonical::size(&r) as u64;
+                rows += 1;
+                keep.push(r);
+            }
+        }
     }
-    if let Some(last) = rows.last() {
-        next.last_key = Some(table.key_of(last));
-    }
-    next.rows += rows.len() as u64;
-    next.copied = rows.len() < limit;
-    let mut bytes = 0u64;
-    let keep: Vec<Row> = rows
-        .into_iter()
-        .filter(|r| changed.is_empty() || !changed.contains(&key_bytes(table, r)))
-        .inspect(|r| bytes += crate::canonical::size(r) as u64)
-        .collect();
-    let n = keep.len() as u64;
     let mut ops = window
         .iter()
         .map(|c| replay(table, c))
@@ -217,18 +244,19 @@ async fn read_chunk<'t>(
             },
         });
     }
-    ops.push(next.upsert()?);
-    Ok(Chunk {
+    ops.extend(ranges.progress_ops(table, &next)?);
+    Ok(Round {
         ops,
         window,
         next,
-        rows: n,
+        rows,
         bytes,
     })
 }
 
-/// Copies `table` from where `p` stands to its end (see the module docs). Reading
-/// chunk k+1 overlaps writing chunk k: the source and the target work at once.
+/// Copies `table` from where `p` stands to its end, in the key ranges of `ranges`
+/// (see the module docs and `split.rs`). Reading round k+1 overlaps writing round k:
+/// the source and the target work at once. On return `p` is the table's progress.
 ///
 /// # Errors
 /// The source's read and feed errors, the target's write errors (`AlreadyExists` when
@@ -237,6 +265,7 @@ pub(crate) async fn copy_table(
     m: &Migration,
     table: &TableSchema,
     p: &mut TableProgress,
+    ranges: Ranges,
 ) -> Result<TableCopy> {
     let started = Instant::now();
     let mut report = TableCopy {
@@ -247,28 +276,29 @@ pub(crate) async fn copy_table(
     if p.copied {
         return Ok(report);
     }
+    let mut at = ranges.load(m, p).await?;
     if m.feed {
         // A backlog of changes (a resumed copy) goes first, in bounded batches, so
-        // that a chunk's batch holds only the changes made while it was read.
-        report.changes += catch_up(m, table, p).await?;
+        // that a round's batch holds only the changes made while it was read.
+        report.changes += catch_up(m, table, &mut at).await?;
     }
     let mut limit = FIRST_CHUNK.min(m.opts.max_chunk_rows);
-    let mut ready = read_chunk(m, table, p, limit).await?;
+    let mut ready = read_round(m, table, &ranges, &at, limit).await?;
     loop {
         let t0 = Instant::now();
-        let done = ready.next.copied;
-        let Chunk {
+        let Round {
             ops,
             window,
             next,
             rows,
             bytes,
         } = ready;
+        let done = next.iter().all(|r| r.copied);
         let write = m.target.run_batch(ops);
         let (written, upcoming) = if done {
             (write.await, None)
         } else {
-            let (w, r) = tokio::join!(write, read_chunk(m, table, &next, limit));
+            let (w, r) = tokio::join!(write, read_round(m, table, &ranges, &next, limit));
             (w, Some(r))
         };
         written?;
@@ -277,14 +307,15 @@ pub(crate) async fn copy_table(
         report.bytes += bytes;
         report.changes += window.len() as u64;
         report.chunks += 1;
-        *p = next;
+        at = next;
         m.report(Progress {
             table: &table.name,
-            rows: p.rows,
+            rows: at.iter().map(|r| r.rows).sum(),
             bytes: report.bytes,
-            done: p.copied,
+            done,
         });
         let Some(upcoming) = upcoming else {
+            *p = ranges.finished(table, &at);
             report.elapsed = started.elapsed();
             return Ok(report);
         };

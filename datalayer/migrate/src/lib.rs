@@ -11,6 +11,9 @@
 //! where it stopped, with the same result. [`Migration::verify`] compares per-key-range
 //! checksums of a typed, engine-neutral row encoding on both sides and names the key
 //! ranges that differ; [`Migration::repair`] copies those ranges again.
+//! [`Migration::cutover`] fences the source's writes, drains the feed and compares the
+//! rows changed meanwhile; [`Migration::reverse`] then keeps a way back open by
+//! following the target's changes into the source.
 //!
 //! ```no_run
 //! # async fn demo(source: datalayer_core::Db, target: datalayer_core::Db) -> datalayer_core::Result<()> {
@@ -31,6 +34,7 @@ mod canonical;
 mod copy;
 mod feed;
 mod progress;
+mod split;
 mod verify;
 
 pub use copy::TableCopy;
@@ -59,6 +63,11 @@ pub struct Options {
     pub max_chunk_bytes: usize,
     /// Source rows per checksum bucket of [`Migration::verify`]. Default: 10,000.
     pub bucket_rows: usize,
+    /// Tables of at least this many rows whose primary key is one integer column are
+    /// copied in [`Options::parallel_ranges`] key ranges at once. Default: 1,000,000.
+    pub split_rows: u64,
+    /// Key ranges a large table is copied in, at once (1: never split). Default: 4.
+    pub parallel_ranges: usize,
     /// Move the transactional outbox with the data (when `tables` is `None`): its
     /// topics, sequences, events (pending and scheduled) and consumer-group
     /// checkpoints, so that consumers started on the target go on from their
@@ -75,6 +84,8 @@ impl Default for Options {
             max_chunk_rows: 50_000,
             max_chunk_bytes: 4 << 20,
             bucket_rows: 10_000,
+            split_rows: 1_000_000,
+            parallel_ranges: 4,
             outbox: true,
         }
     }
@@ -119,6 +130,9 @@ pub struct TableStatus {
     pub copied: bool,
     /// The source change-feed position applied.
     pub position: u64,
+    /// Key ranges the copy runs in at once: 1, or [`Options::parallel_ranges`] for a
+    /// table split by its integer primary key (while the copy is under way).
+    pub ranges: usize,
 }
 
 /// How [`Migration::cutover`] fences the source.
@@ -210,6 +224,16 @@ impl Migration {
         self
     }
 
+    /// The database rows are read from.
+    pub fn source(&self) -> &Db {
+        &self.source
+    }
+
+    /// The database rows are written to.
+    pub fn target(&self) -> &Db {
+        &self.target
+    }
+
     /// Calls `f` after every committed chunk.
     pub fn on_progress(mut self, f: impl Fn(&Progress<'_>) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
@@ -294,14 +318,18 @@ impl Migration {
             } else {
                 None
             };
-            out.push((
-                t.name,
-                p.map(|p| TableStatus {
+            let st = match p {
+                Some(p) => Some(TableStatus {
                     rows: p.rows,
                     copied: p.copied,
                     position: p.position,
+                    ranges: 1,
                 }),
-            ));
+                // A split copy under way keeps its progress per span.
+                None if has_progress => split::status(self, &t.name).await?,
+                None => None,
+            };
+            out.push((t.name, st));
         }
         Ok(out)
     }
@@ -347,7 +375,7 @@ impl Migration {
         let mut report = CopyReport::default();
         for t in &tables {
             let mut p = self.progress_of(t).await?;
-            report.tables.push(copy::copy_table(self, t, &mut p).await?);
+            report.tables.push(split::copy_any(self, t, &mut p).await?);
         }
         Ok(report)
     }
@@ -379,11 +407,11 @@ impl Migration {
                         .register(&[t, &progress::SCHEMA], &[])
                         .await?;
                     let mut p = self.progress_of(t).await?;
-                    copy::copy_table(self, t, &mut p).await?;
+                    split::copy_any(self, t, &mut p).await?;
                     p
                 }
             };
-            report.changes += copy::catch_up(self, t, &mut p).await?;
+            report.changes += copy::catch_up(self, t, std::slice::from_mut(&mut p)).await?;
         }
         Ok(report)
     }
@@ -456,6 +484,62 @@ impl Migration {
             self.target.run_batch(ops).await?;
         }
         Ok(n)
+    }
+
+    /// The way back after a cut-over: a migration from the target to the source that
+    /// follows what the application writes to the target, so that the move can be
+    /// rolled back with nothing lost. Call it once the cut-over succeeded and before
+    /// the application writes to the target: it turns on change capture for every
+    /// migrated table of the target and records on the source (in its `_dl_migration`
+    /// table) that each table is copied and in step up to the target's change-feed
+    /// position now; target writes made before the call are not followed.
+    ///
+    /// The returned migration writes to the source through a handle of its own
+    /// ([`Migration::target`]), which the cut-over's fence does not hold, also once
+    /// sealed. Its [`Migration::follow_until_caught_up`] replays the target's changes
+    /// into the source and [`Migration::verify`] compares the two; to roll back, its
+    /// [`Migration::cutover`] fences the target and drains it into the source, and the
+    /// application moves back through that handle (or a new one).
+    ///
+    /// # Errors
+    /// `Unsupported` when the target has no change feed; the catalog and feed errors
+    /// of the target and the write errors of the source.
+    pub async fn reverse(&self) -> Result<Migration> {
+        let tables = self.source_tables().await?;
+        let back = Db::with_engine(self.source.engine().clone())
+            .connect()
+            .await?;
+        back.engine().register(&[&progress::SCHEMA], &[]).await?;
+        let mut ops = Vec::with_capacity(tables.len());
+        for t in &tables {
+            self.target
+                .enable_changes(&t.name)
+                .await
+                .map_err(|e| feed::no_feed(&self.target, e))?;
+            let rows = progress::load(&self.target, &t.name)
+                .await?
+                .map_or(0, |p| p.rows);
+            ops.push(
+                TableProgress {
+                    rows,
+                    copied: true,
+                    ..TableProgress::start(&t.name, feed::head(&self.target, &t.name, 0).await?)
+                }
+                .upsert()?,
+            );
+        }
+        back.run_batch(ops).await?;
+        Ok(Migration {
+            feed: self.target.engine().capability().change_feed,
+            source: self.target.clone(),
+            target: back,
+            opts: Options {
+                tables: Some(tables.into_iter().map(|t| t.name).collect()),
+                ..self.opts.clone()
+            },
+            progress: None,
+            touched: Mutex::default(),
+        })
     }
 
     /// Cuts over from the source to the target: replays the feed until caught up,
