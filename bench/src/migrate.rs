@@ -2,7 +2,7 @@
 //! `flights` table (336,776 rows, its three secondary indexes) between engines, next
 //! to the fastest raw write of the same rows into the same target table in the same
 //! run; then follow lag at 5,000 row writes/s on the source and the cut-over's write
-//! pause.
+//! pause; and the copy in 4 key ranges at once next to one.
 //!
 //! Ceilings, each writing rows already in memory (so they leave out the source read
 //! that the migration pays): PostgreSQL — one binary `COPY` (tokio-postgres
@@ -242,6 +242,54 @@ pub fn run(scratch: &Scratch, engines: &Engines, rows: &[FlightRow]) -> anyhow::
             dst.close()?;
             raw_end.close()?;
         }
+    }
+    // The same copy in one key range and in 4 ranges read at once (a split copy,
+    // forced: flights is under the default split threshold).
+    println!();
+    println!(
+        "| copy of flights in key ranges | 1 range rows/s | 4 ranges rows/s | 4 / 1 (throughput) |"
+    );
+    println!("|---|---|---|---|");
+    for (from, to) in [
+        ("postgres", "sqlite"),
+        ("sqlite", "postgres"),
+        ("etch", "postgres"),
+    ] {
+        let Some((_, source)) = sources.iter().find(|(e, _)| e.kind == from) else {
+            continue;
+        };
+        if !kinds.contains(&to) {
+            continue;
+        }
+        let mut rates = Vec::new();
+        for ranges in [1, 4] {
+            let dst = End::new(scratch, engines, to)?;
+            let rate = rt.block_on(async {
+                let target = dst.db().await?;
+                let m = Migration::new(source, &target).options(Options {
+                    split_rows: 0,
+                    parallel_ranges: ranges,
+                    ..Options::default()
+                });
+                let t0 = Instant::now();
+                let r = m.copy().await?;
+                let secs = t0.elapsed().as_secs_f64();
+                let n: u64 = r.tables.iter().map(|t| t.rows).sum();
+                ensure!(n as usize == flights.len(), "{from} -> {to}: copied {n}");
+                let v = m.verify().await?;
+                ensure!(v.is_equal(), "{from} -> {to} in {ranges} ranges: {v:#?}");
+                target.close().await?;
+                anyhow::Ok(n as f64 / secs)
+            })?;
+            dst.close()?;
+            rates.push(rate);
+        }
+        println!(
+            "| {from} -> {to} | {:.0} | {:.0} | {:.2}x |",
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
     }
     // Follow lag and cut-over pause: 5,000 row writes/s (50 upserts per 10 ms, one
     // atomic batch each) on the source while the migration copies, then follows.

@@ -410,6 +410,30 @@ fn concurrent_writer(
     (stop, writes, writer)
 }
 
+/// Follows `m` until caught up, stops the [`concurrent_writer`], follows the rest and
+/// checks the two sides equal (checksums and every row).
+async fn finish_under_writes(
+    m: &Migration,
+    (stop, writes, writer): (
+        Arc<std::sync::atomic::AtomicBool>,
+        Arc<AtomicU64>,
+        tokio::task::JoinHandle<()>,
+    ),
+    what: &str,
+) {
+    m.follow_until_caught_up().await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(
+        writes.load(Ordering::Relaxed) > 20,
+        "{what}: too few concurrent writes"
+    );
+    m.follow_until_caught_up().await.unwrap();
+    let report = m.verify().await.unwrap();
+    assert!(report.is_equal(), "{what}: {report:#?}");
+    assert_same_rows(m.source(), m.target(), what).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_under_concurrent_writes_then_follow_ends_equal() {
     for (from, to) in [
@@ -425,17 +449,7 @@ async fn a_copy_under_concurrent_writes_then_follow_ends_equal() {
         let (stop, writes, writer) = concurrent_writer(&source);
         let m = Migration::new(&source, &target).options(small());
         m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
-        m.follow_until_caught_up().await.unwrap();
-        stop.store(true, Ordering::Relaxed);
-        writer.await.unwrap();
-        assert!(
-            writes.load(Ordering::Relaxed) > 20,
-            "{what}: too few concurrent writes"
-        );
-        m.follow_until_caught_up().await.unwrap();
-        let report = m.verify().await.unwrap();
-        assert!(report.is_equal(), "{what}: {report:#?}");
-        assert_same_rows(&source, &target, &what).await;
+        finish_under_writes(&m, (stop, writes, writer), &what).await;
     }
 }
 
@@ -491,17 +505,7 @@ async fn a_large_table_is_copied_in_parallel_key_ranges() {
             accounts.rows < ACCOUNTS as u64,
             "{what}: resumed, not restarted: {accounts:?}"
         );
-        m.follow_until_caught_up().await.unwrap();
-        stop.store(true, Ordering::Relaxed);
-        writer.await.unwrap();
-        assert!(
-            writes.load(Ordering::Relaxed) > 20,
-            "{what}: too few writes"
-        );
-        m.follow_until_caught_up().await.unwrap();
-        let report = m.verify().await.unwrap();
-        assert!(report.is_equal(), "{what}: {report:#?}");
-        assert_same_rows(&source, &target, &what).await;
+        finish_under_writes(&m, (stop, writes, writer), &what).await;
         let status = m.status().await.unwrap();
         assert!(
             status.iter().all(|(_, s)| s.is_some_and(|s| s.copied)),

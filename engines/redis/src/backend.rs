@@ -41,8 +41,10 @@
 //! connect with `FUNCTION LOAD REPLACE` and again when the server has lost it): it
 //! first checks every recorded version (`GETRANGE 0 7`), count (`ZLEXCOUNT`) and
 //! bucket range (`ZRANGE … BYLEX` of the bucket set, `HMGET` of their versions); then,
-//! only if all hold, it `INCR`s the counter and applies the write set (`SET`/`DEL`,
-//! `ZADD`/`ZREM`, the written buckets' versions), and `PUBLISH`es on the outbox
+//! only if all hold, it `INCR`s the counter and applies the write set with one
+//! variadic call per kind (`MSET`, `DEL`, `ZADD`/`ZREM` of the key set, `ZADD` and
+//! `HSET` of the written buckets and their versions; each key once, its last write),
+//! and `PUBLISH`es on the outbox
 //! channel when the write set emits outbox events. A failed check is `Conflict`, with
 //! nothing written. A Function runs atomically (Redis Functions,
 //! redis.io/docs/latest/develop/interact/programmability/functions-intro), so
@@ -554,6 +556,17 @@ pub(crate) fn bucket(key: &[u8], cap: usize) -> &[u8] {
         }
     }
     &key[..pos.min(cap).min(key.len())]
+}
+
+/// `writes` with each key once, its last write (what applying them in order leaves):
+/// the commit function applies each kind of write in one call. A write set in
+/// ascending key order (the KV family's, from its sorted overlay) is returned as is.
+fn last_write_per_key(writes: WriteSet) -> WriteSet {
+    if writes.windows(2).all(|w| w[0].0 < w[1].0) {
+        return writes;
+    }
+    let last: BTreeMap<Bytes, Option<Bytes>> = writes.into_iter().collect();
+    last.into_iter().collect()
 }
 
 /// One reply of a pipeline read as `Vec<Value>`, as `T`.
@@ -1202,6 +1215,7 @@ impl KvTxn for RedisTxn {
         if self.read_only && !writes.is_empty() {
             return Err(Error::invalid_input("write in a read-only transaction"));
         }
+        let writes = last_write_per_key(writes);
         let opts = &self.kv.inner.opts;
         self.kv.kv_capability().check_write_set("redis", &writes)?;
         if let Some((k, v)) = writes.iter().find_map(|(k, v)| {
@@ -1253,7 +1267,7 @@ impl KvTxn for RedisTxn {
 
 #[cfg(test)]
 mod tests {
-    use super::bucket;
+    use super::{bucket, last_write_per_key};
 
     /// Keys made of the bytes the bucket parser cares about.
     fn keys() -> Vec<Vec<u8>> {
@@ -1325,6 +1339,24 @@ mod tests {
                 assert!(k.starts_with(bucket(k, cap)) && bucket(k, cap).len() <= cap);
             }
         }
+    }
+
+    #[test]
+    fn a_write_set_keeps_each_keys_last_write() {
+        let w =
+            |k: &str, v: Option<&str>| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
+        let sorted = vec![w("a", Some("1")), w("b", None)];
+        assert_eq!(last_write_per_key(sorted.clone()), sorted);
+        let mixed = vec![
+            w("b", Some("1")),
+            w("a", Some("2")),
+            w("b", None),
+            w("a", Some("3")),
+        ];
+        assert_eq!(
+            last_write_per_key(mixed),
+            vec![w("a", Some("3")), w("b", None)]
+        );
     }
 
     #[test]

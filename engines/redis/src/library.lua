@@ -25,6 +25,22 @@ local function be8(n)
   return string.char(unpack(b))
 end
 
+-- redis.call(cmd, [key,] list...) in chunks of at most 1,000 list items (an even
+-- number, so that pairs stay whole), within Lua's stack limit for unpack.
+local function call_in_chunks(cmd, key, list)
+  local n = #list
+  local s = 1
+  while s <= n do
+    local e = math.min(s + 999, n)
+    if key then
+      redis.call(cmd, key, unpack(list, s, e))
+    else
+      redis.call(cmd, unpack(list, s, e))
+    end
+    s = e + 1
+  end
+end
+
 local function validate(keys, args)
   local nr = tonumber(args[2])
   local nscan = tonumber(args[3])
@@ -87,23 +103,37 @@ local function commit(keys, args)
   local v8 = be8(c)
   local base = 4 + nr
   local a = 7 + nr + 3 * tonumber(args[3]) + 3 * tonumber(args[7])
+  -- One variadic call per kind of write (the client sends each key once, so the
+  -- order between kinds does not matter).
+  local sets, adds, dels, rems = {}, {}, {}, {}
   for i = 1, nw do
     local dk = keys[base + i]
     local raw = string.sub(dk, dp + 1)
     local w = args[a + i]
     if string.byte(w, 1) == 112 then
-      redis.call('SET', dk, v8 .. string.sub(w, 2))
-      redis.call('ZADD', keys[2], 0, raw)
+      sets[#sets + 1] = dk
+      sets[#sets + 1] = v8 .. string.sub(w, 2)
+      adds[#adds + 1] = 0
+      adds[#adds + 1] = raw
     else
-      redis.call('DEL', dk)
-      redis.call('ZREM', keys[2], raw)
+      dels[#dels + 1] = dk
+      rems[#rems + 1] = raw
     end
   end
   a = a + nw
+  local bucket_adds, versions = {}, {}
   for i = 1, nb do
-    redis.call('ZADD', keys[3], 0, args[a + i])
-    redis.call('HSET', keys[4], args[a + i], c)
+    bucket_adds[#bucket_adds + 1] = 0
+    bucket_adds[#bucket_adds + 1] = args[a + i]
+    versions[#versions + 1] = args[a + i]
+    versions[#versions + 1] = c
   end
+  call_in_chunks('MSET', nil, sets)
+  call_in_chunks('ZADD', keys[2], adds)
+  call_in_chunks('DEL', nil, dels)
+  call_in_chunks('ZREM', keys[2], rems)
+  call_in_chunks('ZADD', keys[3], bucket_adds)
+  call_in_chunks('HSET', keys[4], versions)
   if args[6] ~= '' then
     redis.call('PUBLISH', args[6], c)
   end
