@@ -109,9 +109,10 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         );
     }
     let bars = MultiProgress::new();
-    let style =
-        ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} rows {per_sec} {msg}")?
-            .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{prefix:>16} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta} {msg}",
+    )?
+    .progress_chars("=> ");
     let mut by_table: HashMap<String, ProgressBar> = HashMap::new();
     for ((t, s), schema) in status.iter().zip(&schemas) {
         let total = count(&source, schema).await?;
@@ -129,6 +130,8 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             b.set_position(p.rows);
             if p.done {
                 b.finish_with_message("copied");
+            } else {
+                b.set_message(format!("lag {} ms", p.lag.as_millis()));
             }
         }
     });

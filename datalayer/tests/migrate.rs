@@ -471,12 +471,15 @@ async fn a_large_table_is_copied_in_parallel_key_ranges() {
         let (stop, writes, writer) = concurrent_writer(&source);
         // Cut off after the first round of the accounts' spans, then resumed.
         let notify = Arc::new(tokio::sync::Notify::new());
+        let began = std::time::Instant::now();
+        let seen = Arc::new(std::sync::Mutex::new(None));
         let m = Migration::new(&source, &target)
             .options(split())
             .on_progress({
-                let notify = notify.clone();
+                let (notify, seen) = (notify.clone(), seen.clone());
                 move |p| {
                     if p.table == "accounts" {
+                        *seen.lock().unwrap() = Some((p.total, p.rows, p.rate, p.eta, p.lag));
                         notify.notify_one();
                     }
                 }
@@ -486,6 +489,15 @@ async fn a_large_table_is_copied_in_parallel_key_ranges() {
             () = notify.notified() => {}
             r = m.copy() => panic!("{what}: the copy ended before its cut: {r:?}"),
         }
+        // The progress report: the table's size when its copy began, a rate, an ETA
+        // from them, and a lag no longer than the run.
+        let (total, rows, rate, eta, lag) = seen.lock().unwrap().expect("a report");
+        assert!(
+            total >= ACCOUNTS as u64 - 100 && rows > 0,
+            "{what}: {total} {rows}"
+        );
+        assert!(rate > 0.0 && eta.is_some(), "{what}: {rate} {eta:?}");
+        assert!(lag <= began.elapsed(), "{what}: {lag:?}");
         let status = m.status().await.unwrap();
         let accounts = status.iter().find(|(t, _)| t == "accounts").unwrap();
         assert!(

@@ -92,6 +92,20 @@ pub(crate) async fn read(db: &Db, op: Op<'_>) -> Result<Output> {
     Ok(out)
 }
 
+/// The rows of `table` in `db` (a count).
+///
+/// # Errors
+/// The read errors of `db`.
+pub(crate) async fn count(db: &Db, table: &TableSchema) -> Result<u64> {
+    match db.run(Op::Count { table }).await? {
+        Output::Count(n) => Ok(n),
+        other => Err(Error::engine(
+            "migrate",
+            format!("unexpected output of a count: {other:?}"),
+        )),
+    }
+}
+
 /// The rows of a `Rows` output.
 pub(crate) fn rows_of(out: Output) -> Result<Vec<Row>> {
     match out {
@@ -153,6 +167,8 @@ struct Round<'t> {
     /// Rows and canonical bytes written.
     rows: u64,
     bytes: u64,
+    /// When the upper watermark was read.
+    read_at: Instant,
 }
 
 /// Reads one round after `at` (per range: its last key; all at one feed position):
@@ -196,6 +212,7 @@ async fn read_round<'t>(
     } else {
         Vec::new()
     };
+    let read_at = Instant::now();
     let changed: HashSet<Vec<u8>> = after_read
         .iter()
         .map(|c| feed::key(table, c).map(|k| pk_bytes(&k)))
@@ -251,6 +268,7 @@ async fn read_round<'t>(
         next,
         rows,
         bytes,
+        read_at,
     })
 }
 
@@ -276,6 +294,7 @@ pub(crate) async fn copy_table(
     if p.copied {
         return Ok(report);
     }
+    let total = count(&m.source, table).await?;
     let mut at = ranges.load(m, p).await?;
     if m.feed {
         // A backlog of changes (a resumed copy) goes first, in bounded batches, so
@@ -292,6 +311,7 @@ pub(crate) async fn copy_table(
             next,
             rows,
             bytes,
+            read_at,
         } = ready;
         let done = next.iter().all(|r| r.copied);
         let write = m.target.run_batch(ops);
@@ -308,11 +328,18 @@ pub(crate) async fn copy_table(
         report.changes += window.len() as u64;
         report.chunks += 1;
         at = next;
+        let copied: u64 = at.iter().map(|r| r.rows).sum();
+        let rate = report.rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
         m.report(Progress {
             table: &table.name,
-            rows: at.iter().map(|r| r.rows).sum(),
+            rows: copied,
             bytes: report.bytes,
             done,
+            total,
+            rate,
+            eta: (rate > 0.0)
+                .then(|| Duration::from_secs_f64(total.saturating_sub(copied) as f64 / rate)),
+            lag: read_at.elapsed(),
         });
         let Some(upcoming) = upcoming else {
             *p = ranges.finished(table, &at);

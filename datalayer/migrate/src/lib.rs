@@ -102,6 +102,17 @@ pub struct Progress<'a> {
     pub bytes: u64,
     /// The table's copy is finished.
     pub done: bool,
+    /// Rows the source table held when this run began copying it (a count).
+    pub total: u64,
+    /// Rows per second copied by this run (rows written / wall time since it began
+    /// the table).
+    pub rate: f64,
+    /// The time left at `rate` for the rows still to copy of `total` (`None` before
+    /// a rate is known).
+    pub eta: Option<std::time::Duration>,
+    /// How far the target trails the source once this chunk is committed: the time
+    /// since the chunk's upper watermark (the feed's end it applied) was read.
+    pub lag: std::time::Duration,
 }
 
 /// A callback receiving [`Progress`] reports.

@@ -21,9 +21,7 @@
 use crate::copy::{self, TableCopy, copy_table, rows_of};
 use crate::progress::{self, SCHEMA, TableProgress};
 use crate::{Migration, TableStatus};
-use datalayer_core::{
-    ColumnType, Error, Executor, Op, Output, Result, ScanRequest, TableSchema, Value,
-};
+use datalayer_core::{ColumnType, Error, Executor, Op, Result, ScanRequest, TableSchema, Value};
 use std::ops::Bound;
 
 /// The half-open span `[lo, hi)` of a table's integer primary key (`None`: unbounded).
@@ -137,15 +135,7 @@ async fn new_plan(
     if !integer_key || o.parallel_ranges < 2 || p.last_key.is_some() || p.rows > 0 {
         return Ok(None);
     }
-    let rows = match m.source.run(Op::Count { table }).await? {
-        Output::Count(n) => n,
-        other => {
-            return Err(Error::engine(
-                "migrate",
-                format!("unexpected output of a count: {other:?}"),
-            ));
-        }
-    };
+    let rows = copy::count(&m.source, table).await?;
     if rows < o.split_rows {
         return Ok(None);
     }
