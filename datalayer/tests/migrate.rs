@@ -808,6 +808,48 @@ async fn a_cutover_rolls_back_by_following_the_target_in_reverse() {
     }
 }
 
+/// Past `max_touched_keys` distinct changed rows, a cut-over compares the table whole:
+/// a target row changed behind the migration's back (no change touched it) fails the
+/// cut-over, and after a repair the cut-over goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_past_the_touched_key_cap_compares_whole_tables() {
+    use datalayer::migrate::CutoverOptions;
+    let (src, dst) = (Endpoint::new("etch"), Endpoint::new("sqlite"));
+    let (source, target) = (src.db().await, dst.db().await);
+    load(&source).await;
+    let m = Migration::new(&source, &target).options(Options {
+        max_touched_keys: 10,
+        ..small()
+    });
+    m.copy().await.unwrap();
+    for i in 0..50 {
+        let mut a = account(i * 11);
+        a.age = 77;
+        source.repo::<Account>().update(&a).await.unwrap();
+    }
+    let mut behind = account(ACCOUNTS - 2);
+    behind.name = "changed on the target".into();
+    target.repo::<Account>().update(&behind).await.unwrap();
+    let e = m.cutover(CutoverOptions::default()).await.unwrap_err();
+    assert!(
+        e.is_corrupted() && e.to_string().contains("accounts"),
+        "{e}"
+    );
+    // The fence fell with the error; mend the target and cut over again.
+    source.repo::<Account>().insert(&account(-3)).await.unwrap();
+    let report = m.verify().await.unwrap();
+    assert!(!report.is_equal());
+    m.repair(&report).await.unwrap();
+    for i in 0..20 {
+        let mut a = account(i * 13);
+        a.active = !a.active;
+        source.repo::<Account>().update(&a).await.unwrap();
+    }
+    let cut = m.cutover(CutoverOptions::default()).await.unwrap();
+    assert!(cut.verified_rows >= ACCOUNTS as u64 - 10, "{cut:?}");
+    assert!(m.verify().await.unwrap().is_equal());
+}
+
 /// Starts a consumer of group `g` on `topic` that records every payload it handles;
 /// returns its stop signal and task.
 fn consume(

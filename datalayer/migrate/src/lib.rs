@@ -68,6 +68,11 @@ pub struct Options {
     pub split_rows: u64,
     /// Key ranges a large table is copied in, at once (1: never split). Default: 4.
     pub parallel_ranges: usize,
+    /// Most distinct rows per table a migration remembers as changed during the copy
+    /// and follow, for the cut-over to compare them one by one; past it the cut-over
+    /// compares that table whole by checksums, under the fence (memory stays bounded,
+    /// the write pause grows with the table). Default: 1,000,000.
+    pub max_touched_keys: usize,
     /// Move the transactional outbox with the data (when `tables` is `None`): its
     /// topics, sequences, events (pending and scheduled) and consumer-group
     /// checkpoints, so that consumers started on the target go on from their
@@ -86,6 +91,7 @@ impl Default for Options {
             bucket_rows: 10_000,
             split_rows: 1_000_000,
             parallel_ranges: 4,
+            max_touched_keys: 1_000_000,
             outbox: true,
         }
     }
@@ -177,13 +183,23 @@ pub struct Cutover {
     /// this `Migration` was made.
     pub checked_before: u64,
     /// Rows compared after the drain, under the fence: those touched again since the
-    /// first comparison, or different then.
+    /// first comparison, or different then, and every row of a table with more touched
+    /// rows than [`Options::max_touched_keys`] (compared whole).
     pub verified_rows: u64,
     /// The source's write fence: [`WriteFence::seal`](datalayer_core::WriteFence::seal)
     /// it once the application writes to the target (writes still waiting on it then
     /// fail instead of slipping into the source); dropping it lets writes into the
     /// source again (a cut-over rolled back).
     pub fence: datalayer_core::WriteFence,
+}
+
+/// The rows of one table changes touched during a migration.
+#[derive(Debug)]
+enum Touched {
+    /// Their primary keys (order-preserving encoding → key values).
+    Keys(BTreeMap<Vec<u8>, Row>),
+    /// More than [`Options::max_touched_keys`]: the cut-over compares the whole table.
+    All,
 }
 
 /// A migration from one engine to another (see the crate docs).
@@ -195,9 +211,9 @@ pub struct Migration {
     /// with it and [`Migration::follow_until_caught_up`] replays it.
     feed: bool,
     progress: Option<ProgressFn>,
-    /// Per table, the primary keys (order-preserving encoding → key values) of the rows
-    /// changes touched since this value was made: what a cut-over verifies last.
-    touched: Mutex<HashMap<String, BTreeMap<Vec<u8>, Row>>>,
+    /// Per table, the primary keys of the rows changes touched since this value was
+    /// made: what a cut-over verifies last.
+    touched: Mutex<HashMap<String, Touched>>,
 }
 
 impl std::fmt::Debug for Migration {
@@ -256,21 +272,40 @@ impl Migration {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-        let keys = g.entry(table.name.clone()).or_default();
-        for c in changes {
-            let key = feed::key(table, c)?;
-            keys.insert(copy::pk_bytes(&key), key);
-        }
+        let keys = changes
+            .iter()
+            .map(|c| feed::key(table, c))
+            .collect::<Result<Vec<_>>>()?;
+        self.remember(&table.name, keys);
         Ok(())
     }
 
-    /// Takes the keys of `table` that changes touched (see `touched`).
-    fn touched_keys(&self, table: &str) -> Vec<Row> {
+    /// Adds `keys` to the touched rows of `table`, switching to the whole table past
+    /// [`Options::max_touched_keys`].
+    fn remember(&self, table: &str, keys: Vec<Row>) {
         let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-        g.remove(table)
-            .map(|m| m.into_values().collect())
-            .unwrap_or_default()
+        let t = g
+            .entry(table.to_owned())
+            .or_insert_with(|| Touched::Keys(BTreeMap::new()));
+        if let Touched::Keys(set) = t {
+            for k in keys {
+                set.insert(copy::pk_bytes(&k), k);
+            }
+            if set.len() > self.opts.max_touched_keys {
+                *t = Touched::All;
+            }
+        }
+    }
+
+    /// Takes the keys of `table` that changes touched (see `touched`); `None` when
+    /// there were too many to keep: the whole table.
+    fn touched_keys(&self, table: &str) -> Option<Vec<Row>> {
+        let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        match g.remove(table) {
+            None => Some(Vec::new()),
+            Some(Touched::Keys(m)) => Some(m.into_values().collect()),
+            Some(Touched::All) => None,
+        }
     }
 
     fn report(&self, p: Progress<'_>) {
@@ -572,15 +607,16 @@ impl Migration {
         // rows touched again since, or still different (writes go on until the fence).
         let tables = self.source_tables().await?;
         let mut checked_before = 0u64;
+        // Tables with more touched rows than remembered: compared whole, under the fence.
+        let mut whole: Vec<&TableSchema> = Vec::new();
         for t in &tables {
-            let keys = self.touched_keys(&t.name);
+            let Some(keys) = self.touched_keys(&t.name) else {
+                whole.push(t);
+                continue;
+            };
             checked_before += keys.len() as u64;
             let bad = verify::differing_rows(&self.source, &self.target, t, keys).await?;
-            let mut g = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-            let set = g.entry(t.name.clone()).or_default();
-            for k in bad {
-                set.insert(copy::pk_bytes(&k), k);
-            }
+            self.remember(&t.name, bad);
         }
         let fenced_at = Instant::now();
         let fence = self
@@ -590,17 +626,37 @@ impl Migration {
         let drained = self.follow_until_caught_up().await?;
         let mut checked = 0u64;
         for t in &tables {
-            let keys = self.touched_keys(&t.name);
-            checked += keys.len() as u64;
-            let bad = verify::differing_rows(&self.source, &self.target, t, keys).await?;
-            if !bad.is_empty() {
+            let bad = match self.touched_keys(&t.name) {
+                Some(keys) if !whole.iter().any(|w| w.name == t.name) => {
+                    checked += keys.len() as u64;
+                    let bad = verify::differing_rows(&self.source, &self.target, t, keys).await?;
+                    (!bad.is_empty()).then(|| {
+                        format!(
+                            "{} row(s) (first keys: {:?})",
+                            bad.len(),
+                            &bad[..bad.len().min(5)]
+                        )
+                    })
+                }
+                _ => {
+                    let check =
+                        verify::verify_table(&self.source, &self.target, t, self.opts.bucket_rows)
+                            .await?;
+                    checked += check.source_rows;
+                    (!check.is_equal()).then(|| {
+                        format!(
+                            "{} vs {} rows, key ranges {:?}",
+                            check.source_rows, check.target_rows, check.mismatched
+                        )
+                    })
+                }
+            };
+            if let Some(what) = bad {
                 drop(fence);
                 return Err(Error::corrupted(format!(
-                    "cut-over: {} row(s) of table {} differ after the drain (first keys: {:?}); \
-                     the source's writes are open again",
-                    bad.len(),
-                    t.name,
-                    &bad[..bad.len().min(5)]
+                    "cut-over: table {} differs after the drain: {what}; the source's writes \
+                     are open again",
+                    t.name
                 )));
             }
         }
