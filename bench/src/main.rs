@@ -272,6 +272,17 @@ fn main() -> anyhow::Result<()> {
             engines.pg = Some(server.clone());
             scratch = scratch.with_server(server);
         }
+        #[cfg(feature = "tikv")]
+        let _tikv = {
+            let cluster = tikv_cluster::TikvCluster::start()?;
+            engines
+                .templates
+                .push(("tikv", format!("tikv://{}?namespace={{ns}}", cluster.pd)));
+            engines
+                .own_scratch
+                .push(("tikv", scratch.with_namespaces(cluster.clone())));
+            cluster
+        };
         #[cfg(feature = "redis")]
         let _redis = {
             let server = redis_server::RedisServer::connect()?;

@@ -7,7 +7,8 @@
 //! Ceilings, each writing rows already in memory (so they leave out the source read
 //! that the migration pays): PostgreSQL — one binary `COPY` (tokio-postgres
 //! `BinaryCopyInWriter`) in one transaction (with `--features pg`); SQLite — raw
-//! rusqlite, one prepared `INSERT` per row in one transaction; etch and Redis — the
+//! rusqlite, one prepared `INSERT` per row in one transaction; etch, Redis and TiKV
+//! (the in-process test cluster, with `--features tikv`) — the
 //! engine's own `insert_many`, 20,000 rows per transaction (no layer below it to
 //! compare with).
 
@@ -22,12 +23,15 @@ use std::time::{Duration, Instant};
 /// The engines of the section: name and URL template ([`render`]ed for a fresh
 /// place of `scratch`: its directory, schema or namespace).
 pub struct Engines {
-    /// `(name, template)`: etch and SQLite, then PostgreSQL and Redis when their
-    /// servers are in the scratch.
+    /// `(name, template)`: etch and SQLite, then PostgreSQL, Redis and TiKV when
+    /// their servers are in the run.
     pub templates: Vec<(&'static str, String)>,
     /// The PostgreSQL server, for the raw `COPY` ceiling.
     #[cfg(feature = "pg")]
     pub pg: Option<std::sync::Arc<crate::pg::PgServer>>,
+    /// Engines whose places come from a scratch of their own (TiKV's namespaces next
+    /// to Redis's).
+    pub own_scratch: Vec<(&'static str, Scratch)>,
 }
 
 impl Engines {
@@ -37,6 +41,7 @@ impl Engines {
             templates: vec![("etch", ETCH_URL.into()), ("sqlite", SQLITE_URL.into())],
             #[cfg(feature = "pg")]
             pg: None,
+            own_scratch: Vec::new(),
         }
     }
 }
@@ -57,6 +62,11 @@ impl End {
             .find(|(k, _)| *k == kind)
             .map(|(_, t)| t)
             .with_context(|| format!("engine {kind} is not in this run"))?;
+        let scratch = engines
+            .own_scratch
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(scratch, |(_, s)| s);
         let place = scratch.place(&format!("mig_{kind}"))?;
         let url = render(template, &place)?;
         Ok(End { kind, url, place })
