@@ -189,8 +189,10 @@ struct Args {
     tikv_only: bool,
     /// Run only the migration section: `datalayer::migrate` copying the flights table
     /// between every pair of the compiled-in engines (etch, SQLite; PostgreSQL with
-    /// `--features pg`, Redis with `--features redis`) next to the raw ceiling of each
-    /// target, then follow lag at 5,000 row writes/s and the cut-over pause.
+    /// `--features pg`, Redis with `--features redis`; TiKV as a target with
+    /// `--features tikv` and `--tikv`) next to the raw ceiling of each target, then
+    /// the copy in 1 and 4 key ranges, follow lag at 5,000 row writes/s and the
+    /// cut-over pause.
     #[arg(long)]
     migrate: bool,
     /// In the Redis and TiKV sections, also count the round trips (Redis:
@@ -272,8 +274,10 @@ fn main() -> anyhow::Result<()> {
             engines.pg = Some(server.clone());
             scratch = scratch.with_server(server);
         }
+        // TiKV with --tikv: the in-process cluster copies flights at a few thousand
+        // rows/s, minutes per pair.
         #[cfg(feature = "tikv")]
-        let _tikv = {
+        let _tikv = if want_tikv {
             let cluster = tikv_cluster::TikvCluster::start()?;
             engines
                 .templates
@@ -281,7 +285,9 @@ fn main() -> anyhow::Result<()> {
             engines
                 .own_scratch
                 .push(("tikv", scratch.with_namespaces(cluster.clone())));
-            cluster
+            Some(cluster)
+        } else {
+            None
         };
         #[cfg(feature = "redis")]
         let _redis = {
