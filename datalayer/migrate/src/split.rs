@@ -21,7 +21,7 @@
 use crate::copy::{self, TableCopy, copy_table, rows_of};
 use crate::progress::{self, SCHEMA, TableProgress};
 use crate::{Migration, TableStatus};
-use datalayer_core::{ColumnType, Error, Executor, Op, Result, ScanRequest, TableSchema, Value};
+use datalayer_core::{ColumnType, Error, Executor, Op, Result, TableSchema, Value};
 use std::ops::Bound;
 
 /// The half-open span `[lo, hi)` of a table's integer primary key (`None`: unbounded).
@@ -102,22 +102,11 @@ async fn load_plan(m: &Migration, table: &str) -> Result<Option<Vec<i64>>> {
 
 /// The key column's smallest or largest value (`None`: an empty table).
 async fn end_key(m: &Migration, table: &TableSchema, reverse: bool) -> Result<Option<i64>> {
-    let rows = rows_of(
-        copy::read(
-            &m.source,
-            Op::Scan(ScanRequest {
-                table,
-                index: None,
-                prefix: Vec::new(),
-                lower: Bound::Unbounded,
-                upper: Bound::Unbounded,
-                after: None,
-                reverse,
-                limit: Some(1),
-            }),
-        )
-        .await?,
-    )?;
+    let mut scan = copy::page_scan(table, None, None, 1);
+    if let Op::Scan(req) = &mut scan {
+        req.reverse = reverse;
+    }
+    let rows = rows_of(copy::read(&m.source, scan).await?)?;
     Ok(rows.first().and_then(|r| int(&r[table.primary_key[0]])))
 }
 

@@ -821,11 +821,9 @@ impl RedisTxn {
         if !one_state {
             self.round_trips += 1;
         }
-        let entry_dkeys: Vec<Vec<u8>> =
-            members.iter().map(|k| self.kv.inner.keys.data(k)).collect();
-        let exact = self.record_range(range, seen, &members);
-        if exact {
-            for dkey in entry_dkeys {
+        if self.record_range(range, seen, &members) {
+            for m in &members {
+                let dkey = self.kv.inner.keys.data(m);
                 self.record(dkey, PRESENT.to_vec())?;
             }
         }
