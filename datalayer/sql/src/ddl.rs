@@ -106,7 +106,7 @@ pub fn render_ddl(t: &TableSchema, d: &dyn Dialect) -> Result<Vec<String>> {
         let cols: Vec<String> = ix
             .columns
             .iter()
-            .map(|&c| d.quote_ident(&t.columns[c].name))
+            .map(|&c| d.index_column(&d.quote_ident(&t.columns[c].name), t.columns[c].nullable))
             .collect();
         let mut s = format!(
             "CREATE {}INDEX IF NOT EXISTS {} ON {table} ({})",

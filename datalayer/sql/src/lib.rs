@@ -166,13 +166,27 @@ pub trait Dialect: Send + Sync + 'static {
     }
 
     /// One `ORDER BY` term with datalayer's NULL order: NULL first ascending, last
-    /// descending. SQLite does this by default; PostgreSQL needs `NULLS FIRST`/`LAST`.
-    fn order_term(&self, expr: &str, desc: bool) -> String {
-        if desc {
-            format!("{expr} DESC NULLS LAST")
-        } else {
-            format!("{expr} ASC NULLS FIRST")
+    /// descending. SQLite does this by default; PostgreSQL needs `NULLS FIRST`/`LAST`,
+    /// and only for a `nullable` column: on a `NOT NULL` one the NULL order means
+    /// nothing, and a plain `ASC`/`DESC` matches the server's default index order, so
+    /// that a keyset scan walks the index instead of sorting the whole table
+    /// (PostgreSQL documentation, "Indexes and ORDER BY").
+    fn order_term(&self, expr: &str, desc: bool, nullable: bool) -> String {
+        match (desc, nullable) {
+            (true, true) => format!("{expr} DESC NULLS LAST"),
+            (false, true) => format!("{expr} ASC NULLS FIRST"),
+            (true, false) => format!("{expr} DESC"),
+            (false, false) => format!("{expr} ASC"),
         }
+    }
+
+    /// One column of a `CREATE INDEX`, in the order [`Dialect::order_term`] scans it:
+    /// PostgreSQL puts NULLs last by default, so a nullable column is declared `NULLS
+    /// FIRST` for its ascending and descending scans to walk the index. Default: the
+    /// column as is (SQLite sorts NULL first already).
+    fn index_column(&self, expr: &str, nullable: bool) -> String {
+        let _ = nullable;
+        expr.to_owned()
     }
 
     /// The conflict clause of an upsert on the primary key: `ON CONFLICT ("id") DO

@@ -359,13 +359,13 @@ fn order_terms(q: &QueryDef, d: &dyn Dialect) -> Result<Vec<String>> {
     for o in &q.order_by {
         if !seen.contains(&o.column) {
             seen.push(o.column);
-            terms.push(d.order_term(&col(o.column)?, o.desc));
+            terms.push(d.order_term(&col(o.column)?, o.desc, t.columns[o.column].nullable));
         }
     }
     for c in access {
         if !seen.contains(&c) {
             seen.push(c);
-            terms.push(d.order_term(&col(c)?, plan.reverse));
+            terms.push(d.order_term(&col(c)?, plan.reverse, t.columns[c].nullable));
         }
     }
     Ok(terms)
@@ -695,7 +695,7 @@ pub fn render_scan(t: &TableSchema, shape: &ScanShape, d: &dyn Dialect) -> Resul
     }
     let order: Vec<String> = cols
         .iter()
-        .map(|&i| d.order_term(&name(i), shape.reverse))
+        .map(|&i| d.order_term(&name(i), shape.reverse, t.columns[i].nullable))
         .collect();
     sql.push_str(" ORDER BY ");
     sql.push_str(&order.join(", "));
@@ -775,7 +775,7 @@ mod tests {
         let r = render_query(&q, &Pg).unwrap();
         assert_eq!(
             r.sql,
-            "SELECT \"id\", \"email\", \"age\", \"active\" FROM \"users\" WHERE ((\"age\" >= $1) AND (\"email\" LIKE $2 ESCAPE '\\')) ORDER BY \"age\" DESC NULLS LAST, \"id\" DESC NULLS LAST LIMIT $1"
+            "SELECT \"id\", \"email\", \"age\", \"active\" FROM \"users\" WHERE ((\"age\" >= $1) AND (\"email\" LIKE $2 ESCAPE '\\')) ORDER BY \"age\" DESC NULLS LAST, \"id\" DESC LIMIT $1"
         );
         assert_eq!(r.binds, vec![Bind::Param(0), Bind::PrefixPattern(1)]);
         assert_eq!(r.output, OutputShape::Rows(vec![0, 1, 2, 3]));
@@ -794,7 +794,7 @@ mod tests {
         let r = render_query(&q, &Pg).unwrap();
         assert_eq!(
             r.sql,
-            "UPDATE \"users\" SET \"age\" = (\"age\" + $1) WHERE \"id\" IN (SELECT \"id\" FROM \"users\" ORDER BY \"id\" ASC NULLS FIRST LIMIT 3)"
+            "UPDATE \"users\" SET \"age\" = (\"age\" + $1) WHERE \"id\" IN (SELECT \"id\" FROM \"users\" ORDER BY \"id\" ASC LIMIT 3)"
         );
         assert_eq!(r.output, OutputShape::Changes);
     }

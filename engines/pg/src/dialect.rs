@@ -56,6 +56,13 @@ impl Dialect for PgDialect {
     fn supports_returning(&self) -> bool {
         true
     }
+    fn index_column(&self, expr: &str, nullable: bool) -> String {
+        if nullable {
+            format!("{expr} NULLS FIRST")
+        } else {
+            expr.to_owned()
+        }
+    }
     fn max_identifier_bytes(&self) -> Option<usize> {
         Some(MAX_IDENTIFIER_BYTES)
     }
@@ -92,7 +99,9 @@ mod tests {
         let d = PgDialect;
         assert_eq!(d.bytes_literal(&[0, 255]), "'\\x00ff'::bytea");
         assert_eq!(d.placeholder(3), "$3");
-        assert_eq!(d.order_term("\"a\"", false), "\"a\" ASC NULLS FIRST");
+        assert_eq!(d.order_term("\"a\"", false, true), "\"a\" ASC NULLS FIRST");
+        assert_eq!(d.order_term("\"a\"", true, false), "\"a\" DESC");
+        assert_eq!(d.index_column("\"a\"", true), "\"a\" NULLS FIRST");
         assert_eq!(d.prefix_pattern("a%_\\"), "a\\%\\_\\\\%");
     }
 }

@@ -58,7 +58,7 @@ impl Dialect for SqliteDialect {
         s.push('\'');
         s
     }
-    fn order_term(&self, expr: &str, desc: bool) -> String {
+    fn order_term(&self, expr: &str, desc: bool, _nullable: bool) -> String {
         if desc {
             format!("{expr} DESC")
         } else {
