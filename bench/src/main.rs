@@ -125,8 +125,9 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these targets (comma-separated names, e.g. `etchdb,redb`;
-    /// `rusqlite` also keeps its control target `rusqlite-on-dl-schema`).
-    /// Default: every target.
+    /// `rusqlite` also keeps its control target `rusqlite-on-dl-schema`); with
+    /// `--migrate`, only these `FROM:TO` engine pairs (e.g. `sqlite:postgres`).
+    /// Default: every target (every pair).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Skip workload 6 (flights bulk load).
@@ -296,7 +297,7 @@ fn main() -> anyhow::Result<()> {
             scratch = scratch.with_namespaces(server.clone());
             server
         };
-        return migrate::run(&scratch, &engines, &rows);
+        return migrate::run(&scratch, &engines, &rows, &args.only);
     }
     let urls = parse_urls(&args.url)?;
     let parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);

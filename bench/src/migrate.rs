@@ -191,20 +191,28 @@ async fn ceiling(
 }
 
 /// Runs the section and prints its tables. Every store lives in a fresh place of
-/// `scratch` (directory, schema, namespace), removed when its pair is done.
+/// `scratch` (directory, schema, namespace), removed when its pair is done. `only`
+/// (`FROM:TO` pairs, e.g. `sqlite:postgres`) keeps those pairs in every table; empty
+/// keeps them all.
 ///
 /// # Errors
 /// Any engine error; a verification that finds a difference.
-pub fn run(scratch: &Scratch, engines: &Engines, rows: &[FlightRow]) -> anyhow::Result<()> {
+pub fn run(
+    scratch: &Scratch,
+    engines: &Engines,
+    rows: &[FlightRow],
+    only: &[String],
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let flights: Vec<DlFlight> = rows.iter().map(DlFlight::from).collect();
     let kinds: Vec<&'static str> = engines.templates.iter().map(|(k, _)| *k).collect();
-    // Sources, each loaded once.
+    let picked =
+        |from: &str, to: &str| only.is_empty() || only.iter().any(|p| *p == format!("{from}:{to}"));
+    // Sources, each loaded once (those of a picked pair).
     let mut sources = Vec::new();
-    for &k in kinds
-        .iter()
-        .filter(|k| ["etch", "sqlite", "postgres"].contains(k))
-    {
+    for &k in kinds.iter().filter(|k| {
+        ["etch", "sqlite", "postgres"].contains(k) && kinds.iter().any(|t| picked(k, t))
+    }) {
         let end = End::new(scratch, engines, k)?;
         let db = rt.block_on(async {
             let db = end.db().await?;
@@ -221,7 +229,7 @@ pub fn run(scratch: &Scratch, engines: &Engines, rows: &[FlightRow]) -> anyhow::
     println!("|---|---|---|---|---|---|---|");
     for (src, source) in &sources {
         let from = src.kind;
-        for &to in kinds.iter().filter(|t| **t != from) {
+        for &to in kinds.iter().filter(|t| **t != from && picked(from, t)) {
             let (dst, raw_end) = (
                 End::new(scratch, engines, to)?,
                 End::new(scratch, engines, to)?,
@@ -268,7 +276,7 @@ pub fn run(scratch: &Scratch, engines: &Engines, rows: &[FlightRow]) -> anyhow::
         let Some((_, source)) = sources.iter().find(|(e, _)| e.kind == from) else {
             continue;
         };
-        if !kinds.contains(&to) {
+        if !kinds.contains(&to) || !picked(from, to) {
             continue;
         }
         let mut rates = Vec::new();
@@ -304,7 +312,7 @@ pub fn run(scratch: &Scratch, engines: &Engines, rows: &[FlightRow]) -> anyhow::
     // Follow lag and cut-over pause: 5,000 row writes/s (50 upserts per 10 ms, one
     // atomic batch each) on the source while the migration copies, then follows.
     for (from, to) in [("etch", "postgres"), ("etch", "sqlite")] {
-        if !kinds.contains(&to) {
+        if !kinds.contains(&to) || !picked(from, to) {
             continue;
         }
         let (_, source) = sources
