@@ -229,6 +229,33 @@ impl Kinds {
     }
 }
 
+/// A document under optimistic locking (`#[version]`).
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "docs")]
+#[index(name = "by_title", fields(title), unique)]
+pub struct Doc {
+    /// Primary key.
+    #[pk]
+    pub id: i64,
+    /// Title (unique).
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// The version every update checks and increments.
+    #[version]
+    pub version: i64,
+}
+
+#[query_group]
+impl Doc {
+    fn retitle(id: i64, title: &str) -> u64 {
+        Self::filter(|d| d.id == id).update(|d| d.title = title)
+    }
+    fn version_of(id: i64) -> i64 {
+        Self::filter(|d| d.id == id).select(|d| d.version)
+    }
+}
+
 /// Registers every conformance table and query group.
 pub fn register(b: DbBuilder) -> DbBuilder {
     b.table::<Team>()
@@ -237,7 +264,9 @@ pub fn register(b: DbBuilder) -> DbBuilder {
         .table::<Song>()
         .table::<Playlist>()
         .table::<Kinds>()
+        .table::<Doc>()
         .queries::<User>()
         .queries::<Membership>()
         .queries::<Kinds>()
+        .queries::<Doc>()
 }

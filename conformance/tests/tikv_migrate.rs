@@ -25,6 +25,7 @@ fn table() -> &'static TableSchema {
     T.get_or_init(|| {
         let col = |n: &str, ty, null| ColumnDef::new(n, ty, null);
         TableSchema {
+            version: None,
             name: "kinds".into(),
             columns: vec![
                 col("id", ColumnType::I64, false),

@@ -130,6 +130,35 @@ fn schema_columns_and_key() {
     assert!(std::ptr::eq(s, User::schema()), "the schema is built once");
 }
 
+/// A table under optimistic locking.
+#[derive(Table, Clone, Debug, PartialEq)]
+struct Versioned {
+    #[pk]
+    id: i64,
+    body: String,
+    #[version]
+    version: i64,
+}
+
+#[test]
+fn version_column_is_declared_and_validated() {
+    let s = Versioned::schema();
+    assert_eq!(s.version, Some(2));
+    assert_eq!(User::schema().version, None);
+    s.validate().unwrap();
+    for bad in [0, 1, 3] {
+        // The key, a String, out of range.
+        let mut t = s.clone();
+        t.version = Some(bad);
+        assert!(t.validate().unwrap_err().is_invalid_input(), "{bad}");
+    }
+    let mut t = s.clone();
+    t.columns[2].nullable = true;
+    assert!(t.validate().unwrap_err().is_invalid_input());
+    let row = vec![Value::I64(1), Value::String("b".into()), Value::I64(7)];
+    assert_eq!(s.version_of(&row), Some(7));
+}
+
 #[test]
 fn schema_indexes_including_conditional() {
     let s = User::schema();

@@ -12,6 +12,7 @@ pub mod query;
 pub mod relation;
 pub mod scan;
 pub mod tx;
+pub mod version;
 
 use crate::model::User;
 use crate::{Case, Need};
@@ -44,6 +45,10 @@ pub fn all() -> Vec<Case> {
         case!(crud::every_column_type_round_trips),
         case!(crud::count_rows),
         case!(crud::composite_primary_key),
+        case!(version::insert_sets_one_update_increments),
+        case!(version::two_writers_one_wins),
+        case!(version::missing_row_and_upsert_refused),
+        case!(version::query_update_increments),
         case!(query::one_or_not_found),
         case!(query::optional_and_unique_lookup),
         case!(query::filter_order_limit),

@@ -157,6 +157,9 @@ pub enum Op<'a> {
         mode: WriteMode,
     },
     /// Replace rows by primary key. Output: `Count` of rows that existed and were replaced.
+    /// On a table with a version column ([`TableSchema::version`]), a row is replaced
+    /// only where the stored version equals the row's, and is stored at the row's
+    /// version + 1; a row at another version is not counted (optimistic locking).
     Update {
         /// The table.
         table: &'a TableSchema,

@@ -61,6 +61,9 @@ pub enum ErrorKind {
     Engine,
 }
 
+/// The code of [`Error::stale_version`].
+pub const STALE_VERSION: &str = "stale_version";
+
 /// The error type of every datalayer operation.
 #[non_exhaustive]
 pub struct Error {
@@ -182,6 +185,16 @@ impl Error {
     /// `kind() == Conflict`.
     pub fn is_conflict(&self) -> bool {
         self.kind == ErrorKind::Conflict
+    }
+    /// `Conflict` with code [`STALE_VERSION`]: an update of a row whose stored version
+    /// is not the one the caller read (optimistic locking, `#[version]`). Nothing was
+    /// written; read the row again and retry.
+    pub fn stale_version(message: impl Into<String>) -> Self {
+        Self::conflict(message).with_code(STALE_VERSION)
+    }
+    /// Whether this is [`Error::stale_version`].
+    pub fn is_stale_version(&self) -> bool {
+        self.kind == ErrorKind::Conflict && self.code() == Some(STALE_VERSION)
     }
     /// `kind() == CommitUnknown`: the transaction may or may not have been applied.
     pub fn is_commit_unknown(&self) -> bool {

@@ -35,7 +35,7 @@ pub use engine::{
     AUTOCOMMIT_RETRIES, Engine, EngineTx, Isolation, Op, Output, ScanRequest, TxOptions, WriteMode,
     retry_autocommit,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, STALE_VERSION};
 pub use fence::WriteFence;
 pub use query::{
     ArithOp, CmpOp, Expr, Limit, OrderBy, ParamDef, QueryBuilder, QueryDef, QueryId, QueryKind,

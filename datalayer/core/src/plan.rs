@@ -247,6 +247,7 @@ mod tests {
             nullable: false,
         };
         TableSchema {
+            version: None,
             name: "flights".into(),
             columns: vec![
                 col("id", ColumnType::I64),

@@ -94,7 +94,30 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
         T::schema()
     }
 
-    /// Inserts one row.
+    /// `row` as inserted: on a table with a version column, at version 1.
+    fn inserted(&self, row: &T) -> Row {
+        let mut r = row.to_row();
+        if let Some(v) = self.schema().version {
+            r[v] = Value::I64(1);
+        }
+        r
+    }
+
+    /// `InvalidInput` for an upsert on a table with a version column: replacing a row
+    /// whatever its version would defeat the check every update makes.
+    fn no_upsert(&self) -> Result<()> {
+        match self.schema().version {
+            Some(v) => Err(Error::invalid_input(format!(
+                "table {} has a version column ({}): write it with insert and update, not upsert",
+                self.schema().name,
+                self.schema().columns[v].name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Inserts one row (on a table with a `#[version]` column, at version 1 whatever
+    /// the row says).
     ///
     /// # Errors
     /// `AlreadyExists` when the primary key or a unique index value exists;
@@ -113,7 +136,7 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
         if rows.is_empty() {
             return Ok(0);
         }
-        let rows = rows.iter().map(Table::to_row).collect();
+        let rows = rows.iter().map(|r| self.inserted(r)).collect();
         let op = Op::Insert {
             table: self.schema(),
             rows,
@@ -125,8 +148,10 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     /// Inserts the row, or replaces the row with the same primary key.
     ///
     /// # Errors
-    /// `AlreadyExists` when a unique index value belongs to another row.
+    /// `AlreadyExists` when a unique index value belongs to another row;
+    /// `InvalidInput` on a table with a `#[version]` column (use insert and update).
     pub async fn upsert(&self, row: &T) -> Result<()> {
+        self.no_upsert()?;
         let op = Op::Insert {
             table: self.schema(),
             rows: vec![row.to_row()],
@@ -139,8 +164,9 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     /// upserts is idempotent, so an interrupted load can simply run again.
     ///
     /// # Errors
-    /// `AlreadyExists` when a unique index value belongs to another row.
+    /// As [`Repo::upsert`].
     pub async fn upsert_many(&self, rows: &[T]) -> Result<u64> {
+        self.no_upsert()?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -152,23 +178,40 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
         count(self.ex.run(op).await?)
     }
 
-    /// Replaces the row with the same primary key.
+    /// Replaces the row with the same primary key. On a table with a `#[version]`
+    /// column, only if the stored version is `row`'s, and the stored version becomes
+    /// `row`'s + 1 (optimistic locking: check and increment in the one statement or
+    /// transaction of the update).
     ///
     /// # Errors
-    /// `NotFound` when no row has that key; `AlreadyExists` for a unique violation.
+    /// `NotFound` when no row has that key; `AlreadyExists` for a unique violation;
+    /// `Conflict` with [`Error::is_stale_version`] when the stored version is another
+    /// (nothing is written: read the row again).
     pub async fn update(&self, row: &T) -> Result<()> {
         let op = Op::Update {
             table: self.schema(),
             rows: vec![row.to_row()],
         };
-        match count(self.ex.run(op).await?)? {
-            0 => Err(Error::not_found(format!(
-                "{}: no row with key {:?}",
-                self.schema().name,
-                row.key()
-            ))),
-            _ => Ok(()),
+        if count(self.ex.run(op).await?)? > 0 {
+            return Ok(());
         }
+        let name = &self.schema().name;
+        // Nothing written: no such row, or (with a version column) another version.
+        if self.schema().version.is_some()
+            && let Some(now) = self.get(row.key()).await?
+        {
+            let t = self.schema();
+            return Err(Error::stale_version(format!(
+                "{name}: the row with key {:?} is at version {}, not {} (updated since it was read)",
+                row.key(),
+                t.version_of(&now.to_row()).unwrap_or_default(),
+                t.version_of(&row.to_row()).unwrap_or_default()
+            )));
+        }
+        Err(Error::not_found(format!(
+            "{name}: no row with key {:?}",
+            row.key()
+        )))
     }
 
     /// Deletes the row with key `key`; returns whether it existed (deleting a missing

@@ -144,6 +144,13 @@ pub struct TableSchema {
     pub primary_key: Vec<usize>,
     /// Secondary indexes.
     pub indexes: Vec<IndexDef>,
+    /// The optimistic-locking version column (`#[version]`), as a position in
+    /// `columns`: a non-null `I64` outside the primary key. On such a table,
+    /// [`crate::Op::Update`] writes a row only where the stored version equals the
+    /// row's, and stores the row's version + 1; a query-group update increments it;
+    /// `Repo::insert` stores version 1 (the optimistic concurrency control of Kung and
+    /// Robinson, "On Optimistic Methods for Concurrency Control", 1981, per row).
+    pub version: Option<usize>,
 }
 
 impl TableSchema {
@@ -268,7 +275,24 @@ impl TableSchema {
                 )));
             }
         }
+        if let Some(v) = self.version {
+            let ok = self.columns.get(v).is_some_and(|c| {
+                c.ty == ColumnType::I64 && !c.nullable && !self.primary_key.contains(&v)
+            });
+            if !ok {
+                return Err(Error::invalid_input(format!(
+                    "table {}: the version column must be a non-null i64 outside the primary key",
+                    self.name
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The version stored in `row` (`None`: the table has no version column, or the
+    /// value is not an integer).
+    pub fn version_of(&self, row: &Row) -> Option<i64> {
+        self.version.and_then(|v| row.get(v)?.as_i64())
     }
 
     /// Coerces `vals` to the types of the columns at positions `cols` (a key prefix:

@@ -367,6 +367,7 @@ mod tests {
         let mut pk = col("id", ColumnType::String);
         pk.nullable = false;
         TableSchema {
+            version: None,
             name: "t".into(),
             columns: vec![
                 pk,

@@ -1671,6 +1671,7 @@ fn layout_fixture() -> (
 ) {
     let col = |n: &str, ty| ColumnDef::new(n, ty, n == "name");
     let table = TableSchema {
+        version: None,
         name: "people".into(),
         columns: vec![
             col("id", ColumnType::I64),

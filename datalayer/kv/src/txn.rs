@@ -496,10 +496,18 @@ impl KvTx {
                     let ahead = Self::keys_to_prefetch(table, &keys, &rows)?;
                     self.read_ahead_write(table, ahead, false).await?;
                 }
-                for row in rows {
+                for mut row in rows {
                     let key = keys.row_key(table, &row);
                     if let Some(old) = self.get(&key).await? {
                         let old = decode_row(table, &old)?;
+                        if let Some(v) = table.version {
+                            // Optimistic locking: only over the version the caller read.
+                            let seen = table.version_of(&row);
+                            if seen.is_none() || seen != table.version_of(&old) {
+                                continue;
+                            }
+                            row[v] = Value::I64(seen.unwrap_or_default().saturating_add(1));
+                        }
                         self.write_row(table, &keys, &key, Some(&old), Some(&row))
                             .await?;
                         n += 1;
@@ -959,6 +967,13 @@ impl KvTx {
                                 e.message()
                             ))
                         })?;
+                    }
+                    if let Some(v) = t
+                        .version
+                        .filter(|v| !assignments.iter().any(|(c, _)| c == v))
+                    {
+                        let next = t.version_of(&old).unwrap_or_default().saturating_add(1);
+                        new[v] = Value::I64(next);
                     }
                     let new = t.check_row(new)?;
                     let key = keys.row_key(t, &old);

@@ -15,6 +15,7 @@ fn table() -> TableSchema {
         nullable: false,
     };
     TableSchema {
+        version: None,
         name: "items".into(),
         columns: vec![col("id", ColumnType::I64), col("v", ColumnType::String)],
         primary_key: vec![0],

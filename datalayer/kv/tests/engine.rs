@@ -24,6 +24,7 @@ fn users() -> TableSchema {
         nullable: false,
     };
     TableSchema {
+        version: None,
         name: "users".into(),
         columns: vec![
             col("id", ColumnType::I64),

@@ -48,6 +48,7 @@ fn col(name: &str, ty: ColumnType, nullable: bool) -> ColumnDef {
 /// conditional `minors` (`age < 18`).
 fn users() -> TableSchema {
     TableSchema {
+        version: None,
         name: "users".into(),
         columns: vec![
             col("id", ColumnType::I64, false),

@@ -40,12 +40,21 @@ mod table;
 ///     #[belongs_to(Team)] team_id: Option<i64>,
 ///     song_ids: Vec<i64>,
 ///     #[relation(ids = song_ids)] songs: Vec<Song>,          // not a column
+///     #[version] version: i64,                               // optimistic locking
 /// }
 /// ```
 ///
+/// `#[version]` (at most one, an `i64` outside the key) makes every update check and
+/// increment it: `Repo::update` of a row whose version is not the stored one fails
+/// with `Error::is_stale_version()`, a query-group update adds 1, `Repo::insert`
+/// stores 1.
+///
 /// `#[table(crate = "datalayer_core")]` makes the generated code use `datalayer_core::..`
 /// instead of `::datalayer::..` (default), for crates that do not depend on the facade.
-#[proc_macro_derive(Table, attributes(table, pk, index, column, belongs_to, relation))]
+#[proc_macro_derive(
+    Table,
+    attributes(table, pk, version, index, column, belongs_to, relation)
+)]
 pub fn derive_table(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     table::expand(input)

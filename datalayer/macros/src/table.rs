@@ -17,6 +17,8 @@ struct Field {
     column: String,
     column_span: Span,
     pk: bool,
+    /// `#[version]`: the optimistic-locking version column.
+    version: bool,
     /// `#[relation(ids = other_field)]`: not a column.
     relation: Option<Ident>,
 }
@@ -115,12 +117,16 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             ident: fident.clone(),
             ty: f.ty.clone(),
             pk: false,
+            version: false,
             relation: None,
         };
         for attr in &f.attrs {
             if attr.path().is_ident("pk") {
                 attr.meta.require_path_only()?;
                 field.pk = true;
+            } else if attr.path().is_ident("version") {
+                attr.meta.require_path_only()?;
+                field.version = true;
             } else if attr.path().is_ident("column") {
                 attr.parse_nested_meta(|meta| {
                     if meta.path.is_ident("name") {
@@ -177,6 +183,12 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             return Err(syn::Error::new_spanned(
                 f,
                 "datalayer: a `#[relation]` field cannot be a key",
+            ));
+        }
+        if field.version && (field.pk || field.relation.is_some()) {
+            return Err(syn::Error::new_spanned(
+                f,
+                "datalayer: a `#[version]` column cannot be a key or a relation",
             ));
         }
         if field.pk && generic_arg(&field.ty, "Option").is_some() {
@@ -249,6 +261,30 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         }
     });
     let pk_positions: Vec<usize> = pk.iter().map(|f| position[&f.ident.to_string()]).collect();
+    let versions: Vec<&Field> = columns.iter().copied().filter(|f| f.version).collect();
+    if let [_, second, ..] = versions.as_slice() {
+        return Err(syn::Error::new(
+            second.ident.span(),
+            "datalayer: a table has at most one `#[version]` column",
+        ));
+    }
+    let version = match versions.first() {
+        Some(f) => {
+            let (p, ty) = (position[&f.ident.to_string()], &f.ty);
+            // An i64 (not `Option`): checked where the type is known.
+            quote_spanned! {ty.span()=>
+                ::std::option::Option::Some({
+                    const _: () = ::std::assert!(
+                        ::std::matches!(<#ty as #dl::ColumnValue>::TYPE, #dl::ColumnType::I64)
+                            && !<#ty as #dl::ColumnValue>::NULLABLE,
+                        "datalayer: a `#[version]` column is an `i64`"
+                    );
+                    #p
+                })
+            }
+        }
+        None => quote!(::std::option::Option::None),
+    };
     let cols = PositionColumns {
         dl: &dl,
         position: &position,
@@ -404,6 +440,7 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                     columns: ::std::vec![#(#column_defs),*],
                     primary_key: ::std::vec![#(#pk_positions),*],
                     indexes: ::std::vec![#(#index_defs),*],
+                    version: #version,
                 })
             }
             fn to_row(&self) -> #dl::Row {

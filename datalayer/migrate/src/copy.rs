@@ -438,6 +438,7 @@ mod tests {
 
     fn table() -> TableSchema {
         TableSchema {
+            version: None,
             name: "t".into(),
             columns: vec![
                 ColumnDef::new("id", ColumnType::I64, false),

@@ -13,6 +13,7 @@ use std::sync::LazyLock;
 pub(crate) static SCHEMA: LazyLock<TableSchema> = LazyLock::new(|| {
     let col = ColumnDef::new;
     TableSchema {
+        version: None,
         name: MIGRATION.into(),
         columns: vec![
             col("name", ColumnType::String, false),

@@ -291,6 +291,7 @@ mod tests {
             indexes: Vec<IndexDef>,
         ) -> TableSchema {
             TableSchema {
+                version: None,
                 name: name.into(),
                 columns: cols
                     .iter()

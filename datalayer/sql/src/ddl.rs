@@ -140,6 +140,7 @@ mod tests {
             nullable,
         };
         let t = TableSchema {
+            version: None,
             name: "flights".into(),
             columns: vec![
                 col("carrier", ColumnType::String, false),
@@ -186,6 +187,7 @@ mod tests {
             when: None,
         };
         TableSchema {
+            version: None,
             name: "identifier_limit_table_with_a_rather_long_name_sixty_bytes_a".into(),
             columns: vec![col("id"), col("email"), col("phone")],
             primary_key: vec![0],

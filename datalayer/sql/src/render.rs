@@ -52,7 +52,8 @@ pub struct TableSql {
     /// `insert` plus an upsert clause on the primary key; same placeholders.
     pub upsert: String,
     /// `UPDATE t SET <non-key columns> WHERE <key columns>`: placeholder `k` = column
-    /// `k - 1`, so a whole row binds by position.
+    /// `k - 1`, so a whole row binds by position. On a table with a version column
+    /// `v`: `SET .., v = $v + 1 WHERE <key> AND v = $v` (optimistic locking).
     pub update: String,
     /// `DELETE FROM t WHERE <key>`: placeholder `k` = primary-key value `k - 1`.
     pub delete: String,
@@ -449,6 +450,14 @@ pub fn render_query(q: &QueryDef, d: &dyn Dialect) -> Result<RenderedQuery> {
                 let name = c.col(*col)?;
                 sets.push(format!("{name} = {}", c.expr(e)?));
             }
+            if let Some(v) = t
+                .version
+                .filter(|v| !assignments.iter().any(|(c, _)| c == v))
+            {
+                // Optimistic locking: every update moves the version on.
+                let name = c.col(v)?;
+                sets.push(format!("{name} = {name} + 1"));
+            }
             if sets.is_empty() {
                 // Nothing to change: still count (and touch) the matching rows.
                 let first = c.col(0)?;
@@ -514,13 +523,23 @@ pub fn render_table(t: &TableSchema, d: &dyn Dialect) -> TableSql {
     } else {
         non_key
             .iter()
-            .map(|&c| format!("{} = {}", d.quote_ident(&t.columns[c].name), ph[c]))
+            .map(|&c| match t.version {
+                // Optimistic locking: written over the version read, moved on by one.
+                Some(v) if v == c => {
+                    format!("{} = {} + 1", d.quote_ident(&t.columns[c].name), ph[c])
+                }
+                _ => format!("{} = {}", d.quote_ident(&t.columns[c].name), ph[c]),
+            })
             .collect()
     };
+    let mut update_where = key_by_col;
+    if let Some(v) = t.version {
+        update_where.push(format!("{} = {}", d.quote_ident(&t.columns[v].name), ph[v]));
+    }
     let update = format!(
         "UPDATE {table} SET {} WHERE {}",
         sets.join(", "),
-        key_by_col.join(" AND ")
+        update_where.join(" AND ")
     );
     let key_by_pos: Vec<String> = key
         .iter()
@@ -728,6 +747,7 @@ mod tests {
                 nullable,
             };
             TableSchema {
+                version: None,
                 name: "users".into(),
                 columns: vec![
                     col("id", ColumnType::I64, false),

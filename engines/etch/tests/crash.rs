@@ -506,6 +506,7 @@ mod engine {
             nullable: false,
         };
         Box::leak(Box::new(TableSchema {
+            version: None,
             name: "users".into(),
             columns: vec![col("id", ColumnType::I64), col("email", ColumnType::String)],
             primary_key: vec![0],

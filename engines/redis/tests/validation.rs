@@ -254,6 +254,7 @@ fn indexed_rows(
     use datalayer_core::{ColumnDef, ColumnType, IndexDef, TableSchema, Value};
     use datalayer_kv::codec;
     let table = TableSchema {
+        version: None,
         name: "t".into(),
         columns: vec![
             ColumnDef::new("id", ColumnType::I64, false),

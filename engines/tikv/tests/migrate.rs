@@ -18,6 +18,7 @@ fn table() -> &'static TableSchema {
     T.get_or_init(|| {
         let col = ColumnDef::new;
         TableSchema {
+            version: None,
             name: "items".into(),
             columns: vec![
                 col("id", ColumnType::I64, false),

@@ -54,6 +54,7 @@ impl Table for User {
     fn schema() -> &'static TableSchema {
         static S: OnceLock<TableSchema> = OnceLock::new();
         S.get_or_init(|| TableSchema {
+            version: None,
             name: "users".into(),
             columns: vec![
                 col("id", ColumnType::I64, false),
@@ -143,6 +144,7 @@ impl Table for Flight {
     fn schema() -> &'static TableSchema {
         static S: OnceLock<TableSchema> = OnceLock::new();
         S.get_or_init(|| TableSchema {
+            version: None,
             name: "flights".into(),
             columns: vec![
                 col("carrier", ColumnType::String, false),
