@@ -94,25 +94,61 @@ pub async fn open_url(url: &str) -> Result<KvEngine> {
 /// is empty), 1000 keys per transaction; returns how many were deleted. For tests and
 /// tools that reuse a cluster: a concurrent writer's keys may survive.
 ///
+/// A batch that fails with a retryable error (`Conflict`: a key written after the
+/// batch's snapshot, or the lock of a transaction that was dropped mid-commit and
+/// cannot be resolved before its TTL runs out) is read and deleted again, after a
+/// backoff of 10 ms doubling to 500 ms, for about 25 s (past the 20 s TTL of a
+/// pessimistic lock).
+///
 /// # Errors
-/// As [`TikvKv::connect`], and the errors of the scans and commits (`Conflict` when a
-/// concurrent writer touched a key being deleted).
+/// As [`TikvKv::connect`], and the errors of the scans and commits (`Conflict` when
+/// every attempt found a key being written).
 pub async fn clear_namespace(opts: TikvOptions) -> Result<u64> {
     let store = TikvKv::connect(opts).await?;
     let mut n = 0u64;
+    let mut failed = 0u32;
     loop {
-        let mut t = store.begin(TxOptions::default()).await?;
-        let keys = t
-            .scan(Bound::Unbounded, Bound::Unbounded, 1000, false)
-            .await?;
-        if keys.is_empty() {
-            t.rollback().await?;
-            return Ok(n);
+        match clear_batch(&store).await {
+            Ok(0) => return Ok(n),
+            Ok(k) => {
+                n += k;
+                failed = 0;
+            }
+            Err(e) if e.is_retryable() && failed + 1 < CLEAR_ATTEMPTS => {
+                tokio::time::sleep(backoff(failed)).await;
+                failed += 1;
+            }
+            Err(e) => return Err(e),
         }
-        n += keys.len() as u64;
-        t.commit(keys.into_iter().map(|(k, _)| (k, None)).collect())
-            .await?;
     }
+}
+
+/// Attempts of one batch of [`clear_namespace`]: with [`backoff`], about 25 s, past
+/// the 20 s TTL of a pessimistic lock that an abandoned transaction left (see
+/// `TikvTxn`'s `Drop`).
+const CLEAR_ATTEMPTS: u32 = 56;
+
+/// One batch of [`clear_namespace`]: up to 1000 keys deleted; how many (0: none left).
+async fn clear_batch(store: &TikvKv) -> Result<u64> {
+    let mut t = store.begin(TxOptions::default()).await?;
+    let keys = match t
+        .scan(Bound::Unbounded, Bound::Unbounded, 1000, false)
+        .await
+    {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = t.rollback().await;
+            return Err(e);
+        }
+    };
+    if keys.is_empty() {
+        t.rollback().await?;
+        return Ok(0);
+    }
+    let n = keys.len() as u64;
+    t.commit(keys.into_iter().map(|(k, _)| (k, None)).collect())
+        .await?;
+    Ok(n)
 }
 
 /// Exponential backoff for busy retries: 10 ms doubling up to 500 ms.
