@@ -160,6 +160,26 @@ fn version_column_is_declared_and_validated() {
 }
 
 #[test]
+fn catalog_entries_before_the_version_column_still_read() {
+    let s = User::schema();
+    let now = s.catalog_bytes().unwrap();
+    assert_eq!(now.last(), Some(&0), "version None is the trailing byte");
+    let before = &now[..now.len() - 1];
+    assert_eq!(
+        &datalayer::TableSchema::from_catalog_bytes(before).unwrap(),
+        s
+    );
+    s.check_stored(before).unwrap();
+    // A versioned schema is another schema: its entry does not pass for the old one.
+    let v = Versioned::schema();
+    let mut unversioned = v.clone();
+    unversioned.version = None;
+    let bytes = v.catalog_bytes().unwrap();
+    assert!(unversioned.check_stored(&bytes).is_err());
+    assert!(datalayer::TableSchema::from_catalog_bytes(&[now.as_slice(), &[7]].concat()).is_err());
+}
+
+#[test]
 fn schema_indexes_including_conditional() {
     let s = User::schema();
     assert_eq!(

@@ -163,12 +163,38 @@ impl TableSchema {
         postcard::to_allocvec(self).map_err(|e| Error::engine("postcard", e.to_string()))
     }
 
-    /// A schema from its catalog entry ([`TableSchema::catalog_bytes`]).
+    /// A schema from its catalog entry ([`TableSchema::catalog_bytes`]). An entry
+    /// written before the version column existed (the same fields without the trailing
+    /// `version`) reads as a schema without one.
     ///
     /// # Errors
     /// `Corrupted` when the bytes are not a postcard `TableSchema`.
     pub fn from_catalog_bytes(bytes: &[u8]) -> Result<TableSchema> {
-        postcard::from_bytes(bytes).map_err(|e| Error::corrupted(format!("catalog entry: {e}")))
+        /// The catalog entry before `version`.
+        #[derive(Deserialize)]
+        struct Unversioned {
+            name: String,
+            columns: Vec<ColumnDef>,
+            primary_key: Vec<usize>,
+            indexes: Vec<IndexDef>,
+        }
+        match postcard::take_from_bytes::<TableSchema>(bytes) {
+            Ok((t, [])) => Ok(t),
+            Ok((_, rest)) => Err(Error::corrupted(format!(
+                "catalog entry: {} trailing bytes",
+                rest.len()
+            ))),
+            Err(e) => match postcard::take_from_bytes::<Unversioned>(bytes) {
+                Ok((u, [])) => Ok(TableSchema {
+                    name: u.name,
+                    columns: u.columns,
+                    primary_key: u.primary_key,
+                    indexes: u.indexes,
+                    version: None,
+                }),
+                _ => Err(Error::corrupted(format!("catalog entry: {e}"))),
+            },
+        }
     }
 
     /// Compares this (declared) schema with the catalog entry an engine has stored under
@@ -183,6 +209,10 @@ impl TableSchema {
             return Ok(());
         }
         let old = TableSchema::from_catalog_bytes(stored).ok();
+        if old.as_ref() == Some(self) {
+            // The same schema in an older encoding (before `version`).
+            return Ok(());
+        }
         Err(Error::invalid_input(format!(
             "table {} is stored with a different schema ({}); migrate it first",
             self.name,

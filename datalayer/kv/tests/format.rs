@@ -276,7 +276,8 @@ const CATALOG_VALUE: &str = "05 7573657273 \
     | 01 00 \
     | 03 | 08 62795f656d61696c 01 01 01 00 \
          | 06 62795f616765 01 02 00 00 \
-         | 06 6d696e6f7273 01 02 00 01 03 02 00 02 02 03 24";
+         | 06 6d696e6f7273 01 02 00 01 03 02 00 02 02 03 24 \
+    | 00";
 
 /// Every entry in the store, as hex pairs.
 async fn dump(kv: &MemKv) -> Vec<(String, String)> {
