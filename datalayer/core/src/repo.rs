@@ -188,29 +188,30 @@ impl<'e, T: Table, E: Executor + ?Sized> Repo<'e, T, E> {
     /// `Conflict` with [`Error::is_stale_version`] when the stored version is another
     /// (nothing is written: read the row again).
     pub async fn update(&self, row: &T) -> Result<()> {
+        let t = self.schema();
+        let values = row.to_row();
+        let read = t.version_of(&values);
         let op = Op::Update {
-            table: self.schema(),
-            rows: vec![row.to_row()],
+            table: t,
+            rows: vec![values],
         };
         if count(self.ex.run(op).await?)? > 0 {
             return Ok(());
         }
-        let name = &self.schema().name;
+        let key = row.key();
         // Nothing written: no such row, or (with a version column) another version.
-        if self.schema().version.is_some()
-            && let Some(now) = self.get(row.key()).await?
+        if let Some(read) = read
+            && let Some(now) = self.get(key.clone()).await?
         {
-            let t = self.schema();
             return Err(Error::stale_version(format!(
-                "{name}: the row with key {:?} is at version {}, not {} (updated since it was read)",
-                row.key(),
+                "{}: the row with key {key:?} is at version {}, not {read} (updated since it was read)",
+                t.name,
                 t.version_of(&now.to_row()).unwrap_or_default(),
-                t.version_of(&row.to_row()).unwrap_or_default()
             )));
         }
         Err(Error::not_found(format!(
-            "{name}: no row with key {:?}",
-            row.key()
+            "{}: no row with key {key:?}",
+            t.name
         )))
     }
 

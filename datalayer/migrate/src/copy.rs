@@ -201,7 +201,10 @@ impl Replayed {
     /// How to write `rows`: `Insert` when no replay of this run wrote any of their keys.
     fn mode(&self, table: &TableSchema, rows: &[Row]) -> WriteMode {
         match &self.0 {
-            Some(keys) if !rows.iter().any(|r| keys.contains(&key_bytes(table, r))) => {
+            // No replays yet (a copy without concurrent writes): no key to encode.
+            Some(keys)
+                if keys.is_empty() || !rows.iter().any(|r| keys.contains(&key_bytes(table, r))) =>
+            {
                 WriteMode::Insert
             }
             _ => WriteMode::Upsert,
