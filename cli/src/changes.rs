@@ -9,7 +9,9 @@
 //! `kind` is `insert`, `update` (`columns` = the new row) or `delete` (`columns` = the
 //! removed row). Values map to JSON as: NULL → `null`, bool → `true`/`false`, integers →
 //! numbers, floats → numbers (`null` for NaN and infinities, which JSON cannot hold),
-//! text → strings, bytes → strings in standard base64 with padding (RFC 4648 §4).
+//! text → strings, bytes → strings in standard base64 with padding (RFC 4648 §4),
+//! UUIDs → hyphenated strings, timestamps → RFC 3339 strings (`…T…Z`, µs), dates →
+//! `YYYY-MM-DD`, decimals → strings (exact digits), JSON documents → themselves.
 //! `columns` lists the table's columns in schema order.
 
 use base64::Engine as _;
@@ -83,6 +85,19 @@ impl Serialize for Json<'_> {
             Value::Bytes(b) => {
                 s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
             }
+            Value::Uuid(_) | Value::Decimal(_) => s.serialize_str(&self.0.to_string()),
+            Value::Timestamp(us) => match datalayer::sql::text::timestamp_text(*us) {
+                Ok(t) => s.serialize_str(&t),
+                Err(_) => s.serialize_i64(*us),
+            },
+            Value::Date(d) => match datalayer::sql::text::date_text(*d) {
+                Ok(t) => s.serialize_str(&t),
+                Err(_) => s.serialize_i32(*d),
+            },
+            Value::Json(t) => match serde_json::from_str::<serde_json::Value>(t) {
+                Ok(j) => j.serialize(s),
+                Err(_) => s.serialize_str(t),
+            },
         }
     }
 }

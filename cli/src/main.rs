@@ -214,5 +214,10 @@ fn type_name(ty: ColumnType) -> &'static str {
         ColumnType::F64 => "f64",
         ColumnType::String => "text",
         ColumnType::Bytes => "bytes",
+        ColumnType::Uuid => "uuid",
+        ColumnType::Timestamp => "timestamp",
+        ColumnType::Date => "date",
+        ColumnType::Decimal => "decimal",
+        ColumnType::Json => "json",
     }
 }

@@ -1,6 +1,7 @@
 //! The tables and queries every case runs against.
 
-use datalayer::{DbBuilder, Table, query_group};
+use datalayer::{DbBuilder, DbEnum, Table, query_group};
+use serde::{Deserialize, Serialize};
 
 /// A team (the parent side of `User::team_id`).
 #[derive(Table, Clone, Debug, PartialEq)]
@@ -256,6 +257,111 @@ impl Doc {
     }
 }
 
+/// An order state, stored as its variant name (`#[derive(DbEnum)]`).
+#[derive(DbEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Not yet published.
+    Draft,
+    /// Published.
+    Live,
+    /// Withdrawn.
+    Archived,
+}
+
+/// A struct stored as a JSON document (`#[column(json)]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Prefs {
+    /// A theme name.
+    pub theme: String,
+    /// A size.
+    pub size: i32,
+    /// Tags, in order.
+    pub tags: Vec<String>,
+}
+
+/// The types beyond the primitives: UUID, timestamps, dates, decimals, JSON, enums;
+/// every orderable one indexed.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "typed")]
+#[index(name = "by_uid", fields(uid), unique)]
+#[index(name = "by_at", fields(at))]
+#[index(name = "by_day", fields(day))]
+#[index(name = "by_amount", fields(amount))]
+#[index(name = "by_status_amount", fields(status, amount))]
+#[index(name = "by_maybe_at", fields(maybe_at))]
+pub struct Typed {
+    /// Primary key.
+    #[pk]
+    pub id: i64,
+    /// Unique.
+    pub uid: uuid::Uuid,
+    /// An instant (µs precision).
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// A calendar date.
+    pub day: chrono::NaiveDate,
+    /// An exact decimal.
+    pub amount: rust_decimal::Decimal,
+    /// A JSON document.
+    pub doc: serde_json::Value,
+    /// A struct as JSON.
+    #[column(json)]
+    pub prefs: Prefs,
+    /// An enum as its variant name.
+    pub status: Status,
+    /// Nullable UUID.
+    pub maybe_uid: Option<uuid::Uuid>,
+    /// Nullable instant.
+    pub maybe_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Nullable date.
+    pub maybe_day: Option<chrono::NaiveDate>,
+    /// Nullable decimal.
+    pub maybe_amount: Option<rust_decimal::Decimal>,
+    /// Nullable JSON document.
+    pub maybe_doc: Option<serde_json::Value>,
+    /// Nullable struct as JSON.
+    #[column(json)]
+    pub maybe_prefs: Option<Prefs>,
+    /// Nullable enum.
+    pub maybe_status: Option<Status>,
+    /// A `time` instant (nullable).
+    pub stamp: Option<time::OffsetDateTime>,
+}
+
+#[query_group]
+impl Typed {
+    fn at_between(
+        lo: chrono::DateTime<chrono::Utc>,
+        hi: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<Typed> {
+        Self::filter(|t| t.at >= lo && t.at < hi)
+            .order_by(|t| t.at)
+            .order_by(|t| t.id)
+    }
+    fn amount_above(min: rust_decimal::Decimal, n: i64) -> Vec<Typed> {
+        Self::filter(|t| t.amount > min)
+            .order_by(|t| t.amount.desc())
+            .order_by(|t| t.id)
+            .limit(n)
+    }
+    fn by_uid(u: uuid::Uuid) -> Option<Typed> {
+        Self::filter(|t| t.uid == u)
+    }
+    fn with_status(s: Status) -> Vec<Typed> {
+        Self::filter(|t| t.status == s).order_by(|t| t.id)
+    }
+    fn days_before(d: chrono::NaiveDate) -> Vec<Typed> {
+        Self::filter(|t| t.day < d)
+            .order_by(|t| t.day)
+            .order_by(|t| t.id)
+    }
+    fn set_amount(id: i64, a: rust_decimal::Decimal) -> u64 {
+        Self::filter(|t| t.id == id).update(|t| t.amount = a)
+    }
+    fn stamped_after(s: time::OffsetDateTime) -> Vec<Typed> {
+        Self::filter(|t| t.stamp > Some(s)).order_by(|t| t.id)
+    }
+}
+
 /// Registers every conformance table and query group.
 pub fn register(b: DbBuilder) -> DbBuilder {
     b.table::<Team>()
@@ -265,8 +371,10 @@ pub fn register(b: DbBuilder) -> DbBuilder {
         .table::<Playlist>()
         .table::<Kinds>()
         .table::<Doc>()
+        .table::<Typed>()
         .queries::<User>()
         .queries::<Membership>()
         .queries::<Kinds>()
         .queries::<Doc>()
+        .queries::<Typed>()
 }

@@ -11,7 +11,7 @@
 pub use datalayer_core::*;
 /// The key-value engine family (etch, Redis, TiKV): see [`datalayer_kv`].
 pub use datalayer_kv as kv;
-pub use datalayer_macros::{Table, query_group};
+pub use datalayer_macros::{DbEnum, Table, query_group};
 /// Live migration between any two engines: see [`datalayer_migrate`].
 pub use datalayer_migrate as migrate;
 /// The transactional outbox: see [`datalayer_outbox`].
@@ -33,7 +33,7 @@ pub mod prelude {
     pub use datalayer_core::{
         Batch, Db, Error, ErrorKind, Executor, Isolation, Repo, Result, Table, Tx,
     };
-    pub use datalayer_macros::{Table, query_group};
+    pub use datalayer_macros::{DbEnum, Table, query_group};
     pub use datalayer_outbox::{BuilderOutbox as _, DbOutbox as _, TxOutbox as _};
 }
 

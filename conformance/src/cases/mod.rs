@@ -12,6 +12,7 @@ pub mod query;
 pub mod relation;
 pub mod scan;
 pub mod tx;
+pub mod types;
 pub mod version;
 
 use crate::model::User;
@@ -49,6 +50,11 @@ pub fn all() -> Vec<Case> {
         case!(version::two_writers_one_wins),
         case!(version::missing_row_and_upsert_refused),
         case!(version::query_update_increments),
+        case!(types::round_trip_and_null),
+        case!(types::order_and_range),
+        case!(types::unique_and_equality),
+        case!(types::bad_input_and_stored_data),
+        case!(types::change_feed_carries_types, [ChangeFeed]),
         case!(query::one_or_not_found),
         case!(query::optional_and_unique_lookup),
         case!(query::filter_order_limit),

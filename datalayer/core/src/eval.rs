@@ -11,14 +11,21 @@ use crate::value::Value;
 use std::cmp::Ordering;
 
 /// Compares two non-NULL values of compatible types (integers with integers, any
-/// numeric with any numeric, text with text, bytes with bytes, bools with bools).
-/// `None` for NULL or incompatible types.
+/// numeric with any numeric, text with text, bytes with bytes, bools with bools, and
+/// UUIDs, timestamps, dates and decimals each with their own type). `None` for NULL,
+/// JSON or incompatible types.
 pub fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Null, _) | (_, Value::Null) => None,
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         (Value::Bytes(x), Value::Bytes(y)) => Some(x.cmp(y)),
+        (Value::Uuid(x), Value::Uuid(y)) => Some(x.cmp(y)),
+        (Value::Timestamp(x), Value::Timestamp(y)) => Some(x.cmp(y)),
+        (Value::Date(x), Value::Date(y)) => Some(x.cmp(y)),
+        (Value::Decimal(x), Value::Decimal(y)) => Some(x.cmp(y)),
+        // JSON has no order every engine shares (`ColumnType::is_orderable`).
+        (Value::Json(_), _) | (_, Value::Json(_)) => None,
         _ => match (a.as_i64(), b.as_i64()) {
             (Some(x), Some(y)) => Some(x.cmp(&y)),
             _ => a.as_f64()?.partial_cmp(&b.as_f64()?),

@@ -17,7 +17,9 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod ext;
 pub mod fence;
+mod numeric;
 pub mod plan;
 pub mod query;
 pub mod repo;
@@ -47,7 +49,7 @@ pub use schema::{
     validate_table_name,
 };
 pub use stmt::{Batch, Stmt, decode};
-pub use value::{ColumnType, ColumnValue, Key, Row, ToValue, Value};
+pub use value::{ColumnType, ColumnValue, Key, Numeric, Row, ToValue, Value};
 
 // The root exposes every path `#[derive(Table)]` and `#[query_group]` generate, under the
 // same names as the facade (which re-exports it with `*`), so that crates below the facade

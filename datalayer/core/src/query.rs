@@ -351,12 +351,24 @@ impl QueryBuilder {
     ///
     /// # Errors
     /// `InvalidInput` for an unknown column or parameter, an assignment to a
-    /// primary-key column, or a parameter used but not declared.
+    /// primary-key column, an `order_by` on a JSON column, or a parameter used but not
+    /// declared.
     pub fn build(self) -> Result<QueryDef> {
         if let Some(e) = self.error {
             return Err(e);
         }
         let d = self.def;
+        for o in &d.order_by {
+            let c = &d.table.columns[o.column];
+            if !c.ty.is_orderable() {
+                return Err(Error::invalid_input(format!(
+                    "query {}: cannot order by {} column {}",
+                    d.name,
+                    format!("{:?}", c.ty).to_lowercase(),
+                    c.name
+                )));
+            }
+        }
         if let QueryKind::Update { assignments } = &d.kind {
             for (c, _) in assignments {
                 if d.table.primary_key.contains(c) {
@@ -431,6 +443,35 @@ pub mod check {
         Vec<u8>,
         std::time::SystemTime
     );
+    /// A type that compares with itself, nullable or not: implemented by
+    /// `#[derive(DbEnum)]` (the blanket impls below give it every `Comparable` a
+    /// built-in column type has; a derive in the user's crate could not write the
+    /// `Option<E>`-with-`Option<E>` one itself, under the orphan rule).
+    pub trait SelfComparable {}
+    impl<T: SelfComparable> Comparable<T> for T {}
+    impl<T: SelfComparable> Comparable<&T> for T {}
+    impl<T: SelfComparable> Comparable<Option<T>> for T {}
+    impl<T: SelfComparable> Comparable<T> for Option<T> {}
+    impl<T: SelfComparable> Comparable<&T> for Option<T> {}
+    impl<T: SelfComparable> Comparable<Option<T>> for Option<T> {}
+    same!(crate::value::Numeric);
+    nullable_rhs!(crate::value::Numeric);
+    #[cfg(feature = "uuid")]
+    same!(uuid::Uuid);
+    #[cfg(feature = "uuid")]
+    nullable_rhs!(uuid::Uuid);
+    #[cfg(feature = "chrono")]
+    same!(chrono::DateTime<chrono::Utc>, chrono::NaiveDate);
+    #[cfg(feature = "chrono")]
+    nullable_rhs!(chrono::DateTime<chrono::Utc>, chrono::NaiveDate);
+    #[cfg(feature = "time")]
+    same!(time::OffsetDateTime);
+    #[cfg(feature = "time")]
+    nullable_rhs!(time::OffsetDateTime);
+    #[cfg(feature = "rust_decimal")]
+    same!(rust_decimal::Decimal);
+    #[cfg(feature = "rust_decimal")]
+    nullable_rhs!(rust_decimal::Decimal);
     impl Comparable<&str> for String {}
     impl Comparable<&str> for Option<String> {}
     impl Comparable<&&str> for String {}
@@ -552,5 +593,41 @@ pub mod check {
             None => v,
         };
         super::Expr::Literal(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{ColumnDef, TableSchema};
+
+    #[test]
+    fn order_by_a_json_column_is_refused() {
+        let t: &'static TableSchema = Box::leak(Box::new(TableSchema {
+            name: "t".into(),
+            columns: vec![
+                ColumnDef::new("id", ColumnType::I64, false),
+                ColumnDef::new("doc", ColumnType::Json, false),
+            ],
+            primary_key: vec![0],
+            indexes: vec![],
+            version: None,
+        }));
+        let mut q = QueryBuilder::new("by_doc", t);
+        q.order_by("doc", false);
+        let err = q.build().expect_err("json has no order");
+        assert!(err.message().contains("cannot order by json"), "{err}");
+        let mut q = QueryBuilder::new("by_id", t);
+        q.order_by("id", true);
+        assert!(q.build().is_ok());
+        // Nor in a key or an index.
+        let mut bad = t.clone();
+        bad.indexes.push(crate::schema::IndexDef {
+            name: "by_doc".into(),
+            columns: vec![1],
+            unique: false,
+            when: None,
+        });
+        assert!(bad.validate().is_err());
     }
 }

@@ -305,6 +305,19 @@ impl TableSchema {
                 )));
             }
         }
+        // A key or index orders its columns; JSON has no order every engine shares.
+        let ordered = self
+            .primary_key
+            .iter()
+            .chain(self.indexes.iter().flat_map(|ix| ix.columns.iter()));
+        for &c in ordered {
+            if !self.columns[c].ty.is_orderable() {
+                return Err(Error::invalid_input(format!(
+                    "table {}: column {} is {:?}, which cannot be in a primary key or an index",
+                    self.name, self.columns[c].name, self.columns[c].ty
+                )));
+            }
+        }
         if let Some(v) = self.version {
             let ok = self.columns.get(v).is_some_and(|c| {
                 c.ty == ColumnType::I64 && !c.nullable && !self.primary_key.contains(&v)
@@ -339,7 +352,10 @@ impl TableSchema {
         }
         vals.into_iter()
             .zip(cols)
-            .map(|(v, &c)| v.coerce(self.columns[c].ty))
+            .map(|(v, &c)| {
+                v.check_range()?;
+                v.coerce(self.columns[c].ty)
+            })
             .collect()
     }
 
@@ -384,6 +400,14 @@ impl TableSchema {
                 )));
             }
             if v.column_type() == Some(c.ty) {
+                v.check_range().map_err(|e| {
+                    Error::invalid_input(format!(
+                        "column {}.{}: {}",
+                        self.name,
+                        c.name,
+                        e.message()
+                    ))
+                })?;
                 continue;
             }
             let numeric = v.column_type().is_some_and(|t| t.is_numeric()) && c.ty.is_numeric();

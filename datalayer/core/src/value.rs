@@ -9,10 +9,18 @@
 //! Documented mappings beyond the native types:
 //! - `std::time::SystemTime` → `I64`, microseconds since the Unix epoch (UTC).
 //! - `Vec<i64>`, `Vec<i32>`, `Vec<String>` (id lists) → `Bytes`, postcard-encoded.
-//! - UUIDs: store `uuid::Uuid::as_bytes()` in a `Vec<u8>` column (16 bytes, byte order =
-//!   UUID order), or its hyphenated text in a `String` column.
+//! - `serde_json::Value` → `Json` (canonical text, see [`Value::Json`]); any
+//!   `T: Serialize + DeserializeOwned` field with `#[column(json)]` (see [`json`]).
+//! - Behind cargo features named after the crates ([`crate::ext`]): `uuid::Uuid` →
+//!   `Uuid`; `chrono::DateTime<Utc>` and `time::OffsetDateTime` → `Timestamp`;
+//!   `chrono::NaiveDate` → `Date`; `rust_decimal::Decimal` → `Decimal`.
+//!
+//! Timestamps and dates cover the years 1 to 9999 (every engine can store and order
+//! them: PostgreSQL's range is wider, SQLite's ISO-8601 text sorts only within it);
+//! a value outside is `InvalidInput` ([`Value::check_range`]).
 
 use crate::error::{Error, Result};
+pub use crate::numeric::Numeric;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,6 +47,17 @@ pub enum ColumnType {
     String,
     /// Raw bytes, `Vec<u8>`.
     Bytes,
+    /// A UUID (RFC 9562), 16 bytes; ordered by its bytes (PostgreSQL `uuid` order).
+    Uuid,
+    /// An instant, microseconds since 1970-01-01T00:00:00Z (PostgreSQL `timestamptz`).
+    Timestamp,
+    /// A calendar date, days since 1970-01-01 (PostgreSQL `date`).
+    Date,
+    /// An exact decimal, [`Numeric`] (PostgreSQL `numeric`).
+    Decimal,
+    /// A JSON document (PostgreSQL `jsonb`). Not orderable: never in a key, an index,
+    /// an `order_by` or a comparison.
+    Json,
 }
 
 impl ColumnType {
@@ -50,7 +69,22 @@ impl ColumnType {
     pub fn is_numeric(self) -> bool {
         self.is_integer() || matches!(self, ColumnType::F32 | ColumnType::F64)
     }
+    /// Whether values of the type have an order every engine agrees on, so that the
+    /// column may be in a primary key, an index, an `order_by` or a range filter (all
+    /// but `Json`).
+    pub fn is_orderable(self) -> bool {
+        self != ColumnType::Json
+    }
 }
+
+/// The earliest [`Value::Timestamp`]: 0001-01-01T00:00:00Z, in microseconds.
+pub const MIN_TIMESTAMP_MICROS: i64 = -62_135_596_800 * 1_000_000;
+/// The latest [`Value::Timestamp`]: 9999-12-31T23:59:59.999999Z, in microseconds.
+pub const MAX_TIMESTAMP_MICROS: i64 = 253_402_300_799 * 1_000_000 + 999_999;
+/// The earliest [`Value::Date`]: 0001-01-01, in days since 1970-01-01.
+pub const MIN_DATE_DAYS: i32 = -719_162;
+/// The latest [`Value::Date`]: 9999-12-31, in days since 1970-01-01.
+pub const MAX_DATE_DAYS: i32 = 2_932_896;
 
 /// A single column value. `Null` is SQL NULL and is only allowed in nullable columns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -74,6 +108,20 @@ pub enum Value {
     String(String),
     /// Raw bytes.
     Bytes(Vec<u8>),
+    /// A UUID's 16 bytes, in RFC 9562 (network) order.
+    Uuid([u8; 16]),
+    /// Microseconds since 1970-01-01T00:00:00Z, within [`MIN_TIMESTAMP_MICROS`] ..=
+    /// [`MAX_TIMESTAMP_MICROS`] (sub-microsecond digits are dropped on the way in,
+    /// toward the past, as PostgreSQL keeps microseconds).
+    Timestamp(i64),
+    /// Days since 1970-01-01, within [`MIN_DATE_DAYS`] ..= [`MAX_DATE_DAYS`].
+    Date(i32),
+    /// An exact decimal.
+    Decimal(Numeric),
+    /// A JSON document as canonical text ([`Value::json`]: compact, object keys sorted
+    /// by their bytes), so that every engine returns the same text for the same
+    /// document (PostgreSQL's `jsonb` reorders keys; it is canonicalized on read).
+    Json(String),
 }
 
 impl Value {
@@ -89,7 +137,53 @@ impl Value {
             Value::F64(_) => ColumnType::F64,
             Value::String(_) => ColumnType::String,
             Value::Bytes(_) => ColumnType::Bytes,
+            Value::Uuid(_) => ColumnType::Uuid,
+            Value::Timestamp(_) => ColumnType::Timestamp,
+            Value::Date(_) => ColumnType::Date,
+            Value::Decimal(_) => ColumnType::Decimal,
+            Value::Json(_) => ColumnType::Json,
         })
+    }
+
+    /// A JSON value as its canonical text: compact, object keys sorted by their bytes
+    /// (whatever `serde_json`'s map order is built with).
+    pub fn json(v: &serde_json::Value) -> Value {
+        Value::Json(canonical_json(v))
+    }
+
+    /// A JSON value from text in any layout (PostgreSQL's `jsonb` output, SQLite's
+    /// `json()`), canonicalized ([`Value::json`]).
+    ///
+    /// # Errors
+    /// `InvalidInput` when `text` is not JSON.
+    pub fn json_from_text(text: &str) -> Result<Value> {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::invalid_input(format!("not a JSON document: {e}")))?;
+        Ok(Value::json(&v))
+    }
+
+    /// Checks the ranges the types promise on every engine: timestamps and dates in
+    /// the years 1 to 9999, JSON text that parses.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the value and the range.
+    pub fn check_range(&self) -> Result<()> {
+        match self {
+            Value::Timestamp(us) if !(MIN_TIMESTAMP_MICROS..=MAX_TIMESTAMP_MICROS).contains(us) => {
+                Err(Error::invalid_input(format!(
+                    "the timestamp {us} µs since the epoch is outside the years 1 to 9999"
+                )))
+            }
+            Value::Date(d) if !(MIN_DATE_DAYS..=MAX_DATE_DAYS).contains(d) => {
+                Err(Error::invalid_input(format!(
+                    "the date {d} days since the epoch is outside the years 1 to 9999"
+                )))
+            }
+            Value::Json(t) => serde_json::from_str::<serde::de::IgnoredAny>(t)
+                .map(|_| ())
+                .map_err(|e| Error::invalid_input(format!("not a JSON document: {e}"))),
+            _ => Ok(()),
+        }
     }
 
     /// Whether this is `Null`.
@@ -159,6 +253,19 @@ impl fmt::Display for Value {
             Value::F64(v) => write!(f, "{v}"),
             Value::String(v) => write!(f, "{v:?}"),
             Value::Bytes(v) => write!(f, "<{} bytes>", v.len()),
+            Value::Uuid(b) => {
+                for (i, x) in b.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{x:02x}")?;
+                }
+                Ok(())
+            }
+            Value::Timestamp(us) => write!(f, "{us}µs"),
+            Value::Date(d) => write!(f, "day {d}"),
+            Value::Decimal(x) => write!(f, "{x}"),
+            Value::Json(t) => f.write_str(t),
         }
     }
 }
@@ -166,8 +273,9 @@ impl fmt::Display for Value {
 /// A Rust type that can be stored in a column.
 ///
 /// Implemented for `bool`, `i16`, `i32`, `i64`, `f32`, `f64`, `String`, `Vec<u8>`,
-/// `SystemTime`, the id-list types `Vec<i64>`, `Vec<i32>`, `Vec<String>`, and `Option<T>`
-/// of each (NULL = `None`).
+/// `SystemTime`, the id-list types `Vec<i64>`, `Vec<i32>`, `Vec<String>`, [`Numeric`],
+/// `serde_json::Value`, the feature-gated types of [`crate::ext`], enums deriving
+/// `DbEnum`, and `Option<T>` of each (NULL = `None`).
 pub trait ColumnValue: Sized + Send + Sync + 'static {
     /// The column type this Rust type maps to.
     const TYPE: ColumnType;
@@ -215,6 +323,105 @@ native!(f32, F32);
 native!(f64, F64);
 native!(String, String);
 native!(Vec<u8>, Bytes);
+native!(Numeric, Decimal);
+
+impl ColumnValue for serde_json::Value {
+    const TYPE: ColumnType = ColumnType::Json;
+    fn to_value(&self) -> Value {
+        Value::json(self)
+    }
+    fn from_value(v: Value) -> Result<Self> {
+        match v {
+            Value::Json(t) => serde_json::from_str(&t).map_err(|e| {
+                Error::invalid_input(format!("a stored JSON value does not parse: {e}"))
+            }),
+            other => mismatch(ColumnType::Json, &other),
+        }
+    }
+}
+
+/// Canonical JSON text: compact, object keys sorted by their bytes.
+fn canonical_json(v: &serde_json::Value) -> String {
+    fn write(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&m[k], out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+/// `#[column(json)]`: a field of any `T: Serialize + DeserializeOwned` stored in a
+/// `Json` column as its `serde_json` document. `#[derive(Table)]` calls these; an
+/// `Option<T>` field is nullable (`None` is SQL NULL, not JSON `null`).
+pub mod json {
+    use super::{ColumnType, Value, mismatch};
+    use crate::error::{Error, Result};
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// The column value of `v`.
+    ///
+    /// # Panics
+    /// When `T`'s `Serialize` fails (a map with non-string keys), as `serde_json` does.
+    pub fn to_value<T: Serialize>(v: &T) -> Value {
+        Value::json(
+            &serde_json::to_value(v)
+                .expect("datalayer: #[column(json)] value does not serialize to JSON"),
+        )
+    }
+    /// The field from its column value.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the value is not JSON or does not deserialize into `T`.
+    pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T> {
+        match v {
+            Value::Json(t) => serde_json::from_str(&t).map_err(|e| {
+                Error::invalid_input(format!("a stored JSON value does not fit the field: {e}"))
+            }),
+            other => mismatch(ColumnType::Json, &other),
+        }
+    }
+    /// [`to_value`] of an optional field (`None` → NULL).
+    pub fn to_value_opt<T: Serialize>(v: &Option<T>) -> Value {
+        v.as_ref().map_or(Value::Null, to_value)
+    }
+    /// [`from_value`] of an optional field (NULL → `None`).
+    ///
+    /// # Errors
+    /// As [`from_value`].
+    pub fn from_value_opt<T: DeserializeOwned>(v: Value) -> Result<Option<T>> {
+        match v {
+            Value::Null => Ok(None),
+            v => from_value(v).map(Some),
+        }
+    }
+}
 
 impl<T: ColumnValue> ColumnValue for Option<T> {
     const TYPE: ColumnType = T::TYPE;

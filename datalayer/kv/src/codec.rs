@@ -3,7 +3,9 @@
 //! Every key part is encoded with the `memcomparable` crate (MySQL/MyRocks memcomparable
 //! format), so byte order equals value order and encodings are self-delimiting. A column
 //! value is one tag byte (`0x00` NULL, `0x01` present: NULL sorts first) followed by the
-//! memcomparable bytes of the value in the column's type.
+//! memcomparable bytes of the value in the column's type (timestamps as `i64`
+//! microseconds, dates as `i32` days, UUIDs as their 16 bytes, decimals in
+//! [`datalayer_core::Numeric::encode_sortable`]'s form).
 //!
 //! ```text
 //! 'c' <table>                          → catalog: the TableSchema (postcard)
@@ -118,6 +120,13 @@ pub fn encode_value(buf: &mut Vec<u8>, v: &Value) {
         Value::F64(x) => mc(buf, x),
         Value::String(x) => mc(buf, x.as_str()),
         Value::Bytes(x) => mc(buf, &serde_bytes(x)),
+        // Byte order is UUID order (RFC 9562 §6.11: compare as unsigned bytes).
+        Value::Uuid(x) => buf.extend_from_slice(x),
+        Value::Timestamp(x) => mc(buf, x),
+        Value::Date(x) => mc(buf, x),
+        Value::Decimal(x) => x.encode_sortable(buf),
+        // Never in a key (`TableSchema::validate`); text, so the encoding is total.
+        Value::Json(x) => mc(buf, x.as_str()),
     }
 }
 
@@ -213,7 +222,9 @@ impl EntryLayout {
 }
 
 /// The end of the memcomparable encoding of one `ty` value starting at `pos`: fixed
-/// widths for booleans, integers and floats; for text and bytes a flag byte (`0` empty,
+/// widths for booleans, integers, floats, timestamps, dates and UUIDs; a decimal's
+/// own terminated encoding ([`datalayer_core::Numeric::encode_sortable`]); for text
+/// and bytes a flag byte (`0` empty,
 /// `1` not), then groups of 8 bytes each followed by a marker (`9`: more groups follow,
 /// `1..=8`: the group's used bytes, last group).
 fn skip_encoded(key: &[u8], pos: usize, ty: ColumnType) -> Option<usize> {
@@ -221,9 +232,14 @@ fn skip_encoded(key: &[u8], pos: usize, ty: ColumnType) -> Option<usize> {
     match ty {
         ColumnType::Bool => fixed(1),
         ColumnType::I16 => fixed(2),
-        ColumnType::I32 | ColumnType::F32 => fixed(4),
-        ColumnType::I64 | ColumnType::F64 => fixed(8),
-        ColumnType::String | ColumnType::Bytes => {
+        ColumnType::I32 | ColumnType::F32 | ColumnType::Date => fixed(4),
+        ColumnType::I64 | ColumnType::F64 | ColumnType::Timestamp => fixed(8),
+        ColumnType::Uuid => fixed(16),
+        ColumnType::Decimal => {
+            let (_, n) = datalayer_core::Numeric::decode_sortable(key.get(pos..)?).ok()?;
+            Some(pos + n)
+        }
+        ColumnType::String | ColumnType::Bytes | ColumnType::Json => {
             let mut p = pos;
             match *key.get(p)? {
                 0 => return Some(p + 1),
@@ -377,11 +393,15 @@ mod tests {
                 col("f", ColumnType::F32),
                 col("o", ColumnType::Bool),
                 col("h", ColumnType::I16),
+                col("u", ColumnType::Uuid),
+                col("t", ColumnType::Timestamp),
+                col("d", ColumnType::Date),
+                col("m", ColumnType::Decimal),
             ],
             primary_key: vec![0, 2],
             indexes: vec![IndexDef {
                 name: "by_all".into(),
-                columns: vec![1, 2, 3, 4, 5, 6],
+                columns: vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
                 unique: false,
                 when: None,
             }],
@@ -398,6 +418,10 @@ mod tests {
             f: Option<f32>,
             o: bool,
             h: Option<i16>,
+            u: Option<[u8; 16]>,
+            ts: Option<i64>,
+            d: i32,
+            m: Option<(i64, u32)>,
         ) {
             let t = entry_table();
             let ix = &t.indexes[0];
@@ -409,6 +433,12 @@ mod tests {
                 f.map_or(Value::Null, Value::F32),
                 Value::Bool(o),
                 h.map_or(Value::Null, Value::I16),
+                u.map_or(Value::Null, Value::Uuid),
+                ts.map_or(Value::Null, Value::Timestamp),
+                Value::Date(d),
+                m.map_or(Value::Null, |(x, s)| {
+                    Value::Decimal(datalayer_core::Numeric::new(x.into(), s % 29).unwrap())
+                }),
             ];
             let pk = pk_suffix(&t, &row);
             let key = index_key(&index_prefix(&t, ix), &t, ix, &row, &pk);
@@ -420,6 +450,17 @@ mod tests {
             let mut bad = key.clone();
             bad[layout.prefix_len] = 7;
             prop_assert_eq!(layout.value_of(&bad), None);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn new_types_order_preserved(a: i64, b: i64, sa in 0u32..=28, ua: [u8; 16], ub: [u8; 16]) {
+            let num = |x: i64, s| Value::Decimal(datalayer_core::Numeric::new(x.into(), s).unwrap());
+            let (x, y) = (num(a, sa), num(b, sa));
+            prop_assert_eq!(a.cmp(&b), enc(&x).cmp(&enc(&y)));
+            prop_assert_eq!(a.cmp(&b), enc(&Value::Timestamp(a)).cmp(&enc(&Value::Timestamp(b))));
+            prop_assert_eq!(ua.cmp(&ub), enc(&Value::Uuid(ua)).cmp(&enc(&Value::Uuid(ub))));
         }
     }
 

@@ -12,6 +12,7 @@
 //! their own tables. `datalayer_core` exposes the same paths as the facade.
 //!
 //! - `table`: the derive (schema, row codec, relationships).
+//! - `db_enum`: `#[derive(DbEnum)]` (an enum stored as its variant name).
 //! - `query`: `#[query_group]` (one `QueryDef`, `Stmt` builder and async
 //!   method per query fn).
 //! - `expr`: the closure-expression parser shared by both.
@@ -19,6 +20,7 @@
 use proc_macro::TokenStream;
 
 mod attrs;
+mod db_enum;
 mod expr;
 mod query;
 mod table;
@@ -58,6 +60,26 @@ mod table;
 pub fn derive_table(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     table::expand(input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Derives `datalayer::ColumnValue` for a fieldless enum: stored as its variant name in
+/// a text column (`ColumnType::String`), so it reads the same on every engine and in
+/// SQL (`WHERE status = 'Shipped'`). A stored name that is no variant reads as an
+/// `InvalidInput` error naming it, never a panic. Comparisons (`o.status == s`) are
+/// type-checked like any column; ordering is by name, as text.
+///
+/// ```ignore
+/// #[derive(DbEnum, Clone, Copy, Debug, PartialEq)]
+/// enum Status { Pending, Shipped, Delivered }
+/// ```
+///
+/// `#[db_enum(crate = "datalayer_core")]` roots the generated paths at that crate.
+#[proc_macro_derive(DbEnum, attributes(db_enum))]
+pub fn derive_db_enum(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    db_enum::expand(input)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

@@ -19,6 +19,8 @@ struct Field {
     pk: bool,
     /// `#[version]`: the optimistic-locking version column.
     version: bool,
+    /// `#[column(json)]`: stored as its `serde_json` document in a `Json` column.
+    json: bool,
     /// `#[relation(ids = other_field)]`: not a column.
     relation: Option<Ident>,
 }
@@ -33,6 +35,52 @@ struct Index {
 struct BelongsTo {
     parent: Path,
     fields: Vec<Ident>,
+}
+
+impl Field {
+    /// Whether the type is written `Option<..>` (how a `#[column(json)]` field is
+    /// nullable: its type is not a `ColumnValue`).
+    fn is_option(&self) -> bool {
+        matches!(&self.ty, Type::Path(p) if p.qself.is_none()
+            && p.path.segments.last().is_some_and(|s| s.ident == "Option"))
+    }
+    /// Tokens of the column's `ColumnType`.
+    fn column_type(&self, dl: &Root) -> TokenStream {
+        let ty = &self.ty;
+        if self.json {
+            quote!(#dl::ColumnType::Json)
+        } else {
+            quote!(<#ty as #dl::ColumnValue>::TYPE)
+        }
+    }
+    /// Tokens of the column's nullability.
+    fn nullable(&self, dl: &Root) -> TokenStream {
+        let ty = &self.ty;
+        if self.json {
+            let opt = self.is_option();
+            quote!(#opt)
+        } else {
+            quote!(<#ty as #dl::ColumnValue>::NULLABLE)
+        }
+    }
+    /// Tokens of `self.<field>` as a `Value`.
+    fn encoder(&self, dl: &Root) -> TokenStream {
+        let fi = &self.ident;
+        match (self.json, self.is_option()) {
+            (false, _) => quote!(#dl::ColumnValue::to_value(&self.#fi)),
+            (true, false) => quote!(#dl::value::json::to_value(&self.#fi)),
+            (true, true) => quote!(#dl::value::json::to_value_opt(&self.#fi)),
+        }
+    }
+    /// Tokens of a fn from `Value` to `Result<field type>`.
+    fn decoder(&self, dl: &Root) -> TokenStream {
+        let ty = &self.ty;
+        match (self.json, self.is_option()) {
+            (false, _) => quote!(<#ty as #dl::ColumnValue>::from_value),
+            (true, false) => quote!(#dl::value::json::from_value::<#ty>),
+            (true, true) => quote!(#dl::value::json::from_value_opt),
+        }
+    }
 }
 
 /// Expands `#[derive(Table)]`.
@@ -118,6 +166,7 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             ty: f.ty.clone(),
             pk: false,
             version: false,
+            json: false,
             relation: None,
         };
         for attr in &f.attrs {
@@ -134,8 +183,13 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                         field.column = s.value();
                         field.column_span = s.span();
                         Ok(())
+                    } else if meta.path.is_ident("json") {
+                        field.json = true;
+                        Ok(())
                     } else {
-                        Err(meta.error("datalayer: expected `#[column(name = \"...\")]`"))
+                        Err(meta.error(
+                            "datalayer: expected `#[column(name = \"...\")]` or `#[column(json)]`",
+                        ))
                     }
                 })?;
             } else if attr.path().is_ident("belongs_to") {
@@ -178,6 +232,12 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                 }
                 field.relation = Some(ids);
             }
+        }
+        if field.json && (field.pk || field.version || field.relation.is_some()) {
+            return Err(syn::Error::new_spanned(
+                f,
+                "datalayer: a `#[column(json)]` field cannot be a key, a version or a relation (JSON has no order)",
+            ));
         }
         if field.relation.is_some() && field.pk {
             return Err(syn::Error::new_spanned(
@@ -250,13 +310,14 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         None => quote!(#table_name),
     };
     let column_defs = columns.iter().map(|f| {
-        let (name, field, ty) = (&f.column, f.ident.to_string(), &f.ty);
+        let (name, field) = (&f.column, f.ident.to_string());
+        let (col_ty, nullable) = (f.column_type(&dl), f.nullable(&dl));
         quote! {
             #dl::ColumnDef {
                 name: ::std::string::String::from(#name),
                 field: ::std::string::String::from(#field),
-                ty: <#ty as #dl::ColumnValue>::TYPE,
-                nullable: <#ty as #dl::ColumnValue>::NULLABLE,
+                ty: #col_ty,
+                nullable: #nullable,
             }
         }
     });
@@ -343,19 +404,17 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
 
     // Row codec.
     let n = columns.len();
-    let to_values = columns.iter().map(|f| {
-        let fi = &f.ident;
-        quote!(#dl::ColumnValue::to_value(&self.#fi))
-    });
+    let to_values = columns.iter().map(|f| f.encoder(&dl));
     let key_values = pk.iter().map(|f| {
         let fi = &f.ident;
         quote!(#dl::ColumnValue::to_value(&self.#fi))
     });
     let decoders = columns.iter().map(|f| {
-        let (fi, ty) = (&f.ident, &f.ty);
+        let fi = &f.ident;
         let column = &f.column;
+        let from_value = f.decoder(&dl);
         quote! {
-            let #fi = <#ty as #dl::ColumnValue>::from_value(__values.next().unwrap_or_default())
+            let #fi = #from_value(__values.next().unwrap_or_default())
                 .map_err(|e| #dl::Error::invalid_input(::std::format!("column {}.{}: {}", #name_expr, #column, e.message())))?;
         }
     });
@@ -502,8 +561,8 @@ impl Columns for PositionColumns<'_> {
         quote!(#dl::Expr::Column(#i))
     }
     fn ty(&self, field: &Ident) -> TokenStream {
-        let (ty, dl) = (&self.columns[self.position[&field.to_string()]].ty, self.dl);
-        quote!(::std::option::Option::Some(<#ty as #dl::ColumnValue>::TYPE))
+        let ty = self.columns[self.position[&field.to_string()]].column_type(self.dl);
+        quote!(::std::option::Option::Some(#ty))
     }
 }
 

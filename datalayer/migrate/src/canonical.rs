@@ -7,7 +7,10 @@
 //! widened to i64 (8 bytes, little-endian); `3` f32 and `4` f64 (IEEE 754 bits,
 //! little-endian, with `-0.0` written as `0.0`: the two compare equal in IEEE 754 and
 //! SQLite keeps no sign of zero; NaN payloads stay distinct); `5` text and `6` bytes
-//! (u64 length, little-endian, then the bytes). A row is its values in column order;
+//! (u64 length, little-endian, then the bytes); `7` UUID (length 16, then its bytes);
+//! `8` timestamp (µs, i64) and `9` date (days, widened to i64), little-endian; `10`
+//! decimal (length, then [`datalayer_core::Numeric::encode_sortable`], normalized) and
+//! `11` JSON (length, then the canonical text). A row is its values in column order;
 //! its hash is XXH3-128 of that encoding (the `xxhash-rust` crate).
 
 use datalayer_core::Value;
@@ -37,6 +40,17 @@ pub(crate) fn encode(buf: &mut Vec<u8>, v: &Value) {
         }
         Value::String(s) => bytes(buf, 5, s.as_bytes()),
         Value::Bytes(b) => bytes(buf, 6, b),
+        Value::Uuid(b) => bytes(buf, 7, b),
+        Value::Timestamp(us) => {
+            buf.push(8);
+            buf.extend_from_slice(&us.to_le_bytes());
+        }
+        Value::Date(d) => {
+            buf.push(9);
+            buf.extend_from_slice(&i64::from(*d).to_le_bytes());
+        }
+        Value::Decimal(n) => bytes(buf, 10, &n.to_sortable()),
+        Value::Json(t) => bytes(buf, 11, t.as_bytes()),
     }
 }
 
@@ -60,6 +74,10 @@ pub(crate) fn size(row: &[Value]) -> usize {
             Value::I16(_) | Value::I32(_) | Value::I64(_) | Value::F64(_) => 9,
             Value::String(s) => 9 + s.len(),
             Value::Bytes(b) => 9 + b.len(),
+            Value::Uuid(_) => 25,
+            Value::Timestamp(_) | Value::Date(_) => 9,
+            Value::Decimal(n) => 9 + n.to_sortable().len(),
+            Value::Json(t) => 9 + t.len(),
         })
         .sum()
 }

@@ -3,7 +3,9 @@
 //! Each SQL engine's triggers append `(position, tbl, op, row)` to `_dl_cdc_log`, with
 //! the row image as a JSON array in column order (bytes as hex strings, non-finite
 //! floats as `"NaN"`/`"Infinity"`/`"-Infinity"` where the database's JSON has no number
-//! for them, booleans as JSON booleans or SQLite's `0`/`1`). [`ChangeDecoder`] turns
+//! for them, booleans as JSON booleans or SQLite's `0`/`1`; timestamps as µs or ISO
+//! 8601 text, dates as days or `YYYY-MM-DD`, UUIDs as hex, decimals as text or the hex
+//! of their sortable form, JSON documents as their text: see [`crate::text`]). [`ChangeDecoder`] turns
 //! those records into [`Change`]s with the table's declared column types.
 
 use datalayer_core::{Change, ChangeKind, ColumnType, Error, Result, TableSchema, Value};
@@ -124,6 +126,21 @@ fn json_value(j: &serde_json::Value, ty: Option<ColumnType>) -> Result<Value> {
         (J::String(s), Some(ColumnType::F64)) => Value::F64(special_float(s).ok_or_else(bad)?),
         (J::String(s), Some(ColumnType::String) | None) => Value::String(s.clone()),
         (J::String(s), Some(ColumnType::Bytes)) => Value::Bytes(unhex(s).ok_or_else(bad)?),
+        (J::String(s), Some(ColumnType::Uuid)) => {
+            Value::Uuid(crate::text::parse_uuid_text(s).ok_or_else(bad)?)
+        }
+        (J::Number(n), Some(ColumnType::Timestamp)) => Value::Timestamp(int(n)?),
+        (J::String(s), Some(ColumnType::Timestamp)) => {
+            Value::Timestamp(crate::text::parse_timestamp_text(s)?)
+        }
+        (J::Number(n), Some(ColumnType::Date)) => {
+            Value::Date(i32::try_from(int(n)?).map_err(|_| bad())?)
+        }
+        (J::String(s), Some(ColumnType::Date)) => Value::Date(crate::text::parse_date_text(s)?),
+        (J::String(s), Some(ColumnType::Decimal)) => {
+            Value::Decimal(crate::text::parse_decimal_log(s).ok_or_else(bad)?)
+        }
+        (J::String(s), Some(ColumnType::Json)) => Value::json_from_text(s).map_err(|_| bad())?,
         (J::Number(n), None) => match n.as_i64() {
             Some(i) => Value::I64(i),
             None => Value::F64(n.as_f64().ok_or_else(bad)?),

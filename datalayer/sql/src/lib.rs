@@ -49,6 +49,7 @@ pub mod engine;
 mod ident;
 pub mod registry;
 mod render;
+pub mod text;
 pub mod work;
 
 pub use cdc::ChangeDecoder;
@@ -162,6 +163,17 @@ pub trait Dialect: Send + Sync + 'static {
                 format!("'{}'", s.replace('\'', "''"))
             }
             Value::Bytes(b) => self.bytes_literal(b),
+            // Never written in a query or an index predicate (the DSL's literals are
+            // numbers, text and booleans); parameters carry these.
+            Value::Uuid(_)
+            | Value::Timestamp(_)
+            | Value::Date(_)
+            | Value::Decimal(_)
+            | Value::Json(_) => {
+                return Err(Error::invalid_input(format!(
+                    "{v} has no inline SQL literal; pass it as a parameter"
+                )));
+            }
         })
     }
 
@@ -286,6 +298,11 @@ pub(crate) mod test_dialect {
                 ColumnType::F64 => "DOUBLE PRECISION",
                 ColumnType::String => "TEXT",
                 ColumnType::Bytes => "BYTEA",
+                ColumnType::Uuid => "UUID",
+                ColumnType::Timestamp => "TIMESTAMPTZ",
+                ColumnType::Date => "DATE",
+                ColumnType::Decimal => "NUMERIC",
+                ColumnType::Json => "JSONB",
             }
         }
         fn bool_literal(&self, b: bool) -> &'static str {

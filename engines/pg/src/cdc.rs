@@ -24,7 +24,8 @@
 //! floats → numbers (PostgreSQL ≥ 12 prints floats with the shortest text that
 //! round-trips, unless the writing session lowered `extra_float_digits`; NaN and
 //! infinities → the strings `"NaN"`, `"Infinity"`, `"-Infinity"`), text → strings,
-//! bytea → **lower-case hex strings** (`encode(.., 'hex')`). Column names are resolved
+//! bytea → **lower-case hex strings** (`encode(.., 'hex')`), timestamptz → µs since
+//! the Unix epoch, date → days since 1970-01-01, uuid, numeric and jsonb → their text. Column names are resolved
 //! when the log is read, from the table's current columns, as in the SQLite engine;
 //! values are typed by the catalog schema, else by the column's SQL type. Re-running
 //! [`enable`] after `ALTER TABLE ADD COLUMN` re-creates the trigger with the new column.
@@ -189,10 +190,16 @@ pub(crate) async fn enable(c: &mut PgConn, table: &str) -> Result<()> {
             .iter()
             .map(|(name, ty)| {
                 let v = format!("{rec}.{}", q(name));
-                if ty == "bytea" {
-                    format!("encode({v}, 'hex')")
-                } else {
-                    v
+                match ty.as_str() {
+                    "bytea" => format!("encode({v}, 'hex')"),
+                    // Exact integers, independent of the session's TimeZone/DateStyle.
+                    "timestamp with time zone" => {
+                        format!("(extract(epoch from {v}) * 1000000)::int8")
+                    }
+                    "date" => format!("({v} - DATE '1970-01-01')"),
+                    // Text: exact digits, and a JSON document kept as one string.
+                    "numeric" | "uuid" | "jsonb" => format!("{v}::text"),
+                    _ => v,
                 }
             })
             .collect::<Vec<_>>()
@@ -249,6 +256,11 @@ fn sql_type(decl: &str) -> Option<ColumnType> {
         "real" => ColumnType::F32,
         "double precision" => ColumnType::F64,
         "bytea" => ColumnType::Bytes,
+        "uuid" => ColumnType::Uuid,
+        "timestamp with time zone" => ColumnType::Timestamp,
+        "date" => ColumnType::Date,
+        "numeric" => ColumnType::Decimal,
+        "jsonb" => ColumnType::Json,
         d if d == "text" || d.starts_with("character") => ColumnType::String,
         _ => return None,
     })

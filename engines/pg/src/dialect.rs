@@ -7,7 +7,8 @@ use datalayer_sql::Dialect;
 ///
 /// - Placeholders `$1`, `$2`, ...
 /// - Column types `BOOLEAN`, `SMALLINT`, `INTEGER`, `BIGINT`, `REAL`,
-///   `DOUBLE PRECISION`, `TEXT COLLATE "C"`, `BYTEA`. Text uses the `C` collation so
+///   `DOUBLE PRECISION`, `TEXT COLLATE "C"`, `BYTEA`, `UUID`, `TIMESTAMPTZ`, `DATE`,
+///   `NUMERIC`, `JSONB`. Text uses the `C` collation so
 ///   that comparisons and `ORDER BY` follow byte (code point) order, as in every other
 ///   engine, whatever the database's default collation is.
 /// - `ORDER BY` spells out `NULLS FIRST` (ascending) / `NULLS LAST` (descending).
@@ -39,6 +40,11 @@ impl Dialect for PgDialect {
             ColumnType::F64 => "DOUBLE PRECISION",
             ColumnType::String => "TEXT COLLATE \"C\"",
             ColumnType::Bytes => "BYTEA",
+            ColumnType::Uuid => "UUID",
+            ColumnType::Timestamp => "TIMESTAMPTZ",
+            ColumnType::Date => "DATE",
+            ColumnType::Decimal => "NUMERIC",
+            ColumnType::Json => "JSONB",
         }
     }
     fn bool_literal(&self, b: bool) -> &'static str {

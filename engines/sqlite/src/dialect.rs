@@ -31,8 +31,10 @@ impl Dialect for SqliteDialect {
         match ty {
             ColumnType::Bool | ColumnType::I16 | ColumnType::I32 | ColumnType::I64 => "INTEGER",
             ColumnType::F32 | ColumnType::F64 => "REAL",
-            ColumnType::String => "TEXT",
-            ColumnType::Bytes => "BLOB",
+            ColumnType::String | ColumnType::Timestamp | ColumnType::Date | ColumnType::Json => {
+                "TEXT"
+            }
+            ColumnType::Bytes | ColumnType::Uuid | ColumnType::Decimal => "BLOB",
         }
     }
     fn column_check(&self, col: &str, ty: ColumnType) -> Option<String> {
@@ -40,6 +42,10 @@ impl Dialect for SqliteDialect {
             ColumnType::Bool => Some(format!("{col} IN (0, 1)")),
             ColumnType::I16 => Some(format!("{col} BETWEEN {} AND {}", i16::MIN, i16::MAX)),
             ColumnType::I32 => Some(format!("{col} BETWEEN {} AND {}", i32::MIN, i32::MAX)),
+            ColumnType::Uuid => Some(format!("length({col}) = 16")),
+            ColumnType::Timestamp => Some(format!("length({col}) = 27")),
+            ColumnType::Date => Some(format!("length({col}) = 10")),
+            ColumnType::Json => Some(format!("json_valid({col})")),
             _ => None,
         }
     }
