@@ -121,19 +121,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// `datalayer tables URL`: the catalog, sorted by table name.
+/// `datalayer tables URL`: the catalog, sorted by table name, each table with its
+/// schema version and the schema-evolution steps applied to it (`Db::catalog`).
 async fn tables(url: &str) -> anyhow::Result<()> {
     let db = datalayer::connect(url).await?;
-    let mut schemas = db.engine().catalog().await?;
-    schemas.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut entries = db.catalog().await?;
+    entries.sort_by(|a, b| a.schema.name.cmp(&b.schema.name));
     let mut out = format!(
         "{}: {} table{}\n",
         datalayer::redact(url),
-        schemas.len(),
-        if schemas.len() == 1 { "" } else { "s" }
+        entries.len(),
+        if entries.len() == 1 { "" } else { "s" }
     );
-    for t in &schemas {
-        out.push_str(&format!("\n{}\n", render(t)));
+    for e in &entries {
+        out.push_str(&format!("\n{}\n", render(&e.schema)));
+        out.push_str(&format!("schema version {}\n", e.version));
+        for h in &e.history {
+            let at = datalayer::sql::text::timestamp_text(h.applied_at_micros)
+                .unwrap_or_else(|_| format!("{} µs", h.applied_at_micros));
+            out.push_str(&format!("  v{} {at}  {}\n", h.version, h.description));
+        }
     }
     db.close().await?;
     emit(&out)

@@ -72,6 +72,50 @@ async fn lists_a_sqlite_catalog() {
     .await;
 }
 
+/// `Member` with a defaulted column and an index more.
+#[derive(Table, Clone, Debug)]
+#[table(name = "members")]
+#[index(name = "by_email", fields(email), unique)]
+#[index(name = "adults", fields(age), when = |m| m.age >= 18)]
+#[index(name = "by_level", fields(level))]
+#[allow(dead_code)]
+struct MemberV2 {
+    #[pk]
+    team: String,
+    #[pk]
+    id: i64,
+    email: Option<String>,
+    age: i32,
+    #[column(default = 1)]
+    level: i32,
+}
+
+#[tokio::test]
+async fn shows_the_schema_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    make(&url).await;
+    let (ok, out, err) = run(&["tables", &url]);
+    assert!(ok, "stderr: {err}");
+    assert!(out.contains("schema version 1"), "{out}");
+    let db = datalayer::builder(&url)
+        .table::<MemberV2>()
+        .auto_migrate(true)
+        .connect()
+        .await
+        .expect("migrated");
+    db.close().await.expect("close");
+    let (ok, out, err) = run(&["tables", &url]);
+    assert!(ok, "stderr: {err}");
+    assert!(out.contains("schema version 2"), "{out}");
+    assert!(out.contains("v2 "), "{out}");
+    assert!(
+        out.contains("add column level I32 NOT NULL DEFAULT 1"),
+        "{out}"
+    );
+    assert!(out.contains("add index by_level"), "{out}");
+}
+
 #[test]
 fn a_bad_url_is_a_clear_error() {
     let (ok, out, err) = run(&["tables", "nosuch://x"]);

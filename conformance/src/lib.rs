@@ -129,6 +129,9 @@ impl Engine for Counting {
     async fn catalog(&self) -> datalayer::Result<Vec<datalayer::TableSchema>> {
         self.inner.catalog().await
     }
+    async fn alter_table(&self, plan: &datalayer::TablePlan) -> datalayer::Result<()> {
+        self.inner.alter_table(plan).await
+    }
     async fn close(&self) -> datalayer::Result<()> {
         self.inner.close().await
     }

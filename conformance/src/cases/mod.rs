@@ -5,6 +5,7 @@ pub mod capability;
 pub mod cdc;
 pub mod crud;
 pub mod durability;
+pub mod evolve;
 pub mod index;
 pub mod input;
 pub mod outbox;
@@ -50,6 +51,11 @@ pub fn all() -> Vec<Case> {
         case!(version::two_writers_one_wins),
         case!(version::missing_row_and_upsert_refused),
         case!(version::query_update_increments),
+        case!(evolve::add_columns_and_indexes),
+        case!(evolve::writes_during_migration_are_kept),
+        case!(evolve::unique_violation_names_values),
+        case!(evolve::renames_keep_rows),
+        case!(evolve::destructive_steps_refused),
         case!(types::round_trip_and_null),
         case!(types::order_and_range),
         case!(types::unique_and_equality),

@@ -3,6 +3,7 @@
 use crate::capability::Capability;
 use crate::engine::{Engine, EngineTx, Isolation, Op, Output, TxOptions};
 use crate::error::{Error, Result};
+use crate::evolve::Evolution;
 use crate::fence::{WriteFence, WriteGate, WritePermit};
 use crate::query::QueryDef;
 use crate::repo::Repo;
@@ -122,7 +123,11 @@ pub fn redact(url: &str) -> String {
 pub struct DbBuilder {
     target: Target,
     tables: Vec<&'static TableSchema>,
+    /// The evolution hints of each table, in `tables` order.
+    evolutions: Vec<Evolution>,
     queries: Vec<&'static QueryDef>,
+    auto_migrate: bool,
+    allow_destructive: bool,
 }
 
 enum Target {
@@ -134,11 +139,35 @@ impl DbBuilder {
     /// Registers a table (created with its indexes if missing).
     pub fn table<T: Table>(mut self) -> Self {
         self.tables.push(T::schema());
+        self.evolutions.push(T::evolution());
         self
     }
     /// Registers a table by schema (migration, dynamic use).
     pub fn table_schema(mut self, schema: &'static TableSchema) -> Self {
         self.tables.push(schema);
+        self.evolutions.push(Evolution::default());
+        self
+    }
+    /// Applies the safe steps of the schema migration at connect
+    /// ([`Db::plan_migration`], [`Db::migrate`]): a table stored with another schema
+    /// is altered to its declaration before `connect` returns. Default: off — such a
+    /// table is left as stored, and every op on it fails with `InvalidInput` until
+    /// [`Db::migrate`] applies its plan.
+    ///
+    /// # Errors
+    /// `connect` fails with `InvalidInput` naming the steps when a plan has unsafe
+    /// steps and [`DbBuilder::allow_destructive`] is off.
+    pub fn auto_migrate(mut self, on: bool) -> Self {
+        self.auto_migrate = on;
+        self
+    }
+    /// Allows destructive schema steps (drop a column, change a type, nullability,
+    /// the primary key or the version column; see [`crate::evolve`]). Default: off,
+    /// and a plan with such steps is refused. No engine applies them yet:
+    /// [`Db::migrate`] fails with `Unsupported` for them even when allowed (copy the
+    /// table with `datalayer-migrate` instead).
+    pub fn allow_destructive(mut self, on: bool) -> Self {
+        self.allow_destructive = on;
         self
     }
     /// Registers the queries of a `#[query_group]` so the engine prepares them at start-up.
@@ -159,13 +188,37 @@ impl DbBuilder {
         for t in &self.tables {
             t.validate()?;
         }
-        engine.register(&self.tables, &self.queries).await?;
-        Ok(Db {
+        let declared: Vec<(&'static TableSchema, Evolution)> =
+            self.tables.iter().copied().zip(self.evolutions).collect();
+        let plan = crate::schema_change::plan(engine.as_ref(), &declared).await?;
+        let pending = crate::schema_change::Pending::new(&plan);
+        let ready: Vec<&'static TableSchema> = self
+            .tables
+            .iter()
+            .copied()
+            .filter(|t| !pending.contains(&t.name))
+            .collect();
+        let ready_queries: Vec<&'static QueryDef> = self
+            .queries
+            .iter()
+            .copied()
+            .filter(|q| !pending.contains(&q.table.name))
+            .collect();
+        engine.register(&ready, &ready_queries).await?;
+        let db = Db {
             inner: Arc::new(DbInner {
                 engine,
                 gate: WriteGate::default(),
+                declared,
+                queries: self.queries,
+                pending: Arc::new(pending),
+                allow_destructive: self.allow_destructive,
             }),
-        })
+        };
+        if self.auto_migrate && !plan.is_empty() {
+            db.migrate(&plan).await?;
+        }
+        Ok(db)
     }
 }
 
@@ -175,10 +228,18 @@ pub trait QueryGroup {
     fn queries() -> Vec<&'static QueryDef>;
 }
 
-struct DbInner {
-    engine: Arc<dyn Engine>,
+pub(crate) struct DbInner {
+    pub(crate) engine: Arc<dyn Engine>,
     /// Every write passes it; a cut-over's fence closes it ([`Db::fence_writes`]).
     gate: WriteGate,
+    /// The declared tables and their evolution hints.
+    pub(crate) declared: Vec<(&'static TableSchema, Evolution)>,
+    /// Every declared query (those of pending tables are registered after
+    /// [`Db::migrate`]).
+    pub(crate) queries: Vec<&'static QueryDef>,
+    /// Tables whose stored schema differs from the declaration until migrated.
+    pub(crate) pending: Arc<crate::schema_change::Pending>,
+    pub(crate) allow_destructive: bool,
 }
 
 /// A handle to one database on one engine. Cheap to clone; share it freely.
@@ -230,7 +291,7 @@ struct DbInner {
 /// ```
 #[derive(Clone)]
 pub struct Db {
-    inner: Arc<DbInner>,
+    pub(crate) inner: Arc<DbInner>,
 }
 
 impl std::fmt::Debug for Db {
@@ -270,7 +331,10 @@ impl Db {
         DbBuilder {
             target: Target::Url(url.into()),
             tables: Vec::new(),
+            evolutions: Vec::new(),
             queries: Vec::new(),
+            auto_migrate: false,
+            allow_destructive: false,
         }
     }
     /// A builder over an engine value you opened yourself.
@@ -278,7 +342,10 @@ impl Db {
         DbBuilder {
             target: Target::Engine(engine),
             tables: Vec::new(),
+            evolutions: Vec::new(),
             queries: Vec::new(),
+            auto_migrate: false,
+            allow_destructive: false,
         }
     }
     /// The engine.
@@ -340,6 +407,7 @@ impl Db {
             .instrument(span.clone())
             .await?;
         Ok(Tx {
+            pending: self.inner.pending.clone(),
             _permit: permit,
             inner: tokio::sync::Mutex::new(Some(inner)),
             engine: self.engine_name(),
@@ -426,6 +494,7 @@ impl Db {
 #[async_trait]
 impl Executor for Db {
     async fn run(&self, op: Op<'_>) -> Result<Output> {
+        self.inner.pending.check(&op)?;
         let span = op_span(self.engine_name(), &op);
         let _permit = if op.is_read() {
             None
@@ -445,6 +514,9 @@ impl Executor for Db {
         } else {
             Some(self.inner.gate.admit().await?)
         };
+        for op in &ops {
+            self.inner.pending.check(op)?;
+        }
         let ops = checked_all(ops)?;
         self.inner.engine.run_batch(ops).instrument(span).await
     }
@@ -561,6 +633,8 @@ impl TxBuilder<'_> {
 /// # }
 /// ```
 pub struct Tx {
+    /// The `Db`'s tables with a pending schema migration (their ops are refused).
+    pending: Arc<crate::schema_change::Pending>,
     /// A read-write transaction's hold on the write gate, from `begin` to its end.
     _permit: Option<WritePermit>,
     inner: tokio::sync::Mutex<Option<Box<dyn EngineTx>>>,
@@ -718,6 +792,7 @@ impl Drop for Tx {
 #[async_trait]
 impl Executor for Tx {
     async fn run(&self, op: Op<'_>) -> Result<Output> {
+        self.pending.check(&op)?;
         let span = op_span(self.engine, &op);
         let fut = async {
             let op = op.checked()?;
@@ -727,6 +802,9 @@ impl Executor for Tx {
         traced(span, fut).await
     }
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+        for op in &ops {
+            self.pending.check(op)?;
+        }
         let ops = checked_all(ops)?;
         let mut g = self.inner.lock().await;
         g.as_mut().ok_or_else(finished)?.run_batch(ops).await

@@ -7,7 +7,7 @@
 //! key-value store, and the SQL engines over `datalayer_sql`.
 
 use crate::capability::Capability;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::query::QueryDef;
 use crate::schema::TableSchema;
 use crate::value::{Row, Value};
@@ -190,6 +190,19 @@ pub enum Op<'a> {
 }
 
 impl Op<'_> {
+    /// The table the op reads or writes.
+    pub fn table(&self) -> &TableSchema {
+        match self {
+            Op::Query { query, .. } => query.table,
+            Op::Insert { table, .. }
+            | Op::Update { table, .. }
+            | Op::Delete { table, .. }
+            | Op::Get { table, .. }
+            | Op::Count { table } => table,
+            Op::Scan(r) => r.table,
+        }
+    }
+
     /// A short name for tracing (`query`, `insert`, ...).
     pub fn name(&self) -> &str {
         match self {
@@ -357,6 +370,21 @@ pub trait Engine: Send + Sync + 'static {
     /// `Corrupted` for a catalog entry that cannot be decoded; `ConnectionLost` or
     /// `Timeout` for an unreachable server.
     async fn catalog(&self) -> Result<Vec<TableSchema>>;
+
+    /// Applies the safe steps of `plan` ([`crate::TablePlan::is_safe`]) to the stored
+    /// table `plan.from`, leaving it stored as `plan.to` (catalog included). Index
+    /// additions are built online where the engine can (PostgreSQL `CREATE INDEX
+    /// CONCURRENTLY`; the KV family backfills in chunked transactions); a unique index
+    /// that stored rows violate fails with `AlreadyExists` naming their values, and
+    /// leaves the table as it was. Called by [`crate::Db`] with a validated plan.
+    ///
+    /// # Errors
+    /// `Unsupported` where the engine cannot (the default); `AlreadyExists` as above;
+    /// the engine's own errors.
+    async fn alter_table(&self, plan: &crate::TablePlan) -> Result<()> {
+        let _ = plan;
+        Err(Error::unsupported(self.name(), "schema evolution"))
+    }
     /// Flushes and closes; later calls fail.
     ///
     /// # Errors

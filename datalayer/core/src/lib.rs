@@ -17,13 +17,16 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod evolve;
 pub mod ext;
 pub mod fence;
+mod history;
 mod numeric;
 pub mod plan;
 pub mod query;
 pub mod repo;
 pub mod schema;
+mod schema_change;
 pub mod stmt;
 pub mod value;
 
@@ -38,6 +41,7 @@ pub use engine::{
     retry_autocommit,
 };
 pub use error::{Error, ErrorKind, Result, STALE_VERSION};
+pub use evolve::{Evolution, HistoryEntry, MigrationPlan, SchemaStep, TablePlan};
 pub use fence::WriteFence;
 pub use query::{
     ArithOp, CmpOp, Expr, Limit, OrderBy, ParamDef, QueryBuilder, QueryDef, QueryId, QueryKind,
@@ -48,6 +52,7 @@ pub use schema::{
     BelongsTo, ColumnDef, IdList, IndexDef, Table, TableSchema, validate_identifier,
     validate_table_name,
 };
+pub use schema_change::CatalogEntry;
 pub use stmt::{Batch, Stmt, decode};
 pub use value::{ColumnType, ColumnValue, Key, Numeric, Row, ToValue, Value};
 

@@ -75,6 +75,9 @@ pub mod internal {
     /// copied table: the last primary key copied and the source change-feed position
     /// applied, written in the same transaction as the rows they describe.
     pub const MIGRATION: &str = "_dl_migration";
+    /// The schema history: one row per applied schema-evolution step, `(tbl, version,
+    /// step)` → what was done and when ([`crate::evolve::HistoryEntry`]).
+    pub const SCHEMA_HISTORY: &str = "_dl_schema_history";
 
     /// Whether `name` is one of datalayer's internal tables (allowed despite the
     /// reserved `_dl_` prefix).
@@ -88,6 +91,7 @@ pub mod internal {
             OUTBOX_PENDING,
             OUTBOX_SCHEDULED,
             MIGRATION,
+            SCHEMA_HISTORY,
         ]
         .contains(&name)
     }
@@ -443,6 +447,12 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
     fn key(&self) -> Row {
         let row = self.to_row();
         Self::schema().key_of(&row)
+    }
+    /// Schema-evolution hints of the declaration (`#[column(default = ..)]`,
+    /// `#[column(renamed_from = "..")]`, `#[table(renamed_from = "..")]`); none by
+    /// default.
+    fn evolution() -> crate::evolve::Evolution {
+        crate::evolve::Evolution::default()
     }
 }
 

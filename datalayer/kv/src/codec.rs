@@ -46,6 +46,10 @@ pub const EPOCH: u8 = b'e';
 /// Bits of a change position below the open epoch: in epoch `E`, positions are at
 /// least `E << EPOCH_SHIFT`.
 pub const EPOCH_SHIFT: u32 = 40;
+/// Schema-change progress namespace: `'m' <table>` exists while a row rewrite of
+/// the table is cut short (the target schema and the last row key rewritten; see
+/// `datalayer_kv::alter`).
+pub const MIGRATING: u8 = b'm';
 /// Change-sequence namespace: `'s' <table>` holds the table's last change position.
 pub const CHANGE_SEQ: u8 = b's';
 /// Change-record namespace: `'h' <table> <position u64 big-endian>`.

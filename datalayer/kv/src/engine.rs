@@ -48,6 +48,42 @@ pub struct KvEngine {
     /// Tables seen with change capture on (autocommit inserts assume it off for the
     /// others; see `KvTx::set_assume`).
     captured: CapturedHint,
+    /// The schema fence: each table registered or altered through this engine, with
+    /// the schema it is stored with, and the tables being altered. An op whose schema
+    /// differs from the stored one is refused (`InvalidInput`), an op on a table
+    /// being altered fails with `Conflict` (retryable): a writer holding an old
+    /// declaration would otherwise write rows in the old layout or miss a new index,
+    /// since in this family the client maintains both.
+    fence: Arc<Fence>,
+}
+
+/// See [`KvEngine`]'s `fence`.
+#[derive(Default)]
+struct Fence {
+    live: parking_lot::RwLock<std::collections::HashMap<String, Arc<TableSchema>>>,
+    altering: parking_lot::RwLock<std::collections::HashSet<String>>,
+}
+
+impl Fence {
+    fn check(&self, op: &Op<'_>) -> Result<()> {
+        let t = op.table();
+        if let Some(live) = self.live.read().get(&t.name)
+            && let Some(e) = crate::alter::stale(live, t)
+        {
+            return Err(e);
+        }
+        let altering = self.altering.read();
+        if !altering.is_empty() && altering.contains(&t.name) {
+            return Err(Error::conflict(format!(
+                "table {} is being altered; retry",
+                t.name
+            )));
+        }
+        Ok(())
+    }
+    fn check_all(&self, ops: &[Op<'_>]) -> Result<()> {
+        ops.iter().try_for_each(|op| self.check(op))
+    }
 }
 
 impl KvEngine {
@@ -67,7 +103,18 @@ impl KvEngine {
             position_base: Arc::default(),
             plans: Arc::default(),
             captured: CapturedHint::default(),
+            fence: Arc::default(),
         }
+    }
+
+    /// A read-write transaction (for schema changes).
+    pub(crate) async fn open_rw(&self) -> Result<KvTx> {
+        self.open(false).await
+    }
+
+    /// The store's name.
+    pub(crate) fn store_name(&self) -> &'static str {
+        self.store.name()
     }
 
     /// The engine's `Caps` with the current open epoch's lowest change position.
@@ -220,10 +267,33 @@ impl Engine for KvEngine {
         for q in queries {
             Self::plan_for(&self.plans, q);
         }
+        let mut live = self.fence.live.write();
+        for t in tables {
+            live.insert(t.name.clone(), Arc::new((*t).clone()));
+        }
         Ok(())
     }
 
+    /// See [`crate::alter`]: chunked, resumable backfills; this engine's writers of
+    /// the table wait (`Conflict`) while it runs.
+    async fn alter_table(&self, plan: &datalayer_core::TablePlan) -> Result<()> {
+        let names = [plan.from.name.clone(), plan.to.name.clone()];
+        self.fence.altering.write().extend(names.iter().cloned());
+        let r = crate::alter::alter(self, plan).await;
+        if r.is_ok() {
+            let mut live = self.fence.live.write();
+            live.remove(&plan.from.name);
+            live.insert(plan.to.name.clone(), Arc::new(plan.to.clone()));
+        }
+        let mut altering = self.fence.altering.write();
+        for n in &names {
+            altering.remove(n);
+        }
+        r
+    }
+
     async fn run(&self, op: Op<'_>) -> Result<Output> {
+        self.fence.check(&op)?;
         // Fast path: point reads on a store with synchronous snapshots.
         match &op {
             Op::Query { query, params } if op.is_read() => {
@@ -249,6 +319,7 @@ impl Engine for KvEngine {
     }
 
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+        self.fence.check_all(&ops)?;
         self.run_retrying(ops).await
     }
 
@@ -257,6 +328,7 @@ impl Engine for KvEngine {
         Ok(Box::new(KvEngineTx {
             tx: Some(KvTx::new(txn, opts.read_only, self.caps(), true)),
             plans: self.plans.clone(),
+            fence: self.fence.clone(),
             unvalidated: opts.read_only && opts.isolation == Some(Isolation::ReadCommitted),
         }))
     }
@@ -399,6 +471,7 @@ async fn table_schema(tx: &mut KvTx, table: &str) -> Result<TableSchema> {
 struct KvEngineTx {
     tx: Option<KvTx>,
     plans: Plans,
+    fence: Arc<Fence>,
     /// A read-only transaction at `ReadCommitted`: its commit ends it without
     /// validating its reads (each read saw committed data, which is all read committed
     /// promises: ANSI SQL-92, no dirty reads), so that a long reader (a migration's
@@ -417,6 +490,7 @@ impl KvEngineTx {
 #[async_trait]
 impl EngineTx for KvEngineTx {
     async fn run(&mut self, op: Op<'_>) -> Result<Output> {
+        self.fence.check(&op)?;
         let plan = match &op {
             Op::Query { query, .. } => Some(KvEngine::plan_for(&self.plans, query)),
             _ => None,
@@ -426,6 +500,7 @@ impl EngineTx for KvEngineTx {
     /// The ops in order, their point reads read ahead in one store call
     /// ([`KvTxn::batch_get`](crate::KvTxn::batch_get)).
     async fn run_batch(&mut self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+        self.fence.check_all(&ops)?;
         let planned = KvEngine::with_plans(&self.plans, ops);
         self.tx()?.exec_all(planned).await
     }

@@ -15,6 +15,7 @@
 //! write-set limit, concurrent writers — it declares in a [`KvCapability`], and
 //! [`KvEngine`] adapts to it.
 
+mod alter;
 mod capability;
 pub mod codec;
 pub mod contract;
@@ -26,6 +27,14 @@ mod txn;
 pub use capability::{KvCapability, write_set_bytes};
 pub use codec::EntryLayout;
 pub use engine::KvEngine;
+
+/// The failpoints of this crate (feature `failpoints`), for
+/// [`fail::cfg`](https://docs.rs/fail/latest/fail/fn.cfg.html).
+pub mod failpoints {
+    /// In a schema change's row rewrite, just after a chunk committed: `return`
+    /// makes the change stop there with an `Engine` error, as a crash would.
+    pub const AFTER_REWRITE_CHUNK: &str = "kv::alter::after_rewrite_chunk";
+}
 
 use async_trait::async_trait;
 use datalayer_core::capability::Capability;

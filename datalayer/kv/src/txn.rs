@@ -1171,6 +1171,38 @@ impl KvTx {
         Ok(())
     }
 
+    /// Reads one key (for schema changes, [`crate::alter`]).
+    pub(crate) async fn raw_get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.get(key).await
+    }
+
+    /// Reads `keys` ahead in one store call, so that the [`KvTx::raw_get`]s of them
+    /// that follow need no round trip (for schema changes).
+    pub(crate) async fn raw_prefetch(&mut self, keys: Vec<Bytes>) -> Result<()> {
+        self.prefetch(keys).await
+    }
+
+    /// Up to `limit` pairs of `[start, end)` in key order (for schema changes).
+    pub(crate) async fn raw_scan(
+        &mut self,
+        start: Bound<Bytes>,
+        end: Bound<Bytes>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        self.scan(&(start, end), limit, false).await
+    }
+
+    /// Writes (`Some`) or deletes (`None`) keys, locking them first on a pessimistic
+    /// store (for schema changes).
+    pub(crate) async fn raw_write(&mut self, pairs: Vec<(Bytes, Option<Bytes>)>) -> Result<()> {
+        let keys: Vec<&[u8]> = pairs.iter().map(|(k, _)| k.as_slice()).collect();
+        self.lock(&keys).await?;
+        for (k, v) in pairs {
+            self.set(k, v);
+        }
+        Ok(())
+    }
+
     /// Every catalog entry.
     pub(crate) async fn catalog_all(&mut self) -> Result<Vec<Bytes>> {
         let p = vec![codec::CATALOG];

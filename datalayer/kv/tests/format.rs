@@ -126,6 +126,12 @@ fn column_values_in_keys() {
         ),
         (Value::Bytes(vec![]), "01 00"),
         (Value::Bytes(vec![0x00, 0xff]), "01 01 00ff000000000000 02"),
+        (Value::Uuid([0; 16]), "01 00000000000000000000000000000000"),
+        (Value::Timestamp(1), "01 8000000000000001"),
+        (Value::Date(1), "01 80000001"),
+        (Value::Decimal("1.5".parse().unwrap()), "01 03 81 02 06 00"),
+        (Value::Decimal("-1.5".parse().unwrap()), "01 01 7e fd f9 ff"),
+        (Value::Decimal(Default::default()), "01 02"),
     ];
     for (v, want) in cases {
         let mut b = Vec::new();
@@ -165,6 +171,18 @@ fn column_values_in_rows() {
          | 06 00000000000000c0 | 07 03 624078 | 08 02 00ff",
         "postcard of a row with every value type",
     );
+    let typed: Row = vec![
+        Value::Uuid([0; 16]),
+        Value::Timestamp(1),
+        Value::Date(1),
+        Value::Decimal("1.5".parse().unwrap()),
+        Value::Json("{}".into()),
+    ];
+    assert_bytes(
+        &encode_row(&typed),
+        "05 | 09 00000000000000000000000000000000 | 0a 02 | 0b 02 | 0c 1e 01 | 0d 02 7b7d",
+        "postcard of the typed values (variants 9 to 13, after the original ones)",
+    );
 }
 
 #[test]
@@ -178,6 +196,7 @@ fn catalog_key_bytes() {
     assert_eq!(codec::ROW, b'r');
     assert_eq!(codec::INDEX, b'i');
     assert_eq!(codec::UNIQUE, b'u');
+    assert_eq!(codec::MIGRATING, b'm');
 }
 
 #[test]

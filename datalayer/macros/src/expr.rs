@@ -77,7 +77,7 @@ pub enum LitValue {
 }
 
 impl LitValue {
-    fn value_tokens(&self, dl: &Root, span: Span) -> syn::Result<TokenStream> {
+    pub(crate) fn value_tokens(&self, dl: &Root, span: Span) -> syn::Result<TokenStream> {
         let out_of_range = || syn::Error::new(span, "datalayer: integer literal out of range");
         let mut lit = match self {
             LitValue::Int(v, suffix) => match suffix.as_str() {
@@ -394,7 +394,7 @@ impl Scope<'_> {
     }
 }
 
-fn lit_value(l: &Lit, negate: bool) -> syn::Result<LitValue> {
+pub(crate) fn lit_value(l: &Lit, negate: bool) -> syn::Result<LitValue> {
     let sign: i128 = if negate { -1 } else { 1 };
     Ok(match l {
         Lit::Int(i) => {

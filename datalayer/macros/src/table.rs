@@ -21,6 +21,10 @@ struct Field {
     version: bool,
     /// `#[column(json)]`: stored as its `serde_json` document in a `Json` column.
     json: bool,
+    /// `#[column(default = lit)]`: the value of rows stored before the column existed.
+    default: Option<(crate::expr::LitValue, Span)>,
+    /// `#[column(renamed_from = "old")]`.
+    renamed_from: Option<LitStr>,
     /// `#[relation(ids = other_field)]`: not a column.
     relation: Option<Ident>,
 }
@@ -109,6 +113,7 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
     let mut table_name = LitStr::new(&snake_case(&ident.to_string()), ident.span());
     // `name = SOME_CONST`: checked when the schema is validated, not here.
     let mut name_const: Option<Path> = None;
+    let mut table_renamed_from: Option<LitStr> = None;
     let mut dl = Root::default();
     let mut indexes = Vec::new();
     let mut belongs = Vec::new();
@@ -132,9 +137,14 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                 } else if meta.path.is_ident("crate") {
                     dl = Root::parse(&meta)?;
                     Ok(())
+                } else if meta.path.is_ident("renamed_from") {
+                    let s: LitStr = meta.value()?.parse()?;
+                    check_identifier("table", &s.value(), s.span())?;
+                    table_renamed_from = Some(s);
+                    Ok(())
                 } else {
                     Err(meta.error(
-                        "datalayer: expected `#[table(name = \"...\")]` or `#[table(crate = \"path\")]`",
+                        "datalayer: expected `#[table(name = \"...\")]`, `#[table(crate = \"path\")]` or `#[table(renamed_from = \"...\")]`",
                     ))
                 }
             })?;
@@ -167,6 +177,8 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             pk: false,
             version: false,
             json: false,
+            default: None,
+            renamed_from: None,
             relation: None,
         };
         for attr in &f.attrs {
@@ -186,9 +198,26 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                     } else if meta.path.is_ident("json") {
                         field.json = true;
                         Ok(())
+                    } else if meta.path.is_ident("default") {
+                        let e: syn::Expr = meta.value()?.parse()?;
+                        let (lit, neg) = match &e {
+                            syn::Expr::Lit(l) => (&l.lit, false),
+                            syn::Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) => match &*u.expr {
+                                syn::Expr::Lit(l) => (&l.lit, true),
+                                _ => return Err(syn::Error::new_spanned(&e, "datalayer: `default` takes a literal")),
+                            },
+                            _ => return Err(syn::Error::new_spanned(&e, "datalayer: `default` takes a literal")),
+                        };
+                        field.default = Some((crate::expr::lit_value(lit, neg)?, e.span()));
+                        Ok(())
+                    } else if meta.path.is_ident("renamed_from") {
+                        let s: LitStr = meta.value()?.parse()?;
+                        check_identifier("column", &s.value(), s.span())?;
+                        field.renamed_from = Some(s);
+                        Ok(())
                     } else {
                         Err(meta.error(
-                            "datalayer: expected `#[column(name = \"...\")]` or `#[column(json)]`",
+                            "datalayer: expected `#[column(name = \"...\")]`, `#[column(json)]`, `#[column(default = lit)]` or `#[column(renamed_from = \"...\")]`",
                         ))
                     }
                 })?;
@@ -489,8 +518,43 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         }
     };
 
+    // Schema-evolution hints.
+    let mut defaults = Vec::new();
+    let mut renames = Vec::new();
+    for (i, f) in columns.iter().enumerate() {
+        if let Some((lit, span)) = &f.default {
+            let value = lit.value_tokens(&dl, *span)?;
+            let ty = f.column_type(&dl);
+            defaults.push(quote!((#i, {
+                let v: #dl::Value = #value;
+                v.clone().coerce(#ty).unwrap_or(v)
+            })));
+        }
+        if let Some(r) = &f.renamed_from {
+            renames.push(quote!((#i, ::std::string::String::from(#r))));
+        }
+    }
+    let table_renamed = match &table_renamed_from {
+        Some(r) => quote!(::std::option::Option::Some(::std::string::String::from(#r))),
+        None => quote!(::std::option::Option::None),
+    };
+    let evolution = if defaults.is_empty() && renames.is_empty() && table_renamed_from.is_none() {
+        quote!()
+    } else {
+        quote! {
+            fn evolution() -> #dl::evolve::Evolution {
+                #dl::evolve::Evolution {
+                    renamed_from: #table_renamed,
+                    defaults: ::std::vec![#(#defaults),*],
+                    column_renames: ::std::vec![#(#renames),*],
+                }
+            }
+        }
+    };
+
     Ok(quote! {
         impl #dl::Table for #ident {
+            #evolution
             fn schema() -> &'static #dl::TableSchema {
                 static SCHEMA: #dl::__private::OnceLock<#dl::TableSchema> =
                     #dl::__private::OnceLock::new();

@@ -103,24 +103,42 @@ pub fn render_ddl(t: &TableSchema, d: &dyn Dialect) -> Result<Vec<String>> {
         d.table_options()
     )];
     for ix in &t.indexes {
-        let cols: Vec<String> = ix
-            .columns
-            .iter()
-            .map(|&c| d.index_column(&d.quote_ident(&t.columns[c].name), t.columns[c].nullable))
-            .collect();
-        let mut s = format!(
-            "CREATE {}INDEX IF NOT EXISTS {} ON {table} ({})",
-            if ix.unique { "UNIQUE " } else { "" },
-            d.quote_ident(&index_name(t, ix, d)),
-            cols.join(", ")
-        );
-        if let Some(w) = &ix.when {
-            s.push_str(" WHERE ");
-            s.push_str(&render_expr_inline(t, w, d)?);
-        }
-        out.push(s);
+        out.push(render_index(t, ix, d, false)?);
     }
     Ok(out)
+}
+
+/// `CREATE [UNIQUE] INDEX [<online>] IF NOT EXISTS "<t>__<ix>" ON "t" (..) [WHERE ..]`
+/// for index `ix` of `t`; with `online`, the dialect's non-blocking form
+/// ([`Dialect::online_index`]: PostgreSQL `CONCURRENTLY`), which must run outside a
+/// transaction.
+///
+/// # Errors
+/// `InvalidInput` when the predicate has no safe SQL form.
+pub fn render_index(
+    t: &TableSchema,
+    ix: &IndexDef,
+    d: &dyn Dialect,
+    online: bool,
+) -> Result<String> {
+    let cols: Vec<String> = ix
+        .columns
+        .iter()
+        .map(|&c| d.index_column(&d.quote_ident(&t.columns[c].name), t.columns[c].nullable))
+        .collect();
+    let mut s = format!(
+        "CREATE {}INDEX {}IF NOT EXISTS {} ON {} ({})",
+        if ix.unique { "UNIQUE " } else { "" },
+        if online { d.online_index() } else { "" },
+        d.quote_ident(&index_name(t, ix, d)),
+        d.quote_ident(&t.name),
+        cols.join(", ")
+    );
+    if let Some(w) = &ix.when {
+        s.push_str(" WHERE ");
+        s.push_str(&render_expr_inline(t, w, d)?);
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

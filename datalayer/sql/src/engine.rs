@@ -27,7 +27,8 @@ use crate::{Dialect, verify_indexes};
 use async_trait::async_trait;
 use datalayer_core::{
     Capability, Change, ColumnType, Engine, EngineTx, Error, Op, Output, QueryDef, Result, Row,
-    TableSchema, TxOptions, Value, retry_autocommit, validate_identifier, validate_table_name,
+    TablePlan, TableSchema, TxOptions, Value, retry_autocommit, validate_identifier,
+    validate_table_name,
 };
 use std::any::{Any, TypeId};
 use std::sync::Arc;
@@ -127,6 +128,29 @@ pub trait SqlBackend: Send + Sync + Sized + 'static {
     /// The mapped database error.
     async fn trim_changes(&self, table: &str, upto: u64) -> Result<u64>;
 
+    /// Whether change capture is installed on `table`.
+    ///
+    /// # Errors
+    /// The mapped database error.
+    async fn changes_enabled(&self, table: &str) -> Result<bool>;
+
+    /// Runs `sql` (DDL that may not run inside a transaction, such as PostgreSQL's
+    /// `CREATE INDEX CONCURRENTLY`) serialised with other DDL where the database
+    /// allows. Default: inside [`SqlBackend::begin_ddl`].
+    ///
+    /// # Errors
+    /// The mapped database error.
+    async fn execute_online(&self, sql: String) -> Result<()> {
+        let mut c = self.begin_ddl().await?;
+        match c.batch_execute(sql).await {
+            Ok(()) => c.commit().await,
+            Err(e) => {
+                let _ = c.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
     /// An engine extension (see [`Engine::extension`]). Default: none.
     fn extension(engine: &SqlEngine<Self>, ty: TypeId) -> Option<Box<dyn Any + Send>> {
         let _ = (engine, ty);
@@ -181,6 +205,8 @@ pub trait SqlConn: Send {
 struct CatalogSql {
     get: StmtDef,
     put: StmtDef,
+    /// Deletes one table's entry (before its altered schema is put).
+    del: StmtDef,
     all: StmtDef,
     /// The indexes of one table ([`Dialect::index_list_sql`]).
     indexes: StmtDef,
@@ -204,6 +230,11 @@ impl CatalogSql {
                 "catalog put",
                 format!("INSERT INTO _dl_catalog (name, schema) VALUES ({p1}, {p2})"),
                 &[ColumnType::String, ColumnType::Bytes],
+            ),
+            del: def(
+                "catalog delete",
+                format!("DELETE FROM _dl_catalog WHERE name = {p1}"),
+                &[ColumnType::String],
             ),
             all: def(
                 "catalog all",
@@ -280,6 +311,29 @@ impl<B: SqlBackend> SqlEngine<B> {
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.shared.backend
+    }
+
+    /// Replaces `old`'s catalog entry with `new`'s, inside `c`.
+    pub(crate) async fn put_catalog(
+        &self,
+        c: &mut dyn SqlConn,
+        old: &str,
+        new: &TableSchema,
+    ) -> Result<()> {
+        let cat = &self.shared.catalog;
+        c.call(cat.del.clone(), vec![Value::String(old.to_owned())], None)
+            .await?;
+        let values = vec![
+            Value::String(new.name.clone()),
+            Value::Bytes(new.catalog_bytes()?),
+        ];
+        c.call(cat.put.clone(), values, None).await?;
+        Ok(())
+    }
+
+    /// Forgets the registered table `name` ([`Registry::forget`]).
+    pub(crate) fn forget(&self, name: &str) {
+        self.shared.reg.forget(name);
     }
 
     /// Creates the tables not yet known to exist (with their catalog entries, or checks
@@ -481,6 +535,19 @@ impl<B: SqlBackend> Engine for SqlEngine<B> {
 
     fn extension(&self, ty: TypeId) -> Option<Box<dyn Any + Send>> {
         B::extension(self, ty)
+    }
+
+    /// `ALTER TABLE` for renames and added columns, and `DROP INDEX`, in one DDL
+    /// transaction with the catalog entry; then each added index built online
+    /// ([`Dialect::online_index`]), the catalog entry updated after each. A unique
+    /// index that stored rows violate is dropped again and fails with `AlreadyExists`
+    /// naming up to five duplicated values; the steps before it stay applied (the
+    /// catalog says so: planning again lists the index alone). A renamed table's
+    /// indexes are rebuilt under their new names; renaming a table with change
+    /// capture on is `Unsupported`. Change capture on the table is re-installed with
+    /// the new columns.
+    async fn alter_table(&self, plan: &TablePlan) -> Result<()> {
+        crate::alter::alter(self, plan).await
     }
 }
 

@@ -43,6 +43,7 @@
 //! names never collapse into one object. After a table's DDL, one catalog query checks
 //! that each declared index exists with its uniqueness ([`verify_indexes`]).
 
+mod alter;
 pub mod cdc;
 mod ddl;
 pub mod engine;
@@ -53,7 +54,7 @@ pub mod text;
 pub mod work;
 
 pub use cdc::ChangeDecoder;
-pub use ddl::{index_name, render_ddl, verify_indexes};
+pub use ddl::{index_name, render_ddl, render_index, verify_indexes};
 pub use engine::{
     OP_RELEASE, OP_ROLLBACK_TO, OP_SAVEPOINT, SqlBackend, SqlConn, SqlEngine, catalog_ddl,
 };
@@ -127,6 +128,14 @@ pub trait Dialect: Send + Sync + 'static {
     fn column_check(&self, col: &str, ty: ColumnType) -> Option<String> {
         let _ = (col, ty);
         None
+    }
+
+    /// The keyword that builds an index without blocking writes, with its trailing
+    /// space (PostgreSQL: `CONCURRENTLY `, which cannot run inside a transaction;
+    /// PostgreSQL documentation, "Building Indexes Concurrently"). Default: none (the
+    /// build runs in a DDL transaction; SQLite has one writer anyway).
+    fn online_index(&self) -> &'static str {
+        ""
     }
 
     /// Text appended after the closing parenthesis of `CREATE TABLE` (SQLite:

@@ -293,6 +293,13 @@ impl Registry {
         Ok(got)
     }
 
+    /// Forgets the table named `name` (after its schema was altered), so that the
+    /// next [`Registry::table`] renders and checks it again. Queries already rendered
+    /// against the old schema keep their statements.
+    pub fn forget(&self, name: &str) {
+        self.tables.write().remove(name);
+    }
+
     /// The query `q`, rendering it on first sight.
     ///
     /// # Errors

@@ -283,6 +283,21 @@ impl SqlBackend for PgBackend {
         cdc::enable(&mut c, table).await.map_err(|e| c.lost(e))
     }
 
+    async fn changes_enabled(&self, table: &str) -> Result<bool> {
+        let mut c = self.pool.get().await?;
+        cdc::enabled(&mut c, table).await.map_err(|e| c.lost(e))
+    }
+
+    /// Outside a transaction (`CREATE INDEX CONCURRENTLY` cannot run in one), on a
+    /// pooled connection.
+    async fn execute_online(&self, sql: String) -> Result<()> {
+        let mut c = self.pool.get().await?;
+        c.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| c.lost(map_err(e)))
+    }
+
     async fn read_changes(&self, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
         let mut c = self.pool.get().await?;
         cdc::read(&mut c, table, after, limit)

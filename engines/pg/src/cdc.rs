@@ -181,6 +181,32 @@ fn trigger_name(table: &str) -> (String, Option<String>) {
     (name, legacy)
 }
 
+const TRIGGER_EXISTS: &str =
+    "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2";
+
+/// Whether the capture trigger of `table` is installed.
+pub(crate) async fn enabled(c: &mut PgConn, table: &str) -> Result<bool> {
+    let stmt = c
+        .stmt(
+            StmtKey::Fixed(TRIGGER_EXISTS),
+            TRIGGER_EXISTS,
+            &[Type::TEXT, Type::TEXT],
+        )
+        .await?;
+    let (name, _) = trigger_name(table);
+    let rows = query(
+        &c.client,
+        &stmt,
+        &[Value::String(q(table)), Value::String(name)],
+    )
+    .await?;
+    let n: i64 = match rows.first() {
+        Some(r) => r.try_get(0).map_err(map_err)?,
+        None => 0,
+    };
+    Ok(n > 0)
+}
+
 /// Installs (or re-installs, with the current columns) the capture trigger of `table`.
 pub(crate) async fn enable(c: &mut PgConn, table: &str) -> Result<()> {
     let info = info(c, table).await?;

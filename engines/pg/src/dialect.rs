@@ -62,6 +62,9 @@ impl Dialect for PgDialect {
     fn supports_returning(&self) -> bool {
         true
     }
+    fn online_index(&self) -> &'static str {
+        "CONCURRENTLY "
+    }
     fn index_column(&self, expr: &str, nullable: bool) -> String {
         if nullable {
             format!("{expr} NULLS FIRST")

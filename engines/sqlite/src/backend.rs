@@ -274,6 +274,11 @@ impl SqlBackend for SqliteBackend {
         self.pool.write(move |c| cdc::enable(c, &table)).await
     }
 
+    async fn changes_enabled(&self, table: &str) -> Result<bool> {
+        let table = table.to_owned();
+        self.pool.read(move |c| cdc::enabled(c, &table)).await
+    }
+
     async fn read_changes(&self, table: &str, after: u64, limit: usize) -> Result<Vec<Change>> {
         let table = table.to_owned();
         self.pool

@@ -76,6 +76,19 @@ fn log_exists(c: &Conn<'_>) -> Result<bool> {
     Ok(n > 0)
 }
 
+/// Whether the capture triggers of `table` are installed.
+pub(crate) fn enabled(c: &Conn<'_>, table: &str) -> Result<bool> {
+    let name = crate::dialect::SqliteDialect.generated_ident(&format!("_dl_cdc_{table}_insert"));
+    let n: i64 =
+        c.db.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    Ok(n > 0)
+}
+
 /// Installs (or re-installs, with the current columns) the capture triggers of `table`.
 pub(crate) fn enable(c: &mut Conn<'_>, table: &str) -> Result<()> {
     atomically(c, "BEGIN IMMEDIATE", |c| {

@@ -1,0 +1,339 @@
+//! Schema evolution on the KV family ([`Engine::alter_table`]): chunked backfills in
+//! ordinary transactions, resumable after a crash.
+//!
+//! 1. **Build** each added index (every index of a renamed table, whose keys carry
+//!    the table's name): rows are read in primary-key chunks of [`CHUNK`], put in
+//!    the declared layout, and their entries written; a unique entry already held by
+//!    another primary key is a violation. On violations the new entries are deleted
+//!    again and the call fails with `AlreadyExists` naming up to five values: the
+//!    table is as it was.
+//! 2. **Rewrite** the rows when their layout changes (a column added or moved) or the
+//!    table is renamed, chunk by chunk; each chunk's transaction also writes the
+//!    progress marker `'m' <table>` (the target schema and the last row key done), so
+//!    that a run cut short resumes: rows up to the marker are already in the new
+//!    layout.
+//! 3. Delete the dropped indexes' entries, then in one transaction switch the
+//!    catalog entry to the declared schema and delete the marker.
+//!
+//! Writers of this engine that hold another declaration of the table are refused
+//! while it runs and after ([`crate::KvEngine`]'s schema fence); writers in other
+//! processes must be stopped first (their next connect sees the new schema).
+
+use crate::codec::{self, TableKeys, decode_row, encode_row, index_key, prefix_end};
+use crate::engine::KvEngine;
+use datalayer_core::eval::matches;
+use datalayer_core::schema::{IndexDef, TableSchema};
+use datalayer_core::{Error, Result, Row, SchemaStep, TablePlan, retry_autocommit};
+use serde::{Deserialize, Serialize};
+use std::ops::Bound;
+
+/// Rows per backfill transaction.
+pub(crate) const CHUNK: usize = 1_000;
+
+/// The progress marker of a row rewrite.
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    /// The target schema's catalog bytes.
+    to: Vec<u8>,
+    /// The last row key (under the source table's row prefix) rewritten.
+    last: Vec<u8>,
+}
+
+fn marker_key(table: &str) -> Vec<u8> {
+    codec::table_prefix(codec::MIGRATING, table)
+}
+
+fn end_of(prefix: &[u8]) -> Bound<Vec<u8>> {
+    prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded)
+}
+
+/// Runs `$body` (which uses the read-write transaction `$tx`) in one transaction,
+/// re-run on `Conflict`; commits on `Ok`. A macro rather than a fn taking a closure:
+/// the future must be `Send` for `Engine::alter_table`, which a closure over a
+/// borrowed transaction cannot promise for every lifetime.
+macro_rules! chunk {
+    ($e:expr, $tx:ident => $body:expr) => {
+        retry_autocommit(|| async {
+            let mut $tx = $e.open_rw().await?;
+            let r = async { $body }.await;
+            match r {
+                Ok(v) => $tx.commit().await.map(|()| v),
+                Err(err) => {
+                    let _ = $tx.rollback().await;
+                    Err(err)
+                }
+            }
+        })
+        .await
+    };
+}
+
+/// A stored row of the table being altered, in the declared layout.
+struct Layouts<'a> {
+    plan: &'a TablePlan,
+    sources: Vec<Option<usize>>,
+    /// Row keys up to here are in the declared layout already (an earlier run's
+    /// rewrite, per its marker).
+    done_upto: Option<Vec<u8>>,
+}
+
+impl Layouts<'_> {
+    fn declared(&self, key: &[u8], bytes: &[u8]) -> Result<Row> {
+        let rewritten = self.done_upto.as_deref().is_some_and(|d| key <= d);
+        if rewritten {
+            decode_row(&self.plan.to, bytes)
+        } else {
+            let stored = decode_row(&self.plan.from, bytes)?;
+            Ok(self.plan.transform_row(&self.sources, &stored))
+        }
+    }
+}
+
+/// See the module docs.
+pub(crate) async fn alter(e: &KvEngine, plan: &TablePlan) -> Result<()> {
+    if let Some(s) = plan.steps.iter().find(|s| !s.is_safe()) {
+        return Err(Error::unsupported(
+            e.store_name(),
+            format!("schema step: {s}"),
+        ));
+    }
+    let (from, to) = (&plan.from, &plan.to);
+    let renamed = from.name != to.name;
+    let capture_key = codec::table_prefix(codec::CAPTURE, &from.name);
+    let marker = chunk!(e, tx => {
+        let m = marker_key(&from.name);
+        Ok((tx.raw_get(&capture_key).await?.is_some(), tx.raw_get(&m).await?))
+    })?;
+    let (capture, marker) = marker;
+    if renamed && capture {
+        return Err(Error::unsupported(
+            e.store_name(),
+            format!(
+                "renaming table {} while its change capture is on",
+                from.name
+            ),
+        ));
+    }
+    let done_upto = match marker {
+        Some(b) => {
+            let m: Marker = postcard::from_bytes(&b).map_err(|err| {
+                Error::corrupted(format!("table {}: migration marker: {err}", from.name))
+            })?;
+            if m.to != to.catalog_bytes()? {
+                return Err(Error::conflict(format!(
+                    "table {}: a schema change to another declaration was cut short; finish it with that declaration first",
+                    from.name
+                )));
+            }
+            Some(m.last)
+        }
+        None => None,
+    };
+    let layouts = Layouts {
+        plan,
+        sources: plan.column_sources(),
+        done_upto,
+    };
+    let builds: Vec<&IndexDef> =
+        to.indexes
+            .iter()
+            .filter(|ix| {
+                renamed
+                    || plan.steps.iter().any(
+                        |s| matches!(s, SchemaStep::AddIndex { index } if index.name == ix.name),
+                    )
+            })
+            .collect();
+    let from_keys = TableKeys::new(from);
+    let to_keys = TableKeys::new(to);
+    build(e, &layouts, &from_keys, &to_keys, &builds).await?;
+    if renamed || plan.changes_row_layout() {
+        rewrite(e, &layouts, &from_keys, &to_keys).await?;
+    }
+    // Entries of dropped indexes (all of a renamed table's old ones).
+    for (ix, prefix) in from.indexes.iter().zip(&from_keys.indexes) {
+        let kept = !renamed
+            && to.indexes.iter().any(|t| t.name == ix.name)
+            && !builds.iter().any(|b| b.name == ix.name);
+        if !kept {
+            delete_prefix(e, prefix).await?;
+        }
+    }
+    let bytes = to.catalog_bytes()?;
+    chunk!(e, tx => {
+        tx.catalog_put(&to.name, bytes.clone()).await?;
+        let mut w = vec![(marker_key(&from.name), None)];
+        if renamed {
+            w.push((codec::catalog_key(&from.name), None));
+        }
+        tx.raw_write(w).await
+    })
+}
+
+/// Phase 1: entries of `builds` for every row; violations undo them.
+async fn build(
+    e: &KvEngine,
+    l: &Layouts<'_>,
+    from_keys: &TableKeys,
+    to_keys: &TableKeys,
+    builds: &[&IndexDef],
+) -> Result<()> {
+    if builds.is_empty() {
+        return Ok(());
+    }
+    let to = &l.plan.to;
+    let prefixes: Vec<Vec<u8>> = builds
+        .iter()
+        .map(|b| {
+            let i = to.index_position(&b.name).expect("a declared index");
+            to_keys.indexes[i].clone()
+        })
+        .collect();
+    let row_prefix = from_keys.row.clone();
+    let mut after: Option<Vec<u8>> = None;
+    let mut violations: Vec<String> = Vec::new();
+    loop {
+        let start = after
+            .clone()
+            .map_or(Bound::Included(row_prefix.clone()), Bound::Excluded);
+        let (last, found) = chunk!(e, tx => {
+            let rows = tx.raw_scan(start.clone(), end_of(&row_prefix), CHUNK).await?;
+            // Every entry of the chunk first, then the unique ones read ahead in one
+            // store call (on a server store one round trip, not one per row).
+            let mut entries = Vec::new();
+            for (k, v) in &rows {
+                let row = l.declared(k, v)?;
+                let pk = &k[row_prefix.len()..];
+                for (ix, prefix) in builds.iter().zip(&prefixes) {
+                    if matches(ix.when.as_ref(), &row, &[])? {
+                        let key = index_key(prefix, to, ix, &row, pk);
+                        // The indexed values, for a violation's message.
+                        let vals = ix.unique.then(|| {
+                            ix.columns.iter().map(|&c| row[c].to_string()).collect::<Vec<_>>()
+                        });
+                        entries.push((*ix, key, pk, vals));
+                    }
+                }
+            }
+            let unique: Vec<Vec<u8>> = entries
+                .iter()
+                .filter(|(ix, ..)| ix.unique)
+                .map(|(_, key, ..)| key.clone())
+                .collect();
+            tx.raw_prefetch(unique).await?;
+            let mut found = Vec::new();
+            for (ix, key, pk, vals) in entries {
+                if let Some(vals) = vals
+                    && let Some(held) = tx.raw_get(&key).await?
+                    && held != pk
+                {
+                    found.push(format!("{} = ({})", ix.name, vals.join(", ")));
+                    continue;
+                }
+                tx.raw_write(vec![(key, Some(pk.to_vec()))]).await?;
+            }
+            Ok((rows.last().map(|(k, _)| k.clone()), found))
+        })?;
+        violations.extend(found);
+        match last {
+            Some(k) if violations.len() < 5 => after = Some(k),
+            _ => break,
+        }
+    }
+    if violations.is_empty() {
+        return Ok(());
+    }
+    for p in &prefixes {
+        delete_prefix(e, p).await?;
+    }
+    violations.truncate(5);
+    Err(Error::already_exists(format!(
+        "table {}: stored rows violate the new unique index (duplicated values: {}); nothing was changed",
+        to.name,
+        violations.join("; ")
+    )))
+}
+
+/// Phase 2: every row in the declared layout under the declared name.
+async fn rewrite(
+    e: &KvEngine,
+    l: &Layouts<'_>,
+    from_keys: &TableKeys,
+    to_keys: &TableKeys,
+) -> Result<()> {
+    let (from, to) = (&l.plan.from, &l.plan.to);
+    let renamed = from.name != to.name;
+    let to_bytes = to.catalog_bytes()?;
+    let row_prefix = from_keys.row.clone();
+    // Rows up to the marker are done: a renamed table's are gone from the old prefix.
+    let mut after = if renamed { None } else { l.done_upto.clone() };
+    loop {
+        let start = after
+            .clone()
+            .map_or(Bound::Included(row_prefix.clone()), Bound::Excluded);
+        let last = chunk!(e, tx => {
+            let rows = tx.raw_scan(start.clone(), end_of(&row_prefix), CHUNK).await?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(None);
+            };
+            let last = last.clone();
+            let mut w = Vec::with_capacity(rows.len() * 2 + 1);
+            for (k, v) in &rows {
+                let row = l.declared(k, v)?;
+                let mut key = to_keys.row.clone();
+                key.extend_from_slice(&k[row_prefix.len()..]);
+                if renamed {
+                    w.push((k.clone(), None));
+                }
+                w.push((key, Some(encode_row(&row))));
+            }
+            let m = Marker {
+                to: to_bytes.clone(),
+                last: last.clone(),
+            };
+            let m = postcard::to_allocvec(&m)
+                .map_err(|err| Error::engine("postcard", err.to_string()))?;
+            w.push((marker_key(&from.name), Some(m)));
+            tx.raw_write(w).await?;
+            Ok(Some(last))
+        })?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!(crate::failpoints::AFTER_REWRITE_CHUNK, |_| Err(
+            Error::engine("failpoint", "cut short after a rewrite chunk")
+        ));
+        match last {
+            Some(k) => after = Some(k),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Deletes every key under `prefix`, a chunk per transaction.
+async fn delete_prefix(e: &KvEngine, prefix: &[u8]) -> Result<()> {
+    loop {
+        let n = chunk!(e, tx => {
+            let keys = tx
+                .raw_scan(Bound::Included(prefix.to_vec()), end_of(prefix), CHUNK)
+                .await?;
+            let n = keys.len();
+            tx.raw_write(keys.into_iter().map(|(k, _)| (k, None)).collect())
+                .await?;
+            Ok(n)
+        })?;
+        if n < CHUNK {
+            return Ok(());
+        }
+    }
+}
+
+/// The declared schema a [`TableSchema`] op must match on this engine, if the table
+/// was registered or altered here: see [`crate::KvEngine`]'s schema fence.
+pub(crate) fn stale(live: &TableSchema, op: &TableSchema) -> Option<Error> {
+    if std::ptr::eq(live, op) || live == op {
+        return None;
+    }
+    Some(Error::invalid_input(format!(
+        "table {} was altered to another schema on this engine; connect with its current declaration",
+        op.name
+    )))
+}

@@ -1,0 +1,166 @@
+//! Schema changes on the KV family: a row rewrite cut short resumes from its marker,
+//! and a unique index that stored rows violate leaves nothing behind.
+
+use datalayer_core::evolve::{Evolution, diff};
+use datalayer_core::{
+    ColumnDef, ColumnType, Engine, ErrorKind, IndexDef, Op, Output, ScanRequest, TableSchema,
+    Value, WriteMode,
+};
+use datalayer_kv::mem::MemKv;
+use datalayer_kv::{KvEngine, KvStore, codec};
+use std::ops::Bound;
+
+fn v1() -> TableSchema {
+    TableSchema {
+        version: None,
+        name: "items".into(),
+        columns: vec![
+            ColumnDef::new("id", ColumnType::I64, false),
+            ColumnDef::new("name", ColumnType::String, false),
+        ],
+        primary_key: vec![0],
+        indexes: vec![],
+    }
+}
+
+/// v1 with a column in the middle and a unique index on `name`.
+fn v2() -> TableSchema {
+    let mut t = v1();
+    t.columns
+        .insert(1, ColumnDef::new("score", ColumnType::I32, false));
+    t.indexes.push(IndexDef {
+        name: "by_name".into(),
+        columns: vec![2],
+        unique: true,
+        when: None,
+    });
+    t
+}
+
+fn defaults() -> Evolution {
+    Evolution {
+        defaults: vec![(1, Value::I32(7))],
+        ..Evolution::default()
+    }
+}
+
+async fn load(e: &KvEngine, t: &'static TableSchema, n: i64, name: impl Fn(i64) -> String) {
+    e.register(&[t], &[]).await.unwrap();
+    let rows = (0..n)
+        .map(|i| vec![Value::I64(i), Value::String(name(i))])
+        .collect();
+    e.run(Op::Insert {
+        table: t,
+        rows,
+        mode: WriteMode::Insert,
+    })
+    .await
+    .unwrap();
+}
+
+fn scan(t: &TableSchema, index: Option<usize>) -> Op<'_> {
+    Op::Scan(ScanRequest {
+        table: t,
+        index,
+        prefix: vec![],
+        lower: Bound::Unbounded,
+        upper: Bound::Unbounded,
+        after: None,
+        reverse: false,
+        limit: None,
+    })
+}
+
+#[tokio::test]
+async fn a_rewrite_cut_short_resumes_from_its_marker() {
+    let scenario = fail::FailScenario::setup();
+    let (from, to): (&'static TableSchema, &'static TableSchema) =
+        (Box::leak(Box::new(v1())), Box::leak(Box::new(v2())));
+    let e = KvEngine::new(MemKv::new());
+    load(&e, from, 2_500, |i| format!("n{i}")).await;
+    let plan = diff(from, to, &defaults()).unwrap();
+    assert!(plan.changes_row_layout());
+    // Stop after the first chunk of 1,000 rows: they are in the new layout, the rest
+    // are not, and the catalog still says v1.
+    fail::cfg(datalayer_kv::failpoints::AFTER_REWRITE_CHUNK, "1*return").unwrap();
+    let err = e.alter_table(&plan).await.expect_err("cut short");
+    assert_eq!(err.code(), Some("failpoint"), "{err}");
+    assert_eq!(e.catalog().await.unwrap(), vec![from.clone()]);
+    fail::remove(datalayer_kv::failpoints::AFTER_REWRITE_CHUNK);
+    // The same plan again finishes; every row reads in v2 with the default.
+    e.alter_table(&plan).await.unwrap();
+    assert_eq!(e.catalog().await.unwrap(), vec![to.clone()]);
+    let Output::Rows(rows) = e.run(scan(to, None)).await.unwrap() else {
+        panic!("rows")
+    };
+    assert_eq!(rows.len(), 2_500);
+    for (i, r) in rows.iter().enumerate() {
+        let want = vec![
+            Value::I64(i as i64),
+            Value::I32(7),
+            Value::String(format!("n{i}")),
+        ];
+        assert_eq!(r, &want);
+    }
+    let Output::Rows(by_name) = e.run(scan(to, Some(0))).await.unwrap() else {
+        panic!("rows")
+    };
+    assert_eq!(by_name.len(), 2_500);
+    // The old declaration is refused from now on.
+    let err = e.run(scan(from, None)).await.expect_err("stale");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_violated_unique_index_leaves_the_table_as_it_was() {
+    let (from, to): (&'static TableSchema, &'static TableSchema) =
+        (Box::leak(Box::new(v1())), Box::leak(Box::new(v2())));
+    let store = MemKv::new();
+    let e = KvEngine::new(store.clone());
+    // Rows 1500 and 2400 share a name, in different chunks.
+    load(&e, from, 2_500, |i| {
+        if i == 2_400 {
+            "n1500".into()
+        } else {
+            format!("n{i}")
+        }
+    })
+    .await;
+    let plan = diff(from, to, &defaults()).unwrap();
+    let err = e.alter_table(&plan).await.expect_err("duplicate");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(err.message().contains("n1500"), "{err}");
+    assert_eq!(e.catalog().await.unwrap(), vec![from.clone()]);
+    // No entry of the unique index is left (the first chunk's were written).
+    let prefix = codec::index_prefix(to, &to.indexes[0]);
+    let mut t = store.begin(Default::default()).await.unwrap();
+    let left = t
+        .scan(
+            Bound::Included(prefix.as_slice()),
+            Bound::Unbounded,
+            usize::MAX,
+            false,
+        )
+        .await
+        .unwrap();
+    t.rollback().await.unwrap();
+    assert!(
+        left.iter().all(|(k, _)| !k.starts_with(&prefix)),
+        "{} entries left",
+        left.iter().filter(|(k, _)| k.starts_with(&prefix)).count()
+    );
+    // v1 still reads every row.
+    let Output::Rows(rows) = e.run(scan(from, None)).await.unwrap() else {
+        panic!("rows")
+    };
+    assert_eq!(rows.len(), 2_500);
+    let mut fixed = plan.clone();
+    fixed.to.indexes[0].unique = false;
+    let fixed_to: &'static TableSchema = Box::leak(Box::new(fixed.to.clone()));
+    e.alter_table(&fixed).await.unwrap();
+    let Output::Rows(entries) = e.run(scan(fixed_to, Some(0))).await.unwrap() else {
+        panic!("rows")
+    };
+    assert_eq!(entries.len(), 2_500, "one entry per row, none left over");
+}
