@@ -132,6 +132,9 @@ impl Engine for Counting {
     async fn alter_table(&self, plan: &datalayer::TablePlan) -> datalayer::Result<()> {
         self.inner.alter_table(plan).await
     }
+    async fn drop_table(&self, name: &str) -> datalayer::Result<()> {
+        self.inner.drop_table(name).await
+    }
     async fn close(&self) -> datalayer::Result<()> {
         self.inner.close().await
     }

@@ -80,6 +80,20 @@ pub struct EvoRetyped {
     pub qty: String,
 }
 
+/// A type change that stored values do not survive: `name` becomes an integer.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "evo")]
+#[index(name = "by_qty", fields(qty))]
+pub struct EvoNameInt {
+    /// Primary key.
+    #[pk]
+    pub id: i64,
+    /// Was text.
+    pub name: i64,
+    /// A quantity.
+    pub qty: i32,
+}
+
 fn v1(id: i64) -> EvoV1 {
     EvoV1 {
         id,
@@ -350,13 +364,15 @@ pub async fn renames_keep_rows(cx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Case: a type change is refused unless allowed, and then `Unsupported` (no engine
-/// rewrites values yet); the table is untouched.
+/// Case: a type change is refused unless allowed; allowed, the table is copied with
+/// each value converted (`3` → `"3"`), indexes included, and the step is in the
+/// history; a value that does not convert fails naming its row, and the table is
+/// left as it was.
 ///
 /// # Errors
 /// The first engine error, or the first expectation that does not hold.
-pub async fn destructive_steps_refused(cx: &mut Ctx) -> anyhow::Result<()> {
-    let old = open_v1(cx, 3).await?;
+pub async fn destructive_steps_need_allowing(cx: &mut Ctx) -> anyhow::Result<()> {
+    let old = open_v1(cx, 1_500).await?;
     let err = Db::with_engine(cx.db.engine().clone())
         .table::<EvoRetyped>()
         .auto_migrate(true)
@@ -365,14 +381,48 @@ pub async fn destructive_steps_refused(cx: &mut Ctx) -> anyhow::Result<()> {
         .expect_err("a type change");
     ensure!(err.kind() == ErrorKind::InvalidInput, "{err}");
     ensure!(err.to_string().contains("change column qty"), "{err}");
+    ensure!(old.repo::<EvoV1>().count().await? == 1_500, "untouched");
+    // A conversion that fails: the table stays as it was, no copy is left.
     let err = Db::with_engine(cx.db.engine().clone())
-        .table::<EvoRetyped>()
+        .table::<EvoNameInt>()
         .auto_migrate(true)
         .allow_destructive(true)
         .connect()
         .await
-        .expect_err("not applied");
-    ensure!(err.kind() == ErrorKind::Unsupported, "{err}");
-    ensure!(old.repo::<EvoV1>().count().await? == 3, "untouched");
+        .expect_err("names are not integers");
+    ensure!(err.kind() == ErrorKind::InvalidInput, "{err}");
+    ensure!(err.to_string().contains("row (1)"), "names the row: {err}");
+    ensure!(old.repo::<EvoV1>().count().await? == 1_500, "untouched");
+    let db = Db::with_engine(cx.db.engine().clone())
+        .table::<EvoRetyped>()
+        .auto_migrate(true)
+        .allow_destructive(true)
+        .connect()
+        .await?;
+    let repo = db.repo::<EvoRetyped>();
+    ensure!(repo.count().await? == 1_500);
+    let got = repo.get(3i64).await?.context("row 3")?;
+    ensure!(got.qty == "3" && got.name == "n3", "{got:?}");
+    let q: Vec<i64> = repo
+        .find("by_qty")
+        .eq("13")
+        .all()
+        .await?
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    ensure!(q.len() == 75 && q.iter().all(|id| id % 20 == 13), "{q:?}");
+    let cat = db.catalog().await?;
+    let names: Vec<&str> = cat.iter().map(|c| c.schema.name.as_str()).collect();
+    ensure!(!names.contains(&"evo__new"), "no copy left: {names:?}");
+    let entry = cat.iter().find(|c| c.schema.name == "evo").context("evo")?;
+    ensure!(
+        entry
+            .history
+            .iter()
+            .any(|h| h.description.contains("change column qty")),
+        "{:?}",
+        entry.history
+    );
     Ok(())
 }

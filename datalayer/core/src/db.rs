@@ -163,9 +163,10 @@ impl DbBuilder {
     }
     /// Allows destructive schema steps (drop a column, change a type, nullability,
     /// the primary key or the version column; see [`crate::evolve`]). Default: off,
-    /// and a plan with such steps is refused. No engine applies them yet:
-    /// [`Db::migrate`] fails with `Unsupported` for them even when allowed (copy the
-    /// table with `datalayer-migrate` instead).
+    /// and a plan with such steps is refused. When on, [`Db::migrate`] copies such a
+    /// table into a new one in the declared schema, converting each value
+    /// ([`crate::evolve::convert`]), then drops the old table and renames the copy;
+    /// writes to the table during the copy are not carried over.
     pub fn allow_destructive(mut self, on: bool) -> Self {
         self.allow_destructive = on;
         self

@@ -385,6 +385,17 @@ pub trait Engine: Send + Sync + 'static {
         let _ = plan;
         Err(Error::unsupported(self.name(), "schema evolution"))
     }
+
+    /// Drops the table `name` with its rows, indexes, catalog entry and change
+    /// capture; nothing when there is no such table. For destructive schema changes,
+    /// which copy a table to a new one and drop the old.
+    ///
+    /// # Errors
+    /// `Unsupported` where the engine cannot (the default); the engine's own errors.
+    async fn drop_table(&self, name: &str) -> Result<()> {
+        let _ = name;
+        Err(Error::unsupported(self.name(), "dropping a table"))
+    }
     /// Flushes and closes; later calls fail.
     ///
     /// # Errors

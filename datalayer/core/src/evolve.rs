@@ -19,7 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::schema::{ColumnDef, IndexDef, TableSchema};
-use crate::value::Value;
+use crate::value::{ColumnType, Value};
 use std::fmt;
 
 /// Declaration hints a schema alone does not carry: what a column was called
@@ -249,6 +249,57 @@ impl TablePlan {
             .collect()
     }
 
+    /// A stored row in the declared layout for a destructive plan
+    /// ([`crate::Db::migrate`] with `allow_destructive`): like
+    /// [`TablePlan::transform_row`], and each value converted to its declared type
+    /// ([`convert`]); a NULL in a column declared NOT NULL takes the declared
+    /// default, a new version column starts at 1.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the row's primary key, the column and the value that
+    /// does not convert, or the NULL that has no default.
+    pub fn rebuild_row(&self, sources: &[Option<usize>], stored: &[Value]) -> Result<Vec<Value>> {
+        let key = || {
+            self.from
+                .primary_key
+                .iter()
+                .map(|&k| stored.get(k).map_or_else(String::new, ToString::to_string))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = Vec::with_capacity(sources.len());
+        for (i, (c, s)) in self.to.columns.iter().zip(sources).enumerate() {
+            let v = match s {
+                Some(s) => stored.get(*s).cloned().unwrap_or_default(),
+                None if self.to.version == Some(i) => Value::I64(1),
+                None => Value::Null,
+            };
+            let v = convert(v, c.ty).map_err(|e| {
+                Error::invalid_input(format!(
+                    "table {}, row ({}), column {}: {}",
+                    self.from.name,
+                    key(),
+                    c.name,
+                    e.message()
+                ))
+            })?;
+            let v = match (v, self.evolution.default_of(i)) {
+                (Value::Null, Some(d)) if !c.nullable => d.clone(),
+                (Value::Null, _) if !c.nullable => {
+                    return Err(Error::invalid_input(format!(
+                        "table {}, row ({}): column {} is NOT NULL and the row has no value (declare a default)",
+                        self.from.name,
+                        key(),
+                        c.name
+                    )));
+                }
+                (v, _) => v,
+            };
+            out.push(v);
+        }
+        Ok(out)
+    }
+
     /// Whether the stored row layout changes (a column added, dropped or moved);
     /// renames alone keep it.
     pub fn changes_row_layout(&self) -> bool {
@@ -466,6 +517,65 @@ fn remap_expr(e: &crate::query::Expr, sources: &[Option<usize>], stored: bool) -
     format!("{mapped:?}")
 }
 
+/// `v` as a value of type `ty`, for a column whose type changed: integers and floats
+/// widen or narrow when the value fits ([`Value::coerce`]); booleans, numbers,
+/// UUIDs and decimals become their text for a `String` column; text parses into a number, a boolean
+/// (`true`/`false`), a decimal, a UUID (hex, hyphens optional) or JSON. NULL stays
+/// NULL.
+///
+/// # Errors
+/// `InvalidInput` naming the value and the type when it does not convert.
+pub fn convert(v: Value, ty: ColumnType) -> Result<Value> {
+    if v.is_null() || v.column_type() == Some(ty) {
+        return Ok(v);
+    }
+    let bad = |v: &Value| Error::invalid_input(format!("{v} does not convert to {ty:?}"));
+    if let Ok(c) = v.clone().coerce(ty) {
+        return Ok(c);
+    }
+    match (&v, ty) {
+        (Value::String(s), _) => {
+            let s = s.trim();
+            let parsed = match ty {
+                ColumnType::Bool => s.parse().ok().map(Value::Bool),
+                ColumnType::I16 => s.parse().ok().map(Value::I16),
+                ColumnType::I32 => s.parse().ok().map(Value::I32),
+                ColumnType::I64 => s.parse().ok().map(Value::I64),
+                ColumnType::F32 => s.parse().ok().map(Value::F32),
+                ColumnType::F64 => s.parse().ok().map(Value::F64),
+                ColumnType::Decimal => s.parse().ok().map(Value::Decimal),
+                ColumnType::Uuid => parse_uuid(s).map(Value::Uuid),
+                ColumnType::Json => Value::json_from_text(s).ok(),
+                _ => None,
+            };
+            parsed.ok_or_else(|| bad(&v))
+        }
+        (
+            Value::Bytes(_) | Value::Json(_) | Value::Timestamp(_) | Value::Date(_),
+            ColumnType::String,
+        ) => Err(bad(&v)),
+        (_, ColumnType::String) => Ok(Value::String(v.to_string())),
+        (Value::I16(_) | Value::I32(_) | Value::I64(_), ColumnType::Decimal) => v
+            .as_i64()
+            .map(|i| crate::value::Numeric::new(i.into(), 0).map(Value::Decimal))
+            .transpose()?
+            .ok_or_else(|| bad(&v)),
+        _ => Err(bad(&v)),
+    }
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// One applied step, as recorded in the schema history
 /// ([`crate::schema::internal::SCHEMA_HISTORY`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -486,7 +596,6 @@ pub struct HistoryEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::ColumnType;
 
     fn table(cols: &[(&str, ColumnType, bool)], indexes: Vec<IndexDef>) -> TableSchema {
         TableSchema {
@@ -611,6 +720,68 @@ mod tests {
             ..Evolution::default()
         };
         assert!(diff(&v1, &v2, &ev).is_err());
+    }
+
+    #[test]
+    fn conversions_of_a_destructive_rebuild() {
+        assert_eq!(
+            convert(Value::I32(7), ColumnType::String).unwrap(),
+            Value::String("7".into())
+        );
+        assert_eq!(
+            convert(Value::String(" 42 ".into()), ColumnType::I64).unwrap(),
+            Value::I64(42)
+        );
+        assert_eq!(
+            convert(Value::I64(5), ColumnType::I16).unwrap(),
+            Value::I16(5)
+        );
+        assert!(convert(Value::I64(70_000), ColumnType::I16).is_err());
+        assert!(convert(Value::String("x".into()), ColumnType::I32).is_err());
+        assert_eq!(convert(Value::Null, ColumnType::Uuid).unwrap(), Value::Null);
+        assert_eq!(
+            convert(Value::String("1.50".into()), ColumnType::Decimal)
+                .unwrap()
+                .to_string(),
+            "1.5"
+        );
+        let v1 = table(
+            &[
+                ("id", ColumnType::I64, false),
+                ("n", ColumnType::String, true),
+            ],
+            vec![],
+        );
+        let v2 = table(
+            &[
+                ("id", ColumnType::I64, false),
+                ("n", ColumnType::I32, false),
+            ],
+            vec![],
+        );
+        let ev = Evolution {
+            defaults: vec![(1, Value::I32(-1))],
+            ..Evolution::default()
+        };
+        let plan = diff(&v1, &v2, &ev).unwrap();
+        let src = plan.column_sources();
+        assert_eq!(
+            plan.rebuild_row(&src, &[Value::I64(1), Value::String("3".into())])
+                .unwrap(),
+            vec![Value::I64(1), Value::I32(3)]
+        );
+        assert_eq!(
+            plan.rebuild_row(&src, &[Value::I64(2), Value::Null])
+                .unwrap(),
+            vec![Value::I64(2), Value::I32(-1)]
+        );
+        let err = plan
+            .rebuild_row(&src, &[Value::I64(9), Value::String("nine".into())])
+            .unwrap_err();
+        assert!(
+            err.message().contains("row (9)") && err.message().contains("column n"),
+            "{err}"
+        );
     }
 
     #[test]

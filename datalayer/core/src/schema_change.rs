@@ -4,13 +4,14 @@
 
 use crate::db::Db;
 use crate::db::Executor;
-use crate::engine::{Engine, Op};
+use crate::engine::{Engine, Op, Output, ScanRequest, WriteMode};
 use crate::error::{Error, Result};
 use crate::evolve::{Evolution, HistoryEntry, MigrationPlan, TablePlan, diff};
 use crate::history;
 use crate::query::QueryDef;
 use crate::schema::TableSchema;
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The plan taking the stored schemas of `declared` tables to their declarations;
@@ -26,11 +27,17 @@ pub(crate) async fn plan(
     let stored = engine.catalog().await?;
     let mut tables = Vec::new();
     for (t, ev) in declared {
-        let found = stored.iter().find(|s| s.name == t.name).or_else(|| {
-            ev.renamed_from
-                .as_deref()
-                .and_then(|old| stored.iter().find(|s| s.name == old))
-        });
+        let rebuilt = format!("{}__new", t.name);
+        let found = stored
+            .iter()
+            .find(|s| s.name == t.name)
+            .or_else(|| {
+                ev.renamed_from
+                    .as_deref()
+                    .and_then(|old| stored.iter().find(|s| s.name == old))
+            })
+            // A destructive rebuild cut short between its drop and its rename.
+            .or_else(|| stored.iter().find(|s| s.name == rebuilt));
         if let Some(s) = found {
             let p = diff(s, t, ev)?;
             if !p.steps.is_empty() {
@@ -40,6 +47,9 @@ pub(crate) async fn plan(
     }
     Ok(MigrationPlan { tables })
 }
+
+/// Rows per insert of a destructive rebuild ([`Db::migrate`]).
+pub const REBUILD_CHUNK: usize = 1_000;
 
 /// Tables whose stored schema differs from the declaration, until migrated.
 #[derive(Debug, Default)]
@@ -120,28 +130,21 @@ impl Db {
     ///
     /// # Errors
     /// `InvalidInput` naming the unsafe steps when the plan has any and
-    /// [`crate::DbBuilder::allow_destructive`] is off; `Unsupported` for unsafe steps
-    /// when it is on (no engine applies them yet); `Conflict` when a table's stored
+    /// [`crate::DbBuilder::allow_destructive`] is off (when it is on, such a table is
+    /// copied to a new one in the declared schema, see [`TablePlan::rebuild_row`],
+    /// and a value that does not convert is `InvalidInput` naming its row);
+    /// `Conflict` when a table's stored
     /// schema is no longer the plan's `from` (re-plan); `AlreadyExists` when stored
     /// rows violate a new unique index (its values named; the table stays as it was);
     /// the engine's own errors.
     pub async fn migrate(&self, plan: &MigrationPlan) -> Result<()> {
         let bad = plan.unsafe_steps();
-        if !bad.is_empty() {
+        if !bad.is_empty() && !self.inner.allow_destructive {
             let list: Vec<String> = bad.iter().map(|(t, s)| format!("{t}: {s}")).collect();
-            if !self.inner.allow_destructive {
-                return Err(Error::invalid_input(format!(
-                    "the schema migration has unsafe steps, refused (DbBuilder::allow_destructive): {}",
-                    list.join("; ")
-                )));
-            }
-            return Err(Error::unsupported(
-                self.engine_name(),
-                format!(
-                    "destructive schema steps ({}); copy the table to a new one with datalayer-migrate",
-                    list.join("; ")
-                ),
-            ));
+            return Err(Error::invalid_input(format!(
+                "the schema migration has unsafe steps, refused (DbBuilder::allow_destructive): {}",
+                list.join("; ")
+            )));
         }
         if plan.is_empty() {
             return Ok(());
@@ -168,7 +171,11 @@ impl Db {
         let engine = self.inner.engine.as_ref();
         let version = history::version_of(past, &t.from.name) + 1;
         let start = now_micros();
-        engine.alter_table(t).await?;
+        if t.is_safe() {
+            engine.alter_table(t).await?;
+        } else {
+            self.rebuild(t).await?;
+        }
         let at = now_micros().max(start);
         let entries: Vec<HistoryEntry> = t
             .steps
@@ -200,6 +207,97 @@ impl Db {
         engine.register(&[declared], &queries).await?;
         self.inner.pending.clear(&declared.name);
         tracing::info!(table = %declared.name, version, steps = t.steps.len(), "schema migrated");
+        Ok(())
+    }
+
+    /// A destructive plan: the table copied into `<name>__new` in the declared
+    /// schema ([`TablePlan::rebuild_row`], [`REBUILD_CHUNK`] rows per insert), the
+    /// stored table dropped, the copy renamed. A copy left by a run cut short is
+    /// dropped and made again; a run cut short between the drop and the rename is
+    /// finished by the next plan (it renames the copy). Writes to the table during the
+    /// copy are not carried over: stop its writers first.
+    async fn rebuild(&self, t: &TablePlan) -> Result<()> {
+        let engine = self.inner.engine.as_ref();
+        let tmp_name = format!("{}__new", t.to.name);
+        crate::schema::validate_identifier("table", &tmp_name)?;
+        let mut tmp = t.to.clone();
+        tmp.name = tmp_name;
+        // Ops take `&'static` schemas: one leak per destructive migration.
+        let tmp: &'static TableSchema = Box::leak(Box::new(tmp));
+        let from: &'static TableSchema = Box::leak(Box::new(t.from.clone()));
+        engine.drop_table(&tmp.name).await?;
+        engine.register(&[from, tmp], &[]).await?;
+        let r = self.copy_rows(t, from, tmp).await;
+        if let Err(e) = r {
+            // Leave no half copy behind (best effort: the next run drops it anyway).
+            let _ = engine.drop_table(&tmp.name).await;
+            return Err(e);
+        }
+        engine.drop_table(&from.name).await?;
+        let rename = TablePlan {
+            from: tmp.clone(),
+            to: t.to.clone(),
+            evolution: Evolution::default(),
+            steps: vec![crate::SchemaStep::RenameTable {
+                from: tmp.name.clone(),
+                to: t.to.name.clone(),
+            }],
+        };
+        engine.alter_table(&rename).await
+    }
+
+    /// Copies every row of `from` into `tmp` in the declared layout.
+    async fn copy_rows(
+        &self,
+        t: &TablePlan,
+        from: &'static TableSchema,
+        tmp: &'static TableSchema,
+    ) -> Result<()> {
+        let engine = self.inner.engine.as_ref();
+        let sources = t.column_sources();
+        let mut after = None;
+        loop {
+            let out = engine
+                .run(Op::Scan(ScanRequest {
+                    table: from,
+                    index: None,
+                    prefix: Vec::new(),
+                    lower: Bound::Unbounded,
+                    upper: Bound::Unbounded,
+                    after: after.take(),
+                    reverse: false,
+                    limit: Some(REBUILD_CHUNK),
+                }))
+                .await?;
+            let Output::Rows(rows) = out else {
+                return Err(Error::engine("rebuild", format!("a scan returned {out:?}")));
+            };
+            let Some(last) = rows.last() else { break };
+            after = Some(from.key_of(last));
+            let n = rows.len();
+            let copied = rows
+                .iter()
+                .map(|r| t.rebuild_row(&sources, r))
+                .collect::<Result<Vec<_>>>()?;
+            engine
+                .run(Op::Insert {
+                    table: tmp,
+                    rows: copied,
+                    mode: WriteMode::Insert,
+                })
+                .await
+                .map_err(|e| match e.kind() {
+                    crate::ErrorKind::AlreadyExists => Error::already_exists(format!(
+                        "table {}: the new primary key or a unique index has duplicates among the stored rows: {}",
+                        t.to.name,
+                        e.message()
+                    )),
+                    _ => e,
+                })?;
+            if n < REBUILD_CHUNK {
+                break;
+            }
+        }
         Ok(())
     }
 

@@ -337,3 +337,25 @@ pub(crate) fn stale(live: &TableSchema, op: &TableSchema) -> Option<Error> {
         op.name
     )))
 }
+
+/// Every key of table `name`, then its catalog entry (see `Engine::drop_table`).
+pub(crate) async fn drop_table(e: &KvEngine, name: &str) -> Result<()> {
+    let stored = chunk!(e, tx => tx.catalog_get(name).await)?;
+    let Some(bytes) = stored else {
+        return Ok(());
+    };
+    let t = TableSchema::from_catalog_bytes(&bytes)?;
+    let keys = TableKeys::new(&t);
+    for p in keys.indexes.iter().chain([&keys.row]) {
+        delete_prefix(e, p).await?;
+    }
+    for ns in [
+        codec::CHANGE,
+        codec::CHANGE_SEQ,
+        codec::CAPTURE,
+        codec::MIGRATING,
+    ] {
+        delete_prefix(e, &codec::table_prefix(ns, name)).await?;
+    }
+    chunk!(e, tx => tx.raw_write(vec![(codec::catalog_key(name), None)]).await)
+}

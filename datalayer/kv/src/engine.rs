@@ -292,6 +292,17 @@ impl Engine for KvEngine {
         r
     }
 
+    /// Deletes every key of the table (rows, index entries, change capture, a
+    /// schema-change marker), a chunk per transaction, then its catalog entry.
+    async fn drop_table(&self, name: &str) -> Result<()> {
+        datalayer_core::validate_table_name(name)?;
+        self.fence.altering.write().insert(name.to_owned());
+        let r = crate::alter::drop_table(self, name).await;
+        self.fence.live.write().remove(name);
+        self.fence.altering.write().remove(name);
+        r
+    }
+
     async fn run(&self, op: Op<'_>) -> Result<Output> {
         self.fence.check(&op)?;
         // Fast path: point reads on a store with synchronous snapshots.

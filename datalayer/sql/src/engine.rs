@@ -549,6 +549,31 @@ impl<B: SqlBackend> Engine for SqlEngine<B> {
     async fn alter_table(&self, plan: &TablePlan) -> Result<()> {
         crate::alter::alter(self, plan).await
     }
+
+    /// `DROP TABLE IF EXISTS` (its indexes and capture triggers go with it) and the
+    /// catalog entry, in one DDL transaction.
+    async fn drop_table(&self, name: &str) -> Result<()> {
+        validate_table_name(name)?;
+        let mut c = self.backend().begin_ddl().await?;
+        let r = async {
+            let sql = format!("DROP TABLE IF EXISTS {}", B::dialect().quote_ident(name));
+            c.batch_execute(sql).await?;
+            let del = self.shared.catalog.del.clone();
+            c.call(del, vec![Value::String(name.to_owned())], None)
+                .await
+                .map(|_| ())
+        }
+        .await;
+        match r {
+            Ok(()) => c.commit().await?,
+            Err(e) => {
+                let _ = c.rollback().await;
+                return Err(e);
+            }
+        }
+        self.forget(name);
+        Ok(())
+    }
 }
 
 /// An explicit transaction of a [`SqlEngine`]: the backend's open transaction plus
