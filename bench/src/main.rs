@@ -44,6 +44,7 @@
 //! datalayer-tikv and raw tikv-client on an in-process test cluster (or the one
 //! `DATALAYER_TIKV_PD` names).
 
+mod backfill;
 mod flights;
 #[cfg(any(feature = "pg", feature = "redis", feature = "tikv"))]
 mod leftovers;
@@ -196,6 +197,11 @@ struct Args {
     /// cut-over pause.
     #[arg(long)]
     migrate: bool,
+    /// Run only the online index backfill section: a fourth index on the flights
+    /// table through `Db::migrate` on every compiled-in engine (as `--migrate`),
+    /// next to the engine's own `CREATE INDEX` where it has one.
+    #[arg(long)]
+    backfill: bool,
     /// In the Redis and TiKV sections, also count the round trips (Redis:
     /// `MONITOR`) or TiKV RPCs (in-process cluster) per operation of each target.
     #[arg(long)]
@@ -254,7 +260,7 @@ fn main() -> anyhow::Result<()> {
              (cargo run --release -p datalayer-bench --features tikv -- --tikv)"
         );
     }
-    if args.migrate {
+    if args.migrate || args.backfill {
         let path = args.flights.clone().unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -297,6 +303,9 @@ fn main() -> anyhow::Result<()> {
             scratch = scratch.with_namespaces(server.clone());
             server
         };
+        if args.backfill {
+            return backfill::run(&scratch, &engines, &rows);
+        }
         return migrate::run(&scratch, &engines, &rows, &args.only);
     }
     let urls = parse_urls(&args.url)?;

@@ -47,15 +47,19 @@ impl Engines {
 }
 
 /// One endpoint: the rendered URL of a fresh place (closed by the caller).
-struct End {
-    kind: &'static str,
-    url: String,
-    place: crate::targets::Place,
+pub(crate) struct End {
+    pub(crate) kind: &'static str,
+    pub(crate) url: String,
+    pub(crate) place: crate::targets::Place,
 }
 
 impl End {
     /// A fresh place for `kind` (sync: making a schema blocks on the server's runtime).
-    fn new(scratch: &Scratch, engines: &Engines, kind: &'static str) -> anyhow::Result<End> {
+    pub(crate) fn new(
+        scratch: &Scratch,
+        engines: &Engines,
+        kind: &'static str,
+    ) -> anyhow::Result<End> {
         let template = engines
             .templates
             .iter()
@@ -72,7 +76,7 @@ impl End {
         Ok(End { kind, url, place })
     }
 
-    async fn db(&self) -> anyhow::Result<Db> {
+    pub(crate) async fn db(&self) -> anyhow::Result<Db> {
         datalayer::builder(self.url.clone())
             .table::<DlFlight>()
             .connect()
@@ -80,7 +84,7 @@ impl End {
             .with_context(|| datalayer::redact(&self.url))
     }
 
-    fn close(self) -> anyhow::Result<()> {
+    pub(crate) fn close(self) -> anyhow::Result<()> {
         self.place.close()
     }
 }
