@@ -31,6 +31,35 @@ struct Kinds {
     maybe_double: Option<f64>,
 }
 
+/// The typed columns: UUID, timestamp, date, decimal, JSON, indexed where orderable.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "typed")]
+#[index(name = "by_uid", fields(uid), unique)]
+#[index(name = "by_at_amount", fields(at, amount))]
+struct Typed {
+    #[pk]
+    id: i64,
+    uid: uuid::Uuid,
+    at: chrono::DateTime<chrono::Utc>,
+    day: Option<chrono::NaiveDate>,
+    amount: rust_decimal::Decimal,
+    doc: serde_json::Value,
+}
+
+fn typed(i: i64) -> Typed {
+    Typed {
+        id: i,
+        uid: uuid::Uuid::from_u128(u128::from(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        at: chrono::DateTime::from_timestamp_micros((i - 20) * 86_400_000_123).unwrap(),
+        day: (i % 3 != 0).then(|| {
+            chrono::NaiveDate::from_ymd_opt(1960 + i as i32, 2, 29 - (i % 2) as u32)
+                .unwrap_or_default()
+        }),
+        amount: rust_decimal::Decimal::new((i - 20) * 12_345, (i % 6) as u32),
+        doc: serde_json::json!({"i": i, "tags": ["a", i.to_string()], "z": null}),
+    }
+}
+
 /// Unique and conditional indexes.
 #[derive(Table, Clone, Debug, PartialEq)]
 #[table(name = "accounts")]
@@ -166,6 +195,7 @@ impl Endpoint {
             .table::<Kinds>()
             .table::<Account>()
             .table::<Member>()
+            .table::<Typed>()
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect {}: {e}", datalayer::redact(&self.url)))
@@ -219,7 +249,11 @@ async fn load(db: &Db) {
     }
     let m: Vec<Member> = (0..80).map(member).collect();
     db.repo::<Member>().insert_many(&m).await.unwrap();
+    let t: Vec<Typed> = (0..TYPED).map(typed).collect();
+    db.repo::<Typed>().insert_many(&t).await.unwrap();
 }
+
+const TYPED: i64 = 40;
 
 /// Small chunks and buckets, so that a few thousand rows take many of each.
 fn small() -> Options {
@@ -241,7 +275,8 @@ async fn assert_same_rows(a: &Db, b: &Db, what: &str) {
             ac.sort_by_key(|r| r.id);
             let mut m = db.repo::<Member>().scan().all().await.unwrap();
             m.sort_by(|x, y| (&x.org, x.user_id).cmp(&(&y.org, y.user_id)));
-            (k, ac, m)
+            let t = db.repo::<Typed>().find("by_at_amount").all().await.unwrap();
+            (k, ac, m, t)
         }
     };
     let (x, y) = (all(a).await, all(b).await);
@@ -250,6 +285,8 @@ async fn assert_same_rows(a: &Db, b: &Db, what: &str) {
     assert_eq!(x.0, y.0, "{what}: kinds");
     assert_eq!(x.1, y.1, "{what}: accounts");
     assert_eq!(x.2, y.2, "{what}: members");
+    assert_eq!(x.3.len(), TYPED as usize, "{what}: typed");
+    assert_eq!(x.3, y.3, "{what}: typed, in index order");
 }
 
 const ENGINES: [&str; 4] = ["etch", "sqlite", "pg", "redis"];
@@ -267,7 +304,11 @@ async fn every_pair_copies_and_verifies_equal() {
             let m = Migration::new(&source, &target).options(small());
             let copied = m.copy().await.unwrap_or_else(|e| panic!("{what}: {e}"));
             let rows: u64 = copied.tables.iter().map(|t| t.rows).sum();
-            assert_eq!(rows, 60 + ACCOUNTS as u64 + 80, "{what}: {copied:?}");
+            assert_eq!(
+                rows,
+                60 + ACCOUNTS as u64 + 80 + TYPED as u64,
+                "{what}: {copied:?}"
+            );
             assert!(copied.tables.iter().any(|t| t.chunks > 5), "{what}: chunks");
             let report = m.verify().await.unwrap();
             assert!(report.is_equal(), "{what}: {report:#?}");
