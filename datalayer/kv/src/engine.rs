@@ -274,7 +274,7 @@ impl Engine for KvEngine {
         Ok(())
     }
 
-    /// See [`crate::alter`]: chunked, resumable backfills; this engine's writers of
+    /// See `datalayer_kv::alter` (private): chunked, resumable backfills; this engine's writers of
     /// the table wait (`Conflict`) while it runs.
     async fn alter_table(&self, plan: &datalayer_core::TablePlan) -> Result<()> {
         let names = [plan.from.name.clone(), plan.to.name.clone()];
