@@ -155,6 +155,13 @@ pub async fn failed_op_keeps_tx_usable(cx: &mut Ctx) -> anyhow::Result<()> {
         .await
         .expect_err("dup");
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    // A single-row insert that conflicts, on the primary key and on a unique index.
+    let err = repo.insert(&User::sample(2)).await.expect_err("dup key");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    let mut twin = User::sample(6);
+    twin.email = User::sample(3).email;
+    let err = repo.insert(&twin).await.expect_err("dup email");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
     repo.insert(&User::sample(5)).await?;
     tx.commit().await?;
     let ids: Vec<i64> = cx

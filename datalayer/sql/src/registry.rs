@@ -29,15 +29,18 @@ pub enum TableOp {
     Get,
     /// `SELECT count(*)` of the table.
     Count,
+    /// `INSERT ... ON CONFLICT DO NOTHING` one row (a conflict reports 0 rows).
+    InsertOrNothing,
 }
 
-const TABLE_OPS: [TableOp; 6] = [
+const TABLE_OPS: [TableOp; 7] = [
     TableOp::Insert,
     TableOp::Upsert,
     TableOp::Update,
     TableOp::Delete,
     TableOp::Get,
     TableOp::Count,
+    TableOp::InsertOrNothing,
 ];
 
 /// What a prepared statement is: the key a connection caches it under.
@@ -130,6 +133,7 @@ impl TableInfo {
                     TableOp::Delete => (&sql.delete, key.clone()),
                     TableOp::Get => (&sql.get, key.clone()),
                     TableOp::Count => (&sql.count, Arc::from(Vec::new())),
+                    TableOp::InsertOrNothing => (&sql.insert_or_nothing, row.clone()),
                 };
                 StmtDef {
                     key: StmtKey::Table(id, op),

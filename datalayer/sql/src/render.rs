@@ -51,6 +51,10 @@ pub struct TableSql {
     pub insert: String,
     /// `insert` plus an upsert clause on the primary key; same placeholders.
     pub upsert: String,
+    /// `insert` plus `ON CONFLICT DO NOTHING` (every unique constraint and index):
+    /// a conflict inserts nothing and reports 0 rows instead of failing, so that a
+    /// transaction needs no savepoint around it ([`crate::Work::fast_insert`]).
+    pub insert_or_nothing: String,
     /// `UPDATE t SET <non-key columns> WHERE <key columns>`: placeholder `k` = column
     /// `k - 1`, so a whole row binds by position. On a table with a version column
     /// `v`: `SET .., v = $v + 1 WHERE <key> AND v = $v` (optimistic locking).
@@ -552,6 +556,7 @@ pub fn render_table(t: &TableSchema, d: &dyn Dialect) -> TableSql {
         get: format!("SELECT {columns} FROM {table} WHERE {where_key}"),
         count: format!("SELECT COUNT(*) FROM {table}"),
         columns,
+        insert_or_nothing: format!("{insert} ON CONFLICT DO NOTHING"),
         insert,
         upsert,
         update,

@@ -301,12 +301,55 @@ impl Work {
         }
     }
 
+    /// The single-row insert that may run without the per-op savepoint inside a
+    /// transaction: the row's `INSERT ... ON CONFLICT DO NOTHING` statement and the row.
+    /// A unique conflict, the one failure left to the database for such a row, then
+    /// inserts nothing and reports 0 rows (the caller returns `AlreadyExists`), and the
+    /// transaction stays usable without a subtransaction. `None` (the savepoint path)
+    /// for anything else, or a row whose text and bytes total more than
+    /// [`FAST_INSERT_MAX_BYTES`] or whose text holds NUL: the database could refuse
+    /// those otherwise (an index entry over PostgreSQL's 2,704-byte B-tree limit, a NUL
+    /// in `TEXT`), and only a savepoint keeps the transaction usable after that.
+    pub fn fast_insert(&self) -> Option<(&StmtDef, &Row)> {
+        let Work::Insert {
+            t,
+            rows,
+            upsert: false,
+            bulk: false,
+        } = self
+        else {
+            return None;
+        };
+        let [row] = rows.as_slice() else {
+            return None;
+        };
+        let mut bytes = 0usize;
+        for v in row {
+            bytes += match v {
+                Value::String(s) | Value::Json(s) => {
+                    if s.contains('\0') {
+                        return None;
+                    }
+                    s.len()
+                }
+                Value::Bytes(b) => b.len(),
+                _ => 0,
+            };
+        }
+        (bytes <= FAST_INSERT_MAX_BYTES).then(|| (t.op(TableOp::InsertOrNothing), row))
+    }
+
     /// Whether the work runs its statement more than once (and so needs a transaction
     /// to be atomic).
     pub fn is_multi(&self) -> bool {
         self.param_sets().len() > 1 && self.bulk().is_none()
     }
 }
+
+/// The most text and bytes a row may carry for [`Work::fast_insert`]: below
+/// PostgreSQL's largest B-tree entry (2,704 bytes for the 8 kB page), whatever
+/// columns an index holds.
+pub const FAST_INSERT_MAX_BYTES: usize = 2_000;
 
 /// The fewest rows an insert sends as one bulk statement ([`Work::bulk`]); fewer go
 /// one statement each (prepared, pipelined), which is as fast for a handful.
