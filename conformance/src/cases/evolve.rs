@@ -315,6 +315,10 @@ pub async fn unique_violation_names_values(cx: &mut Ctx) -> anyhow::Result<()> {
     let err = db.migrate(&plan).await.expect_err("duplicate names");
     ensure!(err.kind() == ErrorKind::AlreadyExists, "{err}");
     ensure!(err.to_string().contains("n4"), "names the value: {err}");
+    ensure!(
+        err.to_string().contains("(4)") && err.to_string().contains("(11)"),
+        "names both rows' primary keys: {err}"
+    );
     let again = db.plan_migration().await?;
     ensure!(
         again.tables[0]

@@ -207,9 +207,13 @@ async fn build(
                 for (ix, prefix) in builds.iter().zip(&prefixes) {
                     if matches(ix.when.as_ref(), &row, &[])? {
                         let key = index_key(prefix, to, ix, &row, pk);
-                        // The indexed values, for a violation's message.
+                        // The indexed values and the primary key, for a violation's
+                        // message.
                         let vals = ix.unique.then(|| {
-                            ix.columns.iter().map(|&c| row[c].to_string()).collect::<Vec<_>>()
+                            let text = |cs: &[usize]| {
+                                cs.iter().map(|&c| row[c].to_string()).collect::<Vec<_>>().join(", ")
+                            };
+                            (text(&ix.columns), text(&to.primary_key))
                         });
                         entries.push((*ix, key, pk, vals));
                     }
@@ -223,11 +227,27 @@ async fn build(
             tx.raw_prefetch(unique).await?;
             let mut found = Vec::new();
             for (ix, key, pk, vals) in entries {
-                if let Some(vals) = vals
+                if let Some((vals, this)) = vals
                     && let Some(held) = tx.raw_get(&key).await?
                     && held != pk
                 {
-                    found.push(format!("{} = ({})", ix.name, vals.join(", ")));
+                    // The row already holding the entry, by its key.
+                    let mut other = from_keys.row.clone();
+                    other.extend_from_slice(&held);
+                    let other = match tx.raw_get(&other).await? {
+                        Some(b) => l.declared(&other, &b).map_or_else(
+                            |_| "?".to_owned(),
+                            |r| {
+                                to.primary_key
+                                    .iter()
+                                    .map(|&c| r[c].to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            },
+                        ),
+                        None => "?".to_owned(),
+                    };
+                    found.push(format!("{} ({vals}) in rows ({other}), ({this})", ix.name));
                     continue;
                 }
                 tx.raw_write(vec![(key, Some(pk.to_vec()))]).await?;
@@ -248,7 +268,7 @@ async fn build(
     }
     violations.truncate(5);
     Err(Error::already_exists(format!(
-        "table {}: stored rows violate the new unique index (duplicated values: {}); nothing was changed",
+        "table {}: stored rows violate the new unique index (duplicated values and their rows' primary keys: {}); nothing was changed",
         to.name,
         violations.join("; ")
     )))

@@ -132,7 +132,7 @@ pub(crate) async fn alter<B: SqlBackend>(e: &SqlEngine<B>, plan: &TablePlan) -> 
             if err.kind() == ErrorKind::AlreadyExists && ix.unique {
                 let dups = duplicates(e, to, ix).await.unwrap_or_default();
                 return Err(Error::already_exists(format!(
-                    "table {}: stored rows violate the new unique index {} (duplicated values: {}); the steps before it are applied",
+                    "table {}: stored rows violate the new unique index {} (duplicated values and their rows' primary keys: {}); the steps before it are applied",
                     to.name,
                     ix.name,
                     dups.join("; ")
@@ -160,29 +160,42 @@ pub(crate) async fn alter<B: SqlBackend>(e: &SqlEngine<B>, plan: &TablePlan) -> 
 }
 
 /// Up to five values of `ix`'s columns that more than one row of `t` holds (rows in
-/// the index's predicate, no NULLs), as text.
+/// the index's predicate, no NULLs), each with the primary keys of its rows, as text:
+/// `("a@x") in rows (1), (7)`.
 async fn duplicates<B: SqlBackend>(
     e: &SqlEngine<B>,
     t: &TableSchema,
     ix: &IndexDef,
 ) -> Result<Vec<String>> {
     let d: &dyn Dialect = B::dialect();
-    let cols: Vec<String> = ix
-        .columns
+    let quoted = |cs: &[usize]| -> Vec<String> {
+        cs.iter()
+            .map(|&c| d.quote_ident(&t.columns[c].name))
+            .collect()
+    };
+    let (cols, pk) = (
+        quoted(&ix.columns).join(", "),
+        quoted(&t.primary_key).join(", "),
+    );
+    let mut conds: Vec<String> = quoted(&ix.columns)
         .iter()
-        .map(|&c| d.quote_ident(&t.columns[c].name))
+        .map(|c| format!("{c} IS NOT NULL"))
         .collect();
-    let mut conds: Vec<String> = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect();
     if let Some(w) = &ix.when {
         conds.push(render_expr_inline(t, w, d)?);
     }
+    let (table, conds) = (d.quote_ident(&t.name), conds.join(" AND "));
     let sql = format!(
-        "SELECT {cols} FROM {table} WHERE {conds} GROUP BY {cols} HAVING count(*) > 1 LIMIT 5",
-        cols = cols.join(", "),
-        table = d.quote_ident(&t.name),
-        conds = conds.join(" AND ")
+        "SELECT {cols}, {pk} FROM {table} WHERE {conds} AND ({cols}) IN \
+         (SELECT {cols} FROM {table} WHERE {conds} GROUP BY {cols} HAVING count(*) > 1) \
+         ORDER BY {cols}, {pk} LIMIT 50"
     );
-    let types: Arc<[ColumnType]> = ix.columns.iter().map(|&c| t.columns[c].ty).collect();
+    let types: Arc<[ColumnType]> = ix
+        .columns
+        .iter()
+        .chain(&t.primary_key)
+        .map(|&c| t.columns[c].ty)
+        .collect();
     // A statement key of its own: statement caches are keyed by it. Leaked once per
     // failed index build.
     let key: &'static str =
@@ -201,16 +214,31 @@ async fn duplicates<B: SqlBackend>(
         .await?;
     let rows = c.call(def, Vec::new(), Some(types)).await;
     let _ = c.rollback().await;
-    Ok(match rows? {
-        Fetched::Rows(rows) => rows
-            .iter()
-            .map(|r| {
-                r.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .collect(),
-        Fetched::Count(_) => Vec::new(),
-    })
+    let Fetched::Rows(rows) = rows? else {
+        return Ok(Vec::new());
+    };
+    let text = |vs: &[datalayer_core::Value]| {
+        vs.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let n = ix.columns.len();
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for r in &rows {
+        let (vals, key) = (text(&r[..n]), text(&r[n..]));
+        if let Some((v, keys)) = groups.last_mut()
+            && *v == vals
+        {
+            keys.push(format!("({key})"));
+        } else if groups.len() == 5 {
+            break;
+        } else {
+            groups.push((vals, vec![format!("({key})")]));
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(v, keys)| format!("({v}) in rows {}", keys.join(", ")))
+        .collect())
 }
