@@ -400,10 +400,12 @@ impl PgTx {
         } = c;
         match execute(client, &stmt, row).await {
             Ok(1) => Ok(vec![w.output(vec![Fetched::Count(1)])?]),
+            // The SQLSTATE the insert would have failed with (unique_violation).
             Ok(_) => Err(Error::already_exists(format!(
                 "table {}: a row with the same primary key or unique index value exists",
                 w.table().schema.name
-            ))),
+            ))
+            .with_code("23505")),
             Err(e) => {
                 let e = mark_lost(tainted, e);
                 // Without a savepoint a server error aborted the transaction; an
