@@ -95,55 +95,61 @@ struct Store {
     _cluster: Option<datalayer_tikv_testkit::TestCluster>,
 }
 
+impl Store {
+    /// A store at `url` with no cluster (`dir`: its temporary directory, if any).
+    fn at(url: String, dir: Option<tempfile::TempDir>) -> Store {
+        Store {
+            url,
+            _dir: dir,
+            #[cfg(feature = "tikv")]
+            _cluster: None,
+        }
+    }
+}
+
 async fn store(engine: Engine) -> anyhow::Result<Store> {
     let pid = std::process::id();
     let tmp = || tempfile::tempdir().context("temporary directory");
+    let env = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
     Ok(match engine {
         Engine::Etch => {
             let d = tmp()?;
-            Store {
-                url: format!("etch://{}", d.path().join("etch").display()),
-                _dir: Some(d),
-                #[cfg(feature = "tikv")]
-                _cluster: None,
-            }
+            Store::at(
+                format!("etch://{}", d.path().join("etch").display()),
+                Some(d),
+            )
         }
         Engine::Sqlite => {
             let d = tmp()?;
-            Store {
-                url: format!("sqlite://{}", d.path().join("evolve.db").display()),
-                _dir: Some(d),
-                #[cfg(feature = "tikv")]
-                _cluster: None,
-            }
+            Store::at(
+                format!("sqlite://{}", d.path().join("evolve.db").display()),
+                Some(d),
+            )
         }
         Engine::Postgres => {
-            let base = std::env::var("DATALAYER_PG_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-            Store {
-                url: datalayer::with_params(&base, &format!("schema=evolve_{pid}")),
-                _dir: None,
-                #[cfg(feature = "tikv")]
-                _cluster: None,
-            }
+            let base = env(
+                "DATALAYER_PG_URL",
+                "postgres://postgres@127.0.0.1:5432/test",
+            );
+            Store::at(
+                datalayer::with_params(&base, &format!("schema=evolve_{pid}")),
+                None,
+            )
         }
         Engine::Redis => {
-            let base = std::env::var("DATALAYER_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-            Store {
-                url: datalayer::with_params(&base, &format!("namespace=evolve_{pid}")),
-                _dir: None,
-                #[cfg(feature = "tikv")]
-                _cluster: None,
-            }
+            let base = env("DATALAYER_REDIS_URL", "redis://127.0.0.1:6379");
+            Store::at(
+                datalayer::with_params(&base, &format!("namespace=evolve_{pid}")),
+                None,
+            )
         }
         #[cfg(feature = "tikv")]
         Engine::Tikv => {
             let c = datalayer_tikv_testkit::TestCluster::start(Default::default()).await?;
+            let url = format!("tikv://{}?namespace=evolve", c.pd_addr());
             Store {
-                url: format!("tikv://{}?namespace=evolve", c.pd_addr()),
-                _dir: None,
                 _cluster: Some(c),
+                ..Store::at(url, None)
             }
         }
         #[cfg(not(feature = "tikv"))]

@@ -544,7 +544,7 @@ pub fn convert(v: Value, ty: ColumnType) -> Result<Value> {
                 ColumnType::F32 => s.parse().ok().map(Value::F32),
                 ColumnType::F64 => s.parse().ok().map(Value::F64),
                 ColumnType::Decimal => s.parse().ok().map(Value::Decimal),
-                ColumnType::Uuid => parse_uuid(s).map(Value::Uuid),
+                ColumnType::Uuid => crate::value::parse_uuid(s).map(Value::Uuid),
                 ColumnType::Json => Value::json_from_text(s).ok(),
                 _ => None,
             };
@@ -562,18 +562,6 @@ pub fn convert(v: Value, ty: ColumnType) -> Result<Value> {
             .ok_or_else(|| bad(&v)),
         _ => Err(bad(&v)),
     }
-}
-
-fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// One applied step, as recorded in the schema history

@@ -16,14 +16,7 @@
 #[allow(unused_imports)]
 use crate::error::{Error, Result};
 #[allow(unused_imports)]
-use crate::value::{ColumnType, ColumnValue, Value};
-
-#[allow(dead_code)]
-fn mismatch<T>(want: ColumnType, got: &Value) -> Result<T> {
-    Err(Error::invalid_input(format!(
-        "expected a {want:?} value, got {got:?}"
-    )))
-}
+use crate::value::{CE_TO_EPOCH_DAYS, ColumnType, ColumnValue, Value, mismatch};
 
 #[cfg(feature = "uuid")]
 impl ColumnValue for uuid::Uuid {
@@ -54,10 +47,6 @@ impl ColumnValue for chrono::DateTime<chrono::Utc> {
         }
     }
 }
-
-/// Days from 0001-01-01 (day 1 of the common era in chrono) to 1970-01-01.
-#[cfg(feature = "chrono")]
-const CE_TO_EPOCH_DAYS: i32 = 719_163;
 
 #[cfg(feature = "chrono")]
 impl ColumnValue for chrono::NaiveDate {

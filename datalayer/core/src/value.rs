@@ -290,7 +290,25 @@ pub trait ColumnValue: Sized + Send + Sync + 'static {
     fn from_value(v: Value) -> Result<Self>;
 }
 
-fn mismatch<T>(want: ColumnType, got: &Value) -> Result<T> {
+/// Days from 0001-01-01 (day 1 of the common era, chrono's `num_days_from_ce`) to
+/// 1970-01-01, the epoch of [`Value::Date`].
+pub const CE_TO_EPOCH_DAYS: i32 = 719_163;
+
+/// A UUID's 16 bytes from its text: 32 hex digits in any case, RFC 9562 hyphens
+/// optional. `None` for anything else.
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub(crate) fn mismatch<T>(want: ColumnType, got: &Value) -> Result<T> {
     Err(Error::invalid_input(format!(
         "expected a {want:?} value, got {got:?}"
     )))

@@ -127,7 +127,7 @@ fn json_value(j: &serde_json::Value, ty: Option<ColumnType>) -> Result<Value> {
         (J::String(s), Some(ColumnType::String) | None) => Value::String(s.clone()),
         (J::String(s), Some(ColumnType::Bytes)) => Value::Bytes(unhex(s).ok_or_else(bad)?),
         (J::String(s), Some(ColumnType::Uuid)) => {
-            Value::Uuid(crate::text::parse_uuid_text(s).ok_or_else(bad)?)
+            Value::Uuid(datalayer_core::value::parse_uuid(s).ok_or_else(bad)?)
         }
         (J::Number(n), Some(ColumnType::Timestamp)) => Value::Timestamp(int(n)?),
         (J::String(s), Some(ColumnType::Timestamp)) => {

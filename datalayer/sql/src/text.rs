@@ -7,17 +7,16 @@
 //!   functions read (SQLite documentation, "Date And Time Functions", time values 4–7
 //!   with the `Z` suffix).
 //! - Dates: `YYYY-MM-DD` (10 bytes), likewise.
-//! - UUIDs in a change log: 32 hex digits, with or without RFC 9562 hyphens, any case.
+//! - UUIDs in a change log: 32 hex digits, with or without RFC 9562 hyphens, any case
+//!   (`datalayer_core::value::parse_uuid`).
 //! - Decimals in a change log: plain decimal text (PostgreSQL's `numeric::text`), or
 //!   the hex of [`Numeric::encode_sortable`] (SQLite's `hex()` of the stored blob,
 //!   which starts `01`, `02` or `03`; a decimal's text never starts with `0` and a
 //!   digit).
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use datalayer_core::value::CE_TO_EPOCH_DAYS;
 use datalayer_core::{Error, Numeric, Result};
-
-/// Days from 0001-01-01 (chrono's day 1 of the common era) to 1970-01-01.
-const CE_TO_EPOCH_DAYS: i32 = 719_163;
 
 /// `µs` since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 ///
@@ -68,19 +67,6 @@ pub fn parse_date_text(s: &str) -> Result<i32> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map(|d| d.num_days_from_ce() - CE_TO_EPOCH_DAYS)
         .map_err(|e| Error::corrupted(format!("stored date {s:?}: {e}")))
-}
-
-/// 16 bytes from 32 hex digits, hyphens ignored.
-pub fn parse_uuid_text(s: &str) -> Option<[u8; 16]> {
-    let hex: String = s.chars().filter(|&c| c != '-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// A decimal from a change log: the hex of its sortable encoding, or decimal text.
@@ -136,10 +122,10 @@ mod tests {
 
     #[test]
     fn log_forms_of_uuids_and_decimals() {
-        let u = parse_uuid_text("01234567-89ab-cdef-0123-456789ABCDEF").unwrap();
+        let u = datalayer_core::value::parse_uuid("01234567-89ab-cdef-0123-456789ABCDEF").unwrap();
         assert_eq!(u[0], 0x01);
         assert_eq!(u[15], 0xEF);
-        assert!(parse_uuid_text("0123").is_none());
+        assert!(datalayer_core::value::parse_uuid("0123").is_none());
         let n: Numeric = "-12.5".parse().unwrap();
         let hex: String = n.to_sortable().iter().map(|b| format!("{b:02X}")).collect();
         assert_eq!(parse_decimal_log(&hex), Some(n));
