@@ -51,6 +51,22 @@ impl EvoV2 {
     }
 }
 
+/// The first with indexes added only: a unique one and a conditional one.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "evo")]
+#[index(name = "by_qty", fields(qty))]
+#[index(name = "by_name", fields(name), unique)]
+#[index(name = "big", fields(qty, id), when = |e| e.qty >= 10)]
+pub struct EvoIndexed {
+    /// Primary key.
+    #[pk]
+    pub id: i64,
+    /// A name, now unique.
+    pub name: String,
+    /// A quantity.
+    pub qty: i32,
+}
+
 /// The third: the table and a column renamed.
 #[derive(Table, Clone, Debug, PartialEq)]
 #[table(name = "evo_renamed", renamed_from = "evo")]
@@ -296,6 +312,110 @@ pub async fn writes_during_migration_are_kept(cx: &mut Ctx) -> anyhow::Result<()
     ensure!(
         repo.find("by_score").count().await? == total,
         "by_score holds every row"
+    );
+    Ok(())
+}
+
+/// Case: while indexes are added (nothing else changes), writers holding the stored
+/// declaration keep going: inserts, updates that move rows in and out of both new
+/// indexes and deletes, on rows the build has and has not yet reached, none failing
+/// (retryable `Conflict` included) until the old declaration is refused
+/// (`InvalidInput`) after the change; then each new index holds exactly the rows
+/// it should, at their current values.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
+pub async fn index_builds_keep_writers_going(cx: &mut Ctx) -> anyhow::Result<()> {
+    const ROWS: i64 = 3_000;
+    let old = open_v1(cx, ROWS).await?;
+    let db = Db::with_engine(cx.db.engine().clone())
+        .table::<EvoIndexed>()
+        .connect()
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (wold, wstop) = (old.clone(), stop.clone());
+    let writer = tokio::spawn(async move {
+        let repo = wold.repo::<EvoV1>();
+        let mut started_tx = Some(started_tx);
+        let mut step: i64 = 0;
+        while !wstop.load(Ordering::Acquire) {
+            step += 1;
+            // Spread over the table, so writes land before and after the build.
+            let k = 1 + (step * 7_919) % ROWS;
+            let qty = (step % 20) as i32;
+            let r = match step % 4 {
+                0 => repo
+                    .insert(&EvoV1 {
+                        id: 100_000 + step,
+                        name: format!("w{step}"),
+                        qty,
+                    })
+                    .await
+                    .map(drop),
+                1 => {
+                    repo.update(&EvoV1 {
+                        id: k,
+                        name: format!("u{k}-{step}"),
+                        qty,
+                    })
+                    .await
+                }
+                2 => repo.delete(k).await.map(drop),
+                _ => {
+                    repo.update(&EvoV1 {
+                        id: k,
+                        name: format!("q{k}-{step}"),
+                        qty: 19 - qty,
+                    })
+                    .await
+                }
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                // The change is done: this declaration is stale on this engine.
+                Err(e) if e.kind() == ErrorKind::InvalidInput => return Ok(step),
+                Err(e) => return Err(anyhow::anyhow!("writer, step {step}: {e}")),
+            }
+            if step == 50
+                && let Some(tx) = started_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok::<_, anyhow::Error>(step)
+    });
+    // The change starts while the writer is writing.
+    started.await.context("writer stopped before 50 writes")?;
+    let plan = db.plan_migration().await.context("plan")?;
+    ensure!(plan.tables.len() == 1 && plan.is_safe(), "{plan}");
+    db.migrate(&plan).await.context("migrate")?;
+    stop.store(true, Ordering::Release);
+    let steps = writer.await??;
+    ensure!(steps > 50, "{steps} writes");
+    let repo = db.repo::<EvoIndexed>();
+    let rows = repo.scan().all().await.context("rows")?;
+    let mut names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    let by_name = repo.find("by_name").all().await.context("by_name")?;
+    let indexed: Vec<&str> = by_name.iter().map(|r| r.name.as_str()).collect();
+    ensure!(
+        indexed == names,
+        "by_name holds {} entries for {} rows",
+        indexed.len(),
+        names.len()
+    );
+    let mut big: Vec<i64> = rows.iter().filter(|r| r.qty >= 10).map(|r| r.id).collect();
+    big.sort_unstable();
+    let mut in_big: Vec<i64> = repo.find("big").all().await?.iter().map(|r| r.id).collect();
+    in_big.sort_unstable();
+    ensure!(
+        in_big == big,
+        "big holds {} entries for {} rows with qty >= 10",
+        in_big.len(),
+        big.len()
     );
     Ok(())
 }

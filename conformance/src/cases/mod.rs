@@ -53,6 +53,7 @@ pub fn all() -> Vec<Case> {
         case!(version::query_update_increments),
         case!(evolve::add_columns_and_indexes),
         case!(evolve::writes_during_migration_are_kept),
+        case!(evolve::index_builds_keep_writers_going),
         case!(evolve::unique_violation_names_values),
         case!(evolve::renames_keep_rows),
         case!(evolve::destructive_steps_need_allowing),

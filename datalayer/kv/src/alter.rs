@@ -4,8 +4,9 @@
 //! 1. **Build** each added index (every index of a renamed table, whose keys carry
 //!    the table's name): rows are read in primary-key chunks of [`CHUNK`], put in
 //!    the declared layout, and their entries written; a unique entry already held by
-//!    another primary key is a violation. On violations the new entries are deleted
-//!    again and the call fails with `AlreadyExists` naming up to five values: the
+//!    another primary key is a violation. Entries left by an earlier run cut short
+//!    are deleted first. On violations (or any error) the new entries are deleted
+//!    again and the call fails, with `AlreadyExists` naming up to five values: the
 //!    table is as it was.
 //! 2. **Rewrite** the rows when their layout changes (a column added or moved) or the
 //!    table is renamed, chunk by chunk; each chunk's transaction also writes the
@@ -15,20 +16,27 @@
 //! 3. Delete the dropped indexes' entries, then in one transaction switch the
 //!    catalog entry to the declared schema and delete the marker.
 //!
-//! Writers of this engine that hold another declaration of the table are refused
-//! while it runs and after ([`crate::KvEngine`]'s schema fence); writers in other
-//! processes must be stopped first (their next connect sees the new schema).
+//! Writers of this engine ([`crate::fence`]): while indexes are built, those holding
+//! the table's stored declaration keep writing and maintain the new indexes too
+//! (online); while rows are rewritten or dropped entries deleted, and throughout a
+//! rename or a redefined index, they fail with `Conflict` (retryable); afterwards a
+//! stale declaration is refused. Writers in other processes must be stopped first
+//! (their next connect sees the new schema).
 
 use crate::codec::{self, TableKeys, decode_row, encode_row, index_key, prefix_end};
 use crate::engine::KvEngine;
+use crate::fence::{Building, Fence};
 use datalayer_core::eval::matches;
 use datalayer_core::schema::{IndexDef, TableSchema};
-use datalayer_core::{Error, Result, Row, SchemaStep, TablePlan, retry_autocommit};
+use datalayer_core::{Error, ErrorKind, Result, Row, SchemaStep, TablePlan, retry_autocommit};
 use serde::{Deserialize, Serialize};
 use std::ops::Bound;
 
 /// Rows per backfill transaction.
 pub(crate) const CHUNK: usize = 1_000;
+
+/// The fewest rows per index-build transaction when writers keep conflicting.
+const MIN_CHUNK: usize = 16;
 
 /// The progress marker of a row rewrite.
 #[derive(Serialize, Deserialize)]
@@ -90,7 +98,7 @@ impl Layouts<'_> {
 }
 
 /// See the module docs.
-pub(crate) async fn alter(e: &KvEngine, plan: &TablePlan) -> Result<()> {
+pub(crate) async fn alter(e: &KvEngine, fence: &Fence, plan: &TablePlan) -> Result<()> {
     if let Some(s) = plan.steps.iter().find(|s| !s.is_safe()) {
         return Err(Error::unsupported(
             e.store_name(),
@@ -134,10 +142,11 @@ pub(crate) async fn alter(e: &KvEngine, plan: &TablePlan) -> Result<()> {
         sources: plan.column_sources(),
         done_upto,
     };
-    let builds: Vec<&IndexDef> =
+    let builds: Vec<(usize, &IndexDef)> =
         to.indexes
             .iter()
-            .filter(|ix| {
+            .enumerate()
+            .filter(|(_, ix)| {
                 renamed
                     || plan.steps.iter().any(
                         |s| matches!(s, SchemaStep::AddIndex { index } if index.name == ix.name),
@@ -146,65 +155,142 @@ pub(crate) async fn alter(e: &KvEngine, plan: &TablePlan) -> Result<()> {
             .collect();
     let from_keys = TableKeys::new(from);
     let to_keys = TableKeys::new(to);
-    build(e, &layouts, &from_keys, &to_keys, &builds).await?;
-    if renamed || plan.changes_row_layout() {
-        rewrite(e, &layouts, &from_keys, &to_keys).await?;
-    }
+    let prefixes: Vec<Vec<u8>> = builds
+        .iter()
+        .map(|(i, _)| to_keys.indexes[*i].clone())
+        .collect();
+    let rewrites = renamed || plan.changes_row_layout();
+    // An index redefined under its name is rebuilt at its old key prefix.
+    let redefined = !renamed
+        && builds
+            .iter()
+            .any(|(_, b)| from.indexes.iter().any(|f| f.name == b.name));
     // Entries of dropped indexes (all of a renamed table's old ones).
-    for (ix, prefix) in from.indexes.iter().zip(&from_keys.indexes) {
-        let kept = !renamed
-            && to.indexes.iter().any(|t| t.name == ix.name)
-            && !builds.iter().any(|b| b.name == ix.name);
-        if !kept {
-            delete_prefix(e, prefix).await?;
+    let dropped: Vec<&Vec<u8>> = from
+        .indexes
+        .iter()
+        .zip(&from_keys.indexes)
+        .filter(|(ix, _)| renamed || !to.indexes.iter().any(|t| t.name == ix.name))
+        .map(|(_, p)| p)
+        .collect();
+    // Online (writers maintain the new indexes) unless rows move to another table's
+    // keys, an earlier run left rows in two layouts, or writers maintain an index's
+    // old definition at the prefix being built.
+    let online = !renamed && layouts.done_upto.is_none() && !redefined;
+    if online {
+        // Leftovers of an earlier run cut short go before writers maintain them.
+        for p in &prefixes {
+            delete_prefix(e, p).await?;
+        }
+        fence
+            .build(
+                &from.name,
+                Building {
+                    plan: plan.clone(),
+                    sources: layouts.sources.clone(),
+                    indexes: builds
+                        .iter()
+                        .map(|(i, _)| *i)
+                        .zip(prefixes.clone())
+                        .collect(),
+                },
+            )
+            .await;
+    } else {
+        for n in [&from.name, &to.name] {
+            fence.hold(n).await;
+        }
+        for p in &prefixes {
+            if let Err(err) = delete_prefix(e, p).await {
+                for n in [&from.name, &to.name] {
+                    fence.open(n).await;
+                }
+                return Err(err);
+            }
         }
     }
-    let bytes = to.catalog_bytes()?;
-    chunk!(e, tx => {
-        tx.catalog_put(&to.name, bytes.clone()).await?;
-        let mut w = vec![(marker_key(&from.name), None)];
-        if renamed {
-            w.push((codec::catalog_key(&from.name), None));
+    let r = async {
+        if let Err(err) = build(e, &layouts, &from_keys, &builds, &prefixes).await {
+            // Writers stop maintaining the new entries first, then they go.
+            fence.open(&from.name).await;
+            for p in &prefixes {
+                delete_prefix(e, p).await?;
+            }
+            return Err(err);
         }
-        tx.raw_write(w).await
-    })
+        if online && (rewrites || !dropped.is_empty()) {
+            fence.hold(&from.name).await;
+        }
+        if rewrites {
+            rewrite(e, &layouts, &from_keys, &to_keys).await?;
+        }
+        for p in &dropped {
+            delete_prefix(e, p).await?;
+        }
+        let bytes = to.catalog_bytes()?;
+        chunk!(e, tx => {
+            tx.catalog_put(&to.name, bytes.clone()).await?;
+            let mut w = vec![(marker_key(&from.name), None)];
+            if renamed {
+                w.push((codec::catalog_key(&from.name), None));
+            }
+            tx.raw_write(w).await
+        })
+    }
+    .await;
+    if r.is_ok() {
+        if renamed {
+            fence.forget(&from.name);
+        }
+        fence.set_live(to);
+    }
+    for n in [&from.name, &to.name] {
+        fence.open(n).await;
+    }
+    r
 }
 
-/// Phase 1: entries of `builds` for every row; violations undo them.
+/// Phase 1: entries of `builds` (positions in the declared indexes, with their key
+/// prefixes) for every row; the caller deletes them again on an error.
 async fn build(
     e: &KvEngine,
     l: &Layouts<'_>,
     from_keys: &TableKeys,
-    to_keys: &TableKeys,
-    builds: &[&IndexDef],
+    builds: &[(usize, &IndexDef)],
+    prefixes: &[Vec<u8>],
 ) -> Result<()> {
     if builds.is_empty() {
         return Ok(());
     }
     let to = &l.plan.to;
-    let prefixes: Vec<Vec<u8>> = builds
-        .iter()
-        .map(|b| {
-            let i = to.index_position(&b.name).expect("a declared index");
-            to_keys.indexes[i].clone()
-        })
-        .collect();
     let row_prefix = from_keys.row.clone();
+    // Rows up to the last one stored now: rows written later are indexed by their
+    // writers, and a range open to the end would make every chunk conflict with
+    // appends on a store that validates its range reads.
+    let Some(upper) = chunk!(e, tx => tx.raw_last(&row_prefix).await)? else {
+        return Ok(());
+    };
     let mut after: Option<Vec<u8>> = None;
     let mut violations: Vec<String> = Vec::new();
+    // Shrunk on a conflict that outlasted the retries (writers keep changing rows of
+    // the chunk), grown back after each chunk that commits.
+    let mut size = CHUNK;
     loop {
         let start = after
             .clone()
             .map_or(Bound::Included(row_prefix.clone()), Bound::Excluded);
-        let (last, found) = chunk!(e, tx => {
-            let rows = tx.raw_scan(start.clone(), end_of(&row_prefix), CHUNK).await?;
+        let r = chunk!(e, tx => {
+            let rows = tx.raw_scan(start.clone(), Bound::Included(upper.clone()), size).await?;
+            // A pessimistic store checks, as it locks them, that the rows read are
+            // still the snapshot's: a writer's change in between is a conflict.
+            tx.raw_lock(rows.iter().map(|(k, _)| k.clone()).collect()).await?;
             // Every entry of the chunk first, then the unique ones read ahead in one
             // store call (on a server store one round trip, not one per row).
             let mut entries = Vec::new();
             for (k, v) in &rows {
                 let row = l.declared(k, v)?;
                 let pk = &k[row_prefix.len()..];
-                for (ix, prefix) in builds.iter().zip(&prefixes) {
+                for ((_, ix), prefix) in builds.iter().zip(prefixes) {
                     if matches(ix.when.as_ref(), &row, &[])? {
                         let key = index_key(prefix, to, ix, &row, pk);
                         // The indexed values and the primary key, for a violation's
@@ -253,8 +339,20 @@ async fn build(
                 tx.raw_write(vec![(key, Some(pk.to_vec()))]).await?;
             }
             Ok((rows.last().map(|(k, _)| k.clone()), found))
-        })?;
+        });
+        let (last, found) = match r {
+            Err(err) if err.kind() == ErrorKind::Conflict && size > MIN_CHUNK => {
+                size = (size / 4).max(MIN_CHUNK);
+                continue;
+            }
+            r => r?,
+        };
+        size = (size * 2).min(CHUNK);
         violations.extend(found);
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!(crate::failpoints::AFTER_BUILD_CHUNK, |_| Err(
+            Error::engine("failpoint", "cut short after an index build chunk")
+        ));
         match last {
             Some(k) if violations.len() < 5 => after = Some(k),
             _ => break,
@@ -262,9 +360,6 @@ async fn build(
     }
     if violations.is_empty() {
         return Ok(());
-    }
-    for p in &prefixes {
-        delete_prefix(e, p).await?;
     }
     violations.truncate(5);
     Err(Error::already_exists(format!(
@@ -344,18 +439,6 @@ async fn delete_prefix(e: &KvEngine, prefix: &[u8]) -> Result<()> {
             return Ok(());
         }
     }
-}
-
-/// The declared schema a [`TableSchema`] op must match on this engine, if the table
-/// was registered or altered here: see [`crate::KvEngine`]'s schema fence.
-pub(crate) fn stale(live: &TableSchema, op: &TableSchema) -> Option<Error> {
-    if std::ptr::eq(live, op) || live == op {
-        return None;
-    }
-    Some(Error::invalid_input(format!(
-        "table {} was altered to another schema on this engine; connect with its current declaration",
-        op.name
-    )))
 }
 
 /// Every key of table `name`, then its catalog entry (see `Engine::drop_table`).

@@ -1,6 +1,7 @@
 //! [`KvEngine`]: the [`Engine`] of every KV-family store.
 
 use super::codec;
+use super::fence::{Admitted, Fence};
 use super::txn::{Caps, CapturedHint, KvTx, point_get, point_query};
 use super::{KvCapability, KvStore};
 use async_trait::async_trait;
@@ -48,42 +49,9 @@ pub struct KvEngine {
     /// Tables seen with change capture on (autocommit inserts assume it off for the
     /// others; see `KvTx::set_assume`).
     captured: CapturedHint,
-    /// The schema fence: each table registered or altered through this engine, with
-    /// the schema it is stored with, and the tables being altered. An op whose schema
-    /// differs from the stored one is refused (`InvalidInput`), an op on a table
-    /// being altered fails with `Conflict` (retryable): a writer holding an old
-    /// declaration would otherwise write rows in the old layout or miss a new index,
-    /// since in this family the client maintains both.
+    /// The schema fence ([`crate::fence`]): the declaration each table registered or
+    /// altered here is stored with, and what writers maintain during a change.
     fence: Arc<Fence>,
-}
-
-/// See [`KvEngine`]'s `fence`.
-#[derive(Default)]
-struct Fence {
-    live: parking_lot::RwLock<std::collections::HashMap<String, Arc<TableSchema>>>,
-    altering: parking_lot::RwLock<std::collections::HashSet<String>>,
-}
-
-impl Fence {
-    fn check(&self, op: &Op<'_>) -> Result<()> {
-        let t = op.table();
-        if let Some(live) = self.live.read().get(&t.name)
-            && let Some(e) = crate::alter::stale(live, t)
-        {
-            return Err(e);
-        }
-        let altering = self.altering.read();
-        if !altering.is_empty() && altering.contains(&t.name) {
-            return Err(Error::conflict(format!(
-                "table {} is being altered; retry",
-                t.name
-            )));
-        }
-        Ok(())
-    }
-    fn check_all(&self, ops: &[Op<'_>]) -> Result<()> {
-        ops.iter().try_for_each(|op| self.check(op))
-    }
 }
 
 impl KvEngine {
@@ -171,9 +139,15 @@ impl KvEngine {
     /// Runs `ops` in one store transaction; with `assume`, inserts assume their keys
     /// free instead of reading them (a wrong assumption fails the commit with
     /// `Conflict`, and the caller's re-run reads).
-    async fn run_once(&self, ops: Vec<Op<'_>>, assume: bool) -> Result<Vec<Output>> {
+    async fn run_once(
+        &self,
+        ops: Vec<Op<'_>>,
+        assume: bool,
+        admitted: &Admitted,
+    ) -> Result<Vec<Output>> {
         let mut tx = self.open(ops.iter().all(Op::is_read)).await?;
         tx.set_assume(self.captured.clone(), assume);
+        tx.admitted.builds.clone_from(&admitted.builds);
         let planned = Self::with_plans(&self.plans, ops);
         let r = tx.exec_all(planned).await;
         finish(tx, r).await
@@ -208,16 +182,16 @@ impl KvEngine {
     /// Runs `ops` atomically; re-runs them on a `Conflict` where the store has
     /// concurrent writers (a single-writer store never conflicts, so its ops are not
     /// copied for a retry).
-    async fn run_retrying(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
+    async fn run_retrying(&self, ops: Vec<Op<'_>>, admitted: &Admitted) -> Result<Vec<Output>> {
         if !self.caps.kv.concurrent_writers {
-            return self.run_once(ops, false).await;
+            return self.run_once(ops, false, admitted).await;
         }
         // The first attempt may assume (one round trip for an insert on a store that
         // validates reads); a re-run after its `Conflict` reads.
         let mut first = true;
         retry_autocommit(|| {
             let assume = std::mem::replace(&mut first, false);
-            self.run_once(ops.clone(), assume)
+            self.run_once(ops.clone(), assume, admitted)
         })
         .await
     }
@@ -267,44 +241,32 @@ impl Engine for KvEngine {
         for q in queries {
             Self::plan_for(&self.plans, q);
         }
-        let mut live = self.fence.live.write();
         for t in tables {
-            live.insert(t.name.clone(), Arc::new((*t).clone()));
+            self.fence.set_live(t);
         }
         Ok(())
     }
 
-    /// See `datalayer_kv::alter` (private): chunked, resumable backfills; this engine's writers of
-    /// the table wait (`Conflict`) while it runs.
+    /// See `datalayer_kv::alter` (private): chunked, resumable backfills; this
+    /// engine's writers of the table keep going while new indexes are built, and wait
+    /// (`Conflict`) while rows are rewritten.
     async fn alter_table(&self, plan: &datalayer_core::TablePlan) -> Result<()> {
-        let names = [plan.from.name.clone(), plan.to.name.clone()];
-        self.fence.altering.write().extend(names.iter().cloned());
-        let r = crate::alter::alter(self, plan).await;
-        if r.is_ok() {
-            let mut live = self.fence.live.write();
-            live.remove(&plan.from.name);
-            live.insert(plan.to.name.clone(), Arc::new(plan.to.clone()));
-        }
-        let mut altering = self.fence.altering.write();
-        for n in &names {
-            altering.remove(n);
-        }
-        r
+        crate::alter::alter(self, &self.fence, plan).await
     }
 
     /// Deletes every key of the table (rows, index entries, change capture, a
     /// schema-change marker), a chunk per transaction, then its catalog entry.
     async fn drop_table(&self, name: &str) -> Result<()> {
         datalayer_core::validate_table_name(name)?;
-        self.fence.altering.write().insert(name.to_owned());
+        self.fence.hold(name).await;
         let r = crate::alter::drop_table(self, name).await;
-        self.fence.live.write().remove(name);
-        self.fence.altering.write().remove(name);
+        self.fence.forget(name);
         r
     }
 
     async fn run(&self, op: Op<'_>) -> Result<Output> {
-        self.fence.check(&op)?;
+        // Held until the op's transaction ends (see `crate::fence`).
+        let admitted = self.fence.admit(std::slice::from_ref(&op))?;
         // Fast path: point reads on a store with synchronous snapshots.
         match &op {
             Op::Query { query, params } if op.is_read() => {
@@ -325,13 +287,13 @@ impl Engine for KvEngine {
             }
             _ => {}
         }
-        let mut v = self.run_retrying(vec![op]).await?;
+        let mut v = self.run_retrying(vec![op], &admitted).await?;
         Ok(v.pop().expect("one output per op"))
     }
 
     async fn run_batch(&self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
-        self.fence.check_all(&ops)?;
-        self.run_retrying(ops).await
+        let admitted = self.fence.admit(&ops)?;
+        self.run_retrying(ops, &admitted).await
     }
 
     async fn begin(&self, opts: TxOptions) -> Result<Box<dyn EngineTx>> {
@@ -501,19 +463,23 @@ impl KvEngineTx {
 #[async_trait]
 impl EngineTx for KvEngineTx {
     async fn run(&mut self, op: Op<'_>) -> Result<Output> {
-        self.fence.check(&op)?;
+        let admitted = self.fence.admit(std::slice::from_ref(&op))?;
         let plan = match &op {
             Op::Query { query, .. } => Some(KvEngine::plan_for(&self.plans, query)),
             _ => None,
         };
-        self.tx()?.exec(op, plan.as_deref()).await
+        let tx = self.tx()?;
+        tx.admitted.merge(admitted);
+        tx.exec(op, plan.as_deref()).await
     }
     /// The ops in order, their point reads read ahead in one store call
     /// ([`KvTxn::batch_get`](crate::KvTxn::batch_get)).
     async fn run_batch(&mut self, ops: Vec<Op<'_>>) -> Result<Vec<Output>> {
-        self.fence.check_all(&ops)?;
+        let admitted = self.fence.admit(&ops)?;
         let planned = KvEngine::with_plans(&self.plans, ops);
-        self.tx()?.exec_all(planned).await
+        let tx = self.tx()?;
+        tx.admitted.merge(admitted);
+        tx.exec_all(planned).await
     }
     async fn savepoint(&mut self, name: &str) -> Result<()> {
         self.tx()?.savepoint(name);

@@ -20,6 +20,7 @@ mod capability;
 pub mod codec;
 pub mod contract;
 mod engine;
+mod fence;
 pub mod mem;
 
 mod txn;
@@ -34,6 +35,10 @@ pub mod failpoints {
     /// In a schema change's row rewrite, just after a chunk committed: `return`
     /// makes the change stop there with an `Engine` error, as a crash would.
     pub const AFTER_REWRITE_CHUNK: &str = "kv::alter::after_rewrite_chunk";
+    /// In a schema change's index build, just after a chunk committed (writers of
+    /// the table are admitted meanwhile): `return` stops the change there with an
+    /// `Engine` error; a callback runs while the build waits.
+    pub const AFTER_BUILD_CHUNK: &str = "kv::alter::after_build_chunk";
 }
 
 use async_trait::async_trait;

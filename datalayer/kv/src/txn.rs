@@ -5,6 +5,7 @@ use super::codec::{
     self, TableKeys, decode_row, encode_row, encode_values, index_key, index_prefix, prefix_end,
     row_prefix,
 };
+use super::fence::Admitted;
 use super::{Bytes, EntryLayout, KvCapability, KvTxn, WriteSet};
 use datalayer_core::ChangeKind;
 use datalayer_core::capability::Capability;
@@ -80,6 +81,9 @@ pub(crate) struct KvTx {
     /// transaction reads their flag rather than assume it off (a hint: a wrong one
     /// costs a re-run, never correctness). Updated by every transaction that has it.
     captured_hint: Option<CapturedHint>,
+    /// What the schema fence admitted this transaction's writes with: leases held
+    /// until it ends, and the index builds its rows maintain ([`crate::fence`]).
+    pub(crate) admitted: Admitted,
 }
 
 /// Tables seen with change capture on (see [`KvTx::captured_hint`]).
@@ -140,6 +144,7 @@ impl KvTx {
             captured_hint: None,
             position_base: caps.position_base,
             capture: Vec::new(),
+            admitted: Admitted::default(),
         }
     }
 
@@ -632,32 +637,48 @@ impl KvTx {
                 b.len()
             )));
         }
-        // The index entries that change: (index, old entry, new entry).
+        // The index entries that change: (index, its values in the new row, old
+        // entry, new entry), over the declaration's indexes and those being built
+        // (computed on the rows in the declared layout; see `crate::fence`).
+        let builds = self.admitted.builds.clone();
+        let declared: Vec<(Option<Row>, Option<Row>)> = builds
+            .iter()
+            .map(|b| (old.map(|r| b.declared(r)), new.map(|r| b.declared(r))))
+            .collect();
         let mut changed = Vec::new();
-        for (ix, prefix) in table.indexes.iter().zip(&keys.indexes) {
+        let own = table
+            .indexes
+            .iter()
+            .zip(&keys.indexes)
+            .map(|(ix, p)| (ix, p.as_slice(), table, old, new));
+        let built = builds.iter().zip(&declared).flat_map(|(b, (o, n))| {
+            b.extra(table)
+                .map(move |(ix, p)| (ix, p, &b.plan.to, o.as_ref(), n.as_ref()))
+        });
+        for (ix, prefix, t, old, new) in own.chain(built) {
             let entry = |r: Option<&Row>| -> Result<Option<Bytes>> {
                 match r {
                     Some(r) if matches(ix.when.as_ref(), r, &[])? => {
-                        Ok(Some(index_key(prefix, table, ix, r, pk)))
+                        Ok(Some(index_key(prefix, t, ix, r, pk)))
                     }
                     _ => Ok(None),
                 }
             };
             let (before, after) = (entry(old)?, entry(new)?);
             if before != after {
-                changed.push((ix, before, after));
+                changed.push((ix, new, before, after));
             }
         }
         // Pessimistic stores: lock the row key and every index entry written (the new
         // unique entries before they are checked) in one call.
         if self.kv.pessimistic_locks {
-            let entries = changed.iter().flat_map(|(_, b, a)| b.iter().chain(a));
+            let entries = changed.iter().flat_map(|(_, _, b, a)| b.iter().chain(a));
             let all: Vec<&[u8]> = std::iter::once(key)
                 .chain(entries.map(Vec::as_slice))
                 .collect();
             self.lock(&all).await?;
         }
-        for (ix, before, after) in changed {
+        for (ix, new, before, after) in changed {
             if let Some(k) = before {
                 self.set(k, None);
             }
@@ -1190,6 +1211,19 @@ impl KvTx {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>> {
         self.scan(&(start, end), limit, false).await
+    }
+
+    /// The last pair under `prefix`, if any (for schema changes).
+    pub(crate) async fn raw_last(&mut self, prefix: &[u8]) -> Result<Option<Bytes>> {
+        let range = (Bound::Included(prefix.to_vec()), end_of(prefix));
+        Ok(self.scan(&range, 1, true).await?.pop().map(|(k, _)| k))
+    }
+
+    /// Locks `keys` on a pessimistic store (which checks that they still hold what
+    /// this transaction's snapshot read); nothing elsewhere (for schema changes).
+    pub(crate) async fn raw_lock(&mut self, keys: Vec<Bytes>) -> Result<()> {
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        self.lock(&keys).await
     }
 
     /// Writes (`Some`) or deletes (`None`) keys, locking them first on a pessimistic

@@ -1,5 +1,8 @@
 //! Schema changes on the KV family: a row rewrite cut short resumes from its marker,
-//! and a unique index that stored rows violate leaves nothing behind.
+//! a unique index that stored rows violate leaves nothing behind, and writers keep
+//! going (and maintain the index) while an index is built.
+//!
+//! Every test holds a `FailScenario`: failpoints are global to the process.
 
 use datalayer_core::evolve::{Evolution, diff};
 use datalayer_core::{
@@ -114,6 +117,8 @@ async fn a_rewrite_cut_short_resumes_from_its_marker() {
 
 #[tokio::test]
 async fn a_violated_unique_index_leaves_the_table_as_it_was() {
+    // Serialized with the tests that configure failpoints, which every build passes.
+    let scenario = fail::FailScenario::setup();
     let (from, to): (&'static TableSchema, &'static TableSchema) =
         (Box::leak(Box::new(v1())), Box::leak(Box::new(v2())));
     let store = MemKv::new();
@@ -163,4 +168,105 @@ async fn a_violated_unique_index_leaves_the_table_as_it_was() {
         panic!("rows")
     };
     assert_eq!(entries.len(), 2_500, "one entry per row, none left over");
+    scenario.teardown();
+}
+
+/// v1 with a unique index on `name`: the row layout does not change.
+fn v1_indexed() -> TableSchema {
+    let mut t = v1();
+    t.indexes.push(IndexDef {
+        name: "by_name".into(),
+        columns: vec![1],
+        unique: true,
+        when: None,
+    });
+    t
+}
+
+fn row(id: i64, name: &str) -> Vec<Value> {
+    vec![Value::I64(id), Value::String(name.into())]
+}
+
+/// Writers of the stored declaration keep going while an index is built, and
+/// maintain it: a write to a row the build already passed, one to a row it has yet
+/// to reach, an insert, a delete, and a unique conflict with a built entry, all made
+/// while the build waits after its first chunk (rows 0..999).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_keep_going_and_maintain_an_index_being_built() {
+    use std::sync::{Mutex, mpsc};
+    let scenario = fail::FailScenario::setup();
+    let (from, to): (&'static TableSchema, &'static TableSchema) =
+        (Box::leak(Box::new(v1())), Box::leak(Box::new(v1_indexed())));
+    let e = KvEngine::new(MemKv::new());
+    load(&e, from, 2_500, |i| format!("n{i}")).await;
+    let plan = diff(from, to, &Evolution::default()).unwrap();
+    assert!(!plan.changes_row_layout());
+    let (reached_tx, reached) = mpsc::channel::<()>();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let (reached_tx, release_rx) = (Mutex::new(Some(reached_tx)), Mutex::new(release_rx));
+    fail::cfg_callback(datalayer_kv::failpoints::AFTER_BUILD_CHUNK, move || {
+        // The first chunk only: tell the test, wait for it.
+        if let Some(tx) = reached_tx.lock().unwrap().take() {
+            tx.send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    })
+    .unwrap();
+    let alter = {
+        let (e, plan) = (e.clone(), plan.clone());
+        tokio::spawn(async move { e.alter_table(&plan).await })
+    };
+    tokio::task::spawn_blocking(move || reached.recv().unwrap())
+        .await
+        .unwrap();
+    let update = |id: i64, name: &str| Op::Update {
+        table: from,
+        rows: vec![row(id, name)],
+    };
+    e.run(update(5, "x5")).await.unwrap();
+    e.run(update(2_000, "x2000")).await.unwrap();
+    e.run(Op::Insert {
+        table: from,
+        rows: vec![row(5_000, "n5000")],
+        mode: WriteMode::Insert,
+    })
+    .await
+    .unwrap();
+    e.run(Op::Delete {
+        table: from,
+        keys: vec![vec![Value::I64(6)]],
+    })
+    .await
+    .unwrap();
+    let err = e
+        .run(update(9, "n7"))
+        .await
+        .expect_err("n7 is taken in the index being built");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    release.send(()).unwrap();
+    alter.await.unwrap().unwrap();
+    fail::remove(datalayer_kv::failpoints::AFTER_BUILD_CHUNK);
+    // The index holds one entry per row, at the row's current name.
+    let Output::Rows(rows) = e.run(scan(to, None)).await.unwrap() else {
+        panic!("rows")
+    };
+    assert_eq!(rows.len(), 2_500);
+    let name_of = |r: &Vec<Value>| match &r[1] {
+        Value::String(s) => s.clone(),
+        v => panic!("name {v:?}"),
+    };
+    let mut want: Vec<String> = rows.iter().map(name_of).collect();
+    want.sort();
+    let Output::Rows(by_name) = e.run(scan(to, Some(0))).await.unwrap() else {
+        panic!("rows")
+    };
+    let got: Vec<String> = by_name.iter().map(name_of).collect();
+    assert_eq!(got, want);
+    for name in ["x5", "x2000", "n5000", "n9"] {
+        assert!(got.iter().any(|g| g == name), "{name} is indexed");
+    }
+    for gone in ["n5", "n6", "n2000"] {
+        assert!(!got.iter().any(|g| g == gone), "{gone} is not");
+    }
+    scenario.teardown();
 }

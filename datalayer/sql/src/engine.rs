@@ -353,18 +353,23 @@ impl<B: SqlBackend> SqlEngine<B> {
             Ok(()) => c.commit().await?,
             Err(e) => {
                 let _ = c.rollback().await;
+                for t in &missing {
+                    self.shared.reg.forget_failed(t);
+                }
                 return Err(e);
             }
         }
         for t in &missing {
             t.set_created();
+            self.shared.reg.adopt(t);
         }
         let defs = missing.iter().flat_map(|t| t.ops().iter().cloned());
         self.backend().prepare(defs.collect()).await
     }
 
-    /// Creates `tables` inside the open transaction `c`, or checks their stored schema
-    /// ([`TableSchema::check_stored`]), then checks that their declared indexes exist
+    /// Creates `tables` inside the open transaction `c` (with their catalog entries), or
+    /// checks their stored schema ([`TableSchema::check_stored`]) and runs no DDL, then
+    /// checks that their declared indexes exist
     /// ([`verify_indexes`]; `Engine` error `index_mismatch` otherwise).
     async fn ensure(&self, c: &mut dyn SqlConn, tables: &[Arc<TableInfo>]) -> Result<()> {
         let cat = &self.shared.catalog;
@@ -382,8 +387,14 @@ impl<B: SqlBackend> SqlEngine<B> {
                 Some(_) => return Err(Error::corrupted("catalog entry: not bytes")),
                 None => {}
             }
-            for s in &t.ddl {
-                c.batch_execute(s.clone()).await?;
+            // A stored entry was written with the table and its indexes: the DDL
+            // would only take locks (PostgreSQL's `CREATE INDEX IF NOT EXISTS` takes a
+            // SHARE lock, which waits behind a schema change's `CREATE INDEX
+            // CONCURRENTLY` that waits for this transaction: a deadlock).
+            if stored.is_none() {
+                for s in &t.ddl {
+                    c.batch_execute(s.clone()).await?;
+                }
             }
             if !t.schema.indexes.is_empty() {
                 self.check_indexes(c, &t.schema).await?;
@@ -623,6 +634,11 @@ impl<B: SqlBackend> SqlTx<B> {
             Err(_) => format!("{OP_ROLLBACK_TO}; {OP_RELEASE}"),
         };
         let ended = self.conn.batch_execute(end).await;
+        if r.is_err() {
+            for t in tables {
+                self.engine.shared.reg.forget_failed(t);
+            }
+        }
         r.and(ended)
     }
 

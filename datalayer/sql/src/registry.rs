@@ -8,7 +8,7 @@ use crate::{
     Bind, Dialect, OutputShape, RenderedQuery, RenderedScan, ScanBind, ScanShape, render_ddl,
     render_query, render_scan, render_table,
 };
-use datalayer_core::{ColumnType, Error, QueryDef, QueryId, Result, TableSchema};
+use datalayer_core::{ColumnType, QueryDef, QueryId, Result, TableSchema};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -248,13 +248,6 @@ pub struct Registry {
     next_id: AtomicU32,
 }
 
-fn different(t: &TableSchema) -> Error {
-    Error::invalid_input(format!(
-        "table {} is registered with a different schema",
-        t.name
-    ))
-}
-
 impl Registry {
     /// An empty registry rendering with `dialect`.
     pub fn new(dialect: &'static dyn Dialect) -> Registry {
@@ -273,15 +266,20 @@ impl Registry {
 
     /// The table `t`, rendering it on first sight.
     ///
+    /// A declaration that differs from the one registered under the same name is
+    /// returned unregistered: its creation, which checks it against the stored schema,
+    /// decides which of them is current ([`Registry::adopt`]), so that after a schema
+    /// change a stale declaration cannot hold the name from the current one.
+    ///
     /// # Errors
-    /// `InvalidInput` for a schema that fails validation or differs from the schema
-    /// registered under the same name.
+    /// `InvalidInput` for a schema that fails validation.
     pub fn table(&self, t: &TableSchema) -> Result<Arc<TableInfo>> {
         if let Some(info) = self.tables.read().get(t.name.as_str()) {
             if info.addr == std::ptr::from_ref(t) as usize || info.schema == *t {
                 return Ok(info.clone());
             }
-            return Err(different(t));
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            return Ok(Arc::new(TableInfo::new(id, t, self.dialect)?));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(TableInfo::new(id, t, self.dialect)?);
@@ -289,12 +287,10 @@ impl Registry {
             .tables
             .write()
             .entry(t.name.clone())
-            .or_insert(info)
+            .or_insert(info.clone())
             .clone();
-        if got.schema != *t {
-            return Err(different(t));
-        }
-        Ok(got)
+        // Another declaration registered meanwhile: as above.
+        Ok(if got.schema == *t { got } else { info })
     }
 
     /// Forgets the table named `name` (after its schema was altered), so that the
@@ -302,6 +298,29 @@ impl Registry {
     /// against the old schema keep their statements.
     pub fn forget(&self, name: &str) {
         self.tables.write().remove(name);
+    }
+
+    /// Registers `info`, created (its schema is the stored one), under its name in
+    /// place of whatever is held there.
+    pub fn adopt(&self, info: &Arc<TableInfo>) {
+        let mut tables = self.tables.write();
+        let held = tables.get(info.schema.name.as_str());
+        if !held.is_some_and(|h| Arc::ptr_eq(h, info)) {
+            tables.insert(info.schema.name.clone(), info.clone());
+        }
+    }
+
+    /// Forgets `info` if it is still the one registered under its name: a declaration
+    /// whose creation or check failed (a stale one, after its table was altered)
+    /// must not keep the name from the stored one.
+    pub fn forget_failed(&self, info: &Arc<TableInfo>) {
+        let mut tables = self.tables.write();
+        if tables
+            .get(info.schema.name.as_str())
+            .is_some_and(|held| Arc::ptr_eq(held, info))
+        {
+            tables.remove(info.schema.name.as_str());
+        }
     }
 
     /// The query `q`, rendering it on first sight.

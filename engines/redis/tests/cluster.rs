@@ -57,37 +57,52 @@ impl Cluster {
     fn start(extra: &[&str]) -> Result<Cluster, String> {
         let mut c = Cluster::new();
         for _ in 0..3 {
-            let (port, bus) = (free_port(), free_port());
-            let dir = tempfile::Builder::new()
-                .prefix("dl-redis-cluster-")
-                .tempdir()
-                .map_err(|e| format!("temp dir: {e}"))?;
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--cluster-port", &bus.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", "2000"])
-                .args(["--appendonly", "no", "--save", ""])
-                .args(extra)
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start redis-server ({e}): {INSTALL}"))?;
-            c.children.push(child);
-            c.dirs.push(dir);
-            c.ports.push(port);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for &p in &c.ports {
-            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-                if Instant::now() > deadline {
-                    return Err(format!("redis-server on port {p} did not start"));
+            // A free port can be taken by another test before the server binds it:
+            // the server then exits at once, and the node starts again on new ports.
+            let mut tries = 0;
+            loop {
+                let (port, bus) = (free_port(), free_port());
+                let dir = tempfile::Builder::new()
+                    .prefix("dl-redis-cluster-")
+                    .tempdir()
+                    .map_err(|e| format!("temp dir: {e}"))?;
+                let mut child = Command::new("redis-server")
+                    .args(["--port", &port.to_string()])
+                    .args(["--cluster-port", &bus.to_string()])
+                    .args(["--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", "nodes.conf"])
+                    .args(["--cluster-node-timeout", "2000"])
+                    .args(["--appendonly", "no", "--save", ""])
+                    .args(extra)
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("cannot start redis-server ({e}): {INSTALL}"))?;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let up = loop {
+                    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        break true;
+                    }
+                    if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                        break false;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                if up {
+                    c.children.push(child);
+                    c.dirs.push(dir);
+                    c.ports.push(port);
+                    break;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                let _ = child.kill();
+                let _ = child.wait();
+                tries += 1;
+                if tries == 5 {
+                    return Err(format!("redis-server on port {port} did not start"));
+                }
             }
         }
         let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
