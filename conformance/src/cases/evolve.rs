@@ -110,6 +110,20 @@ pub struct EvoNameInt {
     pub qty: i32,
 }
 
+/// The copy a destructive change to [`EvoNameInt`] makes, under its own name.
+#[derive(Table, Clone, Debug, PartialEq)]
+#[table(name = "evo__new")]
+#[index(name = "by_qty", fields(qty))]
+pub struct EvoNameIntCopy {
+    /// Primary key.
+    #[pk]
+    pub id: i64,
+    /// As in [`EvoNameInt`].
+    pub name: i64,
+    /// A quantity.
+    pub qty: i32,
+}
+
 fn v1(id: i64) -> EvoV1 {
     EvoV1 {
         id,
@@ -326,7 +340,7 @@ pub async fn writes_during_migration_are_kept(cx: &mut Ctx) -> anyhow::Result<()
 /// # Errors
 /// The first engine error, or the first expectation that does not hold.
 pub async fn index_builds_keep_writers_going(cx: &mut Ctx) -> anyhow::Result<()> {
-    const ROWS: i64 = 3_000;
+    const ROWS: i64 = 2_500;
     let old = open_v1(cx, ROWS).await?;
     let db = Db::with_engine(cx.db.engine().clone())
         .table::<EvoIndexed>()
@@ -547,6 +561,88 @@ pub async fn destructive_steps_need_allowing(cx: &mut Ctx) -> anyhow::Result<()>
             .any(|h| h.description.contains("change column qty")),
         "{:?}",
         entry.history
+    );
+    Ok(())
+}
+
+/// Case: a destructive copy cut short (here by a value that does not convert, in
+/// its third chunk of 1,000 rows) keeps the chunks it committed; once the value is
+/// fixed the next run resumes after them (a row changed in the copy meanwhile keeps
+/// its change, which a copy started over would undo) and finishes the change.
+///
+/// # Errors
+/// The first engine error, or the first expectation that does not hold.
+pub async fn destructive_copy_resumes(cx: &mut Ctx) -> anyhow::Result<()> {
+    let old = Db::with_engine(cx.db.engine().clone())
+        .table::<EvoV1>()
+        .connect()
+        .await?;
+    let rows: Vec<EvoV1> = (1..=2_500)
+        .map(|id| EvoV1 {
+            name: if id == 2_400 {
+                "oops".into()
+            } else {
+                id.to_string()
+            },
+            ..v1(id)
+        })
+        .collect();
+    old.repo::<EvoV1>().insert_many(&rows).await?;
+    let db = Db::with_engine(cx.db.engine().clone())
+        .table::<EvoNameInt>()
+        .allow_destructive(true)
+        .connect()
+        .await?;
+    let plan = db.plan_migration().await?;
+    let err = db
+        .migrate(&plan)
+        .await
+        .expect_err("row 2400 does not convert");
+    ensure!(err.kind() == ErrorKind::InvalidInput, "{err}");
+    ensure!(
+        err.to_string().contains("row (2400)"),
+        "names the row: {err}"
+    );
+    ensure!(
+        old.repo::<EvoV1>().count().await? == 2_500,
+        "source untouched"
+    );
+    let copy = Db::with_engine(cx.db.engine().clone())
+        .table::<EvoNameIntCopy>()
+        .connect()
+        .await?;
+    let copied = copy.repo::<EvoNameIntCopy>().count().await?;
+    ensure!(copied == 2_000, "two chunks kept, {copied} rows");
+    copy.repo::<EvoNameIntCopy>()
+        .update(&EvoNameIntCopy {
+            id: 1,
+            name: 1,
+            qty: 999,
+        })
+        .await?;
+    old.repo::<EvoV1>()
+        .update(&EvoV1 {
+            name: "2400".into(),
+            ..v1(2_400)
+        })
+        .await?;
+    let plan = db.plan_migration().await?;
+    db.migrate(&plan).await?;
+    let repo = db.repo::<EvoNameInt>();
+    ensure!(repo.count().await? == 2_500, "every row");
+    let first = repo.get(1i64).await?.context("row 1")?;
+    ensure!(first.qty == 999, "resumed after the kept chunks: {first:?}");
+    let fixed = repo.get(2_400i64).await?.context("row 2400")?;
+    ensure!(fixed.name == 2_400, "{fixed:?}");
+    let names: Vec<String> = db
+        .catalog()
+        .await?
+        .into_iter()
+        .map(|c| c.schema.name)
+        .collect();
+    ensure!(
+        !names.iter().any(|n| n == "evo__new"),
+        "no copy left: {names:?}"
     );
     Ok(())
 }

@@ -57,6 +57,7 @@ pub fn all() -> Vec<Case> {
         case!(evolve::unique_violation_names_values),
         case!(evolve::renames_keep_rows),
         case!(evolve::destructive_steps_need_allowing),
+        case!(evolve::destructive_copy_resumes),
         case!(types::round_trip_and_null),
         case!(types::order_and_range),
         case!(types::unique_and_equality),

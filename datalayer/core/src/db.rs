@@ -166,7 +166,9 @@ impl DbBuilder {
     /// and a plan with such steps is refused. When on, [`Db::migrate`] copies such a
     /// table into a new one in the declared schema, converting each value
     /// ([`crate::evolve::convert`]), then drops the old table and renames the copy;
-    /// writes to the table during the copy are not carried over.
+    /// a copy cut short (a crash, a value that does not convert) resumes after its
+    /// last committed chunk on the next run with the same declaration. Writes to the
+    /// table during the copy are not carried over: stop its writers first.
     pub fn allow_destructive(mut self, on: bool) -> Self {
         self.allow_destructive = on;
         self

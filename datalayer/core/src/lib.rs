@@ -24,6 +24,7 @@ mod history;
 mod numeric;
 pub mod plan;
 pub mod query;
+mod rebuild;
 pub mod repo;
 pub mod schema;
 mod schema_change;

@@ -78,6 +78,10 @@ pub mod internal {
     /// The schema history: one row per applied schema-evolution step, `(tbl, version,
     /// step)` → what was done and when ([`crate::evolve::HistoryEntry`]).
     pub const SCHEMA_HISTORY: &str = "_dl_schema_history";
+    /// Progress of a destructive schema change's copy (`Db::migrate` with
+    /// `allow_destructive`), one row per table being rebuilt: the copy's schema and the
+    /// last source primary key copied, written in the same transaction as the rows.
+    pub const REBUILD: &str = "_dl_rebuild";
 
     /// Whether `name` is one of datalayer's internal tables (allowed despite the
     /// reserved `_dl_` prefix).
@@ -92,6 +96,7 @@ pub mod internal {
             OUTBOX_SCHEDULED,
             MIGRATION,
             SCHEMA_HISTORY,
+            REBUILD,
         ]
         .contains(&name)
     }

@@ -4,14 +4,13 @@
 
 use crate::db::Db;
 use crate::db::Executor;
-use crate::engine::{Engine, Op, Output, ScanRequest, WriteMode};
+use crate::engine::{Engine, Op};
 use crate::error::{Error, Result};
 use crate::evolve::{Evolution, HistoryEntry, MigrationPlan, TablePlan, diff};
 use crate::history;
 use crate::query::QueryDef;
 use crate::schema::TableSchema;
 use std::collections::HashSet;
-use std::ops::Bound;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The plan taking the stored schemas of `declared` tables to their declarations;
@@ -27,7 +26,7 @@ pub(crate) async fn plan(
     let stored = engine.catalog().await?;
     let mut tables = Vec::new();
     for (t, ev) in declared {
-        let rebuilt = format!("{}__new", t.name);
+        let rebuilt = crate::rebuild::copy_name(&t.name);
         let found = stored
             .iter()
             .find(|s| s.name == t.name)
@@ -47,9 +46,6 @@ pub(crate) async fn plan(
     }
     Ok(MigrationPlan { tables })
 }
-
-/// Rows per insert of a destructive rebuild ([`Db::migrate`]).
-pub const REBUILD_CHUNK: usize = 1_000;
 
 /// Tables whose stored schema differs from the declaration, until migrated.
 #[derive(Debug, Default)]
@@ -173,6 +169,10 @@ impl Db {
         let start = now_micros();
         if t.is_safe() {
             engine.alter_table(t).await?;
+            if t.from.name == crate::rebuild::copy_name(&t.to.name) {
+                // The rename that finishes a rebuild cut short after its drop.
+                crate::rebuild::forget_progress(engine, &t.to.name).await?;
+            }
         } else {
             self.rebuild(t).await?;
         }
@@ -207,97 +207,6 @@ impl Db {
         engine.register(&[declared], &queries).await?;
         self.inner.pending.clear(&declared.name);
         tracing::info!(table = %declared.name, version, steps = t.steps.len(), "schema migrated");
-        Ok(())
-    }
-
-    /// A destructive plan: the table copied into `<name>__new` in the declared
-    /// schema ([`TablePlan::rebuild_row`], [`REBUILD_CHUNK`] rows per insert), the
-    /// stored table dropped, the copy renamed. A copy left by a run cut short is
-    /// dropped and made again; a run cut short between the drop and the rename is
-    /// finished by the next plan (it renames the copy). Writes to the table during the
-    /// copy are not carried over: stop its writers first.
-    async fn rebuild(&self, t: &TablePlan) -> Result<()> {
-        let engine = self.inner.engine.as_ref();
-        let tmp_name = format!("{}__new", t.to.name);
-        crate::schema::validate_identifier("table", &tmp_name)?;
-        let mut tmp = t.to.clone();
-        tmp.name = tmp_name;
-        // Ops take `&'static` schemas: one leak per destructive migration.
-        let tmp: &'static TableSchema = Box::leak(Box::new(tmp));
-        let from: &'static TableSchema = Box::leak(Box::new(t.from.clone()));
-        engine.drop_table(&tmp.name).await?;
-        engine.register(&[from, tmp], &[]).await?;
-        let r = self.copy_rows(t, from, tmp).await;
-        if let Err(e) = r {
-            // Leave no half copy behind (best effort: the next run drops it anyway).
-            let _ = engine.drop_table(&tmp.name).await;
-            return Err(e);
-        }
-        engine.drop_table(&from.name).await?;
-        let rename = TablePlan {
-            from: tmp.clone(),
-            to: t.to.clone(),
-            evolution: Evolution::default(),
-            steps: vec![crate::SchemaStep::RenameTable {
-                from: tmp.name.clone(),
-                to: t.to.name.clone(),
-            }],
-        };
-        engine.alter_table(&rename).await
-    }
-
-    /// Copies every row of `from` into `tmp` in the declared layout.
-    async fn copy_rows(
-        &self,
-        t: &TablePlan,
-        from: &'static TableSchema,
-        tmp: &'static TableSchema,
-    ) -> Result<()> {
-        let engine = self.inner.engine.as_ref();
-        let sources = t.column_sources();
-        let mut after = None;
-        loop {
-            let out = engine
-                .run(Op::Scan(ScanRequest {
-                    table: from,
-                    index: None,
-                    prefix: Vec::new(),
-                    lower: Bound::Unbounded,
-                    upper: Bound::Unbounded,
-                    after: after.take(),
-                    reverse: false,
-                    limit: Some(REBUILD_CHUNK),
-                }))
-                .await?;
-            let Output::Rows(rows) = out else {
-                return Err(Error::engine("rebuild", format!("a scan returned {out:?}")));
-            };
-            let Some(last) = rows.last() else { break };
-            after = Some(from.key_of(last));
-            let n = rows.len();
-            let copied = rows
-                .iter()
-                .map(|r| t.rebuild_row(&sources, r))
-                .collect::<Result<Vec<_>>>()?;
-            engine
-                .run(Op::Insert {
-                    table: tmp,
-                    rows: copied,
-                    mode: WriteMode::Insert,
-                })
-                .await
-                .map_err(|e| match e.kind() {
-                    crate::ErrorKind::AlreadyExists => Error::already_exists(format!(
-                        "table {}: the new primary key or a unique index has duplicates among the stored rows: {}",
-                        t.to.name,
-                        e.message()
-                    )),
-                    _ => e,
-                })?;
-            if n < REBUILD_CHUNK {
-                break;
-            }
-        }
         Ok(())
     }
 

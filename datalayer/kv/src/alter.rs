@@ -35,6 +35,9 @@ use std::ops::Bound;
 /// Rows per backfill transaction.
 pub(crate) const CHUNK: usize = 1_000;
 
+/// Rows per index-build transaction on a store with pessimistic locks.
+const PESSIMISTIC_CHUNK: usize = 100;
+
 /// The fewest rows per index-build transaction when writers keep conflicting.
 const MIN_CHUNK: usize = 16;
 
@@ -273,17 +276,20 @@ async fn build(
     let mut after: Option<Vec<u8>> = None;
     let mut violations: Vec<String> = Vec::new();
     // Shrunk on a conflict that outlasted the retries (writers keep changing rows of
-    // the chunk), grown back after each chunk that commits.
-    let mut size = CHUNK;
+    // the chunk), grown back after each chunk that commits. On a pessimistic store a
+    // chunk locks its rows, so it stays small: writers wait for it.
+    let max = if e.kv_capability().pessimistic_locks {
+        PESSIMISTIC_CHUNK
+    } else {
+        CHUNK
+    };
+    let mut size = max;
     loop {
         let start = after
             .clone()
             .map_or(Bound::Included(row_prefix.clone()), Bound::Excluded);
         let r = chunk!(e, tx => {
             let rows = tx.raw_scan(start.clone(), Bound::Included(upper.clone()), size).await?;
-            // A pessimistic store checks, as it locks them, that the rows read are
-            // still the snapshot's: a writer's change in between is a conflict.
-            tx.raw_lock(rows.iter().map(|(k, _)| k.clone()).collect()).await?;
             // Every entry of the chunk first, then the unique ones read ahead in one
             // store call (on a server store one round trip, not one per row).
             let mut entries = Vec::new();
@@ -312,9 +318,17 @@ async fn build(
                 .collect();
             tx.raw_prefetch(unique).await?;
             let mut found = Vec::new();
+            let mut puts: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(entries.len());
+            // Unique entries this chunk puts, which the store does not hold yet.
+            let mut taken: std::collections::HashMap<Vec<u8>, Vec<u8>> = std::collections::HashMap::new();
             for (ix, key, pk, vals) in entries {
+                let held = match taken.get(&key) {
+                    Some(h) => Some(h.clone()),
+                    None if vals.is_some() => tx.raw_get(&key).await?,
+                    None => None,
+                };
                 if let Some((vals, this)) = vals
-                    && let Some(held) = tx.raw_get(&key).await?
+                    && let Some(held) = held
                     && held != pk
                 {
                     // The row already holding the entry, by its key.
@@ -336,8 +350,18 @@ async fn build(
                     found.push(format!("{} ({vals}) in rows ({other}), ({this})", ix.name));
                     continue;
                 }
-                tx.raw_write(vec![(key, Some(pk.to_vec()))]).await?;
+                if ix.unique {
+                    taken.insert(key.clone(), pk.to_vec());
+                }
+                puts.push((key, Some(pk.to_vec())));
             }
+            // A pessimistic store checks, as it locks them, that the rows read are
+            // still the snapshot's (a writer's change in between is a conflict):
+            // locked with the entries in one call, just before the commit, so that
+            // writers wait for the chunk as briefly as they can.
+            let locks = rows.iter().map(|(k, _)| k.clone()).chain(puts.iter().map(|(k, _)| k.clone()));
+            tx.raw_lock(locks.collect()).await?;
+            tx.raw_write(puts).await?;
             Ok((rows.last().map(|(k, _)| k.clone()), found))
         });
         let (last, found) = match r {
@@ -347,7 +371,7 @@ async fn build(
             }
             r => r?,
         };
-        size = (size * 2).min(CHUNK);
+        size = (size * 2).min(max);
         violations.extend(found);
         #[cfg(feature = "failpoints")]
         fail::fail_point!(crate::failpoints::AFTER_BUILD_CHUNK, |_| Err(
