@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --release -p datalayer-bench -- [--quick] [--only etchdb,redb] [--no-flights] [--no-cdc]
-//!     [--no-outbox | --outbox] [--url NAME=URL].. [--json FILE] [--pg | --pg-only]
+//!     [--no-outbox | --outbox] [--url NAME=URL].. [--json FILE] [--chart FILE.svg]
+//!     [--pg | --pg-only]
 //!     [--redis | --redis-only] [--tikv | --tikv-only]
 //! ```
 //!
@@ -45,6 +46,7 @@
 //! `DATALAYER_TIKV_PD` names).
 
 mod backfill;
+mod chart;
 mod flights;
 #[cfg(any(feature = "pg", feature = "redis", feature = "tikv"))]
 mod leftovers;
@@ -116,6 +118,7 @@ const KV_RUN: [Workload; 4] = [
   datalayer-bench --quick                                  # every default table, under a minute
   datalayer-bench --only etchdb,redb --no-flights --no-cdc
   datalayer-bench --quick --url mem=etch::memory: --json /tmp/b.json
+  datalayer-bench --chart bench/chart.svg                   # + the standing as an SVG chart
   datalayer-bench --outbox                                 # the outbox workload only
   datalayer-bench --quick --pg                             # + PostgreSQL section (--features pg)
   datalayer-bench --redis-only                             # Redis section only (--features redis)
@@ -155,6 +158,10 @@ struct Args {
     /// `{"workload", "target", "unit", "median", "mad", "min", "max"}` records.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Draw each datalayer figure as its ratio to the best peer on the same workload
+    /// into FILE, an SVG chart (`bench/README.md` shows the latest).
+    #[arg(long, value_name = "FILE.svg")]
+    chart: Option<PathBuf>,
     /// Directory under which each target gets its own temporary directory.
     /// It must be on a real disk (not tmpfs) for fsync figures to mean
     /// anything. Default: the system temporary directory.
@@ -435,6 +442,12 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(path) = &args.json {
         write_json(path, &records)?;
+    }
+    if let Some(path) = &args.chart {
+        let cores = std::thread::available_parallelism().map_or(0, usize::from);
+        let run = if args.quick { "quick" } else { "full" };
+        let caption = format!("datalayer vs the best peer per workload ({run} run, {cores} cores)");
+        chart::write(path, &records, &caption)?;
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The shared conformance suite on SQLite: in memory and on disk.
+//! The shared conformance suite on SQLite: in memory, and on disk with autocommit
+//! reads on the caller's thread (the default) and on the reader threads.
 
 use async_trait::async_trait;
 use datalayer::{Capability, Engine};
@@ -44,6 +45,8 @@ impl Target for Memory {
 
 struct Disk {
     root: PathBuf,
+    /// URL parameters.
+    params: &'static str,
 }
 #[async_trait]
 impl Target for Disk {
@@ -52,7 +55,7 @@ impl Target for Disk {
             "ns-{}.sqlite",
             datalayer_conformance::random_suffix()
         ));
-        Ok(Box::new(UrlNamespace::sqlite_file(&file, "readers=2")))
+        Ok(Box::new(UrlNamespace::sqlite_file(&file, self.params)))
     }
     fn capability(&self) -> Capability {
         capability(true)
@@ -72,6 +75,14 @@ fn main() -> std::process::ExitCode {
         "disk",
         Arc::new(Disk {
             root: root.path().to_owned(),
+            params: "readers=2",
+        }),
+    ));
+    all.extend(trials(
+        "disk-reader-threads",
+        Arc::new(Disk {
+            root: root.path().to_owned(),
+            params: "readers=2&caller_reads=false",
         }),
     ));
     let code = datalayer_conformance::main(all);

@@ -13,8 +13,9 @@
 //! - `datalayer-sqlite`: [`SQLITE_URL`]: the engine always runs WAL and the URL
 //!   sets `synchronous=full`, so every commit fsyncs the WAL before it returns (the
 //!   same as the raw `rusqlite` peer); `readers=4` gives it the same read-pool size
-//!   as that peer. Each call sends a job to the connection's thread and awaits the
-//!   answer, with statements prepared once per connection;
+//!   as that peer. Writes send a job to the writer's thread and await the answer;
+//!   autocommit reads run on the calling thread's own read connection (the engine's
+//!   default `caller_reads`); statements are prepared once per connection;
 //! - `datalayer-pg` (PostgreSQL section): `DATALAYER_PG_URL` + `schema={schema}`
 //!   (pool size and pipeline depth: the engine's defaults, 10 and 32, unless the
 //!   URL sets them).

@@ -8,8 +8,11 @@
 //!
 //! # Atomicity
 //! - Autocommit writes run on the writer; a work of several rows runs inside
-//!   `BEGIN IMMEDIATE ... COMMIT`. Reads run on a reader (one statement, or `BEGIN
-//!   DEFERRED ... COMMIT` around several).
+//!   `BEGIN IMMEDIATE ... COMMIT`. Autocommit reads of a file database run on the
+//!   caller's thread, on that thread's own read connection (`Pool::read_here`: a
+//!   hop to a reader thread and back costs more than a point read), or with
+//!   `caller_reads=false` on a reader thread; one statement, or `BEGIN DEFERRED ...
+//!   COMMIT` around several.
 //! - `run_batch`: one job on the writer inside one transaction (a batch of reads only:
 //!   one job on a reader inside one read transaction: one snapshot).
 //! - Inside an explicit transaction, the writes of each op (or batch) run inside the
@@ -18,7 +21,7 @@
 
 use crate::cdc;
 use crate::config::{SqliteOptions, Synchronous};
-use crate::conn::{Conn, Pool, TxJob, TxState, atomically, tx_call};
+use crate::conn::{Conn, LocalOpen, Pool, TxJob, TxState, atomically, tx_call};
 use crate::dialect::SqliteDialect;
 use crate::error::map_err;
 use crate::value::{Sql, read_row};
@@ -230,7 +233,9 @@ impl SqlBackend for SqliteBackend {
     }
 
     async fn run(&self, w: Arc<Work>) -> Result<Output> {
-        if w.is_read() {
+        if w.is_read() && self.pool.reads_here() {
+            self.pool.read_here(|c| exec_autocommit(c, &w))
+        } else if w.is_read() {
             self.pool.read(move |c| exec_autocommit(c, &w)).await
         } else {
             self.pool.write(move |c| exec_autocommit(c, &w)).await
@@ -240,6 +245,9 @@ impl SqlBackend for SqliteBackend {
     async fn run_batch(&self, ws: Arc<Vec<Work>>) -> Result<Vec<Output>> {
         if ws.iter().all(Work::is_read) {
             let job = move |c: &mut Conn<'_>| exec_batch(c, &ws, "BEGIN DEFERRED");
+            if self.pool.reads_here() {
+                return self.pool.read_here(job);
+            }
             self.pool.read(job).await
         } else {
             let job = move |c: &mut Conn<'_>| exec_batch(c, &ws, "BEGIN IMMEDIATE");
@@ -299,7 +307,7 @@ fn open_pool(o: &SqliteOptions) -> Result<Pool> {
         let w = Connection::open_in_memory().map_err(map)?;
         w.pragma_update(None, "foreign_keys", true).map_err(map)?;
         w.execute_batch(&catalog).map_err(map)?;
-        return Pool::start(w, Vec::new(), o.busy_timeout);
+        return Pool::start(w, Vec::new(), o.busy_timeout, None);
     };
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -324,15 +332,19 @@ fn open_pool(o: &SqliteOptions) -> Result<Pool> {
     w.pragma_update(None, "foreign_keys", true).map_err(map)?;
     w.execute_batch(&catalog).map_err(map)?;
     cdc::start_epoch(&w, sync)?;
-    let mut readers = Vec::new();
-    for _ in 0..o.readers.max(1) {
-        let r = Connection::open_with_flags(path, flags).map_err(map)?;
-        r.busy_timeout(o.busy_timeout).map_err(map)?;
+    let (path, busy) = (path.clone(), o.busy_timeout);
+    let open_reader = move || -> Result<Connection> {
+        let r = Connection::open_with_flags(&path, flags).map_err(map)?;
+        r.busy_timeout(busy).map_err(map)?;
         r.pragma_update(None, "foreign_keys", true).map_err(map)?;
         r.pragma_update(None, "query_only", true).map_err(map)?;
-        readers.push(r);
-    }
-    Pool::start(w, readers, o.busy_timeout)
+        Ok(r)
+    };
+    let readers = (0..o.readers.max(1))
+        .map(|_| open_reader())
+        .collect::<Result<Vec<_>>>()?;
+    let local: Option<LocalOpen> = o.caller_reads.then(|| Arc::new(open_reader) as LocalOpen);
+    Pool::start(w, readers, o.busy_timeout, local)
 }
 
 /// An explicit transaction: its connection (the writer, or a reader for a read-only

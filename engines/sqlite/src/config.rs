@@ -35,6 +35,12 @@ pub struct SqliteOptions {
     /// (SQLite `busy_timeout`), and for a free connection of this engine before it
     /// fails with `Timeout`. Default: 5 s.
     pub busy_timeout: Duration,
+    /// Autocommit reads of a file database run on the calling thread, each thread
+    /// with a read connection of its own (opened at its first read), rather than on
+    /// a reader thread: a point read then costs no thread hop, but the calling (async
+    /// runtime) thread is busy for the read's length. Default: on; `false` sends
+    /// them to the reader threads. Transactions always use the engine's threads.
+    pub caller_reads: bool,
 }
 
 fn default_readers() -> usize {
@@ -49,6 +55,7 @@ impl SqliteOptions {
             synchronous: Synchronous::default(),
             readers: default_readers(),
             busy_timeout: Duration::from_secs(5),
+            caller_reads: true,
         }
     }
 
@@ -66,7 +73,8 @@ impl SqliteOptions {
     /// - `sqlite://path/to/file.db` (relative), `sqlite:///abs/file.db` (absolute), or
     ///   `sqlite:path/to/file.db`;
     /// - optional query parameters: `synchronous=normal|full`, `readers=<n>`,
-    ///   `busy_timeout_ms=<milliseconds>` (`sqlite://app.db?synchronous=full`).
+    ///   `busy_timeout_ms=<milliseconds>`, `caller_reads=true|false`
+    ///   (`sqlite://app.db?synchronous=full`).
     ///
     /// # Errors
     /// `InvalidInput` for another scheme, an empty path or an unknown parameter.
@@ -105,12 +113,13 @@ impl SqliteOptions {
                     }
                 }
                 "readers" => opts.readers = v.parse().map_err(|_| bad())?,
+                "caller_reads" => opts.caller_reads = v.parse().map_err(|_| bad())?,
                 "busy_timeout_ms" => {
                     opts.busy_timeout = Duration::from_millis(v.parse().map_err(|_| bad())?)
                 }
                 _ => {
                     return Err(Error::invalid_input(format!(
-                        "unknown sqlite URL parameter {k:?} (known: synchronous, readers, busy_timeout_ms)"
+                        "unknown sqlite URL parameter {k:?} (known: synchronous, readers, busy_timeout_ms, caller_reads)"
                     )));
                 }
             }
@@ -152,6 +161,7 @@ impl fmt::Debug for SqliteOptions {
             .field("synchronous", &self.synchronous)
             .field("readers", &self.readers)
             .field("busy_timeout_ms", &self.busy_timeout.as_millis())
+            .field("caller_reads", &self.caller_reads)
             .finish()
     }
 }
@@ -175,6 +185,10 @@ mod tests {
         assert_eq!(o.synchronous, Synchronous::Full);
         assert_eq!(o.readers, 3);
         assert_eq!(o.busy_timeout, Duration::from_millis(250));
+        assert!(o.caller_reads);
+        let o = SqliteOptions::from_url("sqlite://a.db?caller_reads=false").unwrap();
+        assert!(!o.caller_reads);
+        assert!(SqliteOptions::from_url("sqlite://a.db?caller_reads=maybe").is_err());
         assert_eq!(
             SqliteOptions::from_url("sqlite:///tmp/x.db").unwrap().path,
             Some(PathBuf::from("/tmp/x.db"))

@@ -200,8 +200,53 @@ pub(crate) struct Pool {
     readers: Option<Sender<Msg>>,
     reader_private: Vec<Sender<Msg>>,
     wait: Duration,
-    closed: AtomicBool,
+    closed: Arc<AtomicBool>,
+    /// Opens a read connection on a caller's thread ([`Pool::read_here`]); `None`:
+    /// every read goes to the reader threads.
+    local: Option<LocalOpen>,
+    /// Tells this pool's caller-thread connections from other pools'.
+    id: u64,
 }
+
+/// How [`Pool::read_here`] opens a thread's read connection.
+pub(crate) type LocalOpen = Arc<dyn Fn() -> Result<Connection> + Send + Sync>;
+
+self_cell::self_cell!(
+    /// A read connection with its prepared statements, kept by a caller's thread.
+    struct LocalConn {
+        owner: Connection,
+        #[covariant]
+        dependent: Conn,
+    }
+);
+
+/// A caller-thread connection of one pool ([`Pool::read_here`]).
+struct Local {
+    pool: u64,
+    closed: Arc<AtomicBool>,
+    conn: LocalConn,
+}
+
+impl Local {
+    fn open(pool: &Pool, open: &LocalOpen) -> Result<Local> {
+        let conn = LocalConn::new(open()?, |db| Conn {
+            db,
+            stmts: HashMap::new(),
+        });
+        Ok(Local {
+            pool: pool.id,
+            closed: pool.closed.clone(),
+            conn,
+        })
+    }
+}
+
+thread_local! {
+    /// This thread's read connections, one per open pool that read here.
+    static LOCAL: std::cell::RefCell<Vec<Local>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+static POOL_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Pool {
     /// Starts a thread per connection. `writer` first, then `readers` (empty for an
@@ -210,6 +255,7 @@ impl Pool {
         writer: Connection,
         readers: Vec<Connection>,
         wait: Duration,
+        local: Option<LocalOpen>,
     ) -> Result<Pool> {
         let (wtx, wrx) = crossbeam_channel::unbounded();
         spawn("datalayer-sqlite-writer".into(), move || {
@@ -235,7 +281,45 @@ impl Pool {
             readers: shared,
             reader_private,
             wait,
-            closed: AtomicBool::new(false),
+            closed: Arc::new(AtomicBool::new(false)),
+            local,
+            id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Whether reads can run on the caller's thread ([`Pool::read_here`]).
+    pub(crate) fn reads_here(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// Runs `f` now, on the caller's thread, on this thread's read connection of the
+    /// pool (opened at the thread's first read; its statements prepared at first use
+    /// and kept): no hop to a reader thread and back, which costs more than a point
+    /// read itself. SQLite's WAL lets it read beside the writer. The thread is busy
+    /// for the read's length, which a long scan makes long (turn it off with the
+    /// `caller_reads=false` URL parameter). Connections of a closed pool are closed
+    /// at the thread's next read or when it exits.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the pool is closed or has no caller-thread reads; opening
+    /// the connection's errors; `f`'s.
+    pub(crate) fn read_here<R>(&self, f: impl FnOnce(&mut Conn<'_>) -> Result<R>) -> Result<R> {
+        self.check_open()?;
+        let open = self
+            .local
+            .as_ref()
+            .ok_or_else(|| Error::invalid_input("sqlite: no caller-thread reads on this engine"))?;
+        LOCAL.with(|cell| {
+            let mut locals = cell.borrow_mut();
+            locals.retain(|l| !l.closed.load(Ordering::Acquire));
+            let i = match locals.iter().position(|l| l.pool == self.id) {
+                Some(i) => i,
+                None => {
+                    locals.push(Local::open(self, open)?);
+                    locals.len() - 1
+                }
+            };
+            locals[i].conn.with_dependent_mut(|_, c| f(c))
         })
     }
 

@@ -330,3 +330,47 @@ async fn index_replaced_by_a_non_unique_one_fails_the_ddl() {
         "{err}"
     );
 }
+
+/// Autocommit reads of a file database run on the caller's thread, on a connection
+/// per thread and engine: two engines read their own files from one thread, a read
+/// sees the commit just before it, and a closed engine's reads fail (its
+/// connections go at the thread's next read).
+#[tokio::test]
+async fn caller_thread_reads_follow_their_engine() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (file(a_dir.path()).await, file(b_dir.path()).await);
+    a.repo::<User>()
+        .insert(&User::new(1, "ann", None))
+        .await
+        .unwrap();
+    b.repo::<User>()
+        .insert(&User::new(1, "bob", None))
+        .await
+        .unwrap();
+    let mut want = "ann".to_owned();
+    for round in 0..3 {
+        let name = |u: Option<User>| u.map(|u| u.name);
+        assert_eq!(
+            name(a.repo::<User>().get(1i64).await.unwrap()),
+            Some(want.clone())
+        );
+        assert_eq!(
+            name(b.repo::<User>().get(1i64).await.unwrap()).as_deref(),
+            Some("bob")
+        );
+        let mut u = User::new(1, "ann", Some(round));
+        u.name = format!("ann{round}");
+        a.repo::<User>().update(&u).await.unwrap();
+        let got = a.repo::<User>().get(1i64).await.unwrap().unwrap();
+        assert_eq!(
+            got.name,
+            format!("ann{round}"),
+            "reads the commit before it"
+        );
+        want = got.name;
+    }
+    a.engine().close().await.unwrap();
+    let err = a.repo::<User>().get(1i64).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert_eq!(b.repo::<User>().count().await.unwrap(), 1);
+}
