@@ -124,6 +124,16 @@ pub struct EvoNameIntCopy {
     pub qty: i32,
 }
 
+/// The names of the tables stored on `db`'s engine.
+async fn stored_names(db: &Db) -> anyhow::Result<Vec<String>> {
+    Ok(db
+        .catalog()
+        .await?
+        .into_iter()
+        .map(|c| c.schema.name)
+        .collect())
+}
+
 fn v1(id: i64) -> EvoV1 {
     EvoV1 {
         id,
@@ -489,12 +499,7 @@ pub async fn renames_keep_rows(cx: &mut Ctx) -> anyhow::Result<()> {
         .map(|e| e.id)
         .collect();
     ensure!(q == vec![5], "{q:?}");
-    let names: Vec<String> = db
-        .catalog()
-        .await?
-        .into_iter()
-        .map(|c| c.schema.name)
-        .collect();
+    let names = stored_names(&db).await?;
     ensure!(
         names.contains(&"evo_renamed".to_owned()) && !names.contains(&"evo".to_owned()),
         "{names:?}"
@@ -634,12 +639,7 @@ pub async fn destructive_copy_resumes(cx: &mut Ctx) -> anyhow::Result<()> {
     ensure!(first.qty == 999, "resumed after the kept chunks: {first:?}");
     let fixed = repo.get(2_400i64).await?.context("row 2400")?;
     ensure!(fixed.name == 2_400, "{fixed:?}");
-    let names: Vec<String> = db
-        .catalog()
-        .await?
-        .into_iter()
-        .map(|c| c.schema.name)
-        .collect();
+    let names = stored_names(&db).await?;
     ensure!(
         !names.iter().any(|n| n == "evo__new"),
         "no copy left: {names:?}"

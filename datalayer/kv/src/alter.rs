@@ -359,8 +359,8 @@ async fn build(
             // still the snapshot's (a writer's change in between is a conflict):
             // locked with the entries in one call, just before the commit, so that
             // writers wait for the chunk as briefly as they can.
-            let locks = rows.iter().map(|(k, _)| k.clone()).chain(puts.iter().map(|(k, _)| k.clone()));
-            tx.raw_lock(locks.collect()).await?;
+            let locks = rows.iter().map(|(k, _)| k.as_slice());
+            tx.raw_lock(locks.chain(puts.iter().map(|(k, _)| k.as_slice()))).await?;
             tx.raw_write(puts).await?;
             Ok((rows.last().map(|(k, _)| k.clone()), found))
         });

@@ -1221,8 +1221,14 @@ impl KvTx {
 
     /// Locks `keys` on a pessimistic store (which checks that they still hold what
     /// this transaction's snapshot read); nothing elsewhere (for schema changes).
-    pub(crate) async fn raw_lock(&mut self, keys: Vec<Bytes>) -> Result<()> {
-        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    pub(crate) async fn raw_lock<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<()> {
+        if !self.kv.pessimistic_locks {
+            return Ok(());
+        }
+        let keys: Vec<&[u8]> = keys.into_iter().collect();
         self.lock(&keys).await
     }
 
