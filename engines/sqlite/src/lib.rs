@@ -4,7 +4,10 @@
 //!
 //! - **Connections**: one writer connection on its own thread and a pool of reader
 //!   connections (default: one per core), each on its own thread; async callers reach
-//!   them through channels. The database runs in WAL mode, so readers never block the
+//!   them through channels. Autocommit reads of a file database run instead on the
+//!   calling thread, on a read connection of that thread's own (opened at its first
+//!   read; [`SqliteOptions::caller_reads`], on by default): no thread hop, which costs
+//!   more than a point read. The database runs in WAL mode, so readers never block the
 //!   writer and the writer never blocks readers. Opened with `journal_mode=WAL`,
 //!   `synchronous=NORMAL` (or `FULL`, see [`Synchronous`]), `busy_timeout` and
 //!   `foreign_keys=ON`; reader connections are `query_only`.
