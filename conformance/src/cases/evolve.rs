@@ -7,6 +7,7 @@ use anyhow::{Context, ensure};
 use datalayer::{Db, ErrorKind, SchemaStep, Table, query_group};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use tokio_util::task::AbortOnDropHandle;
 
 /// The first declaration.
 #[derive(Table, Clone, Debug, PartialEq)]
@@ -276,7 +277,8 @@ pub async fn writes_during_migration_are_kept(cx: &mut Ctx) -> anyhow::Result<()
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicI64::new(10_000));
     let (wdb, wold, wstop, wnext) = (db.clone(), old.clone(), stop.clone(), next.clone());
-    let writer = tokio::spawn(async move {
+    // Aborted if the case fails early: it must not write after the cleanup.
+    let writer = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut migrated = false;
         let mut failures = 0u32;
@@ -314,7 +316,7 @@ pub async fn writes_during_migration_are_kept(cx: &mut Ctx) -> anyhow::Result<()
             tokio::task::yield_now().await;
         }
         Ok::<_, anyhow::Error>(acked)
-    });
+    }));
     let plan = db.plan_migration().await?;
     db.migrate(&plan).await?;
     stop.store(true, Ordering::Release);
@@ -359,7 +361,8 @@ pub async fn index_builds_keep_writers_going(cx: &mut Ctx) -> anyhow::Result<()>
     let stop = Arc::new(AtomicBool::new(false));
     let (started_tx, started) = tokio::sync::oneshot::channel();
     let (wold, wstop) = (old.clone(), stop.clone());
-    let writer = tokio::spawn(async move {
+    // Aborted if the case fails early: it must not write after the cleanup.
+    let writer = AbortOnDropHandle::new(tokio::spawn(async move {
         let repo = wold.repo::<EvoV1>();
         let mut started_tx = Some(started_tx);
         let mut step: i64 = 0;
@@ -410,7 +413,7 @@ pub async fn index_builds_keep_writers_going(cx: &mut Ctx) -> anyhow::Result<()>
             tokio::task::yield_now().await;
         }
         Ok::<_, anyhow::Error>(step)
-    });
+    }));
     // The change starts while the writer is writing.
     started.await.context("writer stopped before 50 writes")?;
     let plan = db.plan_migration().await.context("plan")?;
