@@ -69,9 +69,15 @@ async fn progress(engine: &dyn Engine, name: &str) -> Result<Option<(Vec<u8>, Ro
     }
 }
 
-/// Deletes table `name`'s progress row, if the progress table exists.
+/// Deletes table `name`'s progress row, registering the progress table first (the
+/// rename that finishes a rebuild cut short may run on a new handle).
 pub(crate) async fn forget_progress(engine: &dyn Engine, name: &str) -> Result<()> {
     engine.register(&[&*SCHEMA], &[]).await?;
+    delete_progress(engine, name).await
+}
+
+/// Deletes table `name`'s progress row (the progress table is registered).
+async fn delete_progress(engine: &dyn Engine, name: &str) -> Result<()> {
     engine
         .run(Op::Delete {
             table: &SCHEMA,
@@ -115,7 +121,7 @@ impl Db {
             }],
         };
         engine.alter_table(&rename).await?;
-        forget_progress(engine, &t.to.name).await
+        delete_progress(engine, &t.to.name).await
     }
 
     /// Copies the rows of `from` after `after` (every row for `None`) into `tmp` in the

@@ -180,6 +180,11 @@ pub(crate) async fn alter(e: &KvEngine, fence: &Fence, plan: &TablePlan) -> Resu
     // keys, an earlier run left rows in two layouts, or writers maintain an index's
     // old definition at the prefix being built.
     let online = !renamed && layouts.done_upto.is_none() && !redefined;
+    let names: &[&String] = if renamed {
+        &[&from.name, &to.name]
+    } else {
+        &[&from.name]
+    };
     if online {
         // Leftovers of an earlier run cut short go before writers maintain them.
         for p in &prefixes {
@@ -200,12 +205,12 @@ pub(crate) async fn alter(e: &KvEngine, fence: &Fence, plan: &TablePlan) -> Resu
             )
             .await;
     } else {
-        for n in [&from.name, &to.name] {
+        for n in names {
             fence.hold(n).await;
         }
         for p in &prefixes {
             if let Err(err) = delete_prefix(e, p).await {
-                for n in [&from.name, &to.name] {
+                for n in names {
                     fence.open(n).await;
                 }
                 return Err(err);
@@ -247,7 +252,7 @@ pub(crate) async fn alter(e: &KvEngine, fence: &Fence, plan: &TablePlan) -> Resu
         }
         fence.set_live(to);
     }
-    for n in [&from.name, &to.name] {
+    for n in names {
         fence.open(n).await;
     }
     r

@@ -47,16 +47,16 @@ pub(crate) struct Building {
 }
 
 impl Building {
-    /// The indexes of this build that `table` (a writer's declaration) lacks.
+    /// The indexes of this build that `table` lacks (a writer's declaration of the
+    /// table being altered: the caller picks the builds of its table).
     pub(crate) fn extra<'a>(
         &'a self,
         table: &'a TableSchema,
     ) -> impl Iterator<Item = (&'a IndexDef, &'a [u8])> + 'a {
-        let applies = table.name == self.plan.from.name;
         self.indexes
             .iter()
             .map(|(i, p)| (&self.plan.to.indexes[*i], p.as_slice()))
-            .filter(move |(ix, _)| applies && !table.indexes.iter().any(|t| t.name == ix.name))
+            .filter(move |(ix, _)| !table.indexes.iter().any(|t| t.name == ix.name))
     }
 
     /// `row` (in the writer's layout) in the declared layout.
@@ -66,7 +66,6 @@ impl Building {
 }
 
 /// A table's mode (see the module docs).
-#[derive(Clone)]
 enum Mode {
     Open,
     Build(Arc<Building>),
@@ -98,16 +97,26 @@ pub(crate) struct Admitted {
 }
 
 impl Admitted {
+    /// Adds `lease` and `build`, each once.
+    fn add(&mut self, lease: &Lease, build: Option<&Arc<Building>>) {
+        if !self.leases.iter().any(|h| Arc::ptr_eq(h, lease)) {
+            self.leases.push(lease.clone());
+        }
+        if let Some(b) = build
+            && !self.builds.iter().any(|h| Arc::ptr_eq(h, b))
+        {
+            self.builds.push(b.clone());
+        }
+    }
+
     /// Adds `other`'s leases and builds, each once.
     pub(crate) fn merge(&mut self, other: Admitted) {
-        for l in other.leases {
-            if !self.leases.iter().any(|h| Arc::ptr_eq(h, &l)) {
-                self.leases.push(l);
-            }
+        for l in &other.leases {
+            self.add(l, None);
         }
-        for b in other.builds {
-            if !self.builds.iter().any(|h| Arc::ptr_eq(h, &b)) {
-                self.builds.push(b);
+        for b in &other.builds {
+            if !self.builds.iter().any(|h| Arc::ptr_eq(h, b)) {
+                self.builds.push(b.clone());
             }
         }
     }
@@ -149,15 +158,9 @@ impl Fence {
                         t.name
                     )));
                 }
-                Mode::Build(b) if !op.is_read() => out.merge(Admitted {
-                    leases: vec![g.generation.clone()],
-                    builds: vec![b.clone()],
-                }),
-                _ if !op.is_read() => out.merge(Admitted {
-                    leases: vec![g.generation.clone()],
-                    builds: Vec::new(),
-                }),
-                _ => {}
+                _ if op.is_read() => {}
+                Mode::Build(b) => out.add(&g.generation, Some(b)),
+                Mode::Open => out.add(&g.generation, None),
             }
         }
         Ok(out)
@@ -174,8 +177,8 @@ impl Fence {
         self.gates.write().remove(name);
     }
 
-    /// Puts table `name` in `Build(b)` (or `Hold` for `None`), or back to `Open` with
-    /// `done`, and returns the previous mode's lease for [`drain`].
+    /// Puts table `name` in `mode` and returns the previous mode's lease for
+    /// [`drain`].
     fn switch(&self, name: &str, mode: Mode) -> Lease {
         let mut gates = self.gates.write();
         let g = gates.entry(name.to_owned()).or_default();

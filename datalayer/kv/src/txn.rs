@@ -640,7 +640,10 @@ impl KvTx {
         // The index entries that change: (index, its values in the new row, old
         // entry, new entry), over the declaration's indexes and those being built
         // (computed on the rows in the declared layout; see `crate::fence`).
-        let builds = self.admitted.builds.clone();
+        let builds: Vec<_> = (self.admitted.builds.iter())
+            .filter(|b| b.plan.from.name == table.name)
+            .cloned()
+            .collect();
         let declared: Vec<(Option<Row>, Option<Row>)> = builds
             .iter()
             .map(|b| (old.map(|r| b.declared(r)), new.map(|r| b.declared(r))))

@@ -74,6 +74,14 @@ fn scan(t: &TableSchema, index: Option<usize>) -> Op<'_> {
     })
 }
 
+/// The rows `op` (a scan) returns.
+async fn rows_of(e: &KvEngine, op: Op<'_>) -> Vec<Vec<Value>> {
+    match e.run(op).await.unwrap() {
+        Output::Rows(rows) => rows,
+        o => panic!("rows, not {o:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_rewrite_cut_short_resumes_from_its_marker() {
     let scenario = fail::FailScenario::setup();
@@ -93,9 +101,7 @@ async fn a_rewrite_cut_short_resumes_from_its_marker() {
     // The same plan again finishes; every row reads in v2 with the default.
     e.alter_table(&plan).await.unwrap();
     assert_eq!(e.catalog().await.unwrap(), vec![to.clone()]);
-    let Output::Rows(rows) = e.run(scan(to, None)).await.unwrap() else {
-        panic!("rows")
-    };
+    let rows = rows_of(&e, scan(to, None)).await;
     assert_eq!(rows.len(), 2_500);
     for (i, r) in rows.iter().enumerate() {
         let want = vec![
@@ -105,9 +111,7 @@ async fn a_rewrite_cut_short_resumes_from_its_marker() {
         ];
         assert_eq!(r, &want);
     }
-    let Output::Rows(by_name) = e.run(scan(to, Some(0))).await.unwrap() else {
-        panic!("rows")
-    };
+    let by_name = rows_of(&e, scan(to, Some(0))).await;
     assert_eq!(by_name.len(), 2_500);
     // The old declaration is refused from now on.
     let err = e.run(scan(from, None)).await.expect_err("stale");
@@ -156,17 +160,13 @@ async fn a_violated_unique_index_leaves_the_table_as_it_was() {
         left.iter().filter(|(k, _)| k.starts_with(&prefix)).count()
     );
     // v1 still reads every row.
-    let Output::Rows(rows) = e.run(scan(from, None)).await.unwrap() else {
-        panic!("rows")
-    };
+    let rows = rows_of(&e, scan(from, None)).await;
     assert_eq!(rows.len(), 2_500);
     let mut fixed = plan.clone();
     fixed.to.indexes[0].unique = false;
     let fixed_to: &'static TableSchema = Box::leak(Box::new(fixed.to.clone()));
     e.alter_table(&fixed).await.unwrap();
-    let Output::Rows(entries) = e.run(scan(fixed_to, Some(0))).await.unwrap() else {
-        panic!("rows")
-    };
+    let entries = rows_of(&e, scan(fixed_to, Some(0))).await;
     assert_eq!(entries.len(), 2_500, "one entry per row, none left over");
     scenario.teardown();
 }
@@ -247,9 +247,7 @@ async fn writers_keep_going_and_maintain_an_index_being_built() {
     alter.await.unwrap().unwrap();
     fail::remove(datalayer_kv::failpoints::AFTER_BUILD_CHUNK);
     // The index holds one entry per row, at the row's current name.
-    let Output::Rows(rows) = e.run(scan(to, None)).await.unwrap() else {
-        panic!("rows")
-    };
+    let rows = rows_of(&e, scan(to, None)).await;
     assert_eq!(rows.len(), 2_500);
     let name_of = |r: &Vec<Value>| match &r[1] {
         Value::String(s) => s.clone(),
@@ -257,9 +255,7 @@ async fn writers_keep_going_and_maintain_an_index_being_built() {
     };
     let mut want: Vec<String> = rows.iter().map(name_of).collect();
     want.sort();
-    let Output::Rows(by_name) = e.run(scan(to, Some(0))).await.unwrap() else {
-        panic!("rows")
-    };
+    let by_name = rows_of(&e, scan(to, Some(0))).await;
     let got: Vec<String> = by_name.iter().map(name_of).collect();
     assert_eq!(got, want);
     for name in ["x5", "x2000", "n5000", "n9"] {
